@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
+
+from taskhub.api.principals import Principal
+from taskhub.apikeys.models import ApiKey
+from taskhub.apikeys.services import api_key_touch
+from taskhub.apikeys.tokens import UNIT_TOKEN_PREFIX, digest
+from units.models import ExecutionUnit
+
+MAX_TOKEN_LENGTH = 256
+
+
+def _remember(request: Request, principal: Principal) -> Principal:
+    """Expose the caller to plain Django middleware (the access log)."""
+    request._request.taskhub_principal = principal  # type: ignore[attr-defined]
+    return principal
+
+
+class BearerAuthentication(BaseAuthentication):
+    """`Authorization: Bearer <api key | unit token>`."""
+
+    def authenticate(self, request: Request) -> tuple[Principal, str] | None:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            return None
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationFailed("Authorization header must be 'Bearer <api key or unit token>'")
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise AuthenticationFailed("Invalid credentials")
+        hashed = digest(token)
+        if token.startswith(UNIT_TOKEN_PREFIX):
+            unit = ExecutionUnit.objects.filter(token_hash=hashed).first()
+            if unit is None:
+                raise AuthenticationFailed("Invalid unit token (the unit may have been deleted or re-registered)")
+            return _remember(request, Principal.for_unit(unit)), token
+        key = ApiKey.objects.filter(key_hash=hashed).first()
+        if key is None or key.revoked_at is not None:
+            raise AuthenticationFailed("Invalid or revoked API key")
+        api_key_touch(key)
+        return _remember(request, Principal.for_key(key)), token
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="taskhub"'
+
+
+class OperatorSessionAuthentication(SessionAuthentication):
+    """Staff users logged in to the admin may use the API from the browser (CSRF enforced)."""
+
+    def authenticate(self, request: Request) -> tuple[Principal, Any] | None:
+        result = super().authenticate(request)
+        if result is None:
+            return None
+        user = result[0]
+        if not (user.is_active and user.is_staff):
+            return None
+        return _remember(request, Principal.for_operator(user)), None

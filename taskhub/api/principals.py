@@ -1,0 +1,57 @@
+"""Who is calling: an operator (Django staff user), an API client (key) or an execution unit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from taskhub.apikeys.models import ALL_SCOPES
+from tasks.actors import Actor
+
+if TYPE_CHECKING:
+    from taskhub.apikeys.models import ApiKey
+    from units.models import ExecutionUnit
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "operator" | "client" | "unit"
+    actor: Actor
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    api_key: ApiKey | None = None
+    unit: ExecutionUnit | None = None
+    user: Any = None
+
+    is_authenticated = True
+    is_anonymous = False
+
+    @property
+    def is_operator(self) -> bool:
+        return self.kind == "operator"
+
+    @property
+    def is_unit(self) -> bool:
+        return self.kind == "unit"
+
+    @property
+    def throttle_ident(self) -> str:
+        if self.unit is not None:
+            return f"unit:{self.unit.pk}"
+        if self.api_key is not None:
+            return f"key:{self.api_key.pk}"
+        return f"user:{getattr(self.user, 'pk', '')}"
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    @classmethod
+    def for_key(cls, key: ApiKey) -> Principal:
+        return cls("client", Actor.api_key(key.name), frozenset(key.scopes), api_key=key)
+
+    @classmethod
+    def for_unit(cls, unit: ExecutionUnit) -> Principal:
+        return cls("unit", Actor.unit(unit.pk), frozenset(), unit=unit)
+
+    @classmethod
+    def for_operator(cls, user: Any) -> Principal:
+        return cls("operator", Actor.operator(user.get_username()), frozenset(ALL_SCOPES), user=user)

@@ -1,0 +1,318 @@
+"""taskhub settings: one module, every value from the environment (a `.env` file is honoured).
+
+Two shapes share one code path:
+- embedded default (no DB_HOST, no REDIS_HOST): SQLite under var/, local-memory cache, Celery on
+  kombu's filesystem broker under var/;
+- production: MySQL/MariaDB (mysqlclient) + Redis (cache, throttling, Celery broker).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
+
+from taskhub.env import env_bool, env_choice, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+# Real environment variables win over the file, as twelve-factor tools expect.
+load_dotenv(BASE_DIR / ".env", override=False)
+
+APP_ENV = env_choice("APP_ENV", "development", ("development", "production", "test"))
+PRODUCTION = APP_ENV == "production"
+TESTING = "pytest" in sys.modules or APP_ENV == "test"
+DEBUG = env_bool("DEBUG", not PRODUCTION and not TESTING)
+
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if PRODUCTION:
+        raise ImproperlyConfigured("SECRET_KEY must be set when APP_ENV=production")
+    SECRET_KEY = "dev-insecure-taskhub-secret-key-change-me-0123456789abcdef"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "" if PRODUCTION else "localhost,127.0.0.1,[::1],testserver")
+if PRODUCTION and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS must be set when APP_ENV=production")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+VAR_DIR = Path(env_str("VAR_DIR") or BASE_DIR / "var")
+LOG_DIR = Path(env_str("LOG_DIR") or BASE_DIR / "logs")
+LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warn", "warning", "error", "critical")).upper()
+if LOG_LEVEL == "WARN":
+    LOG_LEVEL = "WARNING"
+LOG_FORMAT = env_choice("LOG_FORMAT", "text", ("text", "json"))
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_celery_beat",
+    "taskhub.apikeys",
+    "units",
+    "tasks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "taskhub.middleware.AccessLogMiddleware",
+    "taskhub.middleware.BodyLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "taskhub.urls"
+WSGI_APPLICATION = "taskhub.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DB_HOST = env_str("DB_HOST")
+if DB_HOST:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.mysql",
+            "HOST": DB_HOST,
+            "PORT": env_int("DB_PORT", 3306, minimum=1, maximum=65535),
+            "USER": env_str("DB_USERNAME", "root"),
+            "PASSWORD": env_str("DB_PASSWORD"),
+            "NAME": env_str("DB_DATABASE", "task_management"),
+            "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60, minimum=0),
+            "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": {
+                "charset": "utf8mb4",
+                # READ COMMITTED: claims use SKIP LOCKED and compare-and-set updates, and gap
+                # locks of REPEATABLE READ would only add deadlocks between claimers.
+                "isolation_level": "read committed",
+                "init_command": "SET sql_mode='STRICT_TRANS_TABLES', innodb_lock_wait_timeout=10",
+                "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5, minimum=1),
+            },
+            "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+        }
+    }
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env_str("SQLITE_PATH") or VAR_DIR / "taskhub.sqlite3",
+            "OPTIONS": {
+                # IMMEDIATE takes the write lock at BEGIN: writers are serialised, so the claim's
+                # read-then-update cannot interleave with another writer (SQLite has no row locks).
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+                "init_command": ("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"),
+            },
+            "TEST": {"NAME": env_str("SQLITE_TEST_PATH") or None},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache, Redis ---------------------------------------------------------------------------
+REDIS_HOST = env_str("REDIS_HOST")
+REDIS_PORT = env_int("REDIS_PORT", 6379, minimum=1, maximum=65535)
+REDIS_PASSWORD = env_str("REDIS_PASSWORD")
+REDIS_DB = env_int("REDIS_DB", 0, minimum=0, maximum=15)
+if REDIS_HOST:
+    _auth = f":{REDIS_PASSWORD}@" if REDIS_PASSWORD else ""
+    REDIS_URL = f"redis://{_auth}{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "taskhub"),
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                "SOCKET_CONNECT_TIMEOUT": 2,
+                "SOCKET_TIMEOUT": 2,
+                # Redis is a cache here: if it is down the API keeps serving (throttling and
+                # caching degrade); health/redis reports it.
+                "IGNORE_EXCEPTIONS": True,
+            },
+        }
+    }
+    DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+else:
+    REDIS_URL = ""
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Celery ---------------------------------------------------------------------------------
+if REDIS_HOST:
+    CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+else:
+    CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"
+    _broker_dir = VAR_DIR / "broker"
+    for _sub in ("out", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "out"),
+        "data_folder_out": str(_broker_dir / "out"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Scheduling knobs (seconds) ---------------------------------------------------------------
+TASK_MAX_RETRY_COUNT = env_int("TASK_MAX_RETRY_COUNT", 3, minimum=0, maximum=100)
+TASK_RETRY_BACKOFF_BASE = env_float("TASK_RETRY_BACKOFF_BASE", 10.0, minimum=0.0)
+TASK_RETRY_BACKOFF_MAX = env_float("TASK_RETRY_BACKOFF_MAX", 600.0, minimum=0.0)
+TASK_MAX_FAILOVER_COUNT = env_int("TASK_MAX_FAILOVER_COUNT", 5, minimum=0, maximum=1000)
+UNIT_HEARTBEAT_TIMEOUT = env_float("UNIT_HEARTBEAT_TIMEOUT", 30.0, minimum=0.1)
+UNIT_HEARTBEAT_INTERVAL = env_float("UNIT_HEARTBEAT_INTERVAL", max(UNIT_HEARTBEAT_TIMEOUT / 3, 0.1), minimum=0.05)
+if UNIT_HEARTBEAT_INTERVAL >= UNIT_HEARTBEAT_TIMEOUT:
+    raise ImproperlyConfigured("UNIT_HEARTBEAT_INTERVAL must be smaller than UNIT_HEARTBEAT_TIMEOUT")
+SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 5.0, minimum=0.1)
+TASK_LOG_RETENTION_DAYS = env_int("TASK_LOG_RETENTION_DAYS", 30, minimum=1)
+TASK_MAX_LOG_ENTRIES = env_int("TASK_MAX_LOG_ENTRIES", 10_000, minimum=1)
+
+# --- API ------------------------------------------------------------------------------------
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+API_PAGE_SIZE_MAX = env_int("API_PAGE_SIZE_MAX", 100, minimum=1, maximum=1000)
+API_THROTTLE_CLIENT = env_str("API_THROTTLE_CLIENT", "6000/min")
+API_THROTTLE_UNIT = env_str("API_THROTTLE_UNIT", "6000/min")
+API_THROTTLE_ANON = env_str("API_THROTTLE_ANON", "600/min")
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "taskhub.api.auth.BearerAuthentication",
+        "taskhub.api.auth.OperatorSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["taskhub.api.permissions.HasScope"],
+    "DEFAULT_PARSER_CLASSES": ["taskhub.api.parsers.StrictJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "taskhub.api.schema.AutoSchema",
+    "EXCEPTION_HANDLER": "taskhub.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["taskhub.api.throttling.PrincipalRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "client": API_THROTTLE_CLIENT,
+        "unit": API_THROTTLE_UNIT,
+        "anon": API_THROTTLE_ANON,
+    },
+    "UNAUTHENTICATED_USER": None,
+    "COERCE_DECIMAL_TO_STRING": False,
+    "DATETIME_FORMAT": "iso-8601",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "taskhub API",
+    "DESCRIPTION": (
+        "Distributed task management hub: create tasks, register execution units, claim, "
+        "report and watch. Authenticate with `Authorization: Bearer <api key or unit token>`."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "TaskStatusEnum": "tasks.states.TaskStatus",
+        "UnitStatusEnum": "units.models.UnitStatus",
+        "LogLevelEnum": "tasks.models.LogLevel",
+    },
+    "DISABLE_ERRORS_AND_WARNINGS": False,
+}
+
+# --- Auth, security -------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+if TESTING:
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT") or BASE_DIR / "var" / "static")
+
+PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+
+# --- Logging --------------------------------------------------------------------------------
+LOG_DIR.mkdir(parents=True, exist_ok=True)
+_formatter = "json" if LOG_FORMAT == "json" else "text"
+_max_bytes = env_int("LOG_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
+_backups = env_int("LOG_BACKUP_COUNT", 5, minimum=0)
+
+
+def _file_handler(filename: str, level: str) -> dict[str, object]:
+    return {
+        "class": "logging.handlers.RotatingFileHandler",
+        "filename": str(LOG_DIR / filename),
+        "maxBytes": _max_bytes,
+        "backupCount": _backups,
+        "encoding": "utf-8",
+        "formatter": _formatter,
+        "level": level,
+        "delay": True,
+    }
+
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "taskhub.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": _formatter},
+        "app": _file_handler("app.log", LOG_LEVEL),
+        "error": _file_handler("error.log", "ERROR"),
+        "access": _file_handler("access.log", "INFO"),
+    },
+    "root": {"handlers": ["app", "error"] + ([] if TESTING else ["console"]), "level": LOG_LEVEL},
+    "loggers": {
+        "taskhub.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+        "django.server": {"handlers": [], "propagate": False},
+    },
+}

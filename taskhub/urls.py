@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from taskhub.api import health
+from taskhub.api.errors import handler404 as handler404_view
+from tasks.views import TaskViewSet
+from units.views import UnitViewSet
+
+router = SimpleRouter(trailing_slash=False)
+router.register("tasks", TaskViewSet, basename="task")
+router.register("execution-units", UnitViewSet, basename="unit")
+
+
+class PublicSchemaView(SpectacularAPIView):
+    authentication_classes = ()
+    permission_classes = ()
+    throttle_classes = ()
+    public = True
+
+
+class PublicSwaggerView(SpectacularSwaggerView):
+    authentication_classes = ()
+    permission_classes = ()
+    throttle_classes = ()
+    public = True
+
+
+api_v1 = [
+    path("health", health.app_health(), name="health"),
+    path("health/database", health.database_health(), name="health-database"),
+    path("health/redis", health.redis_health(), name="health-redis"),
+    path("schema", PublicSchemaView.as_view(), name="schema"),
+    path("", include(router.urls)),
+    # Anything else under /api is a JSON 404, whatever DEBUG says.
+    re_path(r"^.*$", handler404_view),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    path("api-docs", PublicSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "taskhub.api.errors.handler404"
+handler500 = "taskhub.api.errors.handler500"

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from django.db import models
+
+from tasks.states import ActorType, TaskStatus
+
+
+class ControlCommand(models.TextChoices):
+    CANCEL = "cancel"
+    PAUSE = "pause"
+    ABORT = "abort"
+
+
+class Task(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    owner = models.ForeignKey(
+        "apikeys.ApiKey",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tasks",
+        help_text="The API key that created the task (empty: created by an operator).",
+    )
+    name = models.CharField(max_length=255)
+    task_type = models.CharField(max_length=64)
+    priority = models.IntegerField(default=0, help_text="Higher number = more urgent.")
+    config = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.PENDING)
+
+    # Fencing token: incremented by every claim; every report names it.
+    attempt = models.PositiveIntegerField(default=0)
+    max_retries = models.PositiveIntegerField()
+    retry_count = models.PositiveIntegerField(default=0, help_text="Automatic retries used.")
+    failover_count = models.PositiveIntegerField(default=0, help_text="Times taken back from a lost unit.")
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+
+    # Precomputed "due at" columns, one per poll, each behind an index.
+    available_at = models.DateTimeField(help_text="A PENDING task is claimable from this time.")
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    timeout_at = models.DateTimeField(null=True, blank=True)
+
+    unit = models.ForeignKey(
+        "units.ExecutionUnit",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tasks",
+        help_text="The unit holding the task while RUNNING; its last holder afterwards.",
+    )
+    progress = models.PositiveSmallIntegerField(default=0)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    # A command for the unit that held the last attempt (cancel/pause/abort), delivered in its
+    # heartbeat replies until it stops listing the task.
+    pending_command = models.CharField(max_length=8, choices=ControlCommand.choices, blank=True, default="")
+
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "tasks"
+        ordering = ["-id"]
+        indexes = [
+            # The claim: WHERE status='PENDING' AND task_type=? ORDER BY priority DESC, id.
+            models.Index(fields=["status", "task_type", "-priority", "id"], name="task_claim_idx"),
+            models.Index(fields=["status", "next_retry_at"], name="task_retry_due_idx"),
+            models.Index(fields=["status", "timeout_at"], name="task_timeout_due_idx"),
+            models.Index(fields=["unit", "status"], name="task_unit_status_idx"),
+            models.Index(fields=["owner", "status", "id"], name="task_owner_status_idx"),
+            models.Index(fields=["status", "id"], name="task_status_id_idx"),
+            models.Index(fields=["created_at"], name="task_created_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "idempotency_key"], name="task_idempotency_uniq"),
+            models.CheckConstraint(condition=models.Q(progress__lte=100), name="task_progress_lte_100"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.name}"
+
+
+class TaskStatusHistory(models.Model):
+    """One row per state change, written in the transaction that made it (from -> to)."""
+
+    id = models.BigAutoField(primary_key=True)
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="history")
+    from_status = models.CharField(max_length=16, choices=TaskStatus.choices, null=True, blank=True)
+    to_status = models.CharField(max_length=16, choices=TaskStatus.choices)
+    reason = models.TextField(blank=True, default="")
+    actor_type = models.CharField(max_length=16, choices=ActorType.choices)
+    actor = models.CharField(max_length=150)
+    unit_id = models.CharField(max_length=64, null=True, blank=True)
+    attempt = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "task_status_history"
+        ordering = ["id"]
+        indexes = [models.Index(fields=["task", "id"], name="history_task_idx")]
+        verbose_name_plural = "task status history"
+
+    def __str__(self) -> str:
+        return f"#{self.task_id} {self.from_status or '-'} -> {self.to_status}"
+
+
+class LogLevel(models.TextChoices):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARN = "WARN"
+    ERROR = "ERROR"
+
+
+class TaskExecutionLog(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="logs")
+    attempt = models.PositiveIntegerField(default=0)
+    level = models.CharField(max_length=8, choices=LogLevel.choices, default=LogLevel.INFO)
+    message = models.TextField()
+    timestamp = models.DateTimeField()
+    unit_id = models.CharField(max_length=64, null=True, blank=True)
+    source = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "task_execution_logs"
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["task", "attempt", "id"], name="log_task_attempt_idx"),
+            models.Index(fields=["created_at"], name="log_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.task_id}/{self.attempt} {self.level}"

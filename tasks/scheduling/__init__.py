@@ -1,0 +1,1 @@
+"""Scheduling: claims, failover, retries, timeouts. Set-based, fenced by `attempt`."""

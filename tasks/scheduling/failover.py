@@ -1,0 +1,89 @@
+"""Taking RUNNING tasks back from units that lost them, set-wise.
+
+RUNNING -> PENDING (failover: does not use up retries), or RUNNING -> FAILED as poison once a task
+has been failed over more than TASK_MAX_FAILOVER_COUNT times. A bounded number of queries per chunk
+of tasks, never one per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+
+from tasks.actors import Actor
+from tasks.models import ControlCommand, Task, TaskStatusHistory
+from tasks.states import TaskStatus, can_transition
+from tasks.transitions import record_history_bulk
+
+S = TaskStatus
+CHUNK = 1000
+assert can_transition(S.RUNNING, S.PENDING, system=True)
+assert can_transition(S.RUNNING, S.FAILED, system=True)
+
+
+def fail_over_tasks(where: Q, *, reason: str, actor: Actor, now: datetime) -> dict[str, int]:
+    """Fail over every RUNNING task matching `where`. Must run inside a transaction (the caller
+    holds the unit rows locked, so no claim adds tasks underneath). Returns counts."""
+    assert transaction.get_connection().in_atomic_block
+    counts = {"failedOver": 0, "poisoned": 0}
+    cap = settings.TASK_MAX_FAILOVER_COUNT
+    rows = list(
+        Task.objects.filter(where, status=S.RUNNING)
+        .select_for_update(skip_locked=True)
+        .order_by("id")
+        .values_list("id", "attempt", "unit_id", "failover_count")
+    )
+    for start in range(0, len(rows), CHUNK):
+        chunk = rows[start : start + CHUNK]
+        back = [r for r in chunk if r[3] + 1 <= cap]
+        poison = [r for r in chunk if r[3] + 1 > cap]
+        if back:
+            Task.objects.filter(id__in=[r[0] for r in back], status=S.RUNNING).update(
+                status=S.PENDING,
+                failover_count=F("failover_count") + 1,
+                available_at=now,
+                timeout_at=None,
+                pending_command=ControlCommand.ABORT,
+                updated_at=now,
+            )
+        if poison:
+            Task.objects.filter(id__in=[r[0] for r in poison], status=S.RUNNING).update(
+                status=S.FAILED,
+                failover_count=F("failover_count") + 1,
+                timeout_at=None,
+                next_retry_at=None,
+                pending_command=ControlCommand.ABORT,
+                finished_at=now,
+                updated_at=now,
+                error=f"poison: lost by its unit more than {cap} times ({reason})",
+            )
+        record_history_bulk(
+            _history(back, S.PENDING, reason, actor, now)
+            + _history(poison, S.FAILED, f"poison: failed over more than {cap} times; last: {reason}", actor, now)
+        )
+        counts["failedOver"] += len(back)
+        counts["poisoned"] += len(poison)
+    return counts
+
+
+def _history(
+    rows: Iterable[tuple[int, int, str | None, int]], target: str, reason: str, actor: Actor, now: datetime
+) -> list[TaskStatusHistory]:
+    return [
+        TaskStatusHistory(
+            task_id=task_id,
+            from_status=S.RUNNING,
+            to_status=target,
+            reason=reason[:2000],
+            actor_type=actor.type,
+            actor=actor.label,
+            unit_id=unit_id,
+            attempt=attempt,
+            created_at=now,
+        )
+        for task_id, attempt, unit_id, _ in rows
+    ]

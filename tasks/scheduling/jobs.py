@@ -1,0 +1,137 @@
+"""Periodic jobs: plain functions of `now`, idempotent and safe when two run at once (rows are
+taken with SKIP LOCKED and changed with compare-and-set conditions). Celery beat runs them through
+one-line wrappers in `tasks.celery_jobs`; `manage.py runjob NAME` runs one by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+
+from tasks.actors import Actor
+from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
+from tasks.scheduling.dbretry import retry_on_lock_error
+from tasks.scheduling.failover import fail_over_tasks
+from tasks.states import TaskStatus, can_transition
+from tasks.transitions import fail_locked_for_timeout, record_history_bulk
+from units.models import ExecutionUnit, UnitStatus
+
+S = TaskStatus
+UNIT_CHUNK = 500
+BATCH = 1000
+LIVE_UNIT_STATUSES = (UnitStatus.ONLINE, UnitStatus.BUSY, UnitStatus.MAINTENANCE)
+assert can_transition(S.FAILED, S.PENDING, system=True)
+
+
+def sweep_heartbeats(now: datetime) -> dict[str, int]:
+    """Units silent for UNIT_HEARTBEAT_TIMEOUT -> OFFLINE; their RUNNING tasks fail over."""
+    totals = {"unitsOffline": 0, "failedOver": 0, "poisoned": 0}
+    while True:
+        counts = _sweep_chunk(now)
+        for key, value in counts.items():
+            totals[key] += value
+        if counts["unitsOffline"] < UNIT_CHUNK:
+            return totals
+
+
+@retry_on_lock_error()
+@transaction.atomic
+def _sweep_chunk(now: datetime) -> dict[str, int]:
+    deadline = now - timedelta(seconds=settings.UNIT_HEARTBEAT_TIMEOUT)
+    # Locking the unit rows orders us with heartbeats and claims: a unit that heartbeats while we
+    # hold it waits, then finds itself OFFLINE and is told to abort the attempts it lost.
+    dead = list(
+        ExecutionUnit.objects.select_for_update(skip_locked=True)
+        .filter(status__in=LIVE_UNIT_STATUSES, last_heartbeat_at__lt=deadline)
+        .order_by("last_heartbeat_at")
+        .values_list("id", flat=True)[:UNIT_CHUNK]
+    )
+    if not dead:
+        return {"unitsOffline": 0, "failedOver": 0, "poisoned": 0}
+    ExecutionUnit.objects.filter(id__in=dead).update(status=UnitStatus.OFFLINE)
+    counts = fail_over_tasks(
+        Q(unit_id__in=dead),
+        reason=f"unit silent for more than {settings.UNIT_HEARTBEAT_TIMEOUT:g}s (heartbeat timeout): marked OFFLINE",
+        actor=Actor.system("sweep_heartbeats"),
+        now=now,
+    )
+    return {"unitsOffline": len(dead), **counts}
+
+
+@retry_on_lock_error()
+@transaction.atomic
+def move_due_retries(now: datetime) -> dict[str, int]:
+    """FAILED tasks whose backoff has elapsed -> PENDING (one batch per run)."""
+    rows = list(
+        Task.objects.select_for_update(skip_locked=True)
+        .filter(status=S.FAILED, next_retry_at__lte=now)
+        .order_by("next_retry_at")
+        .values_list("id", "attempt", "unit_id", "retry_count", "max_retries")[:BATCH]
+    )
+    if not rows:
+        return {"retried": 0}
+    ids = [r[0] for r in rows]
+    Task.objects.filter(id__in=ids, status=S.FAILED).update(
+        status=S.PENDING,
+        next_retry_at=None,
+        available_at=now,
+        finished_at=None,
+        updated_at=now,
+    )
+    actor = Actor.system("move_due_retries")
+    record_history_bulk(
+        [
+            TaskStatusHistory(
+                task_id=task_id,
+                from_status=S.FAILED,
+                to_status=S.PENDING,
+                reason=f"automatic retry {retries}/{max_retries} after backoff",
+                actor_type=actor.type,
+                actor=actor.label,
+                unit_id=unit_id,
+                attempt=attempt,
+                created_at=now,
+            )
+            for task_id, attempt, unit_id, retries, max_retries in rows
+        ]
+    )
+    return {"retried": len(rows)}
+
+
+@retry_on_lock_error()
+@transaction.atomic
+def fail_timeouts(now: datetime) -> dict[str, int]:
+    """RUNNING tasks past timeoutSeconds fail (retryable), one batch per run."""
+    tasks = list(
+        Task.objects.select_for_update(skip_locked=True)
+        .filter(status=S.RUNNING, timeout_at__lte=now)
+        .order_by("timeout_at")[:BATCH]
+    )
+    for task in tasks:
+        task.pending_command = "abort"
+        task.save(update_fields=["pending_command"])
+        fail_locked_for_timeout(task, now=now)
+    return {"timedOut": len(tasks)}
+
+
+def purge_old_logs(now: datetime) -> dict[str, int]:
+    """Delete execution logs older than TASK_LOG_RETENTION_DAYS, in batches."""
+    cutoff = now - timedelta(days=settings.TASK_LOG_RETENTION_DAYS)
+    deleted = 0
+    while True:
+        ids = list(TaskExecutionLog.objects.filter(created_at__lt=cutoff).values_list("id", flat=True)[:BATCH])
+        if not ids:
+            return {"deleted": deleted}
+        deleted += TaskExecutionLog.objects.filter(id__in=ids).delete()[0]
+
+
+JOBS: dict[str, Callable[[datetime], dict[str, Any]]] = {
+    "sweep_heartbeats": sweep_heartbeats,
+    "move_due_retries": move_due_retries,
+    "fail_timeouts": fail_timeouts,
+    "purge_old_logs": purge_old_logs,
+}

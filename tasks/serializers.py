@@ -1,0 +1,230 @@
+"""Request and response bodies of the tasks API, camelCase as the seed shows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from tasks.models import LogLevel, Task, TaskExecutionLog, TaskStatusHistory
+from tasks.states import TaskStatus
+
+MAX_CONFIG_BYTES = 65_536
+MAX_RESULT_BYTES = 262_144
+MAX_LOG_MESSAGE = 10_000
+MAX_LOG_BATCH = 500
+NAME_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
+
+
+def _check_json_size(value: Any, limit: int, what: str) -> Any:
+    if len(json.dumps(value, ensure_ascii=False).encode("utf-8")) > limit:
+        raise serializers.ValidationError(f"{what} must be at most {limit} bytes as JSON")
+    return value
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    taskType = serializers.CharField(source="task_type")
+    maxRetries = serializers.IntegerField(source="max_retries")
+    retryCount = serializers.IntegerField(source="retry_count")
+    failoverCount = serializers.IntegerField(source="failover_count")
+    timeoutSeconds = serializers.IntegerField(source="timeout_seconds", allow_null=True)
+    scheduledAt = serializers.DateTimeField(source="scheduled_at", allow_null=True)
+    nextRetryAt = serializers.DateTimeField(source="next_retry_at", allow_null=True)
+    unitId = serializers.CharField(source="unit_id", allow_null=True)
+    pendingCommand = serializers.CharField(source="pending_command")
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+    startedAt = serializers.DateTimeField(source="started_at", allow_null=True)
+    finishedAt = serializers.DateTimeField(source="finished_at", allow_null=True)
+    config = serializers.JSONField()
+    result = serializers.JSONField(allow_null=True)
+
+    class Meta:
+        model = Task
+        fields = [
+            "id",
+            "name",
+            "taskType",
+            "priority",
+            "config",
+            "status",
+            "attempt",
+            "progress",
+            "maxRetries",
+            "retryCount",
+            "failoverCount",
+            "timeoutSeconds",
+            "scheduledAt",
+            "nextRetryAt",
+            "unitId",
+            "pendingCommand",
+            "result",
+            "error",
+            "createdAt",
+            "updatedAt",
+            "startedAt",
+            "finishedAt",
+        ]
+        read_only_fields = fields
+
+
+class TaskCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=255, allow_blank=False)
+    taskType = serializers.RegexField(NAME_PATTERN, max_length=64, source="task_type")
+    priority = serializers.IntegerField(min_value=-1000, max_value=1000, default=0)
+    config = serializers.DictField(default=dict)
+    maxRetries = serializers.IntegerField(min_value=0, max_value=100, required=False, source="max_retries")
+    timeoutSeconds = serializers.IntegerField(
+        min_value=1, max_value=7 * 24 * 3600, required=False, allow_null=True, source="timeout_seconds"
+    )
+    scheduledAt = serializers.DateTimeField(required=False, allow_null=True, source="scheduled_at")
+
+    def validate_config(self, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_json_size(value, MAX_CONFIG_BYTES, "config")
+
+
+class TaskUpdateSerializer(TaskCreateSerializer):
+    """PATCH: every field optional; which may change depends on the task's state (the service)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("partial", True)
+        super().__init__(*args, **kwargs)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
+        if "status" in unknown:
+            raise serializers.ValidationError({"status": ["Change status with PUT /tasks/{id}/status"]})
+        if unknown:
+            field = sorted(unknown)[0]
+            raise serializers.ValidationError({field: ["Unknown or read-only field"]})
+        if not attrs:
+            raise serializers.ValidationError({"body": ["Nothing to update"]})
+        return attrs
+
+
+class StatusChangeSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=TaskStatus.choices)
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class TaskListQuerySerializer(serializers.Serializer):
+    ORDERINGS = ("id", "-id", "priority", "-priority", "createdAt", "-createdAt", "updatedAt", "-updatedAt")
+
+    page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1)
+    limit = serializers.IntegerField(min_value=1, default=10, help_text="Capped at API_PAGE_SIZE_MAX.")
+    status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
+    taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
+    unitId = serializers.CharField(max_length=64, required=False)
+    priority = serializers.IntegerField(min_value=-1000, max_value=1000, required=False)
+    search = serializers.CharField(max_length=255, required=False)
+    createdAfter = serializers.DateTimeField(required=False)
+    createdBefore = serializers.DateTimeField(required=False)
+    ordering = serializers.ChoiceField(choices=ORDERINGS, default="-id")
+    cursor = serializers.CharField(
+        max_length=64,
+        required=False,
+        allow_blank=True,
+        help_text="Cursor mode for large tables: pass an empty cursor to start, then nextCursor. "
+        "Ordered by id descending; no total count.",
+    )
+
+    def validate_limit(self, value: int) -> int:
+        return min(value, settings.API_PAGE_SIZE_MAX)
+
+
+class LogEntrySerializer(serializers.Serializer):
+    level = serializers.ChoiceField(choices=LogLevel.choices, default=LogLevel.INFO)
+    message = serializers.CharField(max_length=MAX_LOG_MESSAGE, trim_whitespace=False)
+    timestamp = serializers.DateTimeField(required=False)
+
+
+class LogWriteSerializer(serializers.Serializer):
+    """One entry (`{level, message}`) or a batch (`{entries: [...]}`); units add `attempt`."""
+
+    attempt = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False)
+    entries = LogEntrySerializer(many=True, required=False)
+    level = serializers.ChoiceField(choices=LogLevel.choices, required=False)
+    message = serializers.CharField(max_length=MAX_LOG_MESSAGE, required=False, trim_whitespace=False)
+    timestamp = serializers.DateTimeField(required=False)
+
+    def validate_entries(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not value:
+            raise serializers.ValidationError("must hold at least one entry")
+        if len(value) > MAX_LOG_BATCH:
+            raise serializers.ValidationError(f"at most {MAX_LOG_BATCH} entries per request")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "entries" in attrs:
+            if "message" in attrs:
+                raise serializers.ValidationError({"message": ["Send either entries or one message, not both"]})
+            return attrs
+        if "message" not in attrs:
+            raise serializers.ValidationError({"message": ["This field is required (or send entries)."]})
+        entry = {"level": attrs.pop("level", LogLevel.INFO), "message": attrs.pop("message")}
+        if "timestamp" in attrs:
+            entry["timestamp"] = attrs.pop("timestamp")
+        attrs["entries"] = [entry]
+        return attrs
+
+
+class LogSerializer(serializers.ModelSerializer):
+    taskId = serializers.IntegerField(source="task_id")
+    unitId = serializers.CharField(source="unit_id", allow_null=True)
+    createdAt = serializers.DateTimeField(source="created_at")
+
+    class Meta:
+        model = TaskExecutionLog
+        fields = ["id", "taskId", "attempt", "level", "message", "timestamp", "unitId", "source", "createdAt"]
+        read_only_fields = fields
+
+
+class LogQuerySerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(min_value=0, required=False)
+    level = serializers.ChoiceField(choices=LogLevel.choices, required=False)
+    after = serializers.IntegerField(min_value=0, default=0, help_text="Return entries with id greater than this.")
+    limit = serializers.IntegerField(min_value=1, default=100)
+
+    def validate_limit(self, value: int) -> int:
+        return min(value, 1000)
+
+
+class HistorySerializer(serializers.ModelSerializer):
+    fromStatus = serializers.CharField(source="from_status", allow_null=True)
+    toStatus = serializers.CharField(source="to_status")
+    actorType = serializers.CharField(source="actor_type")
+    unitId = serializers.CharField(source="unit_id", allow_null=True)
+    createdAt = serializers.DateTimeField(source="created_at")
+
+    class Meta:
+        model = TaskStatusHistory
+        fields = ["id", "fromStatus", "toStatus", "reason", "actorType", "actor", "unitId", "attempt", "createdAt"]
+        read_only_fields = fields
+
+
+class ProgressSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    progress = serializers.IntegerField(min_value=0, max_value=100)
+
+
+class CompleteSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    result = serializers.JSONField(required=False, allow_null=True, default=None)
+
+    def validate_result(self, value: Any) -> Any:
+        return _check_json_size(value, MAX_RESULT_BYTES, "result")
+
+
+class FailSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    error = serializers.CharField(max_length=10_000)
+    retryable = serializers.BooleanField(default=True)
+
+
+class RedriveSerializer(serializers.Serializer):
+    ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=1000)
+    taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
+    limit = serializers.IntegerField(min_value=1, max_value=1000, default=100)
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")

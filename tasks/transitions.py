@@ -1,0 +1,391 @@
+"""Every write of Task.status happens here.
+
+Each function locks the task row (`select_for_update` inside `transaction.atomic()`), checks the
+move against the one table in `tasks.states`, saves with `update_fields` and writes the history row
+in the same transaction. The API, the admin, the unit endpoints and the Celery jobs call these; set-
+based moves for the jobs live in `tasks.scheduling` and use `record_history_bulk` from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from taskhub.errors import Conflict, NotFound
+from tasks.actors import Actor
+from tasks.backoff import retry_delay
+from tasks.models import ControlCommand, Task, TaskStatusHistory
+from tasks.states import TaskStatus, allowed_targets, can_transition
+
+S = TaskStatus
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+    def __init__(self, task: Task, target: str, *, system: bool = False) -> None:
+        allowed = allowed_targets(task.status, system=system)
+        super().__init__(
+            f"Task {task.pk} cannot go from {task.status} to {target}; "
+            f"allowed: {', '.join(allowed) if allowed else 'none (terminal state)'}",
+            details={"currentStatus": task.status, "requestedStatus": target, "allowedTargets": allowed},
+        )
+
+
+def _lock(task_id: int, queryset: QuerySet[Task] | None = None) -> Task:
+    qs = (queryset if queryset is not None else Task.objects.all()).select_for_update()
+    try:
+        return qs.get(pk=task_id)
+    except Task.DoesNotExist:
+        raise NotFound(f"Task {task_id} not found") from None
+
+
+def history_row(
+    task: Task,
+    source: str | None,
+    target: str,
+    *,
+    actor: Actor,
+    reason: str,
+    now: datetime,
+    unit_id: str | None = None,
+) -> TaskStatusHistory:
+    return TaskStatusHistory(
+        task_id=task.pk,
+        from_status=source,
+        to_status=target,
+        reason=reason[:2000],
+        actor_type=actor.type,
+        actor=actor.label[:150],
+        unit_id=unit_id if unit_id is not None else (actor.unit_id or task.unit_id),
+        attempt=task.attempt,
+        created_at=now,
+    )
+
+
+def record_history_bulk(rows: Sequence[TaskStatusHistory]) -> None:
+    TaskStatusHistory.objects.bulk_create(rows, batch_size=1000)
+
+
+def _move(task: Task, target: str, *, actor: Actor, reason: str, now: datetime, fields: Iterable[str] = ()) -> Task:
+    """Check the table, apply `target`'s entry effects, save, write history. Caller holds the lock."""
+    source = task.status
+    if not can_transition(source, target, system=actor.is_system):
+        raise IllegalTransition(task, target, system=actor.is_system)
+    changed = set(fields) | _enter(task, target, now)
+    task.status = target
+    task.updated_at = now
+    task.save(update_fields=sorted(changed | {"status", "updated_at"}))
+    history_row(task, source, target, actor=actor, reason=reason, now=now).save()
+    return task
+
+
+def _enter(task: Task, target: str, now: datetime) -> set[str]:
+    """Fields every entry into `target` sets, whoever causes it. Returns the changed field names."""
+    if target == S.PENDING:
+        task.available_at = max(now, task.scheduled_at) if task.scheduled_at else now
+        task.next_retry_at = None
+        task.timeout_at = None
+        task.finished_at = None
+        return {"available_at", "next_retry_at", "timeout_at", "finished_at"}
+    if target == S.RUNNING:
+        task.attempt += 1
+        task.started_at = now
+        task.progress = 0
+        task.pending_command = ""
+        task.timeout_at = now + timedelta(seconds=task.timeout_seconds) if task.timeout_seconds else None
+        return {"attempt", "started_at", "progress", "pending_command", "timeout_at"}
+    if target in (S.COMPLETED, S.CANCELLED, S.FAILED):
+        task.finished_at = now
+        task.timeout_at = None
+        task.next_retry_at = None
+        return {"finished_at", "timeout_at", "next_retry_at"}
+    if target == S.PAUSED:
+        task.next_retry_at = None
+        return {"next_retry_at"}
+    return set()
+
+
+def _release_from_unit(task: Task, command: str) -> set[str]:
+    """A RUNNING task leaving its unit's hands: tell the unit (in heartbeat replies) to stop."""
+    if task.status == S.RUNNING and task.unit_id:
+        task.pending_command = command
+        return {"pending_command"}
+    return set()
+
+
+# --- Creation -------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def create_task(*, actor: Actor, now: datetime | None = None, **fields: Any) -> Task:
+    now = now or timezone.now()
+    scheduled_at = fields.get("scheduled_at")
+    fields.setdefault("max_retries", settings.TASK_MAX_RETRY_COUNT)
+    task = Task.objects.create(
+        status=S.PENDING,
+        available_at=max(now, scheduled_at) if scheduled_at else now,
+        created_at=now,
+        updated_at=now,
+        **fields,
+    )
+    history_row(task, None, S.PENDING, actor=actor, reason="created", now=now).save()
+    return task
+
+
+# --- Operator / client transitions --------------------------------------------------------
+
+
+def change_status(
+    task_id: int,
+    target: str,
+    *,
+    actor: Actor,
+    reason: str = "",
+    now: datetime | None = None,
+    queryset: QuerySet[Task] | None = None,
+) -> Task:
+    """`PUT /tasks/{id}/status`: dispatch to the transition that means `target`."""
+    actions: dict[str, Any] = {
+        S.RUNNING: start_task,
+        S.PAUSED: pause_task,
+        S.CANCELLED: cancel_task,
+        S.COMPLETED: complete_task,
+        S.FAILED: fail_task,
+    }
+    action = actions.get(target)
+    if action is not None:
+        return action(task_id, actor=actor, reason=reason, now=now, queryset=queryset)
+    if target == S.PENDING:
+        return reopen_task(task_id, actor=actor, reason=reason, now=now, queryset=queryset)
+    raise Conflict(f"Unknown status {target}")
+
+
+@transaction.atomic
+def start_task(
+    task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
+) -> Task:
+    """PENDING -> RUNNING by a client (the seed's `PUT status RUNNING`), without a unit lease."""
+    now = now or timezone.now()
+    task = _lock(task_id, queryset)
+    task.unit = None
+    return _move(task, S.RUNNING, actor=actor, reason=reason or "started", now=now, fields={"unit"})
+
+
+@transaction.atomic
+def pause_task(
+    task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
+) -> Task:
+    """Pause. A RUNNING task is first taken back from its unit (RUNNING -> PENDING, which fences
+    the attempt and queues a `pause` command for the unit), then paused: two rows, one chain."""
+    now = now or timezone.now()
+    task = _lock(task_id, queryset)
+    if task.status == S.RUNNING:
+        fields = _release_from_unit(task, ControlCommand.PAUSE)
+        _move(
+            task,
+            S.PENDING,
+            actor=Actor.system("pause-request"),
+            now=now,
+            fields=fields,
+            reason=f"pause requested by {actor.label}",
+        )
+    return _move(task, S.PAUSED, actor=actor, reason=reason or "paused", now=now)
+
+
+@transaction.atomic
+def cancel_task(
+    task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
+) -> Task:
+    now = now or timezone.now()
+    task = _lock(task_id, queryset)
+    fields = _release_from_unit(task, ControlCommand.CANCEL)
+    return _move(task, S.CANCELLED, actor=actor, reason=reason or "cancelled", now=now, fields=fields)
+
+
+@transaction.atomic
+def complete_task(
+    task_id: int,
+    *,
+    actor: Actor,
+    reason: str = "",
+    now: datetime | None = None,
+    queryset: QuerySet[Task] | None = None,
+    result: Any = None,
+) -> Task:
+    """RUNNING -> COMPLETED by a client or operator (units report through `complete_attempt`)."""
+    now = now or timezone.now()
+    task = _lock(task_id, queryset)
+    fields = _release_from_unit(task, ControlCommand.ABORT)
+    task.progress = 100
+    task.result = result
+    return _move(
+        task, S.COMPLETED, actor=actor, reason=reason or "completed", now=now, fields=fields | {"progress", "result"}
+    )
+
+
+@transaction.atomic
+def fail_task(
+    task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
+) -> Task:
+    """RUNNING/PAUSED -> FAILED by a client or operator: final, no automatic retry."""
+    now = now or timezone.now()
+    task = _lock(task_id, queryset)
+    fields = _release_from_unit(task, ControlCommand.ABORT)
+    task.error = reason or task.error or "failed by request"
+    return _move(task, S.FAILED, actor=actor, reason=reason or "failed", now=now, fields=fields | {"error"})
+
+
+@transaction.atomic
+def reopen_task(
+    task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
+) -> Task:
+    """-> PENDING: resume a PAUSED task, or retry a FAILED one by hand."""
+    now = now or timezone.now()
+    task = _lock(task_id, queryset)
+    if task.status == S.FAILED:
+        return _retry_locked(task, actor=actor, reason=reason, now=now)
+    return _move(task, S.PENDING, actor=actor, reason=reason or "resumed", now=now)
+
+
+@transaction.atomic
+def retry_task(
+    task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
+) -> Task:
+    """Manual retry (and bulk redrive) of a FAILED task: back to PENDING with a fresh budget."""
+    now = now or timezone.now()
+    task = _lock(task_id, queryset)
+    if task.status != S.FAILED:
+        raise Conflict(
+            f"Task {task_id} is {task.status}; only FAILED tasks can be retried",
+            details={"currentStatus": task.status, "allowedStatuses": [S.FAILED]},
+        )
+    return _retry_locked(task, actor=actor, reason=reason, now=now)
+
+
+def _retry_locked(task: Task, *, actor: Actor, reason: str, now: datetime) -> Task:
+    # A retry by hand is a decision to try again: it resets the automatic budgets.
+    task.retry_count = 0
+    task.failover_count = 0
+    return _move(
+        task,
+        S.PENDING,
+        actor=actor,
+        reason=reason or "retried by hand",
+        now=now,
+        fields={"retry_count", "failover_count"},
+    )
+
+
+# --- Unit reports ---------------------------------------------------------------------------
+
+
+class StaleAttempt(Conflict):
+    code = "stale_attempt"
+
+    def __init__(self, task: Task, unit_id: str, attempt: int) -> None:
+        details: dict[str, Any] = {"taskId": task.pk, "attempt": attempt, "command": ControlCommand.ABORT}
+        message = f"Attempt {attempt} of task {task.pk} is not live for unit {unit_id}; abort it"
+        if task.unit_id == unit_id:  # say more only to the unit that held the task
+            details |= {"liveAttempt": task.attempt, "status": task.status}
+            message += f" (task is {task.status}, live attempt {task.attempt})"
+        super().__init__(message, details=details)
+
+
+def lock_live_attempt(task_id: int, unit_id: str, attempt: int) -> Task:
+    """Lock the task and check the fencing token: the unit must hold the live attempt."""
+    task = _lock(task_id)
+    if task.status != S.RUNNING or task.unit_id != unit_id or task.attempt != attempt:
+        raise StaleAttempt(task, unit_id, attempt)
+    return task
+
+
+def report_progress(task_id: int, *, unit_id: str, attempt: int, progress: int, now: datetime | None = None) -> Task:
+    """Progress of the live attempt: one compare-and-set UPDATE, fenced by (unit, attempt)."""
+    now = now or timezone.now()
+    live = Task.objects.filter(pk=task_id, status=S.RUNNING, unit_id=unit_id, attempt=attempt)
+    if not live.update(progress=progress, updated_at=now):
+        task = Task.objects.filter(pk=task_id).first()
+        if task is None:
+            raise NotFound(f"Task {task_id} not found")
+        raise StaleAttempt(task, unit_id, attempt)
+    return Task.objects.get(pk=task_id)
+
+
+def _is_same_outcome(task: Task, unit_id: str, attempt: int, status: str) -> bool:
+    """A repeat of a report already accepted (a retry after a lost reply): answer it again."""
+    if task.unit_id != unit_id or task.attempt != attempt:
+        return False
+    if status == S.FAILED:
+        # Accepted failure may have been moved on by the retry mover already.
+        return (
+            task.status in (S.FAILED, S.PENDING, S.RUNNING)
+            and task.history.filter(to_status=S.FAILED, attempt=attempt, unit_id=unit_id).exists()
+        )
+    return task.status == status
+
+
+@transaction.atomic
+def complete_attempt(
+    task_id: int, *, unit_id: str, attempt: int, result: Any, now: datetime | None = None
+) -> tuple[Task, bool]:
+    """A unit's result. Returns (task, accepted_now); a repeat of the accepted report is a no-op."""
+    now = now or timezone.now()
+    task = _lock(task_id)
+    if _is_same_outcome(task, unit_id, attempt, S.COMPLETED):
+        return task, False
+    if task.status != S.RUNNING or task.unit_id != unit_id or task.attempt != attempt:
+        raise StaleAttempt(task, unit_id, attempt)
+    task.progress = 100
+    task.result = result
+    _move(task, S.COMPLETED, actor=Actor.unit(unit_id), reason="completed", now=now, fields={"progress", "result"})
+    return task, True
+
+
+@transaction.atomic
+def fail_attempt(
+    task_id: int, *, unit_id: str, attempt: int, error: str, retryable: bool, now: datetime | None = None
+) -> tuple[Task, bool]:
+    """A failed attempt. Retryable with retries left: FAILED with `next_retry_at` set (the retry
+    mover brings it back to PENDING); otherwise FAILED for good (the dead set)."""
+    now = now or timezone.now()
+    task = _lock(task_id)
+    if _is_same_outcome(task, unit_id, attempt, S.FAILED):
+        return task, False
+    if task.status != S.RUNNING or task.unit_id != unit_id or task.attempt != attempt:
+        raise StaleAttempt(task, unit_id, attempt)
+    return _fail_locked(task, error=error, retryable=retryable, now=now, actor=Actor.unit(unit_id)), True
+
+
+def _fail_locked(task: Task, *, error: str, retryable: bool, now: datetime, actor: Actor) -> Task:
+    task.error = error[:10_000]
+    fields = {"error"}
+    will_retry = retryable and task.retry_count < task.max_retries
+    if will_retry:
+        task.retry_count += 1
+        fields.add("retry_count")
+    reason = error[:500]
+    if will_retry:
+        reason = f"{reason} (retry {task.retry_count}/{task.max_retries} scheduled)"
+    elif retryable:
+        reason = f"{reason} (no retries left: {task.max_retries} used)"
+    else:
+        reason = f"{reason} (not retryable)"
+    _move(task, S.FAILED, actor=actor, reason=reason, now=now, fields=fields)
+    if will_retry:
+        task.next_retry_at = now + retry_delay(task.retry_count)
+        task.save(update_fields=["next_retry_at"])
+    return task
+
+
+def fail_locked_for_timeout(task: Task, *, now: datetime) -> Task:
+    """Used by the timeout job on a row it has locked."""
+    return _fail_locked(
+        task, error=f"timed out after {task.timeout_seconds}s", retryable=True, now=now, actor=Actor.system("timeouts")
+    )

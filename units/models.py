@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class UnitStatus(models.TextChoices):
+    ONLINE = "ONLINE"
+    BUSY = "BUSY"  # online, no free capacity
+    MAINTENANCE = "MAINTENANCE"  # draining: claims nothing, keeps its running tasks
+    OFFLINE = "OFFLINE"  # silent past UNIT_HEARTBEAT_TIMEOUT; must heartbeat/re-register to claim
+
+
+class ExecutionUnit(models.Model):
+    id = models.CharField(primary_key=True, max_length=64)
+    unit_type = models.CharField(max_length=64, db_index=True)
+    unit_name = models.CharField(max_length=255)
+    capacity = models.PositiveIntegerField()
+    endpoint = models.CharField(max_length=500, blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=UnitStatus.choices, default=UnitStatus.ONLINE)
+    current_load = models.PositiveIntegerField(default=0, help_text="Load the unit last reported.")
+    # Hash of the unit's own bearer token (sha256 hex); the token itself is shown once.
+    token_hash = models.CharField(max_length=64, unique=True)
+    owner = models.ForeignKey(
+        "apikeys.ApiKey",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="units",
+        help_text="The API key that registered this unit.",
+    )
+    last_heartbeat_at = models.DateTimeField()
+    registered_at = models.DateTimeField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "execution_units"
+        ordering = ["id"]
+        indexes = [
+            # The sweeper's poll: live units whose last heartbeat is older than the timeout.
+            models.Index(fields=["status", "last_heartbeat_at"], name="unit_liveness_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.unit_type})"

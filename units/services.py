@@ -1,0 +1,242 @@
+"""Execution-unit writes: register, heartbeat, edit, drain, deregister."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q, QuerySet, Sum
+from django.utils import timezone
+
+from taskhub.apikeys.tokens import digest, new_unit_token
+from taskhub.errors import Forbidden, NotFound
+from tasks.actors import Actor
+from tasks.models import ControlCommand, Task
+from tasks.scheduling.dbretry import retry_on_lock_error
+from tasks.scheduling.failover import fail_over_tasks
+from tasks.states import TaskStatus
+from units.models import ExecutionUnit, UnitStatus
+
+S = TaskStatus
+
+
+def _lock_unit(unit_id: str, queryset: QuerySet[ExecutionUnit] | None = None) -> ExecutionUnit:
+    unit = (
+        (queryset if queryset is not None else ExecutionUnit.objects.all())
+        .select_for_update()
+        .filter(pk=unit_id)
+        .first()
+    )
+    if unit is None:
+        raise NotFound(f"Execution unit {unit_id} not found")
+    return unit
+
+
+@retry_on_lock_error()
+def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = None) -> tuple[ExecutionUnit, str, bool]:
+    """First registration creates the unit (created=True); a re-registration by the same key
+    refreshes it and issues a new token. A restarted unit holds none of its earlier attempts, so
+    they fail over at once. Returns (unit, token, created)."""
+    now = now or timezone.now()
+    token = new_unit_token()
+    fields = {**data, "token_hash": digest(token), "last_heartbeat_at": now}
+    unit_id = fields.pop("id")
+    try:
+        with transaction.atomic():
+            unit = ExecutionUnit.objects.select_for_update().filter(pk=unit_id).first()
+            if unit is None:
+                unit = ExecutionUnit.objects.create(
+                    id=unit_id, owner=owner, registered_at=now, status=UnitStatus.ONLINE, **fields
+                )
+                return unit, token, True
+            if unit.owner_id != getattr(owner, "pk", None):
+                raise Forbidden(f"Execution unit {unit_id} was registered by another API key")
+            for name, value in fields.items():
+                setattr(unit, name, value)
+            if unit.status != UnitStatus.MAINTENANCE:  # a drain set by an operator survives restarts
+                unit.status = UnitStatus.ONLINE
+            unit.save()
+            fail_over_tasks(
+                Q(unit_id=unit_id),
+                reason=f"unit {unit_id} re-registered (restarted)",
+                actor=Actor.system("register"),
+                now=now,
+            )
+            return unit, token, False
+    except IntegrityError:
+        # Two first registrations raced: the loser retries as a re-registration.
+        if not ExecutionUnit.objects.filter(pk=unit_id).exists():
+            raise
+        return unit_register(owner=owner, data={"id": unit_id, **data}, now=now)
+
+
+@retry_on_lock_error()
+@transaction.atomic
+def unit_heartbeat(
+    unit_id: str,
+    *,
+    current_load: int,
+    metadata: dict[str, Any] | None,
+    tasks: list[dict[str, Any]] | None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Record liveness; with a task list, reconcile the unit's leases against it.
+
+    Listed tasks whose attempt is live are renewed (and their progress recorded); leased tasks not
+    listed fail over at once; listed tasks that are no longer the unit's get a command: the stored
+    cancel/pause, or abort for a stale attempt."""
+    now = now or timezone.now()
+    unit = _lock_unit(unit_id)
+    unit.last_heartbeat_at = now
+    unit.current_load = current_load
+    changed = ["last_heartbeat_at", "current_load", "status", "updated_at"]
+    if metadata is not None:
+        unit.metadata = metadata
+        changed.append("metadata")
+    failed_over: list[int] = []
+    commands: list[dict[str, Any]] = []
+    live = list(Task.objects.filter(unit_id=unit_id, status=S.RUNNING).values_list("id", "attempt"))
+    if tasks is not None:
+        listed = {t["id"]: t for t in tasks}
+        lost = [task_id for task_id, attempt in live if listed.get(task_id, {}).get("attempt") != attempt]
+        if lost:
+            fail_over_tasks(
+                Q(id__in=lost),
+                reason=f"unit {unit_id} no longer runs this attempt (heartbeat)",
+                actor=Actor.system("heartbeat"),
+                now=now,
+            )
+            failed_over = lost
+        live_set = {(task_id, attempt) for task_id, attempt in live if task_id not in lost}
+        for task_id, attempt in live_set:
+            progress = listed[task_id].get("progress")
+            if progress is not None:
+                Task.objects.filter(pk=task_id, attempt=attempt, status=S.RUNNING).update(progress=progress)
+        stale = {t["id"]: t["attempt"] for t in tasks if (t["id"], t["attempt"]) not in live_set}
+        commands = _commands_for(unit_id, stale)
+        # The unit no longer lists these: it has acted on their commands.
+        Task.objects.filter(unit_id=unit_id).exclude(status=S.RUNNING).exclude(pending_command="").exclude(
+            id__in=list(stale)
+        ).update(pending_command="")
+        running = len(live_set)
+    else:
+        commands = _commands_for(unit_id, None)
+        running = len(live)
+    if unit.status == UnitStatus.OFFLINE or unit.status in (UnitStatus.ONLINE, UnitStatus.BUSY):
+        unit.status = UnitStatus.BUSY if running >= unit.capacity else UnitStatus.ONLINE
+    unit.save(update_fields=changed)
+    return {
+        "unitId": unit.pk,
+        "status": unit.status,
+        "heartbeatIntervalSeconds": settings.UNIT_HEARTBEAT_INTERVAL,
+        "heartbeatTimeoutSeconds": settings.UNIT_HEARTBEAT_TIMEOUT,
+        "runningTasks": running,
+        "freeCapacity": max(unit.capacity - running, 0) if unit.status != UnitStatus.MAINTENANCE else 0,
+        "commands": commands,
+        "failedOver": failed_over,
+        "serverTime": now,
+    }
+
+
+def _commands_for(unit_id: str, stale: dict[int, int] | None) -> list[dict[str, Any]]:
+    """Commands for attempts the unit should stop. `stale` maps listed task id -> attempt; None
+    (no list sent) means: the stored commands of tasks this unit held last."""
+    if stale is None:
+        rows = Task.objects.filter(unit_id=unit_id).exclude(status=S.RUNNING).exclude(pending_command="")
+        return [
+            _command(t.pk, t.attempt, t.pending_command, t)
+            for t in rows.only("id", "attempt", "pending_command", "status")
+        ]
+    if not stale:
+        return []
+    found = {
+        t.pk: t
+        for t in Task.objects.filter(id__in=list(stale)).only("id", "attempt", "pending_command", "status", "unit_id")
+    }
+    out = []
+    for task_id, attempt in sorted(stale.items()):
+        task = found.get(task_id)
+        held_last = task is not None and task.unit_id == unit_id and task.attempt == attempt
+        command = (
+            task.pending_command if held_last and task is not None and task.pending_command else ControlCommand.ABORT
+        )
+        out.append(_command(task_id, attempt, command, task if held_last else None))
+    return out
+
+
+def _command(task_id: int, attempt: int, command: str, task: Task | None) -> dict[str, Any]:
+    reasons: dict[str, str] = {
+        ControlCommand.CANCEL: "task was cancelled",
+        ControlCommand.PAUSE: "task was paused",
+    }
+    why = reasons.get(command, "attempt is no longer live (failed over, finished or reassigned)")
+    if task is not None and command == ControlCommand.ABORT:
+        why = f"attempt is no longer live (task is {task.status})"
+    return {"taskId": task_id, "attempt": attempt, "command": command, "reason": why}
+
+
+def unit_claim(unit_id: str, max_tasks: int, now: datetime | None = None) -> tuple[list[Task], str]:
+    from tasks.scheduling.claim import claim_tasks
+
+    now = now or timezone.now()
+    tasks = claim_tasks(unit_id, max_tasks, now=now)
+    status = ExecutionUnit.objects.filter(pk=unit_id).values_list("status", flat=True).first()
+    return tasks, status or UnitStatus.OFFLINE
+
+
+@transaction.atomic
+def unit_update(unit_id: str, changes: dict[str, Any], *, queryset: QuerySet[ExecutionUnit]) -> ExecutionUnit:
+    unit = _lock_unit(unit_id, queryset)
+    if changes.get("status") == UnitStatus.ONLINE and unit.status == UnitStatus.OFFLINE:
+        changes.pop("status")  # an OFFLINE unit comes back by heartbeating, not by an edit
+    elif changes.get("status") == UnitStatus.ONLINE and unit.status == UnitStatus.BUSY:
+        changes.pop("status")
+    for name, value in changes.items():
+        setattr(unit, name, value)
+    unit.save()
+    return unit
+
+
+@transaction.atomic
+def unit_delete(unit_id: str, *, queryset: QuerySet[ExecutionUnit], actor: Actor) -> dict[str, int]:
+    """Deregister: the unit's RUNNING tasks fail over first, then the row goes (its token dies)."""
+    unit = _lock_unit(unit_id, queryset)
+    counts = fail_over_tasks(
+        Q(unit_id=unit_id),
+        reason=f"unit {unit_id} deregistered by {actor.label}",
+        actor=actor if actor.is_system else Actor.system("deregister"),
+        now=timezone.now(),
+    )
+    unit.delete()
+    return counts
+
+
+def unit_stats(queryset: QuerySet[ExecutionUnit]) -> dict[str, Any]:
+    by_status = {s: 0 for s in UnitStatus.values}
+    capacity = 0
+    for row in queryset.order_by().values("status").annotate(n=Count("id"), cap=Sum("capacity")):
+        by_status[row["status"]] = row["n"]
+        if row["status"] in (UnitStatus.ONLINE, UnitStatus.BUSY):
+            capacity += row["cap"] or 0
+    running = Task.objects.filter(
+        status=S.RUNNING, unit__in=queryset.filter(status__in=[UnitStatus.ONLINE, UnitStatus.BUSY])
+    ).count()
+    return {
+        "total": sum(by_status.values()),
+        "byStatus": by_status,
+        "onlineCapacity": capacity,
+        "runningTasks": running,
+        "utilisation": round(running / capacity, 4) if capacity else 0.0,
+    }
+
+
+def visible_units(principal: Any) -> QuerySet[ExecutionUnit]:
+    """Operators see all units; an API key the units it registered; a unit only itself."""
+    qs = ExecutionUnit.objects.all()
+    if principal.is_operator:
+        return qs
+    if principal.unit is not None:
+        return qs.filter(pk=principal.unit.pk)
+    return qs.filter(owner=principal.api_key)
