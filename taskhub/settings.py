@@ -110,7 +110,8 @@ if DB_HOST:
                 "init_command": "SET sql_mode='STRICT_TRANS_TABLES', innodb_lock_wait_timeout=10",
                 "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5, minimum=1),
             },
-            "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+            # DB_TEST_NAME lets parallel test runs on one server keep apart.
+            "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci", "NAME": env_str("DB_TEST_NAME") or None},
         }
     }
 else:
