@@ -45,21 +45,25 @@ def json_error(status: int, code: str, message: str, details: dict[str, Any] | N
 def flatten_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     """DRF's nested error detail -> {"entries[0].level": ["..."], ...}."""
     out: dict[str, list[str]] = {}
+
+    def add(name: str, value: Any) -> None:
+        for k, v in flatten_errors(value, name).items():
+            out.setdefault(k, []).extend(v)
+
     if isinstance(detail, dict):
         for key, value in detail.items():
-            name = prefix if key in ("non_field_errors",) and prefix else (f"{prefix}.{key}" if prefix else str(key))
-            if key == "non_field_errors" and not prefix:
-                name = "body"
-            for k, v in flatten_errors(value, name).items():
-                out.setdefault(k, []).extend(v)
+            if isinstance(key, int):  # ListSerializer errors are keyed by index
+                add(f"{prefix}[{key}]", value)
+            elif key == "non_field_errors":
+                add(prefix or "body", value)
+            else:
+                add(f"{prefix}.{key}" if prefix else str(key), value)
+    elif isinstance(detail, list) and any(isinstance(item, dict | list) for item in detail):
+        for index, item in enumerate(detail):
+            if item:
+                add(f"{prefix}[{index}]", item)
     elif isinstance(detail, list):
-        if all(not isinstance(item, dict | list) for item in detail):
-            out[prefix or "body"] = [str(item) for item in detail]
-        else:
-            for index, item in enumerate(detail):
-                if item:
-                    for k, v in flatten_errors(item, f"{prefix}[{index}]").items():
-                        out.setdefault(k, []).extend(v)
+        out[prefix or "body"] = [str(item) for item in detail]
     else:
         out[prefix or "body"] = [str(detail)]
     return out

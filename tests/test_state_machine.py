@@ -1,0 +1,154 @@
+"""The transition table, enforced on every path, and the history chain it writes."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from taskhub.errors import Conflict
+from tasks import transitions
+from tasks.actors import Actor
+from tasks.models import Task, TaskStatusHistory
+from tasks.states import TERMINAL, TRANSITIONS, TaskStatus, allowed_targets, can_transition
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+S = TaskStatus
+ACTOR = Actor.api_key("tester")
+
+EXPECTED = {
+    ("PENDING", "RUNNING"), ("PENDING", "PAUSED"), ("PENDING", "CANCELLED"),
+    ("RUNNING", "COMPLETED"), ("RUNNING", "FAILED"), ("RUNNING", "CANCELLED"), ("RUNNING", "PENDING"),
+    ("PAUSED", "PENDING"), ("PAUSED", "FAILED"), ("PAUSED", "CANCELLED"),
+    ("FAILED", "PENDING"), ("FAILED", "CANCELLED"),
+}  # fmt: skip
+
+
+def test_transition_table_is_exactly_the_contract():
+    table = {(s, t) for s, targets in TRANSITIONS.items() for t in targets}
+    assert table == EXPECTED
+    assert {"COMPLETED", "CANCELLED"} == TERMINAL
+
+
+def test_failover_move_is_system_only():
+    assert can_transition("RUNNING", "PENDING", system=True)
+    assert not can_transition("RUNNING", "PENDING")
+    assert "PENDING" not in allowed_targets("RUNNING")
+
+
+def _task_in(status: str) -> Task:
+    """Bring a task to `status` through the transition functions (never by writing status)."""
+    task = factories.task()
+    paths = {
+        "PENDING": [],
+        "RUNNING": ["RUNNING"],
+        "PAUSED": ["PAUSED"],
+        "COMPLETED": ["RUNNING", "COMPLETED"],
+        "FAILED": ["RUNNING", "FAILED"],
+        "CANCELLED": ["CANCELLED"],
+    }
+    for step in paths[status]:
+        transitions.change_status(task.pk, step, actor=ACTOR)
+    task.refresh_from_db()
+    assert task.status == status
+    return task
+
+
+@pytest.mark.parametrize(("source", "target"), list(itertools.product(S.values, S.values)))
+def test_put_status_allows_exactly_the_table(client_a, source, target):
+    task = _task_in(source)
+    Task.objects.filter(pk=task.pk).update(owner=client_a_key(client_a))
+    before = list(TaskStatusHistory.objects.filter(task=task).values_list("id", flat=True))
+    response = client_a.put(f"/api/v1/tasks/{task.pk}/status", {"status": target, "reason": "test"})
+    client_ok = can_transition(source, target) or (source == "RUNNING" and target == "PAUSED")
+    if client_ok:
+        assert response.status_code == 200, response.content
+        task.refresh_from_db()
+        assert task.status == target
+    else:
+        assert response.status_code == 409, response.content
+        body = response.json()
+        assert body["code"] == "illegal_transition"
+        assert body["details"]["allowedTargets"] == allowed_targets(source)
+        assert source in body["message"] and target in body["message"]
+        task.refresh_from_db()
+        assert task.status == source
+        after = list(TaskStatusHistory.objects.filter(task=task).values_list("id", flat=True))
+        assert after == before  # a refused request writes nothing
+
+
+def client_a_key(client):
+    from taskhub.apikeys.models import ApiKey
+
+    return ApiKey.objects.get(name="client-a")
+
+
+def test_every_change_writes_one_history_row_with_actor_and_attempt():
+    task = factories.task()
+    transitions.change_status(task.pk, "RUNNING", actor=ACTOR, reason="go")
+    transitions.change_status(task.pk, "FAILED", actor=Actor.operator("alice"), reason="broken input")
+    transitions.retry_task(task.pk, actor=Actor.operator("alice"))
+    rows = list(TaskStatusHistory.objects.filter(task=task).order_by("id"))
+    assert [(r.from_status, r.to_status) for r in rows] == [
+        (None, "PENDING"),
+        ("PENDING", "RUNNING"),
+        ("RUNNING", "FAILED"),
+        ("FAILED", "PENDING"),
+    ]
+    assert rows[1].actor == "key:tester" and rows[1].actor_type == "api_key" and rows[1].attempt == 1
+    assert rows[2].actor == "user:alice" and rows[2].reason == "broken input"
+
+
+def test_pause_of_running_task_keeps_the_chain_and_fences_the_unit():
+    unit = factories.unit("u-pause")
+    task = factories.task()
+    from django.utils import timezone
+
+    from tasks.scheduling.claim import claim_tasks
+
+    claim_tasks(unit.pk, 1, now=timezone.now())
+    transitions.pause_task(task.pk, actor=Actor.operator("op"))
+    task.refresh_from_db()
+    assert task.status == "PAUSED" and task.pending_command == "pause"
+    chain = list(TaskStatusHistory.objects.filter(task=task).order_by("id").values_list("from_status", "to_status"))
+    assert chain[-2:] == [("RUNNING", "PENDING"), ("PENDING", "PAUSED")]
+    with pytest.raises(Conflict):
+        transitions.complete_attempt(task.pk, unit_id=unit.pk, attempt=1, result={})
+
+
+def test_history_is_a_gap_free_chain_after_many_moves():
+    task = factories.task()
+    for target in ["PAUSED", "PENDING", "RUNNING", "FAILED", "PENDING", "RUNNING", "COMPLETED"]:
+        transitions.change_status(task.pk, target, actor=ACTOR)
+    rows = list(TaskStatusHistory.objects.filter(task=task).order_by("id"))
+    for previous, current in itertools.pairwise(rows):
+        assert current.from_status == previous.to_status
+    assert rows[-1].to_status == Task.objects.get(pk=task.pk).status
+
+
+def test_no_module_outside_transitions_and_scheduling_writes_status():
+    """One place for the rule: grep the code for status writes."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    allowed = {
+        "tasks/transitions.py",
+        "tasks/scheduling/failover.py",
+        "tasks/scheduling/claim.py",
+        "tasks/scheduling/jobs.py",
+    }
+    offenders = []
+    pattern = re.compile(r"(\.update\([^)]*\bstatus=S\.|task\.status\s*=[^=])")
+    for path in (
+        list((root / "tasks").rglob("*.py"))
+        + list((root / "units").rglob("*.py"))
+        + list((root / "taskhub").rglob("*.py"))
+    ):
+        rel = path.relative_to(root).as_posix()
+        if "migrations" in rel or rel in allowed:
+            continue
+        if pattern.search(path.read_text()):
+            offenders.append(rel)
+    assert offenders == []
