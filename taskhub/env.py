@@ -11,19 +11,26 @@ import os
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _raw(name: str) -> str | None:
+    """The variable's value; unset and empty (`NAME=` in .env) both mean "use the default"."""
+    value = os.environ.get(name)
+    return None if value is None or value.strip() == "" else value.strip()
 
 
 def env_str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default).strip()
+    raw = _raw(name)
+    return default if raw is None else raw
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _raw(name)
+    if raw is None:
         return default
     try:
-        value = int(raw.strip())
+        value = int(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
     if minimum is not None and value < minimum:
@@ -34,11 +41,11 @@ def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int
 
 
 def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _raw(name)
+    if raw is None:
         return default
     try:
-        value = float(raw.strip())
+        value = float(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
     if value != value or value in (float("inf"), float("-inf")):
@@ -49,10 +56,10 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
 
 
 def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
+    raw = _raw(name)
     if raw is None:
         return default
-    value = raw.strip().lower()
+    value = raw.lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
@@ -61,7 +68,7 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
-    raw = os.environ.get(name, default).strip()
+    raw = _raw(name) or default
     value = raw.upper() if upper else raw.lower()
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
@@ -69,4 +76,4 @@ def env_choice(name: str, default: str, choices: tuple[str, ...], *, upper: bool
 
 
 def env_list(name: str, default: str = "") -> list[str]:
-    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+    return [item.strip() for item in (_raw(name) or default).split(",") if item.strip()]
