@@ -151,7 +151,7 @@ def test_silent_units_task_is_failed_over_by_beat_and_claimed_by_another(hub):
 
 
 def test_one_ctrl_c_stops_web_worker_and_beat(hub):
-    base, _, proc = hub
+    _, _, proc = hub
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) == 3
     proc.send_signal(signal.SIGINT)
