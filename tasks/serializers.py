@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
@@ -16,6 +17,20 @@ MAX_RESULT_BYTES = 262_144
 MAX_LOG_MESSAGE = 10_000
 MAX_LOG_BATCH = 500
 NAME_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
+MAX_ID = 2**63 - 1
+MAX_ATTEMPT = 2**31 - 1
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+class BoundedDateTimeField(serializers.DateTimeField):
+    """A datetime every backend can store and compare (MySQL DATETIME starts at year 1000)."""
+
+    def to_internal_value(self, value: Any) -> datetime:
+        parsed = super().to_internal_value(value)
+        if not EARLIEST <= parsed < LATEST:
+            raise serializers.ValidationError("must be between 1970 and 2200")
+        return parsed
 
 
 def _check_json_size(value: Any, limit: int, what: str) -> Any:
@@ -79,7 +94,7 @@ class TaskCreateSerializer(serializers.Serializer):
     timeoutSeconds = serializers.IntegerField(
         min_value=1, max_value=7 * 24 * 3600, required=False, allow_null=True, source="timeout_seconds"
     )
-    scheduledAt = serializers.DateTimeField(required=False, allow_null=True, source="scheduled_at")
+    scheduledAt = BoundedDateTimeField(required=False, allow_null=True, source="scheduled_at")
 
     def validate_config(self, value: dict[str, Any]) -> dict[str, Any]:
         return _check_json_size(value, MAX_CONFIG_BYTES, "config")
@@ -113,14 +128,16 @@ class TaskListQuerySerializer(serializers.Serializer):
     ORDERINGS = ("id", "-id", "priority", "-priority", "createdAt", "-createdAt", "updatedAt", "-updatedAt")
 
     page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1)
-    limit = serializers.IntegerField(min_value=1, default=10, help_text="Capped at API_PAGE_SIZE_MAX.")
+    limit = serializers.IntegerField(
+        min_value=1, max_value=MAX_ID, default=10, help_text="Capped at API_PAGE_SIZE_MAX."
+    )
     status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
     unitId = serializers.CharField(max_length=64, required=False)
     priority = serializers.IntegerField(min_value=-1000, max_value=1000, required=False)
     search = serializers.CharField(max_length=255, required=False)
-    createdAfter = serializers.DateTimeField(required=False)
-    createdBefore = serializers.DateTimeField(required=False)
+    createdAfter = BoundedDateTimeField(required=False)
+    createdBefore = BoundedDateTimeField(required=False)
     ordering = serializers.ChoiceField(choices=ORDERINGS, default="-id")
     cursor = serializers.CharField(
         max_length=64,
@@ -137,17 +154,17 @@ class TaskListQuerySerializer(serializers.Serializer):
 class LogEntrySerializer(serializers.Serializer):
     level = serializers.ChoiceField(choices=LogLevel.choices, default=LogLevel.INFO)
     message = serializers.CharField(max_length=MAX_LOG_MESSAGE, trim_whitespace=False)
-    timestamp = serializers.DateTimeField(required=False)
+    timestamp = BoundedDateTimeField(required=False)
 
 
 class LogWriteSerializer(serializers.Serializer):
     """One entry (`{level, message}`) or a batch (`{entries: [...]}`); units add `attempt`."""
 
-    attempt = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False)
+    attempt = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPT, required=False)
     entries = LogEntrySerializer(many=True, required=False)
     level = serializers.ChoiceField(choices=LogLevel.choices, required=False)
     message = serializers.CharField(max_length=MAX_LOG_MESSAGE, required=False, trim_whitespace=False)
-    timestamp = serializers.DateTimeField(required=False)
+    timestamp = BoundedDateTimeField(required=False)
 
     def validate_entries(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not value:
@@ -182,10 +199,12 @@ class LogSerializer(serializers.ModelSerializer):
 
 
 class LogQuerySerializer(serializers.Serializer):
-    attempt = serializers.IntegerField(min_value=0, required=False)
+    attempt = serializers.IntegerField(min_value=0, max_value=MAX_ATTEMPT, required=False)
     level = serializers.ChoiceField(choices=LogLevel.choices, required=False)
-    after = serializers.IntegerField(min_value=0, default=0, help_text="Return entries with id greater than this.")
-    limit = serializers.IntegerField(min_value=1, default=100)
+    after = serializers.IntegerField(
+        min_value=0, max_value=MAX_ID, default=0, help_text="Return entries with id greater than this."
+    )
+    limit = serializers.IntegerField(min_value=1, max_value=MAX_ID, default=100)
 
     def validate_limit(self, value: int) -> int:
         return min(value, 1000)
@@ -205,12 +224,12 @@ class HistorySerializer(serializers.ModelSerializer):
 
 
 class ProgressSerializer(serializers.Serializer):
-    attempt = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    attempt = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPT)
     progress = serializers.IntegerField(min_value=0, max_value=100)
 
 
 class CompleteSerializer(serializers.Serializer):
-    attempt = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    attempt = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPT)
     result = serializers.JSONField(required=False, allow_null=True, default=None)
 
     def validate_result(self, value: Any) -> Any:
@@ -218,13 +237,15 @@ class CompleteSerializer(serializers.Serializer):
 
 
 class FailSerializer(serializers.Serializer):
-    attempt = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    attempt = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPT)
     error = serializers.CharField(max_length=10_000)
     retryable = serializers.BooleanField(default=True)
 
 
 class RedriveSerializer(serializers.Serializer):
-    ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=1000)
+    ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID), required=False, max_length=1000
+    )
     taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
     limit = serializers.IntegerField(min_value=1, max_value=1000, default=100)
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")

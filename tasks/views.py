@@ -87,7 +87,7 @@ def _filtered(qs: QuerySet[Task], q: dict[str, Any]) -> QuerySet[Task]:
     if "search" in q:
         term = q["search"]
         cond = Q(name__icontains=term)
-        if term.isdigit():
+        if term.isdigit() and len(term) <= 18:
             cond |= Q(pk=int(term))
         qs = qs.filter(cond)
     return qs

@@ -43,6 +43,8 @@ def _assert_error(response, status, field=None):
         ({"maxRetries": -1}, "maxRetries"),
         ({"timeoutSeconds": 0}, "timeoutSeconds"),
         ({"scheduledAt": "tomorrow"}, "scheduledAt"),
+        ({"scheduledAt": "0001-01-01T00:00:00Z"}, "scheduledAt"),
+        ({"scheduledAt": "9999-12-31T23:59:59-05:00"}, "scheduledAt"),
     ],
 )
 def test_bad_task_fields_are_400_naming_the_field_and_create_nothing(client_a, changes, field):
@@ -65,6 +67,7 @@ def test_missing_required_fields_are_named(client_a):
         ('{"name": NaN}', "body"),
         ('{"name": "\\ud800", "taskType": "X", "config": {}}', "body"),
         ("[" * 5000 + "]" * 5000, "body"),
+        ('{"name": "n", "taskType": "X", "config": {"big": 1e400}}', "body"),
         ('{"config": ' + '{"a": ' * 40 + "1" + "}" * 40 + ', "name": "n", "taskType": "X"}', "body"),
     ],
 )
@@ -168,3 +171,22 @@ def test_nested_log_entry_errors_name_the_entry(client_a):
         400,
     )
     assert "entries[1].level" in body["details"]["fields"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["search=99999999999999999999999999", "limit=99999999999999999999999", "page=99999999999999999999"],
+)
+def test_huge_numbers_in_queries_are_not_500(client_a, query):
+    assert client_a.get(f"/api/v1/tasks?{query}").status_code in (200, 400)
+
+
+def test_huge_ids_in_bodies_are_400(client_a, register_unit):
+    unit, body = register_unit()
+    response = unit.post(
+        f"/api/v1/execution-units/{body['id']}/heartbeat", {"currentLoad": 0, "tasks": [{"id": 10**30, "attempt": 1}]}
+    )
+    _assert_error(response, 400, "tasks[0].id")
+    _assert_error(client_a.post("/api/v1/tasks/redrive", {"ids": [10**30]}), 400, "ids[0]")
+    task = client_a.post("/api/v1/tasks", GOOD).json()
+    _assert_error(client_a.get(f"/api/v1/tasks/{task['id']}/logs?after={10**30}"), 400, "after")

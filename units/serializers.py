@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from rest_framework import serializers
 
-from tasks.serializers import NAME_PATTERN
+from tasks.serializers import MAX_ATTEMPT, MAX_ID, NAME_PATTERN
 from units.models import ExecutionUnit, UnitStatus
 
 MAX_METADATA_BYTES = 16_384
@@ -89,8 +89,8 @@ class RegisteredSerializer(UnitSerializer):
 
 
 class HeartbeatTaskSerializer(serializers.Serializer):
-    id = serializers.IntegerField(min_value=1)
-    attempt = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    id = serializers.IntegerField(min_value=1, max_value=MAX_ID)
+    attempt = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPT)
     progress = serializers.IntegerField(min_value=0, max_value=100, required=False)
 
 
@@ -166,7 +166,7 @@ class UnitUpdateSerializer(serializers.Serializer):
 
 class UnitListQuerySerializer(serializers.Serializer):
     page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1)
-    limit = serializers.IntegerField(min_value=1, default=20)
+    limit = serializers.IntegerField(min_value=1, max_value=MAX_ID, default=20)
     status = serializers.ChoiceField(choices=UnitStatus.choices, required=False)
     unitType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
 

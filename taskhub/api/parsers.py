@@ -13,6 +13,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400 overflows to inf, which JSON cannot store
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
 MAX_DEPTH = 32
 
 
@@ -36,7 +43,7 @@ class StrictJSONParser(JSONParser):
         except UnicodeDecodeError:
             raise ParseError("JSON body must be UTF-8") from None
         try:
-            data = json.loads(text, parse_constant=_reject_constant)
+            data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
         except RecursionError:
             raise ParseError("JSON body is nested too deeply") from None
         except ValueError as exc:
