@@ -73,19 +73,41 @@ def test_heartbeating_unit_keeps_its_task_forever(t0, settings):
     assert (task.status, task.unit_id, task.attempt) == ("RUNNING", "u1", 1)
 
 
-def test_task_the_unit_stops_listing_fails_over_at_once(t0):
+def test_task_the_unit_stops_listing_fails_over_at_once(t0, settings):
+    settings.UNIT_HEARTBEAT_INTERVAL = 2
     _, (kept, dropped) = _leased("u1", t0, n=2)
     reply = unit_heartbeat(
         "u1",
         current_load=1,
         metadata=None,
         tasks=[{"id": kept.pk, "attempt": 1, "progress": 50}],
-        now=t0 + timedelta(seconds=1),
+        now=t0 + timedelta(seconds=2.5),
     )
     assert reply["failedOver"] == [dropped.pk]
     dropped.refresh_from_db()
     kept.refresh_from_db()
     assert dropped.status == "PENDING" and kept.status == "RUNNING" and kept.progress == 50
+    row = TaskStatusHistory.objects.filter(task=dropped).order_by("id").last()
+    assert (row.from_status, row.to_status, row.actor) == ("RUNNING", "PENDING", "job:heartbeat")
+
+
+def test_a_lease_younger_than_the_grace_survives_a_list_sent_before_the_claim_reply(t0, settings):
+    """The unit's heartbeat thread may send its list while a claim reply is still in flight."""
+    settings.UNIT_HEARTBEAT_INTERVAL = 2
+    _, (task,) = _leased("u1", t0)
+    reply = unit_heartbeat("u1", current_load=0, metadata=None, tasks=[], now=t0 + timedelta(seconds=1))
+    assert reply["failedOver"] == [] and reply["runningTasks"] == 1
+    assert Task.objects.get(pk=task.pk).status == "RUNNING"
+    later = unit_heartbeat("u1", current_load=0, metadata=None, tasks=[], now=t0 + timedelta(seconds=3))
+    assert later["failedOver"] == [task.pk]
+
+
+def test_heartbeat_records_progress_of_many_tasks_in_one_update(t0, django_assert_max_num_queries):
+    _, tasks = _leased("u1", t0, n=5, capacity=5)
+    listed = [{"id": t.pk, "attempt": 1, "progress": 10 * i} for i, t in enumerate(tasks)]
+    with django_assert_max_num_queries(8):
+        unit_heartbeat("u1", current_load=5, metadata={"cpu": 1}, tasks=listed, now=t0 + timedelta(seconds=1))
+    assert [Task.objects.get(pk=t.pk).progress for t in tasks] == [0, 10, 20, 30, 40]
 
 
 def test_listed_stale_attempt_gets_an_abort_command(t0, settings):

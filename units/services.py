@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Case, Count, F, PositiveSmallIntegerField, Q, QuerySet, Sum, Value, When
 from django.utils import timezone
 
 from taskhub.apikeys.tokens import digest, new_unit_token
@@ -85,8 +85,9 @@ def unit_heartbeat(
     """Record liveness; with a task list, reconcile the unit's leases against it.
 
     Listed tasks whose attempt is live are renewed (and their progress recorded); leased tasks not
-    listed fail over at once; listed tasks that are no longer the unit's get a command: the stored
-    cancel/pause, or abort for a stale attempt."""
+    listed fail over at once (unless claimed within the last `list_grace()` seconds); listed tasks
+    that are no longer the unit's get a command: the stored cancel/pause, or abort for a stale
+    attempt."""
     now = now or timezone.now()
     unit = _lock_unit(unit_id)
     unit.last_heartbeat_at = now
@@ -97,10 +98,15 @@ def unit_heartbeat(
         changed.append("metadata")
     failed_over: list[int] = []
     commands: list[dict[str, Any]] = []
-    live = list(Task.objects.filter(unit_id=unit_id, status=S.RUNNING).values_list("id", "attempt"))
+    live = list(Task.objects.filter(unit_id=unit_id, status=S.RUNNING).values_list("id", "attempt", "started_at"))
     if tasks is not None:
         listed = {t["id"]: t for t in tasks}
-        lost = [task_id for task_id, attempt in live if listed.get(task_id, {}).get("attempt") != attempt]
+        # A claim reply may still be on its way to the unit when it sends this list: a lease
+        # younger than the grace is not lost for being unlisted (the next heartbeat decides).
+        grace_start = now - timedelta(seconds=list_grace())
+        held = {(tid, att) for tid, att, _ in live if listed.get(tid, {}).get("attempt") == att}
+        young = {(tid, att) for tid, att, started in live if tid not in listed and started and started > grace_start}
+        lost = [tid for tid, att, _ in live if (tid, att) not in held and (tid, att) not in young]
         if lost:
             fail_over_tasks(
                 Q(id__in=lost),
@@ -109,11 +115,8 @@ def unit_heartbeat(
                 now=now,
             )
             failed_over = lost
-        live_set = {(task_id, attempt) for task_id, attempt in live if task_id not in lost}
-        for task_id, attempt in live_set:
-            progress = listed[task_id].get("progress")
-            if progress is not None:
-                Task.objects.filter(pk=task_id, attempt=attempt, status=S.RUNNING).update(progress=progress)
+        _record_progress(unit_id, {tid: listed[tid]["progress"] for tid, _ in held if "progress" in listed[tid]})
+        live_set = held | young
         stale = {t["id"]: t["attempt"] for t in tasks if (t["id"], t["attempt"]) not in live_set}
         commands = _commands_for(unit_id, stale)
         # The unit no longer lists these: it has acted on their commands.
@@ -138,6 +141,22 @@ def unit_heartbeat(
         "failedOver": failed_over,
         "serverTime": now,
     }
+
+
+def list_grace() -> float:
+    return min(settings.UNIT_HEARTBEAT_INTERVAL, 5.0)
+
+
+def _record_progress(unit_id: str, progress: dict[int, int]) -> None:
+    """Progress of the listed live tasks, in one UPDATE."""
+    if progress:
+        Task.objects.filter(pk__in=list(progress), unit_id=unit_id, status=S.RUNNING).update(
+            progress=Case(
+                *[When(pk=tid, then=Value(p)) for tid, p in progress.items()],
+                default=F("progress"),
+                output_field=PositiveSmallIntegerField(),
+            )
+        )
 
 
 def _commands_for(unit_id: str, stale: dict[int, int] | None) -> list[dict[str, Any]]:

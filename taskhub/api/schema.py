@@ -46,5 +46,9 @@ class OperatorSessionScheme(OpenApiAuthenticationExtension):
     name = "operatorSession"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
-        return {"type": "apiKey", "in": "cookie", "name": "sessionid",
-                "description": "A staff user's admin session (browser use; CSRF token required)."}
+        return {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "sessionid",
+            "description": "A staff user's admin session (browser use; CSRF token required).",
+        }
