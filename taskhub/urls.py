@@ -43,6 +43,7 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("api-docs", PublicSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("admin/", admin.site.urls),
+    path("metrics", include("taskhub.console.urls")),
 ]
 
 handler404 = "taskhub.api.errors.handler404"

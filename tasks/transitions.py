@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from taskhub import metrics
 from taskhub.errors import Conflict, NotFound
 from tasks.actors import Actor
 from tasks.backoff import retry_delay
@@ -46,27 +47,36 @@ def _lock(task_id: int, queryset: QuerySet[Task] | None = None) -> Task:
         raise NotFound(f"Task {task_id} not found") from None
 
 
-def history_row(
-    task: Task,
+def new_history(
+    task_id: int,
+    attempt: int,
+    unit_id: str | None,
     source: str | None,
     target: str,
     *,
     actor: Actor,
     reason: str,
     now: datetime,
-    unit_id: str | None = None,
 ) -> TaskStatusHistory:
+    """The one place a history row is built (per-row and set-based moves alike)."""
     return TaskStatusHistory(
-        task_id=task.pk,
+        task_id=task_id,
         from_status=source,
         to_status=target,
         reason=reason[:2000],
         actor_type=actor.type,
         actor=actor.label[:150],
-        unit_id=unit_id if unit_id is not None else (actor.unit_id or task.unit_id),
-        attempt=task.attempt,
+        unit_id=unit_id,
+        attempt=attempt,
         created_at=now,
     )
+
+
+def history_row(
+    task: Task, source: str | None, target: str, *, actor: Actor, reason: str, now: datetime
+) -> TaskStatusHistory:
+    unit_id = actor.unit_id or task.unit_id
+    return new_history(task.pk, task.attempt, unit_id, source, target, actor=actor, reason=reason, now=now)
 
 
 def record_history_bulk(rows: Sequence[TaskStatusHistory]) -> None:
@@ -296,6 +306,7 @@ class StaleAttempt(Conflict):
             details |= {"liveAttempt": task.attempt, "status": task.status}
             message += f" (task is {task.status}, live attempt {task.attempt})"
         super().__init__(message, details=details)
+        metrics.record_stale_report()
 
 
 def lock_live_attempt(task_id: int, unit_id: str, attempt: int) -> Task:

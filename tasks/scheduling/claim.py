@@ -1,6 +1,6 @@
 """The claim: the one query that hands PENDING tasks to a unit.
 
-    SELECT id, attempt, timeout_seconds FROM tasks
+    SELECT * FROM tasks
      WHERE status='PENDING' AND task_type=%s AND available_at <= %s
      ORDER BY priority DESC, id
      LIMIT n FOR UPDATE SKIP LOCKED
@@ -18,12 +18,13 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.db.models import F
 
+from taskhub import metrics
 from taskhub.errors import NotFound
 from tasks.actors import Actor
-from tasks.models import Task, TaskStatusHistory
+from tasks.models import Task
 from tasks.scheduling.dbretry import retry_on_lock_error
 from tasks.states import TaskStatus, can_transition
-from tasks.transitions import record_history_bulk
+from tasks.transitions import new_history, record_history_bulk
 from units.models import ExecutionUnit, UnitStatus
 
 S = TaskStatus
@@ -34,28 +35,31 @@ def claimable(task_type: str, now: datetime):  # type: ignore[no-untyped-def]
     return Task.objects.filter(status=S.PENDING, task_type=task_type, available_at__lte=now).order_by("-priority", "id")
 
 
-@retry_on_lock_error()
-@transaction.atomic
 def claim_tasks(unit_id: str, max_tasks: int, *, now: datetime) -> list[Task]:
     """Lease up to `max_tasks` tasks of the unit's type, within its free capacity."""
+    return claim_tasks_with_status(unit_id, max_tasks, now=now)[0]
+
+
+@retry_on_lock_error()
+@transaction.atomic
+def claim_tasks_with_status(unit_id: str, max_tasks: int, *, now: datetime) -> tuple[list[Task], str]:
+    """`claim_tasks`, also returning the unit's status as this claim left it (what the claim
+    endpoint replies), so no query re-reads either after the commit."""
     # The unit row lock serialises this unit's claims, so its capacity count is exact.
     unit = ExecutionUnit.objects.select_for_update().filter(pk=unit_id).first()
     if unit is None:
         raise NotFound(f"Execution unit {unit_id} not found")
     if unit.status in (UnitStatus.OFFLINE, UnitStatus.MAINTENANCE):
-        return []
+        return [], unit.status
     running = Task.objects.filter(unit_id=unit.pk, status=S.RUNNING).count()
     wanted = min(max_tasks, unit.capacity - running)
-    rows: list[tuple[int, int, int | None]] = []
+    # Whole rows, locked: they are what the unit gets back, updated below as the UPDATE does.
+    tasks: list[Task] = []
     if wanted > 0:
-        rows = list(
-            claimable(unit.unit_type, now)
-            .select_for_update(skip_locked=True)
-            .values_list("id", "attempt", "timeout_seconds")[:wanted]
-        )
+        tasks = list(claimable(unit.unit_type, now).select_for_update(skip_locked=True)[:wanted])
     by_timeout: dict[int | None, list[int]] = defaultdict(list)
-    for task_id, _, timeout in rows:
-        by_timeout[timeout].append(task_id)
+    for task in tasks:
+        by_timeout[task.timeout_seconds].append(task.pk)
     for timeout, ids in by_timeout.items():
         Task.objects.filter(id__in=ids).update(
             status=S.RUNNING,
@@ -68,26 +72,25 @@ def claim_tasks(unit_id: str, max_tasks: int, *, now: datetime) -> list[Task]:
             next_retry_at=None,
             updated_at=now,
         )
+    for task in tasks:
+        task.status = S.RUNNING
+        task.unit_id = unit.pk
+        task.attempt += 1
+        task.started_at = now
+        task.progress = 0
+        task.pending_command = ""
+        task.timeout_at = now + timedelta(seconds=task.timeout_seconds) if task.timeout_seconds else None
+        task.next_retry_at = None
+        task.updated_at = now
     actor = Actor.unit(unit.pk)
     record_history_bulk(
         [
-            TaskStatusHistory(
-                task_id=task_id,
-                from_status=S.PENDING,
-                to_status=S.RUNNING,
-                reason="claimed",
-                actor_type=actor.type,
-                actor=actor.label,
-                unit_id=unit.pk,
-                attempt=attempt + 1,
-                created_at=now,
-            )
-            for task_id, attempt, _ in rows
+            new_history(task.pk, task.attempt, unit.pk, S.PENDING, S.RUNNING, actor=actor, reason="claimed", now=now)
+            for task in tasks
         ]
     )
-    status = UnitStatus.BUSY if running + len(rows) >= unit.capacity else UnitStatus.ONLINE
+    metrics.record_claim(unit.unit_type, len(tasks))
+    status = UnitStatus.BUSY if running + len(tasks) >= unit.capacity else UnitStatus.ONLINE
     if status != unit.status:
         ExecutionUnit.objects.filter(pk=unit.pk).update(status=status)
-    if not rows:
-        return []
-    return list(Task.objects.filter(id__in=[r[0] for r in rows]).order_by("-priority", "id"))
+    return tasks, status

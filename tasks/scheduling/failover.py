@@ -14,10 +14,11 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 
+from taskhub import metrics
 from tasks.actors import Actor
 from tasks.models import ControlCommand, Task, TaskStatusHistory
 from tasks.states import TaskStatus, can_transition
-from tasks.transitions import record_history_bulk
+from tasks.transitions import new_history, record_history_bulk
 
 S = TaskStatus
 CHUNK = 1000
@@ -67,6 +68,7 @@ def fail_over_tasks(where: Q, *, reason: str, actor: Actor, now: datetime) -> di
         )
         counts["failedOver"] += len(back)
         counts["poisoned"] += len(poison)
+    metrics.record_failover(counts)
     return counts
 
 
@@ -74,16 +76,6 @@ def _history(
     rows: Iterable[tuple[int, int, str | None, int]], target: str, reason: str, actor: Actor, now: datetime
 ) -> list[TaskStatusHistory]:
     return [
-        TaskStatusHistory(
-            task_id=task_id,
-            from_status=S.RUNNING,
-            to_status=target,
-            reason=reason[:2000],
-            actor_type=actor.type,
-            actor=actor.label,
-            unit_id=unit_id,
-            attempt=attempt,
-            created_at=now,
-        )
+        new_history(task_id, attempt, unit_id, S.RUNNING, target, actor=actor, reason=reason, now=now)
         for task_id, attempt, unit_id, _ in rows
     ]

@@ -12,12 +12,13 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
+from taskhub import metrics
 from tasks.actors import Actor
-from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
+from tasks.models import Task, TaskExecutionLog
 from tasks.scheduling.dbretry import retry_on_lock_error
 from tasks.scheduling.failover import fail_over_tasks
 from tasks.states import TaskStatus, can_transition
-from tasks.transitions import fail_locked_for_timeout, record_history_bulk
+from tasks.transitions import fail_locked_for_timeout, new_history, record_history_bulk
 from units.models import ExecutionUnit, UnitStatus
 
 S = TaskStatus
@@ -62,10 +63,28 @@ def _sweep_chunk(now: datetime) -> dict[str, int]:
     return {"unitsOffline": len(dead), **counts}
 
 
+MAX_BATCHES = 100  # per run; a backlog larger than this waits for the next run
+
+
+def _drain(batch: Callable[[datetime], int], now: datetime) -> int:
+    """Run `batch` (one transaction each) until a short batch says the backlog is empty."""
+    total = 0
+    for _ in range(MAX_BATCHES):
+        done = batch(now)
+        total += done
+        if done < BATCH:
+            break
+    return total
+
+
+def move_due_retries(now: datetime) -> dict[str, int]:
+    """FAILED tasks whose backoff has elapsed -> PENDING."""
+    return {"retried": _drain(_retry_batch, now)}
+
+
 @retry_on_lock_error()
 @transaction.atomic
-def move_due_retries(now: datetime) -> dict[str, int]:
-    """FAILED tasks whose backoff has elapsed -> PENDING (one batch per run)."""
+def _retry_batch(now: datetime) -> int:
     rows = list(
         Task.objects.select_for_update(skip_locked=True)
         .filter(status=S.FAILED, next_retry_at__lte=now)
@@ -73,7 +92,7 @@ def move_due_retries(now: datetime) -> dict[str, int]:
         .values_list("id", "attempt", "unit_id", "retry_count", "max_retries")[:BATCH]
     )
     if not rows:
-        return {"retried": 0}
+        return 0
     ids = [r[0] for r in rows]
     Task.objects.filter(id__in=ids, status=S.FAILED).update(
         status=S.PENDING,
@@ -85,27 +104,31 @@ def move_due_retries(now: datetime) -> dict[str, int]:
     actor = Actor.system("move_due_retries")
     record_history_bulk(
         [
-            TaskStatusHistory(
-                task_id=task_id,
-                from_status=S.FAILED,
-                to_status=S.PENDING,
+            new_history(
+                task_id,
+                attempt,
+                unit_id,
+                S.FAILED,
+                S.PENDING,
+                actor=actor,
+                now=now,
                 reason=f"automatic retry {retries}/{max_retries} after backoff",
-                actor_type=actor.type,
-                actor=actor.label,
-                unit_id=unit_id,
-                attempt=attempt,
-                created_at=now,
             )
             for task_id, attempt, unit_id, retries, max_retries in rows
         ]
     )
-    return {"retried": len(rows)}
+    metrics.record_retries(len(rows))
+    return len(rows)
+
+
+def fail_timeouts(now: datetime) -> dict[str, int]:
+    """RUNNING tasks past timeoutSeconds fail (retryable)."""
+    return {"timedOut": _drain(_timeout_batch, now)}
 
 
 @retry_on_lock_error()
 @transaction.atomic
-def fail_timeouts(now: datetime) -> dict[str, int]:
-    """RUNNING tasks past timeoutSeconds fail (retryable), one batch per run."""
+def _timeout_batch(now: datetime) -> int:
     tasks = list(
         Task.objects.select_for_update(skip_locked=True)
         .filter(status=S.RUNNING, timeout_at__lte=now)
@@ -115,7 +138,7 @@ def fail_timeouts(now: datetime) -> dict[str, int]:
         task.pending_command = "abort"
         task.save(update_fields=["pending_command"])
         fail_locked_for_timeout(task, now=now)
-    return {"timedOut": len(tasks)}
+    return len(tasks)
 
 
 def purge_old_logs(now: datetime) -> dict[str, int]:

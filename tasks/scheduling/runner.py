@@ -7,6 +7,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from taskhub import metrics
 from tasks.scheduling.jobs import JOBS
 
 logger = logging.getLogger("taskhub.jobs")
@@ -16,6 +17,7 @@ def run_job(name: str, now: datetime) -> dict[str, Any]:
     started = time.perf_counter()
     result = JOBS[name](now)
     elapsed = time.perf_counter() - started
+    metrics.observe_job(name, elapsed)
     if any(result.values()):
         logger.info("job %s: %s in %.3fs", name, result, elapsed, extra={"job": name, "seconds": elapsed})
     else:

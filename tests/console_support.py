@@ -1,0 +1,78 @@
+"""Helpers for the operator-console tests (admin, dashboard, browser): users in roles, task states."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.models import Group, User
+from django.contrib.messages import get_messages
+from django.utils import timezone
+
+from taskhub.console.roles import OPERATORS, VIEWERS, sync_roles
+from tasks import transitions
+from tasks.actors import Actor
+from tasks.models import Task
+from tasks.scheduling.claim import claim_tasks
+from tasks.services import task_append_logs
+from tests import factories
+from units.models import ExecutionUnit
+
+PASSWORD = "console-pass-123"
+
+
+def staff(username: str, role: str | None = None, *, superuser: bool = False) -> User:
+    """A staff user in `role` (operators/viewers) or in none. Roles are re-synced first: tests on
+    a flushed database (live_server) have lost the groups the migration made."""
+    sync_roles()
+    user = User.objects.create_user(username, password=PASSWORD, is_staff=True, is_superuser=superuser)
+    if role is not None:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+def operator(username: str = "op") -> User:
+    return staff(username, OPERATORS)
+
+
+def viewer(username: str = "viewer") -> User:
+    return staff(username, VIEWERS)
+
+
+def running_task(unit: ExecutionUnit, *, now: datetime | None = None, **fields: Any) -> Task:
+    """A task of the unit's type, claimed by it (only this task is claimable at that moment)."""
+    now = now or timezone.now()
+    fields.setdefault("priority", 1000)  # above every other task of the tests, so this one is claimed
+    task = factories.task(task_type=unit.unit_type, now=now, **fields)
+    claimed = claim_tasks(unit.pk, 1, now=now)
+    assert [t.pk for t in claimed] == [task.pk], "another task of this type was claimable"
+    return Task.objects.get(pk=task.pk)
+
+
+def failed_task(unit: ExecutionUnit, *, error: str = "boom", now: datetime | None = None, **fields: Any) -> Task:
+    task = running_task(unit, now=now, **fields)
+    transitions.fail_attempt(task.pk, unit_id=unit.pk, attempt=task.attempt, error=error, retryable=False, now=now)
+    return Task.objects.get(pk=task.pk)
+
+
+def completed_task(unit: ExecutionUnit, *, now: datetime | None = None, **fields: Any) -> Task:
+    task = running_task(unit, now=now, **fields)
+    transitions.complete_attempt(task.pk, unit_id=unit.pk, attempt=task.attempt, result={"ok": True}, now=now)
+    return Task.objects.get(pk=task.pk)
+
+
+def log_lines(task: Task, *levels_and_messages: tuple[str, str], now: datetime | None = None) -> None:
+    """Append lines as the unit holding the task's live attempt."""
+    assert task.unit_id is not None
+    task_append_logs(
+        task.pk,
+        [{"level": level, "message": message} for level, message in levels_and_messages],
+        actor=Actor.unit(task.unit_id),
+        queryset=Task.objects.all(),
+        attempt=task.attempt,
+        now=now,
+    )
+
+
+def messages_of(response: Any) -> list[str]:
+    return [str(m) for m in get_messages(response.wsgi_request)]
