@@ -8,8 +8,10 @@ Two shapes share one code path:
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
@@ -19,6 +21,10 @@ from taskhub.env import env_bool, env_choice, env_float, env_int, env_list, env_
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Real environment variables win over the file, as twelve-factor tools expect.
 load_dotenv(BASE_DIR / ".env", override=False)
+# prometheus_client turns on multiprocess mode when this variable merely exists, and an empty one
+# (`PROMETHEUS_MULTIPROC_DIR=` as in .env.example) would scatter its files in the current directory.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR", "x").strip():
+    del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 APP_ENV = env_choice("APP_ENV", "development", ("development", "production", "test"))
 PRODUCTION = APP_ENV == "production"
@@ -44,7 +50,7 @@ if LOG_LEVEL == "WARN":
 LOG_FORMAT = env_choice("LOG_FORMAT", "text", ("text", "json"))
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "taskhub.console.apps.ConsoleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -57,10 +63,12 @@ INSTALLED_APPS = [
     "taskhub.apikeys",
     "units",
     "tasks",
+    "taskhub.console",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "taskhub.metrics.PrometheusMiddleware",
     "taskhub.middleware.AccessLogMiddleware",
     "taskhub.middleware.BodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -70,6 +78,11 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+if not TESTING:
+    # gunicorn serves the admin's and Swagger UI's static files itself: STATIC_ROOT as
+    # `collectstatic` filled it (the Docker image does at build time), or the apps' own files under
+    # DEBUG. Left out under pytest, where nothing fetches them and STATIC_ROOT is not collected.
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 ROOT_URLCONF = "taskhub.urls"
 WSGI_APPLICATION = "taskhub.wsgi.application"
@@ -138,7 +151,7 @@ REDIS_PORT = env_int("REDIS_PORT", 6379, minimum=1, maximum=65535)
 REDIS_PASSWORD = env_str("REDIS_PASSWORD")
 REDIS_DB = env_int("REDIS_DB", 0, minimum=0, maximum=15)
 if REDIS_HOST:
-    _auth = f":{REDIS_PASSWORD}@" if REDIS_PASSWORD else ""
+    _auth = f":{quote(REDIS_PASSWORD, safe='')}@" if REDIS_PASSWORD else ""
     REDIS_URL = f"redis://{_auth}{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
     CACHES = {
         "default": {
@@ -203,6 +216,7 @@ API_PAGE_SIZE_MAX = env_int("API_PAGE_SIZE_MAX", 100, minimum=1, maximum=1000)
 API_THROTTLE_CLIENT = env_str("API_THROTTLE_CLIENT", "6000/min")
 API_THROTTLE_UNIT = env_str("API_THROTTLE_UNIT", "6000/min")
 API_THROTTLE_ANON = env_str("API_THROTTLE_ANON", "600/min")
+METRICS_TOKEN = env_str("METRICS_TOKEN")  # Bearer token /metrics requires (see taskhub/metrics.py)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -286,7 +300,21 @@ _max_bytes = env_int("LOG_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
 _backups = env_int("LOG_BACKUP_COUNT", 5, minimum=0)
 
 
+# size: the app rotates its own files (one process, e.g. `make run`); external: several processes
+# write the same files (gunicorn workers), so logrotate rotates them and we reopen (WatchedFileHandler).
+LOG_ROTATION = env_choice("LOG_ROTATION", "size", ("size", "external"))
+
+
 def _file_handler(filename: str, level: str) -> dict[str, object]:
+    if LOG_ROTATION == "external":
+        return {
+            "class": "logging.handlers.WatchedFileHandler",
+            "filename": str(LOG_DIR / filename),
+            "encoding": "utf-8",
+            "formatter": _formatter,
+            "level": level,
+            "delay": True,
+        }
     return {
         "class": "logging.handlers.RotatingFileHandler",
         "filename": str(LOG_DIR / filename),

@@ -12,6 +12,7 @@ from taskhub.apikeys.models import ApiKey
 from taskhub.apikeys.services import api_key_revoke
 from taskhub.apikeys.tokens import digest
 from tasks.models import Task
+from tests import factories
 from tests.conftest import JsonClient
 from units.models import ExecutionUnit
 
@@ -146,10 +147,30 @@ def test_health_and_docs_are_public(api):
     assert api.get("/api-docs").status_code == 200
 
 
+def _staff(django_user_model, name, group=None):
+    from django.contrib.auth.models import Group
+
+    user = django_user_model.objects.create_user(name, password="pw-123456", is_staff=True)
+    if group:
+        user.groups.add(Group.objects.get(name=group))
+    return user
+
+
 def test_operator_session_can_use_the_api(django_user_model, api):
-    user = django_user_model.objects.create_user("op", password="pw-123456", is_staff=True)
-    api.force_login(user)
+    api.force_login(_staff(django_user_model, "op", "operators"))
     assert api.get("/api/v1/tasks").status_code == 200
+    created = api.post("/api/v1/tasks", {"name": "n", "taskType": "X", "config": {}}, format="json")
+    assert created.status_code == 201
     nonstaff = django_user_model.objects.create_user("joe", password="pw-123456")
     api.force_login(nonstaff)
     assert api.get("/api/v1/tasks").status_code == 401
+
+
+def test_session_scopes_follow_the_console_roles(django_user_model, api):
+    task = factories.task()
+    api.force_login(_staff(django_user_model, "viewer", "viewers"))
+    assert api.get("/api/v1/tasks").status_code == 200
+    assert api.put(f"/api/v1/tasks/{task.pk}/status", {"status": "CANCELLED"}, format="json").status_code == 403
+    api.force_login(_staff(django_user_model, "nobody"))
+    assert api.get("/api/v1/tasks").status_code == 403
+    assert Task.objects.get(pk=task.pk).status == "PENDING"

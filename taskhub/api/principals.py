@@ -8,6 +8,16 @@ from typing import TYPE_CHECKING, Any
 from taskhub.apikeys.models import ALL_SCOPES
 from tasks.actors import Actor
 
+# API scope -> the permission a staff user needs for it (see taskhub.console.roles).
+OPERATOR_SCOPE_PERMISSIONS = {
+    "tasks:read": "tasks.view_task",
+    "tasks:write": "console.operate_tasks",
+    "units:read": "units.view_executionunit",
+    "units:write": "console.operate_units",
+    "units:register": "console.operate_units",
+}
+assert set(OPERATOR_SCOPE_PERMISSIONS) == set(ALL_SCOPES)
+
 if TYPE_CHECKING:
     from taskhub.apikeys.models import ApiKey
     from units.models import ExecutionUnit
@@ -54,4 +64,6 @@ class Principal:
 
     @classmethod
     def for_operator(cls, user: Any) -> Principal:
-        return cls("operator", Actor.operator(user.get_username()), frozenset(ALL_SCOPES), user=user)
+        """A staff user's scopes follow the console roles: viewers read, operators act."""
+        granted = {scope for scope, perm in OPERATOR_SCOPE_PERMISSIONS.items() if user.has_perm(perm)}
+        return cls("operator", Actor.operator(user.get_username()), frozenset(granted), user=user)

@@ -7,10 +7,12 @@ half-running hub never hides behind a live web server.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -48,7 +50,8 @@ class Command(BaseCommand):
                 "10",
             ]
             if settings.DEBUG:
-                # gunicorn does not serve static files; the admin needs them in development.
+                # In development runserver serves the apps' static files as they change, with no
+                # collectstatic step; production gunicorn serves STATIC_ROOT through WhiteNoise.
                 web = [python, "manage.py", "runserver", bind, "--noreload"]
         else:
             web = [python, "manage.py", "runserver", bind, "--noreload"]
@@ -97,7 +100,15 @@ class Command(BaseCommand):
             f"broker {settings.CELERY_BROKER_URL.split('@')[-1]}"
         )
         self.stdout.write("Press Ctrl-C to stop all.\n")
-        procs = {name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()}
+        env = dict(os.environ)
+        if "PROMETHEUS_MULTIPROC_DIR" not in env:
+            # One metrics directory for web and Celery processes, so /metrics sums them all
+            # (job durations, failovers and retries are counted in the Celery worker).
+            metrics_dir = Path(settings.VAR_DIR) / "metrics"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        procs = {name: subprocess.Popen(cmd, start_new_session=True, env=env) for name, cmd in commands.items()}
         stopping = False
 
         def stop(*_: Any) -> None:
