@@ -1,0 +1,3 @@
+from taskhub_unit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,383 @@
+"""The execution-unit runtime: register, heartbeat, claim, run handlers, obey the hub, drain.
+
+Threads: the control loop (the caller's thread: registration, heartbeats, claims, timeouts,
+draining), one reporter thread (logs, progress, results: see `reporter.py`) and one thread per
+running attempt. Heartbeats and claims share the control loop on purpose: a heartbeat lists the
+attempts the unit holds and the hub fails over at once any leased task it does not list, so a
+claim must never land between taking that list and the hub reading it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from taskhub_unit import __version__
+from taskhub_unit.client import ApiError, Backoff, HubClient, HubUnavailable
+from taskhub_unit.context import NonRetryableError, TaskCancelled, TaskContext
+from taskhub_unit.reporter import Reporter, result_problem
+from taskhub_unit.runs import Run, RunTable
+
+log = logging.getLogger("taskhub_unit.agent")
+
+Handler = Callable[[TaskContext], Any]
+MAINTENANCE, OFFLINE = "MAINTENANCE", "OFFLINE"
+
+
+class RegistrationRefused(Exception):
+    """The hub refused the enroll key or the registration itself (4xx): retrying cannot help."""
+
+
+@dataclass
+class AgentConfig:
+    server: str
+    enroll_key: str
+    unit_id: str
+    unit_type: str
+    capacity: int
+    handler: Handler
+    handler_name: str = ""
+    unit_name: str = ""
+    endpoint: str = ""
+    data_dir: Path = field(default_factory=Path.cwd)
+    poll_interval: float = 1.0
+    drain_timeout: float = 30.0
+    flush_interval: float = 0.5
+    request_timeout: float = 10.0
+    retry_max: float = 10.0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, client: HubClient | None = None) -> None:
+        self.config = config
+        self.backoff = Backoff(cap=config.retry_max)
+        # Set on the first stop signal: calls stop retrying in place (the loops still go on).
+        self.interrupt = threading.Event()
+        self.client = client or HubClient(
+            config.server, timeout=config.request_timeout, backoff=self.backoff, stop=self.interrupt
+        )
+        self.runs = RunTable()
+        self.reporter = Reporter(
+            self.client,
+            self.runs,
+            backoff=self.backoff,
+            interval=config.flush_interval,
+            on_unit_unknown=self._token_rejected,
+        )
+        self.status = "ONLINE"
+        self.heartbeat_interval = 10.0
+        self._draining = threading.Event()
+        self._need_register = threading.Event()
+        self._heartbeat_failures = 0
+        self._claim_failures = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def request_drain(self) -> None:
+        """Stop claiming; finish (or, after the grace period, give back) what runs; then exit."""
+        self._draining.set()
+        self.interrupt.set()
+        self.runs.changed.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    def run(self) -> int:
+        """Run until drained. Returns the process exit code (0). Raises RegistrationRefused."""
+        if not self._register():
+            log.info("stopped before registering")
+            return 0
+        self.reporter.start()
+        started = time.monotonic()
+        try:
+            self._loop()
+        finally:
+            self.reporter.stop(timeout=self.config.request_timeout + 1)
+        counts = self.runs.counts
+        log.info(
+            "stopped after %.1fs: %d claimed, %d completed, %d failed, %d dropped, %d given back",
+            time.monotonic() - started,
+            counts["claimed"],
+            counts["completed"],
+            counts["failed"],
+            counts["dropped"],
+            counts.get("givenBack", 0),
+        )
+        return 0
+
+    def _loop(self) -> None:
+        now = time.monotonic()
+        next_heartbeat = now + self.heartbeat_interval
+        next_claim = now
+        drain_deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            if self.draining:
+                if drain_deadline is None:
+                    drain_deadline = now + self.config.drain_timeout
+                    log.info(
+                        "draining: claiming nothing more; %d task(s) to finish within %.0fs",
+                        len(self.runs),
+                        self.config.drain_timeout,
+                    )
+                if not len(self.runs):
+                    log.info("drained: every task finished and reported")
+                    return
+                if now >= drain_deadline:
+                    self._give_back()
+                    return
+            if self._need_register.is_set():
+                if self.draining:
+                    for run in self.runs.live():
+                        self.runs.drop(run, "abort", "the hub no longer knows this unit", source="local")
+                    return
+                if not self._register():
+                    return
+            try:
+                if now >= next_heartbeat:
+                    next_heartbeat = self._heartbeat(now)
+                self._check_timeouts(now)
+                if self._can_claim() and now >= next_claim:
+                    next_claim = self._claim(now)
+            except Exception:  # an answer we did not expect must not kill the unit and its tasks
+                log.exception("control loop: unexpected error; carrying on")
+                next_heartbeat = next_claim = time.monotonic() + self.backoff.delay(2)
+            can_claim = self._can_claim()
+            wake_at = min(next_heartbeat, next_claim if can_claim else now + 1.0, now + 1.0)
+            if drain_deadline is not None:
+                wake_at = min(wake_at, drain_deadline)
+            self.runs.changed.wait(max(wake_at - time.monotonic(), 0.0))
+            self.runs.changed.clear()
+
+    # --- registration --------------------------------------------------------------------------
+
+    def _metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "agent": f"taskhub-unit {__version__}",
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "python": platform.python_version(),
+            "handler": self.config.handler_name,
+            "draining": self.draining,
+        }
+        if hasattr(os, "getloadavg"):
+            meta["loadAverage"] = round(os.getloadavg()[0], 2)
+        return {**self.config.metadata, **meta}
+
+    def _register(self) -> bool:
+        """Register (again), retrying until the hub answers. A re-registration makes the hub
+        fail over every attempt we held, so they are dropped here. False: stopped meanwhile."""
+        cfg = self.config
+        body = {
+            "id": cfg.unit_id,
+            "unitType": cfg.unit_type,
+            "unitName": cfg.unit_name or cfg.unit_id,
+            "capacity": cfg.capacity,
+            "endpoint": cfg.endpoint,
+            "metadata": self._metadata(),
+        }
+        try:
+            # Retries in place until the hub answers, or a stop signal interrupts.
+            reply = self.client.post("/execution-units/register", body, token=cfg.enroll_key)
+        except HubUnavailable as exc:
+            log.warning("registration interrupted: %s", exc)
+            return False
+        except ApiError as exc:
+            raise RegistrationRefused(f"the hub refused to register unit {cfg.unit_id}: {exc}") from None
+        self.client.token = str(reply["token"])
+        self._need_register.clear()
+        self._apply_status(reply)
+        for run in self.runs.live():
+            self.runs.drop(run, "abort", "unit registered again, so the hub failed over its attempts", source="local")
+        log.info(
+            "registered unit %s (type %s, capacity %d) with %s: status %s, heartbeat every %.1fs",
+            cfg.unit_id,
+            cfg.unit_type,
+            cfg.capacity,
+            self.client.base_url,
+            self.status,
+            self.heartbeat_interval,
+        )
+        return True
+
+    def _token_rejected(self, token: str | None) -> None:
+        if token is not None and token == self.client.token:
+            log.warning("the hub no longer knows this unit's token; registering again")
+            self._need_register.set()
+            self.runs.changed.set()
+
+    def _apply_status(self, reply: dict[str, Any]) -> None:
+        status = reply.get("status") or reply.get("unitStatus")
+        if status and status != self.status:
+            if status == MAINTENANCE:
+                log.warning("the hub put this unit in MAINTENANCE: claiming nothing until it is back ONLINE")
+            elif self.status == MAINTENANCE:
+                log.info("unit is %s again: claiming", status)
+            self.status = str(status)
+        interval = reply.get("heartbeatIntervalSeconds")
+        if interval:
+            self.heartbeat_interval = max(float(interval), 0.05)
+
+    # --- heartbeat -----------------------------------------------------------------------------
+
+    def _heartbeat(self, now: float) -> float:
+        """Send one heartbeat (retrying within one interval); apply its commands. Returns when
+        the next one is due."""
+        token = self.client.token
+        body = {"currentLoad": len(self.runs), "metadata": self._metadata(), "tasks": self.runs.heartbeat_list()}
+        try:
+            reply = self.client.post(
+                f"/execution-units/{self.config.unit_id}/heartbeat",
+                body,
+                deadline=now + self.heartbeat_interval,
+                backoff=self.backoff.capped(self.heartbeat_interval / 2),
+            )
+        except HubUnavailable as exc:
+            self._heartbeat_failures += 1
+            if self._heartbeat_failures == 1 or self._heartbeat_failures % 10 == 0:
+                log.warning("heartbeat failed (%s); still trying", exc)
+            return time.monotonic() + self.backoff.capped(self.heartbeat_interval).delay(self._heartbeat_failures)
+        except ApiError as exc:
+            if exc.unit_unknown:
+                self._token_rejected(token)
+            else:
+                log.error("heartbeat refused: %s", exc)
+            return time.monotonic() + self.heartbeat_interval
+        if self._heartbeat_failures:
+            log.info("heartbeat: the hub is back after %d failed attempt(s)", self._heartbeat_failures)
+            self._heartbeat_failures = 0
+        self._apply_status(reply)
+        for command in reply.get("commands") or []:
+            run = self.runs.get(int(command["taskId"]), int(command["attempt"]))
+            if run is not None:
+                self.runs.drop(run, str(command["command"]), str(command.get("reason", "")))
+        lost = reply.get("failedOver") or []
+        if lost:
+            log.warning("the hub failed over %d task(s) this unit did not list: %s", len(lost), lost)
+        return now + self.heartbeat_interval
+
+    # --- claims --------------------------------------------------------------------------------
+
+    def _can_claim(self) -> bool:
+        return (
+            not self.draining
+            and not self._need_register.is_set()
+            and self.status not in (MAINTENANCE, OFFLINE)
+            and self.runs.busy() < self.config.capacity
+        )
+
+    def _claim(self, now: float) -> float:
+        """Claim up to the free capacity; start the tasks. Returns when to claim next."""
+        free = self.config.capacity - self.runs.busy()
+        wanted = min(free, 100)
+        token = self.client.token
+        poll = self.config.poll_interval * random.uniform(0.8, 1.2)
+        try:
+            # One try: a claim whose reply was lost is not repeated blindly; the hub fails those
+            # leases over at our next heartbeat, which does not list them.
+            reply = self.client.post(f"/execution-units/{self.config.unit_id}/claim", {"max": wanted}, max_attempts=1)
+        except HubUnavailable as exc:
+            self._claim_failures += 1
+            if self._claim_failures == 1:
+                log.warning("claim failed (%s); backing off", exc)
+            return time.monotonic() + max(poll, self.backoff.delay(self._claim_failures - 1))
+        except ApiError as exc:
+            if exc.unit_unknown:
+                self._token_rejected(token)
+            else:
+                log.error("claim refused: %s", exc)
+            return time.monotonic() + poll
+        self._claim_failures = 0
+        self._apply_status(reply)
+        tasks = reply.get("tasks") or []
+        for task in tasks:
+            self._start(task)
+        if tasks and len(tasks) == wanted:
+            return now  # the queue may hold more: claim again as soon as a slot is free
+        return time.monotonic() + poll
+
+    def _start(self, task: dict[str, Any]) -> None:
+        ctx = TaskContext(task, unit_id=self.config.unit_id, data_dir=self.config.data_dir)
+        run = Run(ctx)
+        self.runs.add(run)
+        log.info("%s: claimed (%s)", run.label, task.get("name", ""))
+        thread = threading.Thread(target=self._execute, args=(run,), name=f"task-{ctx.id}-{ctx.attempt}", daemon=True)
+        thread.start()
+
+    # --- running a handler ---------------------------------------------------------------------
+
+    def _execute(self, run: Run) -> None:
+        ctx = run.ctx
+        body: dict[str, Any] = {"attempt": ctx.attempt}
+        outcome: tuple[str, dict[str, Any]] | None
+        try:
+            result = self.config.handler(ctx)
+            problem = result_problem(result)
+            if problem:
+                ctx.logger.error(problem)
+                outcome = ("fail", {**body, "error": problem, "retryable": False})
+            else:
+                outcome = ("complete", {**body, "result": result})
+        except TaskCancelled:
+            outcome = None
+        except NonRetryableError as exc:
+            ctx.logger.error("failed (not retryable): %s", exc)
+            outcome = ("fail", {**body, "error": str(exc) or type(exc).__name__, "retryable": False})
+        except BaseException as exc:  # a handler's bug must fail the attempt, not kill the unit
+            ctx.logger.exception("handler raised %s", type(exc).__name__)
+            outcome = ("fail", {**body, "error": f"{type(exc).__name__}: {exc}", "retryable": True})
+        if run.timed_out:
+            timeout = ctx.timeout_seconds or 0
+            outcome = ("fail", {**body, "error": f"timed out after {timeout:g}s on the unit", "retryable": True})
+        elif ctx.cancelled and not run.dead:
+            outcome = ("fail", {**body, "error": f"stopped: {ctx.cancel_reason}", "retryable": True})
+        elif outcome is None:
+            outcome = ("fail", {**body, "error": "handler raised TaskCancelled", "retryable": True})
+        if self.runs.handler_finished(run, outcome):
+            self.reporter.wake.set()
+
+    def _check_timeouts(self, now: float) -> None:
+        for run in self.runs.live():
+            limit = run.ctx.timeout_seconds
+            if limit and run.outcome is None and not run.timed_out and now - run.started > limit:
+                run.timed_out = True
+                log.warning("%s: timed out after %gs; asking the handler to stop", run.label, limit)
+                run.ctx.cancel("timeout", f"timed out after {limit:g}s")
+
+    # --- draining ------------------------------------------------------------------------------
+
+    def _give_back(self) -> None:
+        """The grace period is over: stop the handlers still running, deliver what can be
+        delivered, then send one last heartbeat listing nothing, so the hub fails over at once
+        whatever this unit still held (a failover uses up no retry)."""
+        unfinished = [run for run in self.runs.live() if run.outcome is None]
+        for run in unfinished:
+            self.runs.drop(run, "shutdown", "drain grace period over, giving the task back", source="local")
+        self.runs.counts["givenBack"] = len(unfinished)
+        self.reporter.stop(timeout=self.config.request_timeout + 1)
+        self.reporter.flush()
+        undelivered = len(self.runs)
+        try:
+            self.client.post(
+                f"/execution-units/{self.config.unit_id}/heartbeat",
+                {"currentLoad": 0, "metadata": self._metadata(), "tasks": []},
+                max_attempts=1,
+            )
+        except (HubUnavailable, ApiError) as exc:
+            log.warning("could not hand the tasks back (%s); the hub fails them over on heartbeat timeout", exc)
+        log.warning(
+            "drain grace period over: %d unfinished task(s) given back, %d result(s) not delivered",
+            len(unfinished),
+            undelivered,
+        )

@@ -1,0 +1,374 @@
+"""End to end with real processes: the hub as users run it (`manage.py runhub`: gunicorn + Celery
+worker + beat on a throwaway SQLite file and filesystem broker) and `taskhub-unit` processes,
+killed, frozen and stopped the ways machines die. History is read back through the API.
+
+Each test uses its own task type, so the tests share one hub without seeing each other's work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+HEARTBEAT_TIMEOUT = 3.0
+SWEEP_INTERVAL = 1.0
+# Anything that could point the hub at a shared database, cache or broker stays out.
+SCRUBBED_PREFIXES = ("DB_", "REDIS_", "CELERY_", "SQLITE_", "TASKHUB_", "DJANGO_", "UNIT_", "TASK_", "API_")
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """Child processes (any depth), from /proc: runhub starts its children in new sessions."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == current]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def hub_env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
+    env.update(
+        # Empty, not unset: a developer's .env must not fill these in either.
+        DB_HOST="",
+        REDIS_HOST="",
+        CELERY_BROKER_URL="",
+        SQLITE_PATH=str(tmp / "hub.sqlite3"),
+        VAR_DIR=str(tmp / "var"),
+        LOG_DIR=str(tmp / "logs"),
+        APP_ENV="development",
+        DEBUG="false",  # runhub serves with gunicorn, as in production
+        UNIT_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT),
+        SWEEP_INTERVAL=str(SWEEP_INTERVAL),
+        TASK_RETRY_BACKOFF_BASE="1",
+        WEB_CONCURRENCY="2",
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class Hub:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.env = hub_env(tmp)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.key = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.units: list[Unit] = []
+
+    def manage(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def start(self) -> None:
+        self.manage("migrate", "--noinput", "-v0")
+        self.manage("setup_beat")
+        self.key = self.manage(
+            "create_api_key", "e2e", "--scopes", "tasks:read,tasks:write,units:read,units:register"
+        ).splitlines()[-1]
+        with (self.tmp / "hub.log").open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "manage.py", "runhub", "--port", str(self.port)],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def healthy() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, f"the hub exited:\n{self.log()}"
+            try:
+                return requests.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(healthy, 40, "the hub to answer /health")
+
+    def stop(self) -> None:
+        for unit in self.units:
+            unit.kill()
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        children = descendants(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            # Its data is thrown away: no need to sit through a slow Celery warm shutdown.
+            self.proc.kill()
+        for pid in children:  # anything runhub has not stopped yet
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def log(self) -> str:
+        path = self.tmp / "hub.log"
+        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+
+    # --- API ---
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        response = requests.request(
+            method,
+            f"{self.url}/api/v1{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {self.key}"},
+            timeout=10,
+        )
+        assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
+        return response.json()
+
+    def submit(self, task_type: str, count: int, **config: Any) -> list[int]:
+        return [
+            self.api("POST", "/tasks", {"name": f"{task_type.lower()}-{n}", "taskType": task_type, "config": config})[
+                "id"
+            ]
+            for n in range(count)
+        ]
+
+    def tasks(self, task_type: str, **filters: str) -> list[dict[str, Any]]:
+        query = "&".join(f"{k}={v}" for k, v in {"taskType": task_type, "limit": "100", **filters}.items())
+        return list(self.api("GET", f"/tasks?{query}")["items"])
+
+    def history(self, task_id: int) -> list[dict[str, Any]]:
+        return list(self.api("GET", f"/tasks/{task_id}/history")["items"])
+
+    def all_completed(self, task_type: str, count: int) -> bool:
+        rows = self.tasks(task_type)
+        return len(rows) == count and all(row["status"] == "COMPLETED" for row in rows)
+
+    def unit_status(self, unit_id: str) -> str | None:
+        response = requests.get(
+            f"{self.url}/api/v1/execution-units/{unit_id}", headers={"Authorization": f"Bearer {self.key}"}, timeout=10
+        )
+        return str(response.json()["status"]) if response.status_code == 200 else None
+
+    def start_unit(self, unit_id: str, unit_type: str, capacity: int, **extra: str) -> Unit:
+        unit = Unit(self, unit_id, unit_type, capacity, extra)
+        self.units.append(unit)
+        wait_for(lambda: self.unit_status(unit_id) in ("ONLINE", "BUSY"), 20, f"unit {unit_id} to register")
+        return unit
+
+
+class Unit:
+    """One `taskhub-unit` process (the installed console script)."""
+
+    def __init__(self, hub: Hub, unit_id: str, unit_type: str, capacity: int, extra: dict[str, str]) -> None:
+        self.unit_id = unit_id
+        self.log_path = hub.tmp / f"{unit_id}.log"
+        script = shutil.which("taskhub-unit", path=str(Path(sys.executable).parent))
+        command = [script] if script else [sys.executable, "-m", "taskhub_unit"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
+        env.update(
+            TASKHUB_SERVER=hub.url,
+            TASKHUB_ENROLL_KEY=hub.key,  # from the environment, as docs/agent.md recommends
+            TASKHUB_UNIT_ID=unit_id,
+            TASKHUB_UNIT_TYPE=unit_type,
+            TASKHUB_CAPACITY=str(capacity),
+            TASKHUB_HANDLER="sleep",
+            TASKHUB_POLL_INTERVAL="0.2",
+            TASKHUB_RETRY_MAX="1",
+            PYTHONUNBUFFERED="1",
+            **extra,
+        )
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM, and the exit code once it has drained."""
+        self.signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_matches(self, pattern: str) -> Callable[[], bool]:
+        return lambda: re.search(pattern, self.log()) is not None
+
+
+@pytest.fixture(scope="module")
+def hub(request: pytest.FixtureRequest) -> Iterator[Hub]:
+    # Not tmp_path: another pytest run on the machine may prune older basetemp directories, and
+    # this one holds a live database, broker and logs for the whole module.
+    workdir = Path(tempfile.mkdtemp(prefix="taskhub-e2e-"))
+    failed_before = request.session.testsfailed
+    hub = Hub(workdir)
+    try:
+        hub.start()
+        yield hub
+    finally:
+        hub.stop()
+        if request.session.testsfailed == failed_before:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"\ne2e hub and unit logs kept in {workdir}")
+
+
+def completions(hub: Hub, task_id: int) -> list[dict[str, Any]]:
+    return [row for row in hub.history(task_id) if row["toStatus"] == "COMPLETED"]
+
+
+def assert_history_is_a_chain(rows: list[dict[str, Any]]) -> None:
+    for before, after in itertools.pairwise(rows):
+        assert after["fromStatus"] == before["toStatus"], rows
+
+
+def running_on(hub: Hub, task_type: str, unit_id: str) -> list[dict[str, Any]]:
+    return hub.tasks(task_type, status="RUNNING", unitId=unit_id)
+
+
+def test_two_units_complete_every_task_once(hub: Hub) -> None:
+    first, second = hub.start_unit("e2e-a1", "E2E_ALL", 3), hub.start_unit("e2e-a2", "E2E_ALL", 3)
+    ids = hub.submit("E2E_ALL", 20, seconds=0.3, steps=3)
+    wait_for(lambda: hub.all_completed("E2E_ALL", 20), 60, "all 20 tasks to complete")
+    done_by: dict[str, int] = {}
+    for task_id in ids:
+        rows = completions(hub, task_id)
+        assert len(rows) == 1, rows
+        done_by[rows[0]["unitId"]] = done_by.get(rows[0]["unitId"], 0) + 1
+        assert_history_is_a_chain(hub.history(task_id))
+    assert set(done_by) == {"e2e-a1", "e2e-a2"}, done_by
+    task = hub.api("GET", f"/tasks/{ids[0]}")
+    assert task["progress"] == 100 and task["result"]["unit"] in done_by
+    messages = [line["message"] for line in hub.api("GET", f"/tasks/{ids[0]}/logs")["items"]]
+    assert messages[0].startswith("sleeping 0.30s") and messages[-1] == "done"
+    assert (first.stop(), second.stop()) == (0, 0)
+
+
+def test_a_killed_units_tasks_complete_on_the_other_unit(hub: Hub) -> None:
+    doomed, survivor = hub.start_unit("e2e-k1", "E2E_KILL", 2), hub.start_unit("e2e-k2", "E2E_KILL", 2)
+    ids = hub.submit("E2E_KILL", 6, seconds=3, steps=6)
+    held = wait_for(lambda: running_on(hub, "E2E_KILL", "e2e-k1"), 20, "k1 to run a task")
+    doomed.signal(signal.SIGKILL)  # mid-task: 3s tasks, a fraction of a second in
+    killed_at = time.monotonic()
+    wait_for(lambda: hub.all_completed("E2E_KILL", 6), 60, "all tasks to complete after the kill")
+    elapsed = time.monotonic() - killed_at
+    for task in held:
+        rows = hub.history(task["id"])
+        assert_history_is_a_chain(rows)
+        failover = [r for r in rows if (r["fromStatus"], r["toStatus"]) == ("RUNNING", "PENDING")]
+        assert failover and "heartbeat timeout" in failover[0]["reason"], rows
+        (done,) = completions(hub, task["id"])
+        assert done["unitId"] == "e2e-k2" and done["attempt"] > task["attempt"]
+    assert all(len(completions(hub, task_id)) == 1 for task_id in ids)
+    assert elapsed < 30
+    assert survivor.stop() == 0
+
+
+def test_a_frozen_unit_comes_back_to_refused_reports_and_aborts(hub: Hub) -> None:
+    frozen = hub.start_unit("e2e-s1", "E2E_STOP", 2)
+    ids = hub.submit("E2E_STOP", 2, seconds=3.5, steps=14)
+    held = wait_for(lambda: len(r := running_on(hub, "E2E_STOP", "e2e-s1")) == 2 and r, 20, "s1 to hold both")
+    wait_for(lambda: all(t["progress"] > 0 for t in running_on(hub, "E2E_STOP", "e2e-s1")), 10, "progress")
+    frozen.signal(signal.SIGSTOP)
+    other = hub.start_unit("e2e-s2", "E2E_STOP", 2)
+    # Past the heartbeat timeout the sweeper fails s1's tasks over and s2 completes them.
+    wait_for(lambda: hub.all_completed("E2E_STOP", 2), 40, "s2 to complete the tasks s1 lost")
+    frozen.signal(signal.SIGCONT)
+    # s1 wakes up holding attempts the hub has moved on from: each late report is refused (409)
+    # or its next heartbeat says abort; either way it drops the attempt and reports no more.
+    for task in held:
+        pattern = rf"task {task['id']} attempt {task['attempt']}: (report refused by the hub|hub says abort)"
+        wait_for(frozen.log_matches(pattern), 15, f"s1 to drop task {task['id']}")
+    wait_for(lambda: hub.unit_status("e2e-s1") == "ONLINE", 10, "s1 to be ONLINE again")
+    time.sleep(1.0)  # room for any late report to (wrongly) land
+    for task_id in ids:
+        (done,) = completions(hub, task_id)  # exactly one COMPLETED
+        assert done["unitId"] == "e2e-s2"
+        rows = hub.history(task_id)
+        assert_history_is_a_chain(rows)
+        failed_over_at = next(r["createdAt"] for r in rows if r["toStatus"] == "PENDING" and r["fromStatus"])
+        late = [
+            line
+            for line in hub.api("GET", f"/tasks/{task_id}/logs?attempt=1")["items"]
+            if line["createdAt"] > failed_over_at
+        ]
+        assert late == [], "the hub stored logs of a fenced attempt"
+        assert hub.api("GET", f"/tasks/{task_id}")["result"]["unit"] == "e2e-s2"
+    assert frozen.proc.poll() is None, "s1 should survive and keep working"
+    assert (frozen.stop(), other.stop()) == (0, 0)
+
+
+def test_sigterm_drains_running_tasks_then_exits_zero(hub: Hub) -> None:
+    unit = hub.start_unit("e2e-d1", "E2E_TERM", 3, TASKHUB_DRAIN_TIMEOUT="20")
+    ids = hub.submit("E2E_TERM", 3, seconds=1.5, steps=3)
+    wait_for(lambda: len(running_on(hub, "E2E_TERM", "e2e-d1")) == 3, 20, "d1 to run all three")
+    unit.signal(signal.SIGTERM)
+    time.sleep(0.2)
+    later = hub.submit("E2E_TERM", 2, seconds=0.1)
+    assert unit.proc.wait(20) == 0, unit.log()
+    for task_id in ids:
+        task = hub.api("GET", f"/tasks/{task_id}")
+        assert task["status"] == "COMPLETED" and task["unitId"] == "e2e-d1"
+    for task_id in later:  # a draining unit claims nothing
+        task = hub.api("GET", f"/tasks/{task_id}")
+        assert (task["status"], task["attempt"]) == ("PENDING", 0)
+    assert "drained: every task finished and reported" in unit.log()
+
+
+def test_a_second_signal_stops_at_once(hub: Hub) -> None:
+    unit = hub.start_unit("e2e-h1", "E2E_HARD", 1)
+    (task_id,) = hub.submit("E2E_HARD", 1, seconds=60, steps=60)
+    wait_for(lambda: running_on(hub, "E2E_HARD", "e2e-h1"), 20, "h1 to run the task")
+    unit.signal(signal.SIGTERM)
+    wait_for(unit.log_matches("draining"), 10, "h1 to start draining")
+    unit.signal(signal.SIGTERM)
+    assert unit.proc.wait(5) == 128 + signal.SIGTERM
+    assert hub.api("GET", f"/tasks/{task_id}")["status"] == "RUNNING"  # until the hub notices the silence

@@ -1,0 +1,446 @@
+"""The unit agent against an in-memory hub that speaks the unit API (no Django, no sockets):
+what it claims, reports, keeps, drops and gives back."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from taskhub_unit import NonRetryableError, TaskContext
+from taskhub_unit.agent import Agent, AgentConfig, RegistrationRefused
+from taskhub_unit.client import Backoff, HubClient
+from taskhub_unit.handlers import sleep
+
+ENROLL = "thk_enroll"
+Fault = Callable[[str, str, Any], Any]
+
+
+class Response:
+    def __init__(self, status: int, body: Any = None) -> None:
+        self.status_code = status
+        self.content = b"" if body is None else json.dumps(body).encode()
+        self.text = self.content.decode()
+        self.reason = ""
+        self.headers: dict[str, str] = {}
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def error(status: int, code: str, message: str, **details: Any) -> Response:
+    return Response(status, {"statusCode": status, "code": code, "message": message, "details": details})
+
+
+class FakeHub:
+    """The hub's unit-facing rules in miniature: leases, fencing by attempt, failover of unlisted
+    leases on heartbeat, commands for attempts that are no longer live."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.lock = threading.Lock()
+        self.interval = interval
+        self.tasks: dict[int, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str, Any]] = []
+        self.faults: list[Fault] = []
+        self.status = "ONLINE"
+        self.token: str | None = None
+        self.registrations = 0
+        self._ids = itertools.count(1)
+        self._tokens = itertools.count(1)
+
+    def add(self, **config: Any) -> int:
+        task_id = next(self._ids)
+        self.tasks[task_id] = {
+            "id": task_id,
+            "name": f"t{task_id}",
+            "taskType": "T",
+            "priority": 0,
+            "config": config,
+            "attempt": 0,
+            "timeoutSeconds": config.pop("timeoutSeconds", None),
+            "status": "PENDING",
+            "logs": [],
+            "progress": 0,
+            "reports": [],
+        }
+        return task_id
+
+    def cancel(self, task_id: int) -> None:
+        with self.lock:
+            task = self.tasks[task_id]
+            task["status"], task["command"] = "CANCELLED", "cancel"
+
+    # --- the session interface HubClient uses ---
+    def request(self, method: str, url: str, json: Any = None, headers: Any = None, timeout: Any = None) -> Response:
+        path = url.split("/api/v1", 1)[1]
+        token = (headers or {}).get("Authorization", "").removeprefix("Bearer ")
+        with self.lock:
+            self.calls.append((method, path, json))
+            for fault in list(self.faults):
+                outcome = fault(method, path, json)
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                if outcome is not None:
+                    return outcome  # type: ignore[no-any-return]
+            if path == "/execution-units/register":
+                return self._register(token)
+            if token != self.token:
+                return error(401, "unauthorized", "Invalid unit token")
+            if match := re.fullmatch(r"/execution-units/[\w-]+/(heartbeat|claim)", path):
+                return self._heartbeat(json) if match[1] == "heartbeat" else self._claim(json["max"])
+            match = re.fullmatch(r"/tasks/(\d+)/(logs|progress|complete|fail)", path)
+            assert match, path
+            return self._report(int(match[1]), match[2], json)
+
+    def _register(self, token: str) -> Response:
+        if token != ENROLL:
+            return error(401, "unauthorized", "Invalid or revoked API key")
+        self.registrations += 1
+        self.token = f"thu_{next(self._tokens)}"
+        for task in self.tasks.values():
+            if task["status"] == "RUNNING":
+                task["status"] = "PENDING"
+        return Response(201, {"token": self.token, "status": self.status, "heartbeatIntervalSeconds": self.interval})
+
+    def _heartbeat(self, body: dict[str, Any]) -> Response:
+        listed = {(t["id"], t["attempt"]) for t in body["tasks"]}
+        failed_over, commands = [], []
+        for task in self.tasks.values():
+            if task["status"] == "RUNNING" and (task["id"], task["attempt"]) not in listed:
+                task["status"] = "PENDING"
+                failed_over.append(task["id"])
+        for task_id, attempt in sorted(listed):
+            task = self.tasks[task_id]
+            if task["status"] != "RUNNING" or task["attempt"] != attempt:
+                command = task.get("command") or "abort"
+                commands.append({"taskId": task_id, "attempt": attempt, "command": command, "reason": "not live"})
+        reply = {
+            "status": self.status,
+            "heartbeatIntervalSeconds": self.interval,
+            "commands": commands,
+            "failedOver": failed_over,
+        }
+        return Response(200, reply)
+
+    def _claim(self, wanted: int) -> Response:
+        if self.status == "MAINTENANCE":
+            return Response(200, {"tasks": [], "unitStatus": self.status})
+        claimed: list[dict[str, Any]] = []
+        for task in self.tasks.values():
+            if task["status"] == "PENDING" and len(claimed) < wanted:
+                task["status"], task["attempt"] = "RUNNING", task["attempt"] + 1
+                claimed.append({k: task[k] for k in ("id", "name", "taskType", "config", "attempt", "timeoutSeconds")})
+        return Response(200, {"tasks": claimed, "unitStatus": self.status})
+
+    def _report(self, task_id: int, what: str, body: dict[str, Any]) -> Response:
+        task = self.tasks[task_id]
+        if task["status"] != "RUNNING" or task["attempt"] != body["attempt"]:
+            return error(
+                409, "stale_attempt", f"Attempt {body['attempt']} of task {task_id} is not live", command="abort"
+            )
+        if what == "logs":
+            task["logs"].extend(body["entries"])
+            return Response(201, {"stored": len(body["entries"])})
+        if what == "progress":
+            task["progress"] = body["progress"]
+        else:
+            task["status"] = "COMPLETED" if what == "complete" else "FAILED"
+            task["reports"].append((what, body))
+        return Response(200, {"accepted": True})
+
+    # --- for assertions ---
+    def calls_for(self, task_id: int, after: int = 0) -> list[tuple[str, str, Any]]:
+        return [c for c in self.calls[after:] if c[1].startswith(f"/tasks/{task_id}/")]
+
+    def heartbeats(self) -> list[Any]:
+        return [c[2] for c in self.calls if c[1].endswith("/heartbeat")]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Running:
+    def __init__(self, agent: Agent, hub: FakeHub) -> None:
+        self.agent, self.hub = agent, hub
+        self.exit_code: int | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.exit_code = self.agent.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def drain(self, timeout: float = 5.0) -> int | None:
+        self.agent.request_drain()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the agent did not stop"
+        return self.exit_code
+
+
+@pytest.fixture
+def hub() -> FakeHub:
+    return FakeHub()
+
+
+@pytest.fixture
+def start(hub: FakeHub, tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(handler: Callable[[TaskContext], Any] = sleep, **overrides: Any) -> Running:
+        options: dict[str, Any] = {
+            "server": "http://hub.test",
+            "enroll_key": ENROLL,
+            "unit_id": "w1",
+            "unit_type": "T",
+            "capacity": 2,
+            "handler": handler,
+            "data_dir": tmp_path,
+            "poll_interval": 0.02,
+            "flush_interval": 0.02,
+            "drain_timeout": 5.0,
+            "retry_max": 0.05,
+        }
+        options.update(overrides)
+        config = AgentConfig(**options)
+        client = HubClient(config.server, backoff=Backoff(base=0.01, cap=0.05), session_factory=lambda: hub)
+        agent = Agent(config, client=client)
+        client.stop = agent.interrupt
+        running = Running(agent, hub)
+        running.thread.start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.thread.is_alive():
+            running.agent.request_drain()
+            running.thread.join(5)
+
+
+def status(hub: FakeHub, task_id: int) -> str:
+    return str(hub.tasks[task_id]["status"])
+
+
+def test_claims_runs_and_reports_results_logs_and_progress(hub: FakeHub, start: Callable[..., Running]) -> None:
+    ids = [hub.add(seconds=0.05, steps=2) for _ in range(5)]
+    unit = start()
+    wait_for(lambda: all(status(hub, i) == "COMPLETED" for i in ids), what="all tasks completed")
+    assert unit.drain() == 0
+    for task_id in ids:
+        task = hub.tasks[task_id]
+        assert task["reports"] == [("complete", {"attempt": 1, "result": {"slept": 0.05, "unit": "w1", "attempt": 1}})]
+        assert [line["message"] for line in task["logs"]][-1] == "done"
+    assert unit.agent.runs.counts["completed"] == 5
+
+
+def test_never_runs_more_than_its_capacity(hub: FakeHub, start: Callable[..., Running]) -> None:
+    for _ in range(6):
+        hub.add(seconds=0.1, steps=1)
+    start(capacity=2)
+    peak = 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(t["status"] != "COMPLETED" for t in hub.tasks.values()):
+        with hub.lock:
+            peak = max(peak, sum(t["status"] == "RUNNING" for t in hub.tasks.values()))
+        time.sleep(0.005)
+    assert peak == 2
+    claims = [c[2]["max"] for c in hub.calls if c[1].endswith("/claim")]
+    assert max(claims) <= 2
+
+
+def test_heartbeats_list_every_attempt_the_unit_holds(hub: FakeHub, start: Callable[..., Running]) -> None:
+    first, second = hub.add(seconds=0.5, steps=5), hub.add(seconds=0.5, steps=5)
+    start()
+    listed = wait_for(lambda: next((b["tasks"] for b in hub.heartbeats() if len(b["tasks"]) == 2), None))
+    assert {(t["id"], t["attempt"]) for t in listed} == {(first, 1), (second, 1)}
+    assert status(hub, first) == "RUNNING"  # listed leases are not failed over
+
+
+def test_handler_exception_fails_the_attempt_as_retryable(hub: FakeHub, start: Callable[..., Running]) -> None:
+    def broken(ctx: TaskContext) -> Any:
+        raise KeyError("column")
+
+    task_id = hub.add()
+    start(broken)
+    wait_for(lambda: status(hub, task_id) == "FAILED")
+    what, body = hub.tasks[task_id]["reports"][0]
+    assert what == "fail" and body["retryable"] is True and "KeyError" in body["error"]
+    assert any("Traceback" in line["message"] for line in hub.tasks[task_id]["logs"])
+
+
+def test_non_retryable_error_fails_the_attempt_for_good(hub: FakeHub, start: Callable[..., Running]) -> None:
+    def refuses(ctx: TaskContext) -> Any:
+        raise NonRetryableError("input file not found: data.csv")
+
+    task_id = hub.add()
+    start(refuses)
+    wait_for(lambda: status(hub, task_id) == "FAILED")
+    assert hub.tasks[task_id]["reports"][0][1] == {
+        "attempt": 1,
+        "error": "input file not found: data.csv",
+        "retryable": False,
+    }
+
+
+def test_a_result_json_cannot_encode_fails_the_attempt(hub: FakeHub, start: Callable[..., Running]) -> None:
+    task_id = hub.add()
+    start(lambda ctx: {"when": object()})
+    wait_for(lambda: status(hub, task_id) == "FAILED")
+    assert "not JSON" in hub.tasks[task_id]["reports"][0][1]["error"]
+
+
+def test_cancel_command_stops_the_handler_and_nothing_more_is_reported(
+    hub: FakeHub, start: Callable[..., Running]
+) -> None:
+    stopped = threading.Event()
+
+    def patient(ctx: TaskContext) -> Any:
+        if ctx.sleep(10):
+            stopped.set()
+            assert ctx.cancel_command == "cancel"
+        return "late result"
+
+    task_id = hub.add()
+    unit = start(patient)
+    wait_for(lambda: status(hub, task_id) == "RUNNING")
+    before = len(hub.calls)
+    hub.cancel(task_id)
+    assert stopped.wait(5), "the handler was not told"
+    time.sleep(0.2)
+    assert [c for c in hub.calls_for(task_id, before) if c[1].endswith(("/complete", "/fail"))] == []
+    assert unit.agent.runs.counts["dropped"] == 1
+
+
+def test_a_refused_report_drops_the_attempt_for_good(hub: FakeHub, start: Callable[..., Running]) -> None:
+    """A 409 on a report means the attempt is dead: no more logs, progress or result for it."""
+    task_id = hub.add(seconds=0.3, steps=6)
+    unit = start()
+    wait_for(lambda: hub.tasks[task_id]["progress"] > 0, what="progress")
+    silent: Fault = lambda m, p, b: requests.ConnectionError("lost") if p.endswith("/heartbeat") else None  # noqa: E731
+    with hub.lock:  # the hub took the task away; heartbeats are lost, so only a report can tell
+        hub.faults.append(silent)
+        hub.tasks[task_id]["attempt"] = 2
+        hub.status = "MAINTENANCE"  # so the unit claims nothing more
+        changed_at = len(hub.calls)
+    wait_for(lambda: unit.agent.runs.counts["dropped"] == 1, what="the attempt dropped")
+    time.sleep(0.5)  # the handler finishes meanwhile
+    reports = hub.calls_for(task_id, changed_at)
+    assert len(reports) == 1, reports  # the refused one, then nothing
+    assert hub.tasks[task_id]["reports"] == []
+
+
+def test_a_result_is_kept_until_the_hub_accepts_it(hub: FakeHub, start: Callable[..., Running]) -> None:
+    """The hub is down when the task finishes: the result waits, the lease stays listed in
+    heartbeats, and it is delivered once the hub answers again."""
+    down = threading.Event()
+    down.set()
+
+    def outage(method: str, path: str, body: Any) -> Any:
+        if not down.is_set() or path.endswith("/claim"):
+            return None
+        if path.endswith("/heartbeat"):
+            return requests.ConnectionError("hub restarting")
+        return (
+            error(503, "service_unavailable", "Database unavailable, try again") if path.endswith("complete") else None
+        )
+
+    task_id = hub.add(seconds=0.02, steps=1)
+    unit = start()
+    wait_for(lambda: status(hub, task_id) == "RUNNING")
+    hub.faults.append(outage)
+    wait_for(lambda: sum(c[1].endswith("/complete") for c in hub.calls) >= 3, what="retried reports")
+    assert status(hub, task_id) == "RUNNING"
+    assert unit.agent.runs.heartbeat_list() == [{"id": task_id, "attempt": 1, "progress": 100}]
+    down.clear()
+    wait_for(lambda: status(hub, task_id) == "COMPLETED", what="the result delivered")
+    assert len(hub.tasks[task_id]["reports"]) == 1
+
+
+def test_maintenance_claims_nothing(hub: FakeHub, start: Callable[..., Running]) -> None:
+    hub.status = "MAINTENANCE"
+    task_id = hub.add()
+    unit = start()
+    wait_for(lambda: len(hub.heartbeats()) >= 3, what="heartbeats")
+    assert status(hub, task_id) == "PENDING"
+    assert unit.agent.status == "MAINTENANCE"
+    hub.status = "ONLINE"
+    wait_for(lambda: status(hub, task_id) != "PENDING", what="a claim once ONLINE again")
+
+
+def test_drain_finishes_running_tasks_reports_them_and_claims_nothing_more(
+    hub: FakeHub, start: Callable[..., Running]
+) -> None:
+    running = [hub.add(seconds=0.3, steps=3) for _ in range(2)]
+    unit = start(capacity=2)
+    wait_for(lambda: all(status(hub, i) == "RUNNING" for i in running))
+    waiting = hub.add()
+    assert unit.drain() == 0
+    assert [status(hub, i) for i in running] == ["COMPLETED", "COMPLETED"]
+    assert status(hub, waiting) == "PENDING"
+
+
+def test_drain_gives_back_what_does_not_finish_in_the_grace_period(hub: FakeHub, start: Callable[..., Running]) -> None:
+    slow, quick = hub.add(seconds=30, steps=30), hub.add(seconds=0.01, steps=1)
+    unit = start(capacity=2, drain_timeout=0.3)
+    wait_for(lambda: status(hub, quick) == "COMPLETED" and status(hub, slow) == "RUNNING")
+    assert unit.drain() == 0
+    # The last heartbeat did not list it, so the hub failed it over at once.
+    assert status(hub, slow) == "PENDING"
+    assert hub.heartbeats()[-1]["tasks"] == []
+    assert unit.agent.runs.counts["givenBack"] == 1
+
+
+def test_an_unknown_token_makes_the_unit_register_again(hub: FakeHub, start: Callable[..., Running]) -> None:
+    task_id = hub.add(seconds=0.5, steps=5)
+    start()
+    wait_for(lambda: status(hub, task_id) == "RUNNING")
+    hub.token = "thu_revoked"  # e.g. the unit was registered again by someone else
+    wait_for(lambda: hub.registrations == 2, what="a second registration")
+    # Registering again fails the old attempt over; the unit drops it and claims attempt 2.
+    wait_for(lambda: status(hub, task_id) == "COMPLETED", what="the task completed")
+    assert hub.tasks[task_id]["reports"][0][1]["attempt"] == 2
+
+
+def test_registration_waits_for_the_hub_to_come_up(hub: FakeHub, start: Callable[..., Running]) -> None:
+    refusals = iter(range(3))
+    hub.faults.append(
+        lambda m, p, b: (
+            requests.ConnectionError("down") if p.endswith("register") and next(refusals, None) is not None else None
+        )
+    )
+    task_id = hub.add(seconds=0.01, steps=1)
+    start()
+    wait_for(lambda: status(hub, task_id) == "COMPLETED")
+    assert sum(c[1].endswith("/register") for c in hub.calls) == 4
+
+
+def test_a_bad_enroll_key_is_refused_at_once(hub: FakeHub, start: Callable[..., Running]) -> None:
+    unit = start(enroll_key="thk_wrong")
+    unit.thread.join(5)
+    assert isinstance(unit.error, RegistrationRefused)
+    assert "thk_wrong" not in str(unit.error)
+
+
+def test_a_task_past_its_timeout_is_stopped_and_failed_retryable(hub: FakeHub, start: Callable[..., Running]) -> None:
+    task_id = hub.add(seconds=30, steps=30, timeoutSeconds=0.2)
+    start()
+    wait_for(lambda: status(hub, task_id) == "FAILED")
+    what, body = hub.tasks[task_id]["reports"][0]
+    assert what == "fail" and body["retryable"] is True and "timed out" in body["error"]
