@@ -126,6 +126,7 @@ class Agent:
             if self.draining:
                 if drain_deadline is None:
                     drain_deadline = now + self.config.drain_timeout
+                    self._announce_drain()
                     log.info(
                         "draining: claiming nothing more; %d task(s) to finish within %.0fs",
                         len(self.runs),
@@ -356,6 +357,16 @@ class Agent:
                 run.ctx.cancel("timeout", f"timed out after {limit:g}s")
 
     # --- draining ------------------------------------------------------------------------------
+
+    def _announce_drain(self) -> None:
+        """Tell the hub this unit is draining (MAINTENANCE), so it shows as such at once.
+        Best effort: one attempt; the drain goes on whatever the hub answers."""
+        try:
+            self.client.request(
+                "PATCH", f"/execution-units/{self.config.unit_id}", {"status": "MAINTENANCE"}, max_attempts=1
+            )
+        except Exception as exc:  # never let the announcement stop a drain
+            log.info("could not mark the unit MAINTENANCE on the hub: %s", type(exc).__name__)
 
     def _give_back(self) -> None:
         """The grace period is over: stop the handlers still running, deliver what can be

@@ -361,6 +361,7 @@ def test_sigterm_drains_running_tasks_then_exits_zero(hub: Hub) -> None:
         task = hub.api("GET", f"/tasks/{task_id}")
         assert (task["status"], task["attempt"]) == ("PENDING", 0)
     assert "drained: every task finished and reported" in unit.log()
+    assert hub.unit_status("e2e-d1") == "MAINTENANCE"  # it told the hub it was leaving
 
 
 def test_a_second_signal_stops_at_once(hub: Hub) -> None:

@@ -174,3 +174,15 @@ def test_session_scopes_follow_the_console_roles(django_user_model, api):
     api.force_login(_staff(django_user_model, "nobody"))
     assert api.get("/api/v1/tasks").status_code == 403
     assert Task.objects.get(pk=task.pk).status == "PENDING"
+
+
+def test_a_unit_may_drain_itself_and_nothing_more(register_unit):
+    unit_a, _ = register_unit("unit-a")
+    register_unit("unit-b")
+    assert unit_a.patch("/api/v1/execution-units/unit-a", {"status": "ONLINE"}).status_code == 403
+    assert unit_a.patch("/api/v1/execution-units/unit-a", {"capacity": 100}).status_code == 403
+    assert unit_a.patch("/api/v1/execution-units/unit-b", {"status": "MAINTENANCE"}).status_code == 404
+    assert ExecutionUnit.objects.get(pk="unit-b").status == "ONLINE"
+    response = unit_a.patch("/api/v1/execution-units/unit-a", {"status": "MAINTENANCE"})
+    assert response.status_code == 200 and response.json()["status"] == "MAINTENANCE"
+    assert ExecutionUnit.objects.get(pk="unit-a").status == "MAINTENANCE"

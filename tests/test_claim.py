@@ -72,7 +72,7 @@ def test_each_claim_increments_attempt_and_writes_history():
     task = factories.task()
     unit = factories.unit()
     claim_tasks(unit.pk, 1, now=timezone.now())
-    row = TaskStatusHistory.objects.filter(task=task).order_by("id").last()
+    row = TaskStatusHistory.objects.filter(task=task).latest("id")
     assert (row.from_status, row.to_status, row.unit_id, row.attempt) == ("PENDING", "RUNNING", unit.pk, 1)
 
 

@@ -90,8 +90,13 @@ def test_json_bodies_over_the_limit_are_413_and_never_parsed(client_a, settings,
     settings.API_MAX_BODY_BYTES = settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
     from taskhub.api import parsers
 
-    parsed = []
-    monkeypatch.setattr(parsers.StrictJSONParser, "parse", lambda *a, **k: parsed.append(1) or {})
+    parsed: list[int] = []
+
+    def spy(*args, **kwargs):
+        parsed.append(1)
+        return {}
+
+    monkeypatch.setattr(parsers.StrictJSONParser, "parse", spy)
     big = json.dumps(GOOD | {"config": {"blob": "x" * 4096}})
     body = _assert_error(client_a.post("/api/v1/tasks", big), 413)
     assert body["code"] == "payload_too_large"
@@ -152,6 +157,8 @@ def test_bad_heartbeat_is_400_and_changes_nothing(register_unit):
     unit, body = register_unit()
     before = ExecutionUnit.objects.get(pk=body["id"]).last_heartbeat_at
     _assert_error(unit.post(f"/api/v1/execution-units/{body['id']}/heartbeat", {"currentLoad": -1}), 400, "currentLoad")
+    twice = {"currentLoad": 1, "tasks": [{"id": 5, "attempt": 1}, {"id": 5, "attempt": 2}]}
+    _assert_error(unit.post(f"/api/v1/execution-units/{body['id']}/heartbeat", twice), 400, "tasks")
     _assert_error(
         unit.post(
             f"/api/v1/execution-units/{body['id']}/heartbeat", {"currentLoad": 1, "tasks": [{"id": "x", "attempt": 1}]}

@@ -40,7 +40,7 @@ def test_silent_unit_goes_offline_and_its_tasks_fail_over_with_history(t0, setti
     assert ExecutionUnit.objects.get(pk="u1").status == "OFFLINE"
     task.refresh_from_db()
     assert (task.status, task.failover_count, task.retry_count) == ("PENDING", 1, 0)
-    row = TaskStatusHistory.objects.filter(task=task).order_by("id").last()
+    row = TaskStatusHistory.objects.filter(task=task).latest("id")
     assert (row.from_status, row.to_status, row.unit_id, row.actor) == (
         "RUNNING",
         "PENDING",
@@ -87,7 +87,7 @@ def test_task_the_unit_stops_listing_fails_over_at_once(t0, settings):
     dropped.refresh_from_db()
     kept.refresh_from_db()
     assert dropped.status == "PENDING" and kept.status == "RUNNING" and kept.progress == 50
-    row = TaskStatusHistory.objects.filter(task=dropped).order_by("id").last()
+    row = TaskStatusHistory.objects.filter(task=dropped).latest("id")
     assert (row.from_status, row.to_status, row.actor) == ("RUNNING", "PENDING", "job:heartbeat")
 
 

@@ -49,6 +49,7 @@ def test_retryable_failure_waits_then_returns_to_pending(settings):
             _fail_once(task.pk, unit.pk, now)
             task.refresh_from_db()
             assert task.status == "FAILED" and task.retry_count == expected_retry
+            assert task.next_retry_at is not None
             waits.append((task.next_retry_at - now).total_seconds())
             assert move_due_retries(task.next_retry_at - timedelta(milliseconds=1)) == {"retried": 0}
             clock.move_to(task.next_retry_at)
@@ -127,7 +128,7 @@ def test_running_task_past_its_timeout_fails_retryably():
     assert task.status == "FAILED" and task.retry_count == 1 and task.next_retry_at is not None
     assert "timed out" in task.error
     assert task.pending_command == "abort"
-    row = TaskStatusHistory.objects.filter(task=task).order_by("id").last()
+    row = TaskStatusHistory.objects.filter(task=task).latest("id")
     assert row.actor == "job:timeouts" and row.from_status == "RUNNING"
 
 
@@ -140,5 +141,6 @@ def test_jobs_are_idempotent():
         assert fail_timeouts(later) == {"timedOut": 1}
         assert fail_timeouts(later) == {"timedOut": 0}
         due = Task.objects.get().next_retry_at
+        assert due is not None
         assert move_due_retries(due) == {"retried": 1}
         assert move_due_retries(due) == {"retried": 0}

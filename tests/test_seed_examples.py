@@ -67,11 +67,11 @@ def test_list_tasks_example_pages_and_filters_by_status(client_a):
 
 def test_update_status_example_starts_task_1_and_records_the_reason(client_a):
     created = client_a.post("/api/v1/tasks", CREATE_BODY).json()
-    assert created["id"] == Task.objects.order_by("id").first().pk
+    assert created["id"] == Task.objects.earliest("id").pk
     response = client_a.put(f"/api/v1/tasks/{created['id']}/status", STATUS_BODY)
     assert response.status_code == 200
     assert response.json()["status"] == "RUNNING"
-    last = TaskStatusHistory.objects.filter(task_id=created["id"]).order_by("id").last()
+    last = TaskStatusHistory.objects.filter(task_id=created["id"]).latest("id")
     assert (last.from_status, last.to_status, last.reason) == ("PENDING", "RUNNING", "任务开始执行")
 
 

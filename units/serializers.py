@@ -105,6 +105,14 @@ class HeartbeatSerializer(serializers.Serializer):
         help_text="The tasks the unit runs. Leased tasks it does not list are failed over at once.",
     )
 
+    def validate_tasks(self, tasks: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        seen: set[int] = set()
+        for task in tasks or []:
+            if task["id"] in seen:
+                raise serializers.ValidationError(f"lists task {task['id']} more than once")
+            seen.add(task["id"])
+        return tasks
+
 
 class CommandSerializer(serializers.Serializer):
     taskId = serializers.IntegerField()

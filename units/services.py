@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Case, Count, F, PositiveSmallIntegerField, Q, QuerySet, Sum, Value, When
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from taskhub.apikeys.tokens import digest, new_unit_token
@@ -98,7 +98,16 @@ def unit_heartbeat(
         changed.append("metadata")
     failed_over: list[int] = []
     commands: list[dict[str, Any]] = []
-    live = list(Task.objects.filter(unit_id=unit_id, status=S.RUNNING).values_list("id", "attempt", "started_at"))
+    wanted = Q(status=S.RUNNING)
+    if tasks is not None:
+        # The same read finds the commands stored for tasks this unit held last (their rows sit
+        # beside its leases in task_unit_status_idx): the UPDATE that clears the acted-on ones
+        # below then runs only when there are some, instead of on every heartbeat.
+        wanted |= ~Q(pending_command="")
+    rows = list(
+        Task.objects.filter(wanted, unit_id=unit_id).values_list("id", "attempt", "started_at", "status", "progress")
+    )
+    live = [(tid, att, started) for tid, att, started, status, _ in rows if status == S.RUNNING]
     if tasks is not None:
         listed = {t["id"]: t for t in tasks}
         # A claim reply may still be on its way to the unit when it sends this list: a lease
@@ -115,14 +124,25 @@ def unit_heartbeat(
                 now=now,
             )
             failed_over = lost
-        _record_progress(unit_id, {tid: listed[tid]["progress"] for tid, _ in held if "progress" in listed[tid]})
+        stored = {tid: progress for tid, _, _, status, progress in rows if status == S.RUNNING}
+        _record_progress(
+            unit_id,
+            {
+                tid: listed[tid]["progress"]
+                for tid, _ in held
+                if listed[tid].get("progress") is not None and listed[tid]["progress"] != stored[tid]
+            },
+        )
         live_set = held | young
         stale = {t["id"]: t["attempt"] for t in tasks if (t["id"], t["attempt"]) not in live_set}
         commands = _commands_for(unit_id, stale)
-        # The unit no longer lists these: it has acted on their commands.
-        Task.objects.filter(unit_id=unit_id).exclude(status=S.RUNNING).exclude(pending_command="").exclude(
-            id__in=list(stale)
-        ).update(pending_command="")
+        # The unit no longer lists these: it has acted on their commands (the tasks failed over
+        # just now are unlisted too). The UPDATE re-checks every condition on the rows it changes.
+        acted = ({tid for tid, _, _, status, _ in rows if status != S.RUNNING} | set(lost)) - set(stale)
+        if acted:
+            Task.objects.filter(id__in=sorted(acted), unit_id=unit_id).exclude(status=S.RUNNING).exclude(
+                pending_command=""
+            ).update(pending_command="")
         running = len(live_set)
     else:
         commands = _commands_for(unit_id, None)
@@ -148,15 +168,24 @@ def list_grace() -> float:
 
 
 def _record_progress(unit_id: str, progress: dict[int, int]) -> None:
-    """Progress of the listed live tasks, in one UPDATE."""
-    if progress:
-        Task.objects.filter(pk__in=list(progress), unit_id=unit_id, status=S.RUNNING).update(
-            progress=Case(
-                *[When(pk=tid, then=Value(p)) for tid, p in progress.items()],
-                default=F("progress"),
-                output_field=PositiveSmallIntegerField(),
-            )
-        )
+    """Progress of the listed live tasks, in one UPDATE, for those whose value changed (the agent
+    also reports progress on its own, so a heartbeat mostly repeats stored values).
+
+    Plain SQL on purpose: building this CASE through the ORM costs ~1 ms of CPU for five tasks,
+    more than the rest of the heartbeat's statements together. Fenced like the ORM form was."""
+    if not progress:
+        return
+    qn = connection.ops.quote_name
+    ids = sorted(progress)
+    marks = ", ".join(["%s"] * len(ids))
+    sql = (
+        f"UPDATE {qn(Task._meta.db_table)} SET {qn('progress')} = CASE {qn('id')} "
+        + " ".join(["WHEN %s THEN %s"] * len(ids))
+        + f" ELSE {qn('progress')} END WHERE {qn('id')} IN ({marks}) AND {qn('unit_id')} = %s AND {qn('status')} = %s"
+    )
+    params: list[Any] = [value for tid in ids for value in (tid, progress[tid])]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *ids, unit_id, S.RUNNING.value])
 
 
 def _commands_for(unit_id: str, stale: dict[int, int] | None) -> list[dict[str, Any]]:
@@ -197,12 +226,10 @@ def _command(task_id: int, attempt: int, command: str, task: Task | None) -> dic
 
 
 def unit_claim(unit_id: str, max_tasks: int, now: datetime | None = None) -> tuple[list[Task], str]:
-    from tasks.scheduling.claim import claim_tasks
+    from tasks.scheduling.claim import claim_tasks_with_status
 
     now = now or timezone.now()
-    tasks = claim_tasks(unit_id, max_tasks, now=now)
-    status = ExecutionUnit.objects.filter(pk=unit_id).values_list("status", flat=True).first()
-    return tasks, status or UnitStatus.OFFLINE
+    return claim_tasks_with_status(unit_id, max_tasks, now=now)
 
 
 @transaction.atomic

@@ -12,7 +12,7 @@ from taskhub.api.pagination import page_serializer, paginate
 from taskhub.api.views import principal_of, query_params, validated
 from taskhub.errors import Forbidden, NotFound
 from units import services
-from units.models import ExecutionUnit
+from units.models import ExecutionUnit, UnitStatus
 from units.serializers import (
     ClaimedTaskSerializer,
     ClaimReplySerializer,
@@ -55,7 +55,8 @@ class UnitViewSet(viewsets.ViewSet):
         "destroy": "units:write",
         "register": "units:register",
     }
-    unit_actions = frozenset({"heartbeat", "claim", "retrieve"})
+    # A unit may also drain itself (PATCH {"status": "MAINTENANCE"}), e.g. when it shuts down.
+    unit_actions = frozenset({"heartbeat", "claim", "retrieve", "partial_update"})
 
     def _units(self, request: Request) -> QuerySet[ExecutionUnit]:
         return services.visible_units(principal_of(request))
@@ -93,6 +94,8 @@ class UnitViewSet(viewsets.ViewSet):
     )
     def partial_update(self, request: Request, pk: str) -> Response:
         changes = validated(UnitUpdateSerializer, request.data)
+        if principal_of(request).is_unit and changes != {"status": UnitStatus.MAINTENANCE}:
+            raise Forbidden("A unit token may only set its own unit's status to MAINTENANCE")
         unit = services.unit_update(pk, changes, queryset=self._units(request))
         return Response(UnitSerializer(unit).data)
 
