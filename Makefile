@@ -23,6 +23,10 @@ migrate: venv
 run: migrate
 	@$(PY) manage.py runhub --port $(PORT)
 
+## A live demo on a throwaway hub (temp dir, SQLite): two units, 50 tasks, one unit killed halfway.
+demo: venv
+	@$(PY) scripts/demo.py
+
 ## Run the test suite (SQLite by default; set DB_HOST/REDIS_HOST for MariaDB + Redis).
 test: venv
 	@$(PY) -m pytest $(PYTEST_ARGS)
@@ -35,6 +39,29 @@ lint: venv
 format: venv
 	@$(VENV)/bin/ruff format .
 	@$(VENV)/bin/ruff check --fix .
+
+## Benchmarks on MariaDB + Redis (own database and Redis DB; see BENCHMARKS.md). One table, JSON in
+## bench/results/. BENCH_ARGS passes flags, e.g. BENCH_ARGS="--only claim --workers 3 --threads 1".
+bench: venv
+	@bash .ci/services.sh >/dev/null
+	@$(PY) -m bench --profile full $(BENCH_ARGS)
+
+## The harness at tiny sizes (CI keeps it working): asserts only its honesty checks, never a timing.
+bench-smoke: venv
+	@bash .ci/services.sh >/dev/null
+	@$(PY) -m bench --profile smoke $(BENCH_ARGS)
+
+## Lists at 1,000,000 tasks, the sweeper at 10,000 units / 100,000 RUNNING tasks, memory (takes longer).
+bench-scale: venv
+	@bash .ci/services.sh >/dev/null
+	@$(PY) -m bench --profile scale $(BENCH_ARGS)
+
+## Chaos run on MariaDB + Redis (own database taskhub_chaos, Redis DB 5): a real hub, taskhub-unit
+## processes and faults on a fixed seed, then I1-I7 from the database (docs/reliability.md). It restarts
+## MariaDB and Redis; CHAOS_ARGS passes flags, e.g. CHAOS_ARGS="--no-service-restarts --per-kind 3".
+chaos: venv
+	@bash .ci/services.sh >/dev/null
+	@$(PY) -m chaos $(CHAOS_ARGS)
 
 ## Generate the OpenAPI schema, failing on any warning.
 schema: venv

@@ -100,7 +100,6 @@ class HeartbeatSerializer(serializers.Serializer):
     tasks = HeartbeatTaskSerializer(  # type: ignore[call-arg]
         many=True,
         required=False,
-        allow_null=True,
         max_length=MAX_HEARTBEAT_TASKS,
         help_text="The tasks the unit runs. Leased tasks it does not list are failed over at once.",
     )

@@ -14,6 +14,7 @@ from typing import Any
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 
@@ -123,6 +124,7 @@ def is_api_path(request: HttpRequest) -> bool:
     return request.path.startswith("/api/") or request.path == "/metrics"
 
 
+@csrf_exempt  # the catch-all under /api: a POST to an unknown path is a JSON 404, not a CSRF page
 def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return json_error(404, "not_found", f"No route for {request.method} {request.path}")
 

@@ -6,7 +6,10 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from health_check.views import HealthCheckView
+
+from taskhub.api.errors import json_error
 
 DATABASE = "health_check.checks.Database"
 CACHE = "health_check.checks.Cache"
@@ -23,6 +26,18 @@ def _redis_check() -> tuple[str, dict[str, Any]]:
 
 class JsonHealthView(HealthCheckView):
     component = "app"
+
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        """405 in the API's JSON error shape (Django's own is an empty text/html page)."""
+        response = json_error(405, "method_not_allowed", f"Method {request.method} not allowed on {request.path}")
+        response["Allow"] = ", ".join(self._allowed_methods())
+        if self.view_is_async:
+
+            async def respond() -> JsonResponse:
+                return response
+
+            return respond()
+        return response
 
     async def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
         if not self.checks:
@@ -46,12 +61,13 @@ def app_health() -> Any:
     checks: list[Any] = [DATABASE, CACHE]
     if settings.REDIS_URL:
         checks.append(_redis_check())
-    return JsonHealthView.as_view(checks=checks, component="app")
+    return csrf_exempt(JsonHealthView.as_view(checks=checks, component="app"))
 
 
 def database_health() -> Any:
-    return JsonHealthView.as_view(checks=[DATABASE], component="database")
+    return csrf_exempt(JsonHealthView.as_view(checks=[DATABASE], component="database"))
 
 
 def redis_health() -> Any:
-    return JsonHealthView.as_view(checks=[_redis_check()] if settings.REDIS_URL else [], component="redis")
+    checks = [_redis_check()] if settings.REDIS_URL else []
+    return csrf_exempt(JsonHealthView.as_view(checks=checks, component="redis"))

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db.models import Model, QuerySet
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from taskhub.errors import InvalidInput
@@ -68,4 +69,6 @@ def page_serializer(name: str, item: type[serializers.Serializer]) -> type[seria
         "totalPages": serializers.IntegerField(required=False),
         "nextCursor": serializers.CharField(required=False, allow_null=True, help_text="Cursor mode only."),
     }
-    return type(name, (serializers.Serializer,), attrs)
+    page = type(name, (serializers.Serializer,), attrs)
+    # A list action answers with one page object; without this the schema would say "array of pages".
+    return extend_schema_serializer(many=False)(page)

@@ -4,13 +4,51 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.extensions import (
+    OpenApiAuthenticationExtension,
+    OpenApiSerializerExtension,
+    OpenApiSerializerFieldExtension,
+)
 from drf_spectacular.openapi import AutoSchema as BaseAutoSchema
+from rest_framework import serializers
 
 from taskhub.api.errors import ErrorSerializer
 
+NO_NUL = r"^[^\u0000]*$"
+NOT_BLANK = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+_PORT = r"(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+HTTP_URL = r"^https?://[A-Za-z0-9._~-]*[A-Za-z0-9]" + _PORT + r"([/?#][^\s\u0000]*)?$"  # blank: its own branch
+
 
 class AutoSchema(BaseAutoSchema):
+    def _map_serializer(self, serializer: Any, direction: Any, bypass_extensions: bool = False) -> dict[str, Any]:
+        schema: dict[str, Any] = super()._map_serializer(serializer, direction, bypass_extensions)
+        if direction == "request" and self.method == "PATCH" and schema.get("type") == "object":
+            # PATCH bodies name at least one field, and only fields the resource has (the update
+            # serializers refuse "nothing to update" and unknown or read-only fields with a 400).
+            schema["minProperties"] = 1
+            schema["additionalProperties"] = False
+        return schema
+
+    def _get_request_body(self, direction: str = "request") -> Any:
+        body = super()._get_request_body(direction)
+        if body is not None and self.method == "PATCH":
+            body["required"] = True  # an empty PATCH is refused ("Nothing to update")
+        return body
+
+    def _map_serializer_field(self, field: Any, direction: Any, bypass_extensions: bool = False) -> dict[str, Any]:
+        schema: dict[str, Any] = super()._map_serializer_field(field, direction, bypass_extensions)
+        if (
+            direction == "request"
+            and type(field) is serializers.CharField
+            and schema.get("type") == "string"
+            and "pattern" not in schema
+        ):
+            # What DRF's CharField takes: no NUL character, and (unless blank is allowed) something
+            # left after trimming whitespace.
+            schema["pattern"] = NO_NUL if field.allow_blank or not field.trim_whitespace else NOT_BLANK
+        return schema
+
     def _get_response_bodies(self, direction: Literal["request", "response"] = "response") -> dict[str, Any]:
         responses = super()._get_response_bodies(direction)
         codes = ["400", "401", "403", "429"]
@@ -26,6 +64,28 @@ class AutoSchema(BaseAutoSchema):
             if code not in responses:
                 responses[code] = self._get_response_for_code(ErrorSerializer, code)
         return responses
+
+
+class LogWriteScheme(OpenApiSerializerExtension):
+    """Log lines: a batch (`entries`, 1-500) or one line (`message`), exactly one of the two."""
+
+    target_class = "tasks.serializers.LogWriteSerializer"
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
+        if direction == "request":
+            schema["properties"]["entries"] |= {"minItems": 1, "maxItems": 500}
+            schema["oneOf"] = [{"required": ["entries"]}, {"required": ["message"]}]
+        return schema
+
+
+class EndpointFieldScheme(OpenApiSerializerFieldExtension):
+    """An execution unit's endpoint: an http(s) URL with a host and a valid port (or blank)."""
+
+    target_class = "units.serializers.EndpointField"
+
+    def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        return {"type": "string", "maxLength": 500, "pattern": HTTP_URL}
 
 
 class BearerAuthScheme(OpenApiAuthenticationExtension):
