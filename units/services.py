@@ -22,13 +22,21 @@ from units.models import ExecutionUnit, UnitStatus
 S = TaskStatus
 
 
+def lock_unit_row(unit_id: str) -> ExecutionUnit | None:
+    """`SELECT ... FOR UPDATE` of one unit by primary key (None if there is none); inside a
+    transaction. Plain SQL: every heartbeat and every claim takes this lock, and the ORM spends
+    more CPU building the statement (~0.3 ms) than the database spends on it. SQLite has no
+    FOR UPDATE; its IMMEDIATE transactions hold the write lock already, as with select_for_update."""
+    assert transaction.get_connection().in_atomic_block
+    qn = connection.ops.quote_name
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    sql = f"SELECT * FROM {qn(ExecutionUnit._meta.db_table)} WHERE {qn('id')} = %s{lock}"
+    return next(iter(ExecutionUnit.objects.raw(sql, [unit_id])), None)
+
+
 def _lock_unit(unit_id: str, queryset: QuerySet[ExecutionUnit] | None = None) -> ExecutionUnit:
-    unit = (
-        (queryset if queryset is not None else ExecutionUnit.objects.all())
-        .select_for_update()
-        .filter(pk=unit_id)
-        .first()
-    )
+    locked = queryset.select_for_update() if queryset is not None else None
+    unit = lock_unit_row(unit_id) if locked is None else locked.filter(pk=unit_id).first()
     if unit is None:
         raise NotFound(f"Execution unit {unit_id} not found")
     return unit

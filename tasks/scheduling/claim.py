@@ -26,6 +26,7 @@ from tasks.scheduling.dbretry import retry_on_lock_error
 from tasks.states import TaskStatus, can_transition
 from tasks.transitions import new_history, record_history_bulk
 from units.models import ExecutionUnit, UnitStatus
+from units.services import lock_unit_row
 
 S = TaskStatus
 assert can_transition(S.PENDING, S.RUNNING)
@@ -46,7 +47,7 @@ def claim_tasks_with_status(unit_id: str, max_tasks: int, *, now: datetime) -> t
     """`claim_tasks`, also returning the unit's status as this claim left it (what the claim
     endpoint replies), so no query re-reads either after the commit."""
     # The unit row lock serialises this unit's claims, so its capacity count is exact.
-    unit = ExecutionUnit.objects.select_for_update().filter(pk=unit_id).first()
+    unit = lock_unit_row(unit_id)
     if unit is None:
         raise NotFound(f"Execution unit {unit_id} not found")
     if unit.status in (UnitStatus.OFFLINE, UnitStatus.MAINTENANCE):

@@ -1,0 +1,1 @@
+"""Benchmarks: taskhub against the physical limit and against Celery (see BENCHMARKS.md)."""

@@ -1,0 +1,212 @@
+"""One table for the run, the honesty verdict, and the JSON copy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HONESTY_KEYS = ("double", "lost", "lockErrors")
+OTHER_FAULTS = ("serverErrors", "transportErrors", "unexpected", "brokenChains", "clientErrors")
+
+
+def _by(items: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for item in items:
+        if all(item.get(k) == v for k, v in match.items()):
+            return item
+    return None
+
+
+def _verdict(value: float, limit: float, *, at_least: bool) -> str:
+    ok = value >= limit if at_least else value <= limit
+    return "met" if ok else "MISSED"
+
+
+def rows(results: dict[str, Any]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+
+    def add(scenario: str, conc: str, result: str, ratio: str = "", target: str = "", verdict: str = "") -> None:
+        out.append(
+            {"scenario": scenario, "conc": conc, "result": result, "ratio": ratio, "target": target, "verdict": verdict}
+        )
+
+    raw = results.get("raw", [])
+    for r in raw:
+        unit = "claims/s" if r["batch"] == 1 else "tasks/s"
+        add(f"1 raw claim SQL, LIMIT {r['batch']}", str(r["concurrency"]), f"{r['tasksPerSecond']:,.0f} {unit}")
+    floors = results.get("floor", [])
+    for f in floors:
+        add("2 HTTP floor: GET unit (unit token)", str(f["concurrency"]), f"{f['perSecond']:,.0f} req/s")
+    for h in results.get("heartbeat", []):
+        f = _by(floors, concurrency=h["concurrency"])
+        ratio = h["perSecond"] / f["perSecond"] if f and f["perSecond"] else 0.0
+        label = f"3 heartbeat, {h['tasksPerUnit']} tasks listed"
+        add(
+            label,
+            str(h["concurrency"]),
+            f"{h['perSecond']:,.0f} req/s",
+            f"{ratio:.2f} x floor",
+            ">= 0.8 x floor",
+            _verdict(ratio, 0.8, at_least=True),
+        )
+    for c in results.get("claim", []):
+        r = _by(raw, concurrency=c["concurrency"], batch=c["batch"])
+        ratio = c["tasksPerSecond"] / r["tasksPerSecond"] if r and r["tasksPerSecond"] else 0.0
+        need = 0.6 if c["batch"] == 1 else 0.9
+        add(
+            f"4 claim {{max: {c['batch']}}}",
+            str(c["concurrency"]),
+            f"{c['tasksPerSecond']:,.0f} tasks/s",
+            f"{ratio:.2f} x raw",
+            f">= {need} x raw",
+            _verdict(ratio, need, at_least=True),
+        )
+    life, cel = results.get("lifecycle"), results.get("celery")
+    if life:
+        ratio = life["tasksPerSecond"] / cel["tasksPerSecond"] if cel and cel["tasksPerSecond"] else 0.0
+        add(
+            f"5 lifecycle over HTTP (M={life['tasks']})",
+            f"K={life['units']}",
+            f"{life['tasksPerSecond']:,.0f} tasks/s",
+            f"{ratio:.3f} x Celery",
+            ">= 1.0 x Celery",
+            _verdict(ratio, 1.0, at_least=True),
+        )
+    if cel:
+        add(
+            f"5 Celery+Redis no-op (M={cel['tasks']})",
+            f"w={cel['workerConcurrency']}",
+            f"{cel['tasksPerSecond']:,.0f} tasks/s",
+        )
+    fo = results.get("failover")
+    if fo:
+        limit = fo["bound"] + 1
+        add(
+            f"6 failover, {fo['tasks']} tasks of {fo['victims']} silent units",
+            "",
+            f"p50 {fo['p50s']:.2f} s, p99 {fo['p99s']:.2f} s",
+            f"bound {fo['bound']:g} s",
+            f"p99 <= {limit:g} s",
+            _verdict(fo["p99s"], limit, at_least=False),
+        )
+    scale = results.get("scale", {})
+    for q in scale.get("lists", []):
+        add(
+            f"7 list: {q['query']}",
+            "1",
+            f"p50 {q['p50ms']:.1f} ms, p99 {q['p99ms']:.1f} ms",
+            "",
+            "p99 < 50 ms",
+            _verdict(q["p99ms"], 50, at_least=False) if q["p99ms"] >= 50 else "met",
+        )
+    hh = scale.get("heartbeatHistory")
+    if hh:
+        for name in ("rookie", "veteran"):
+            h = hh[name]
+            add(
+                f"7 heartbeat, unit with {h['finishedTasks']:,} finished tasks",
+                "1",
+                f"p50 {h['p50ms']:.1f} ms, p99 {h['p99ms']:.1f} ms",
+            )
+    sw = scale.get("sweeper")
+    if sw:
+        add(
+            f"7 sweeper: {sw['units']:,} units, {sw['tasks']:,} RUNNING, {sw['deadUnits']:,} dead",
+            "",
+            f"{sw['seconds']:.2f} s, {sw['queries']} queries",
+            f"{sw['result'].get('failedOver', 0):,} failed over",
+            "< 5 s, bounded",
+            _verdict(sw["seconds"], 5, at_least=False) if sw["seconds"] >= 5 else "met",
+        )
+    mem = results.get("memory", {})
+    if "gunicornWorkerPeakMb" in mem:
+        add(
+            "7 gunicorn worker peak RSS",
+            "",
+            f"{mem['gunicornWorkerPeakMb']:.0f} MB",
+            "",
+            "< 150 MB",
+            "met" if mem["gunicornWorkerPeakMb"] < 150 else "MISSED",
+        )
+    agent = mem.get("agent")
+    if agent:
+        if agent.get("usable"):
+            add(f"7 taskhub-unit peak RSS, {agent['running']} running", "", f"{agent['peakRssMb']:.0f} MB")
+        else:
+            add("7 taskhub-unit peak RSS", "", "not measured", "", "", str(agent.get("error", ""))[:60])
+    return out
+
+
+def honesty(results: dict[str, Any]) -> dict[str, Any]:
+    """Sum the honesty counters over every scenario; any fault fails the run."""
+    totals = {k: 0 for k in HONESTY_KEYS + OTHER_FAULTS}
+    where: list[str] = []
+
+    def visit(name: str, item: Any) -> None:
+        if isinstance(item, list):
+            for i, sub in enumerate(item):
+                visit(f"{name}[{i}]", sub)
+            return
+        if not isinstance(item, dict):
+            return
+        for key in totals:
+            value = item.get(key)
+            if isinstance(value, int) and value:
+                totals[key] += value
+                where.append(f"{name}.{key}={value}")
+        for key, sub in item.items():
+            if isinstance(sub, dict | list) and key not in ("cpu", "result", "errors"):
+                visit(f"{name}.{key}", sub)
+
+    for name, item in results.items():
+        if name not in ("meta", "honesty", "table"):
+            visit(name, item)
+    totals["lockErrors"] += int(results.get("meta", {}).get("lockErrorsInServerLogs", 0))
+    passed = all(v == 0 for v in totals.values())
+    return {**totals, "pass": passed, "faults": where}
+
+
+def render(results: dict[str, Any]) -> str:
+    table = results["table"]
+    headers = {"scenario": "scenario", "conc": "conc", "result": "result", "ratio": "ratio", "target": "target"}
+    headers["verdict"] = "verdict"
+    widths = {k: max(len(headers[k]), *(len(r[k]) for r in table)) if table else len(headers[k]) for k in headers}
+    line = "  ".join(headers[k].ljust(widths[k]) for k in headers)
+    lines = [line, "  ".join("-" * widths[k] for k in headers)]
+    for r in table:
+        lines.append("  ".join(r[k].ljust(widths[k]) for k in headers).rstrip())
+    meta = results.get("meta", {})
+    h = results["honesty"]
+    lines.append("")
+    share = meta.get("loadgenCpuShare")
+    if share is not None:
+        lines.append(
+            f"load generator CPU share of the {meta.get('cpus')} cores: HTTP clients {share:.1%} on average "
+            f"(worst scenario {meta.get('loadgenCpuShareMax', 0):.1%}); raw-claim client loops up to "
+            f"{meta.get('rawClientCpuShareMax', 0):.1%}; Celery producers {meta.get('celeryProducerCpuShare', 0):.1%}"
+        )
+        lines.append(f"other processes on the machine (not this run) used {meta.get('otherCpuShare', 0):.1%} of it")
+    ceilings = []
+    for f in results.get("floor", []):
+        r = _by(results.get("raw", []), concurrency=f["concurrency"], batch=1)
+        if r and r["tasksPerSecond"]:
+            ceilings.append(f"c={f['concurrency']} {f['perSecond'] / r['tasksPerSecond']:.2f}")
+    if ceilings:
+        lines.append("HTTP floor / raw claim LIMIT 1 (no HTTP claim can beat the floor): " + ", ".join(ceilings))
+    queries = results.get("queries")
+    if queries:
+        lines.append("SQL statements per request: " + ", ".join(f"{k} {v['queries']}" for k, v in queries.items()))
+    verdict = "PASS" if h["pass"] else "FAIL"
+    lines.append(
+        f"HONESTY {verdict}: double claims {h['double']}, lost {h['lost']}, lock errors reaching clients "
+        f"{h['lockErrors']}; 5xx {h['serverErrors']}, transport errors {h['transportErrors']}, unexpected "
+        f"statuses {h['unexpected']}, broken history chains {h['brokenChains']}"
+    )
+    if h["faults"]:
+        lines.append("  faults: " + ", ".join(h["faults"][:20]))
+    return "\n".join(lines)
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
