@@ -88,7 +88,7 @@ def _move(task: Task, target: str, *, actor: Actor, reason: str, now: datetime, 
     source = task.status
     if not can_transition(source, target, system=actor.is_system):
         raise IllegalTransition(task, target, system=actor.is_system)
-    changed = set(fields) | _enter(task, target, now)
+    changed = set(fields) | enter_state(task, target, now)
     task.status = target
     task.updated_at = now
     task.save(update_fields=sorted(changed | {"status", "updated_at"}))
@@ -96,8 +96,9 @@ def _move(task: Task, target: str, *, actor: Actor, reason: str, now: datetime, 
     return task
 
 
-def _enter(task: Task, target: str, now: datetime) -> set[str]:
-    """Fields every entry into `target` sets, whoever causes it. Returns the changed field names."""
+def enter_state(task: Task, target: str, now: datetime) -> set[str]:
+    """Fields every entry into `target` sets, whoever causes it (also the set-based claim).
+    Sets them on `task` in memory and returns their names; the caller saves."""
     if target == S.PENDING:
         task.available_at = max(now, task.scheduled_at) if task.scheduled_at else now
         task.next_retry_at = None
@@ -110,7 +111,8 @@ def _enter(task: Task, target: str, now: datetime) -> set[str]:
         task.progress = 0
         task.pending_command = ""
         task.timeout_at = now + timedelta(seconds=task.timeout_seconds) if task.timeout_seconds else None
-        return {"attempt", "started_at", "progress", "pending_command", "timeout_at"}
+        task.next_retry_at = None
+        return {"attempt", "started_at", "progress", "pending_command", "timeout_at", "next_retry_at"}
     if target in (S.COMPLETED, S.CANCELLED, S.FAILED):
         task.finished_at = now
         task.timeout_at = None

@@ -13,7 +13,7 @@ writers, so the same read-then-update is correct there too.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db import transaction
 from django.db.models import F
@@ -24,7 +24,7 @@ from tasks.actors import Actor
 from tasks.models import Task
 from tasks.scheduling.dbretry import retry_on_lock_error
 from tasks.states import TaskStatus, can_transition
-from tasks.transitions import new_history, record_history_bulk
+from tasks.transitions import enter_state, new_history, record_history_bulk
 from units.models import ExecutionUnit, UnitStatus
 from units.services import lock_unit_row
 
@@ -58,31 +58,22 @@ def claim_tasks_with_status(unit_id: str, max_tasks: int, *, now: datetime) -> t
     tasks: list[Task] = []
     if wanted > 0:
         tasks = list(claimable(unit.unit_type, now).select_for_update(skip_locked=True)[:wanted])
-    by_timeout: dict[int | None, list[int]] = defaultdict(list)
+    # The entry effects of RUNNING come from the one place that defines them (enter_state), applied
+    # to the locked rows in memory; the UPDATE writes the same values, one statement per distinct
+    # timeout (the only per-row value besides the attempt increment).
+    groups: dict[int | None, list[Task]] = defaultdict(list)
+    changed: set[str] = set()
     for task in tasks:
-        by_timeout[task.timeout_seconds].append(task.pk)
-    for timeout, ids in by_timeout.items():
-        Task.objects.filter(id__in=ids).update(
-            status=S.RUNNING,
-            unit_id=unit.pk,
-            attempt=F("attempt") + 1,
-            started_at=now,
-            progress=0,
-            pending_command="",
-            timeout_at=now + timedelta(seconds=timeout) if timeout else None,
-            next_retry_at=None,
-            updated_at=now,
-        )
-    for task in tasks:
-        task.status = S.RUNNING
         task.unit_id = unit.pk
-        task.attempt += 1
-        task.started_at = now
-        task.progress = 0
-        task.pending_command = ""
-        task.timeout_at = now + timedelta(seconds=task.timeout_seconds) if task.timeout_seconds else None
-        task.next_retry_at = None
+        task.status = S.RUNNING
         task.updated_at = now
+        changed = enter_state(task, S.RUNNING, now)
+        groups[task.timeout_seconds].append(task)
+    for group in groups.values():
+        values = {name: getattr(group[0], name) for name in changed - {"attempt"}}
+        Task.objects.filter(id__in=[t.pk for t in group]).update(
+            **values, attempt=F("attempt") + 1, status=S.RUNNING, unit_id=unit.pk, updated_at=now
+        )
     actor = Actor.unit(unit.pk)
     record_history_bulk(
         [
