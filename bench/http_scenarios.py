@@ -106,10 +106,10 @@ def heartbeat(
         tokens = seed.insert_units(conn, ids, unit_type=task_type, capacity=50, owner_id=owner_id)
         held: list[list[int]] = [[] for _ in ids]
         if tasks_per_unit:
-            first, last = seed.insert_tasks(
+            new = seed.insert_tasks(
                 conn, tasks_per_unit * len(ids), task_type=task_type, owner_id=owner_id, status="RUNNING", units=ids
             )
-            for n, task_id in enumerate(range(first, last + 1)):
+            for n, task_id in enumerate(new):
                 held[n % len(ids)].append(task_id)
     finally:
         conn.close()

@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, default=None, help="where to write the JSON (default bench/results/)")
     parser.add_argument("--concurrency", default="", help="comma-separated client counts (default: the profile's)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per measured level")
+    parser.add_argument("--repeat", type=int, default=None, help="scale: requests per list query (default 100)")
     parser.add_argument("--workers", type=int, default=None, help="gunicorn worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="gunicorn threads per worker (default 1: sync)")
     parser.add_argument("--gunicorn-arg", action="append", default=[], help="extra gunicorn flag (repeatable)")
@@ -428,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = replace(profile, concurrencies=tuple(int(c) for c in args.concurrency.split(",")))
     if args.duration:
         profile = replace(profile, duration=args.duration)
+    if args.repeat:
+        profile = replace(profile, list_repeat=args.repeat)
     if args.workers:
         profile = replace(profile, workers=args.workers)
     if args.threads:

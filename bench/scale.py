@@ -104,15 +104,15 @@ def heartbeat_history(stack: Stack, owner_id: int, *, finished: int, repeat: int
         for unit_id, done in (("rookie", 0), ("veteran", finished)):
             (token,) = seed.insert_units(conn, [unit_id], unit_type="HISTORY", capacity=50, owner_id=owner_id)
             if done:
-                first, last = seed.insert_tasks(
+                finished_ids = seed.insert_tasks(
                     conn, done, task_type="HISTORY", owner_id=owner_id, history=False, status="COMPLETED"
                 )
-                conn.cursor().execute("UPDATE tasks SET unit_id=%s WHERE id BETWEEN %s AND %s", (unit_id, first, last))
+                conn.cursor().execute(
+                    "UPDATE tasks SET unit_id=%s WHERE id BETWEEN %s AND %s",
+                    (unit_id, finished_ids[0], finished_ids[-1]),
+                )
                 conn.commit()
-            first, last = seed.insert_tasks(
-                conn, 5, task_type="HISTORY", owner_id=owner_id, status="RUNNING", units=[unit_id]
-            )
-            held = list(range(first, last + 1))
+            held = seed.insert_tasks(conn, 5, task_type="HISTORY", owner_id=owner_id, status="RUNNING", units=[unit_id])
             result = run_clients(_heartbeat_client, [(unit_id, token, held, repeat)], port=stack.web_port, duration=300)
             lat = result.latencies("heartbeat")
             out[unit_id] = {
@@ -180,10 +180,10 @@ def agent_memory(stack: Stack, key: str, *, tasks: int, settle: float) -> dict[s
     try:
         owner = seed.key_id(conn, "bench")
         cur = conn.cursor()
-        first, last = seed.insert_tasks(conn, tasks, task_type="AGENT_MEM", owner_id=owner)
+        new = seed.insert_tasks(conn, tasks, task_type="AGENT_MEM", owner_id=owner)
         cur.execute(
             "UPDATE tasks SET config=%s WHERE id BETWEEN %s AND %s",
-            (json.dumps({"seconds": 300, "steps": 300}), first, last),
+            (json.dumps({"seconds": 300, "steps": 300}), new[0], new[-1]),
         )
         conn.commit()
     finally:

@@ -85,15 +85,16 @@ def insert_tasks(
     created_at: datetime | None = None,
     statuses: Sequence[str] = (),
     types: Sequence[str] = (),
-) -> tuple[int, int]:
+) -> list[int]:
     """Insert `n` tasks (PENDING by default; RUNNING ones are leased round-robin to `units`, with
-    attempt 1). `statuses`/`types`, when given, cycle per row. Returns (first id, last id)."""
+    attempt 1). `statuses`/`types`, when given, cycle per row. Returns their ids, in order (not
+    always contiguous: InnoDB leaves auto-increment gaps after INSERT ... SELECT)."""
     now = utcnow()
     created = created_at or now - timedelta(seconds=1)
     config = json.dumps({"inputFile": "data.csv", "outputFormat": "json"})
     cur = conn.cursor()
     cur.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")
-    first = int(cur.fetchone()[0]) + 1
+    before = int(cur.fetchone()[0])
     rows = []
     for i in range(n):
         row_status = statuses[i % len(statuses)] if statuses else status
@@ -102,7 +103,7 @@ def insert_tasks(
         running = row_status == "RUNNING"
         rows.append(
             (
-                f"bench task {first + i}",
+                f"bench task {before + i + 1}",
                 row_type,
                 i % 7,
                 config,
@@ -128,10 +129,12 @@ def insert_tasks(
     for chunk in _chunks(rows):
         cur.executemany(f"INSERT INTO {table} ({TASK_COLUMNS}) VALUES ({placeholders})", chunk)
         conn.commit()
-    cur.execute(f"SELECT MAX(id) FROM {table}")
-    last = int(cur.fetchone()[0])
-    if last - first + 1 != n:
-        raise RuntimeError(f"expected ids {first}..{first + n - 1} in {table}, got up to {last}")
+    # Nothing else writes to the bench database while it is seeded: the new rows are those above.
+    cur.execute(f"SELECT id FROM {table} WHERE id > %s ORDER BY id", (before,))
+    ids = [int(r[0]) for r in cur.fetchall()]
+    if len(ids) != n:
+        raise RuntimeError(f"inserted {n} rows into {table} but found {len(ids)} new ones")
+    first, last = ids[0], ids[-1]
     if history:
         cur.execute(
             "INSERT INTO task_status_history (task_id, from_status, to_status, reason, actor_type, actor, "
@@ -147,7 +150,7 @@ def insert_tasks(
             (first, last),
         )
         conn.commit()
-    return first, last
+    return ids
 
 
 def reset_tasks(conn: Any) -> None:
