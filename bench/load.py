@@ -72,8 +72,9 @@ class Http:
         if response.will_close:
             conn.close()
             self.conn = None
-        self.latencies.setdefault(op, array("d")).append(elapsed)
         status = response.status
+        # A 5xx answered fast is no sample of the operation's latency: keep those apart.
+        self.latencies.setdefault(op if status < 500 else f"{op}:5xx", array("d")).append(elapsed)
         self.statuses[f"{op} {status}"] += 1
         if status >= 500:
             self.server_errors += 1
@@ -119,7 +120,7 @@ class LoadResult:
         total = 0
         for client in self.clients:
             for key, n in client.statuses.items():
-                if (keys is None and key.split(" ")[0] == op) or (keys is not None and key in keys):
+                if (keys is None and key.rsplit(" ", 1)[0] == op) or (keys is not None and key in keys):
                     total += n
         return total
 

@@ -179,7 +179,7 @@ def render(results: dict[str, Any]) -> str:
     h = results["honesty"]
     lines.append("")
     share = meta.get("loadgenCpuShare")
-    if share is not None:
+    if share:
         lines.append(
             f"load generator CPU share of the {meta.get('cpus')} cores: HTTP clients {share:.1%} on average "
             f"(worst scenario {meta.get('loadgenCpuShareMax', 0):.1%}); raw-claim client loops up to "

@@ -13,6 +13,7 @@ import fcntl
 import importlib.metadata
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,7 +51,7 @@ class Profile:
     knobs: dict[str, str] = field(default_factory=dict)
     scale_tasks: int = 1_000_000
     scale_fleet: tuple[int, int, int] = (10_000, 100_000, 1_000)  # units, RUNNING tasks, dead units
-    list_repeat: int = 100
+    list_repeat: int = 50
     # gunicorn: 2 sync workers measured best on this 2-core machine (BENCHMARKS.md, "gunicorn");
     # the config file's own default is 2 workers x 4 threads (gthread).
     workers: int = 2
@@ -407,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, default=None, help="where to write the JSON (default bench/results/)")
     parser.add_argument("--concurrency", default="", help="comma-separated client counts (default: the profile's)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per measured level")
-    parser.add_argument("--repeat", type=int, default=None, help="scale: requests per list query (default 100)")
+    parser.add_argument("--repeat", type=int, default=None, help="scale: requests per list query (default 50)")
     parser.add_argument("--workers", type=int, default=None, help="gunicorn worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="gunicorn threads per worker (default 1: sync)")
     parser.add_argument("--gunicorn-arg", action="append", default=[], help="extra gunicorn flag (repeatable)")
@@ -489,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                 from bench.stack import flush_redis_db
 
                 flush_redis_db(stack.redis_url)
+    prune_run_dirs(profile.name)
     meta["lockErrorsInServerLogs"] = lock_errors_in_logs(logs)
     meta["seconds"] = round(time.monotonic() - started, 1)
     http = [
@@ -518,6 +520,13 @@ def main(argv: list[str] | None = None) -> int:
         log("FAIL: the run crashed:\n" + crashed)
     log(f"\nJSON: {out}  ({meta['seconds']:.0f} s)")
     return 0 if results["honesty"]["pass"] else 1
+
+
+def prune_run_dirs(profile: str, keep: int = 5) -> None:
+    """Each run keeps its processes' logs under var/bench/<profile>-<time>/; keep the latest few."""
+    runs = sorted((ROOT / "var" / "bench").glob(f"{profile}-*"))
+    for old in runs[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _items(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

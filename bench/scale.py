@@ -83,13 +83,14 @@ def lists(stack: Stack, key: str, *, repeat: int, meter: Any) -> list[dict[str, 
             {
                 "query": name,
                 "url": f"/api/v1/tasks?{query}",
-                "requests": len(lat),
+                "requests": result.count(name),
                 "ok": result.count(name, 200),
-                "unexpected": len(lat) - result.count(name, 200),
+                "unexpected": result.count(name) - result.count(name, 200),
                 "p50ms": percentile(lat, 50) * 1000,
                 "p99ms": percentile(lat, 99) * 1000,
             }
         )
+    out[0] |= {"serverErrors": result.server_errors, "transportErrors": result.transport_errors}
     return out
 
 

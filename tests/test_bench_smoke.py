@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_bench_smoke_runs_and_reports_no_double_claims_no_lost_tasks_no_lock_errors(tmp_path: Path) -> None:
     db = settings.DATABASES["default"]
-    test_db = os.environ.get("DB_TEST_NAME") or f"test_{db['NAME']}"
+    name = str(db["NAME"])  # pytest-django may already have switched it to the test database
+    test_db = os.environ.get("DB_TEST_NAME") or (name if name.startswith("test_") else f"test_{name}")
     env = {
         **os.environ,
         "BENCH_DB_HOST": str(db["HOST"]),
