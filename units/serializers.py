@@ -113,6 +113,65 @@ class HeartbeatSerializer(serializers.Serializer):
         return tasks
 
 
+def _bounds(field: Any) -> tuple[int, int]:
+    return field.min_value, field.max_value
+
+
+_LOAD = HeartbeatSerializer._declared_fields["currentLoad"]
+_TASK_FIELDS = HeartbeatTaskSerializer._declared_fields
+_ID, _ATTEMPT, _PROGRESS = (_bounds(_TASK_FIELDS[name]) for name in ("id", "attempt", "progress"))
+_LOAD_RANGE = _bounds(_LOAD)
+
+
+def _int_in(value: Any, bounds: tuple[int, int]) -> bool:
+    return type(value) is int and bounds[0] <= value <= bounds[1]
+
+
+def plain_heartbeat(data: Any) -> dict[str, Any] | None:
+    """What `validated(HeartbeatSerializer, data)` returns, for a body that is plainly valid:
+    JSON integers within the serializer's own bounds, objects and lists where it says so, no task
+    listed twice. None for anything else, which then goes through the serializer (and gets its 400
+    naming the field). Every heartbeat of every unit comes through here: the serializer and the
+    strict JSON-type walk cost more CPU than the heartbeat's SQL."""
+    if type(data) is not dict:
+        return None
+    load = data.get("currentLoad", _LOAD.default)
+    if not _int_in(load, _LOAD_RANGE):
+        return None
+    body: dict[str, Any] = {"current_load": load}
+    if "metadata" in data:
+        metadata = data["metadata"]
+        if type(metadata) is not dict or any(type(key) is not str for key in metadata):
+            return None
+        try:
+            _metadata(metadata)
+        except serializers.ValidationError:
+            return None
+        body["metadata"] = dict(metadata)
+    if "tasks" in data:
+        tasks = data["tasks"]
+        if type(tasks) is not list or len(tasks) > MAX_HEARTBEAT_TASKS:
+            return None
+        seen: set[int] = set()
+        clean: list[dict[str, Any]] = []
+        for task in tasks:
+            if type(task) is not dict:
+                return None
+            task_id, attempt = task.get("id"), task.get("attempt")
+            if not _int_in(task_id, _ID) or not _int_in(attempt, _ATTEMPT) or task_id in seen:
+                return None
+            assert isinstance(task_id, int)
+            seen.add(task_id)
+            item = {"id": task_id, "attempt": attempt}
+            if "progress" in task:
+                if not _int_in(task["progress"], _PROGRESS):
+                    return None
+                item["progress"] = task["progress"]
+            clean.append(item)
+        body["tasks"] = clean
+    return body
+
+
 class CommandSerializer(serializers.Serializer):
     taskId = serializers.IntegerField()
     attempt = serializers.IntegerField()
@@ -132,6 +191,25 @@ class HeartbeatReplySerializer(serializers.Serializer):
     serverTime = serializers.DateTimeField()
 
 
+_SERVER_TIME = serializers.DateTimeField()
+
+
+def heartbeat_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """`HeartbeatReplySerializer(reply).data` as a plain dict (the same JSON; a test compares the
+    two), without building a serializer per heartbeat."""
+    return {
+        **reply,
+        "status": str(reply["status"]),
+        "heartbeatIntervalSeconds": float(reply["heartbeatIntervalSeconds"]),
+        "heartbeatTimeoutSeconds": float(reply["heartbeatTimeoutSeconds"]),
+        "commands": [
+            {"taskId": c["taskId"], "attempt": c["attempt"], "command": str(c["command"]), "reason": c["reason"]}
+            for c in reply["commands"]
+        ],
+        "serverTime": _SERVER_TIME.to_representation(reply["serverTime"]),
+    }
+
+
 class ClaimSerializer(serializers.Serializer):
     max = serializers.IntegerField(min_value=1, max_value=100, default=1)
 
@@ -144,6 +222,24 @@ class ClaimedTaskSerializer(serializers.Serializer):
     config = serializers.JSONField()
     attempt = serializers.IntegerField()
     timeoutSeconds = serializers.IntegerField(source="timeout_seconds", allow_null=True)
+
+
+def claimed_tasks(tasks: list[Any]) -> list[dict[str, Any]]:
+    """`ClaimedTaskSerializer(tasks, many=True).data` as plain dicts (the same JSON; a test compares
+    the two): up to 100 tasks per claim, and DRF's per-field machinery cost more than the claim's
+    SQL."""
+    return [
+        {
+            "id": int(t.id),
+            "name": str(t.name),
+            "taskType": str(t.task_type),
+            "priority": int(t.priority),
+            "config": t.config,
+            "attempt": int(t.attempt),
+            "timeoutSeconds": None if t.timeout_seconds is None else int(t.timeout_seconds),
+        }
+        for t in tasks
+    ]
 
 
 class ClaimReplySerializer(serializers.Serializer):

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from taskhub.apikeys.tokens import digest, new_unit_token
 from taskhub.errors import Forbidden, NotFound
+from taskhub.rowload import fetch_models
 from tasks.actors import Actor
 from tasks.models import ControlCommand, Task
 from tasks.scheduling.dbretry import retry_on_lock_error
@@ -31,7 +32,26 @@ def lock_unit_row(unit_id: str) -> ExecutionUnit | None:
     qn = connection.ops.quote_name
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
     sql = f"SELECT * FROM {qn(ExecutionUnit._meta.db_table)} WHERE {qn('id')} = %s{lock}"
-    return next(iter(ExecutionUnit.objects.raw(sql, [unit_id])), None)
+    return next(iter(fetch_models(ExecutionUnit, sql, [unit_id])), None)
+
+
+def lock_unit_columns(unit_id: str, columns: tuple[str, ...]) -> tuple[Any, ...] | None:
+    """`lock_unit_row` for the hot paths (heartbeat, claim): the same lock, but only `columns`, as
+    the database driver returns them (no model instance, no converters: a JSON column comes back
+    as its text, a datetime naive). None if there is no such unit."""
+    assert transaction.get_connection().in_atomic_block
+    qn = connection.ops.quote_name
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    names = ", ".join(qn(c) for c in columns)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {names} FROM {qn(ExecutionUnit._meta.db_table)} WHERE {qn('id')} = %s{lock}", [unit_id])
+        row = cursor.fetchone()
+    return tuple(row) if row is not None else None
+
+
+def db_datetime(value: datetime) -> Any:
+    """A datetime as the ORM would send it to this database (naive UTC for MySQL and SQLite)."""
+    return connection.ops.adapt_datetimefield_value(value)
 
 
 def _lock_unit(unit_id: str, queryset: QuerySet[ExecutionUnit] | None = None) -> ExecutionUnit:
@@ -97,32 +117,27 @@ def unit_heartbeat(
     that are no longer the unit's get a command: the stored cancel/pause, or abort for a stale
     attempt."""
     now = now or timezone.now()
-    unit = _lock_unit(unit_id)
-    unit.last_heartbeat_at = now
-    unit.current_load = current_load
-    changed = ["last_heartbeat_at", "current_load", "status", "updated_at"]
-    if metadata is not None:
-        unit.metadata = metadata
-        changed.append("metadata")
+    # The hot path of every unit, in plain SQL (the ORM spent more CPU building these statements
+    # than the database spends answering them): the unit row lock, one read of the leases, the
+    # progress that changed, the unit UPDATE.
+    locked = lock_unit_columns(unit_id, ("id", "status", "capacity", "metadata"))
+    if locked is None:
+        raise NotFound(f"Execution unit {unit_id} not found")
+    unit_id, unit_status, capacity, stored_metadata = locked
     failed_over: list[int] = []
     commands: list[dict[str, Any]] = []
-    wanted = Q(status=S.RUNNING)
-    if tasks is not None:
-        # The same read finds the commands stored for tasks this unit held last (their rows sit
-        # beside its leases in task_unit_status_idx): the UPDATE that clears the acted-on ones
-        # below then runs only when there are some, instead of on every heartbeat.
-        wanted |= ~Q(pending_command="")
-    rows = list(
-        Task.objects.filter(wanted, unit_id=unit_id).values_list("id", "attempt", "started_at", "status", "progress")
-    )
-    live = [(tid, att, started) for tid, att, started, status, _ in rows if status == S.RUNNING]
+    # (id, attempt, status, progress, started within the grace) of the unit's leases; with a task
+    # list, the same read finds the commands stored for tasks this unit held last (their rows sit
+    # beside its leases): the UPDATE that clears the acted-on ones below then runs only when there
+    # are some, instead of on every heartbeat.
+    rows = _leases(unit_id, with_commands=tasks is not None, grace_start=now - timedelta(seconds=list_grace()))
+    live = [(tid, att, young) for tid, att, status, _, young in rows if status == S.RUNNING]
     if tasks is not None:
         listed = {t["id"]: t for t in tasks}
         # A claim reply may still be on its way to the unit when it sends this list: a lease
         # younger than the grace is not lost for being unlisted (the next heartbeat decides).
-        grace_start = now - timedelta(seconds=list_grace())
         held = {(tid, att) for tid, att, _ in live if listed.get(tid, {}).get("attempt") == att}
-        young = {(tid, att) for tid, att, started in live if tid not in listed and started and started > grace_start}
+        young = {(tid, att) for tid, att, recent in live if tid not in listed and recent}
         lost = [tid for tid, att, _ in live if (tid, att) not in held and (tid, att) not in young]
         if lost:
             fail_over_tasks(
@@ -132,7 +147,7 @@ def unit_heartbeat(
                 now=now,
             )
             failed_over = lost
-        stored = {tid: progress for tid, _, _, status, progress in rows if status == S.RUNNING}
+        stored = {tid: progress for tid, _, status, progress, _ in rows if status == S.RUNNING}
         _record_progress(
             unit_id,
             {
@@ -146,7 +161,7 @@ def unit_heartbeat(
         commands = _commands_for(unit_id, stale)
         # The unit no longer lists these: it has acted on their commands (the tasks failed over
         # just now are unlisted too). The UPDATE re-checks every condition on the rows it changes.
-        acted = ({tid for tid, _, _, status, _ in rows if status != S.RUNNING} | set(lost)) - set(stale)
+        acted = ({tid for tid, _, status, _, _ in rows if status != S.RUNNING} | set(lost)) - set(stale)
         if acted:
             Task.objects.filter(id__in=sorted(acted), unit_id=unit_id).exclude(status=S.RUNNING).exclude(
                 pending_command=""
@@ -155,20 +170,67 @@ def unit_heartbeat(
     else:
         commands = _commands_for(unit_id, None)
         running = len(live)
-    if unit.status == UnitStatus.OFFLINE or unit.status in (UnitStatus.ONLINE, UnitStatus.BUSY):
-        unit.status = UnitStatus.BUSY if running >= unit.capacity else UnitStatus.ONLINE
-    unit.save(update_fields=changed)
+    if unit_status == UnitStatus.OFFLINE or unit_status in (UnitStatus.ONLINE, UnitStatus.BUSY):
+        unit_status = UnitStatus.BUSY if running >= capacity else UnitStatus.ONLINE
+    _save_heartbeat(unit_id, now, current_load, unit_status, metadata, stored_metadata)
     return {
-        "unitId": unit.pk,
-        "status": unit.status,
+        "unitId": unit_id,
+        "status": str(unit_status),
         "heartbeatIntervalSeconds": settings.UNIT_HEARTBEAT_INTERVAL,
         "heartbeatTimeoutSeconds": settings.UNIT_HEARTBEAT_TIMEOUT,
         "runningTasks": running,
-        "freeCapacity": max(unit.capacity - running, 0) if unit.status != UnitStatus.MAINTENANCE else 0,
+        "freeCapacity": max(capacity - running, 0) if unit_status != UnitStatus.MAINTENANCE else 0,
         "commands": commands,
         "failedOver": failed_over,
         "serverTime": now,
     }
+
+
+def _leases(unit_id: str, *, with_commands: bool, grace_start: datetime) -> list[tuple[int, int, str, int, bool]]:
+    """(id, attempt, status, progress, started after grace_start) of the unit's RUNNING tasks and,
+    `with_commands`, of its other tasks that still carry a stored command. Two ranges of
+    task_unit_status_idx / the (unit, pending_command) index; plain SQL, the comparison with the
+    grace done by the database (no datetime conversion here)."""
+    qn = connection.ops.quote_name
+    table = qn(Task._meta.db_table)
+    unit, status, command = qn("unit_id"), qn("status"), qn("pending_command")
+    where = f"({unit} = %s AND {status} = %s)"
+    params: list[Any] = [db_datetime(grace_start), unit_id, S.RUNNING.value]
+    if with_commands:
+        where += f" OR ({unit} = %s AND {command} <> '')"
+        params.append(unit_id)
+    sql = (
+        f"SELECT {qn('id')}, {qn('attempt')}, {status}, {qn('progress')}, "
+        f"CASE WHEN {qn('started_at')} > %s THEN 1 ELSE 0 END FROM {table} WHERE {where}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [(tid, att, st, progress, bool(young)) for tid, att, st, progress, young in cursor.fetchall()]
+
+
+def _save_heartbeat(
+    unit_id: str,
+    now: datetime,
+    current_load: int,
+    status: str,
+    metadata: dict[str, Any] | None,
+    stored_metadata: Any,
+) -> None:
+    """The unit UPDATE of a heartbeat, in one plain statement. Metadata is written only when its
+    JSON differs from the stored text (agents resend the same metadata on every heartbeat)."""
+    qn = connection.ops.quote_name
+    stamp = db_datetime(now)
+    sets = [f"{qn('last_heartbeat_at')} = %s", f"{qn('current_load')} = %s", f"{qn('status')} = %s"]
+    params: list[Any] = [stamp, current_load, str(status)]
+    if metadata is not None:
+        text = ExecutionUnit._meta.get_field("metadata").get_db_prep_save(metadata, connection)
+        if text != stored_metadata:
+            sets.append(f"{qn('metadata')} = %s")
+            params.append(text)
+    sets.append(f"{qn('updated_at')} = %s")
+    params += [stamp, unit_id]
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {qn(ExecutionUnit._meta.db_table)} SET {', '.join(sets)} WHERE {qn('id')} = %s", params)
 
 
 def list_grace() -> float:

@@ -14,7 +14,6 @@ from taskhub.errors import Forbidden, NotFound
 from units import services
 from units.models import ExecutionUnit, UnitStatus
 from units.serializers import (
-    ClaimedTaskSerializer,
     ClaimReplySerializer,
     ClaimSerializer,
     HeartbeatReplySerializer,
@@ -24,6 +23,9 @@ from units.serializers import (
     UnitListQuerySerializer,
     UnitSerializer,
     UnitUpdateSerializer,
+    claimed_tasks,
+    heartbeat_reply,
+    plain_heartbeat,
 )
 
 UnitPage = page_serializer("UnitPage", UnitSerializer)
@@ -129,14 +131,15 @@ class UnitViewSet(viewsets.ViewSet):
     )
     @action(detail=True, methods=["post"])
     def heartbeat(self, request: Request, pk: str) -> Response:
-        body = validated(HeartbeatSerializer, request.data)
+        data = request.data
+        body = plain_heartbeat(data) or validated(HeartbeatSerializer, data)
         reply = services.unit_heartbeat(
             self._own_unit_id(request, pk),
             current_load=body["current_load"],
             metadata=body.get("metadata"),
             tasks=body.get("tasks"),
         )
-        return Response(HeartbeatReplySerializer(reply).data)
+        return Response(heartbeat_reply(reply))
 
     @extend_schema(
         request=ClaimSerializer,
@@ -147,7 +150,7 @@ class UnitViewSet(viewsets.ViewSet):
     def claim(self, request: Request, pk: str) -> Response:
         body = validated(ClaimSerializer, request.data)
         tasks, unit_status = services.unit_claim(self._own_unit_id(request, pk), body["max"])
-        return Response({"tasks": ClaimedTaskSerializer(tasks, many=True).data, "unitStatus": unit_status})
+        return Response({"tasks": claimed_tasks(tasks), "unitStatus": str(unit_status)})
 
     @extend_schema(responses=UnitStats, summary="Units by status, capacity and utilisation")
     @action(detail=False, methods=["get"])

@@ -12,6 +12,7 @@ from taskhub.api.principals import Principal
 from taskhub.apikeys.models import ApiKey
 from taskhub.apikeys.services import api_key_touch
 from taskhub.apikeys.tokens import UNIT_TOKEN_PREFIX, digest
+from taskhub.rowload import fetch_models
 from units.models import ExecutionUnit
 
 MAX_TOKEN_LENGTH = 256
@@ -25,7 +26,7 @@ def _by_digest(model: type[M], column: str, hashed: str) -> M | None:
     more CPU building the query (~0.25 ms) than the database spends answering it."""
     qn = connection.ops.quote_name
     sql = f"SELECT * FROM {qn(model._meta.db_table)} WHERE {qn(column)} = %s"
-    return next(iter(model._default_manager.raw(sql, [hashed])), None)
+    return next(iter(fetch_models(model, sql, [hashed])), None)
 
 
 def _remember(request: Request, principal: Principal) -> Principal:
