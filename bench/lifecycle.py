@@ -1,9 +1,14 @@
 """Scenario 5: the whole life of M tasks over HTTP, against Celery + Redis draining M no-ops.
 
-taskhub: P producer clients create M tasks (`POST /tasks`, an API key) while K simulated units
-claim them (`{max: B}`), log once and complete each one. Celery: the same P producers publish M
-no-op tasks while a Celery worker (prefork, one process per core, its defaults otherwise) drains
-them. Both clocks run from the first request to the last task done.
+taskhub, two ways (two rows):
+- batch (the row compared with Celery): P producer clients create M tasks in batches of C
+  (`POST /tasks/batch`, an API key) while K simulated units claim them (`{max: B}`) and send one
+  `POST /tasks/reports` per claim, holding a log line and the completion of each task claimed;
+- single: one request per step, as before: `POST /tasks` per task, claim `{max: B}`, then
+  `POST /tasks/{id}/logs` and `POST /tasks/{id}/complete` per task.
+Celery: the same P producers publish M no-op tasks while a Celery worker (prefork, one process per
+core, its defaults otherwise) drains them. Every clock runs from the first request to the last task
+done.
 """
 
 from __future__ import annotations
@@ -21,27 +26,40 @@ from bench.load import Http, percentile, run_clients
 from bench.stack import PYTHON, ROOT, Db, Stack
 
 TASK_TYPE = "LIFECYCLE"
+MODES = ("batch", "single")
+
+
+def _new_task(index: int, n: int) -> dict[str, Any]:
+    return {
+        "name": f"lifecycle {index}-{n}",
+        "taskType": TASK_TYPE,
+        "priority": n % 5,
+        "config": {"inputFile": "data.csv", "outputFormat": "json"},
+    }
 
 
 def _lifecycle_client(http: Http, index: int, arg: Any, deadline: float) -> dict[str, Any]:
     role = arg[0]
     if role == "producer":
-        _, key, count, done = arg
+        _, key, count, create_batch = arg
         created: list[int] = []
+        if create_batch:  # POST /tasks/batch, `create_batch` tasks a request
+            for start in range(0, count, create_batch):
+                if time.monotonic() >= deadline:
+                    break
+                chunk = {"tasks": [_new_task(index, n) for n in range(start, min(start + create_batch, count))]}
+                status, reply = http.call("create", "POST", "/tasks/batch", chunk, token=key)
+                if status == 201:
+                    created += [int(item["id"]) for item in reply["items"]]
+            return {"created": created}
         for n in range(count):
             if time.monotonic() >= deadline:
                 break
-            body = {
-                "name": f"lifecycle {index}-{n}",
-                "taskType": TASK_TYPE,
-                "priority": n % 5,
-                "config": {"inputFile": "data.csv", "outputFormat": "json"},
-            }
-            status, reply = http.call("create", "POST", "/tasks", body, token=key)
+            status, reply = http.call("create", "POST", "/tasks", _new_task(index, n), token=key)
             if status == 201:
                 created.append(int(reply["id"]))
         return {"created": created}
-    _, unit_id, token, batch, total, done = arg
+    _, unit_id, token, batch, total, done, batched = arg
     completed: list[int] = []
     refused = 0
     while time.monotonic() < deadline and done.value < total:
@@ -49,6 +67,25 @@ def _lifecycle_client(http: Http, index: int, arg: Any, deadline: float) -> dict
         tasks = reply.get("tasks", []) if status == 200 else []
         if not tasks:
             time.sleep(0.005)
+            continue
+        if batched:  # one POST /tasks/reports per claim: a log line and the completion of each task
+            reports = [
+                {
+                    "taskId": int(task["id"]),
+                    "attempt": int(task["attempt"]),
+                    "outcome": "complete",
+                    "result": {"ok": True},
+                    "logs": [{"level": "INFO", "message": f"processing {task['id']}"}],
+                }
+                for task in tasks
+            ]
+            status, reply = http.call("report", "POST", "/tasks/reports", {"reports": reports}, token=token)
+            items = reply.get("items", []) if status == 200 else []
+            accepted = [int(item["taskId"]) for item in items if item.get("accepted")]
+            completed += accepted
+            refused += len(tasks) - len(accepted)
+            with done.get_lock():
+                done.value += len(accepted)
             continue
         for task in tasks:
             task_id, attempt = int(task["id"]), int(task["attempt"])
@@ -67,19 +104,34 @@ def _lifecycle_client(http: Http, index: int, arg: Any, deadline: float) -> dict
 
 
 def taskhub(
-    db: Db, port: int, key: str, owner_id: int, *, tasks: int, units: int, producers: int, batch: int, meter: Any
+    db: Db,
+    port: int,
+    key: str,
+    owner_id: int,
+    *,
+    tasks: int,
+    units: int,
+    producers: int,
+    batch: int,
+    meter: Any,
+    mode: str = "batch",
+    create_batch: int = 100,
 ) -> dict[str, Any]:
+    """`mode` batch: batched creation (`create_batch` a request) and one report batch per claim;
+    single: one request per step."""
+    assert mode in MODES
+    batched = mode == "batch"
     ctx = multiprocessing.get_context("fork")
     done = ctx.Value("i", 0)
-    ids = [f"life-{i}" for i in range(units)]
+    ids = [f"life-{mode}-{i}" for i in range(units)]
     conn = db.connect(autocommit=False)
     try:
         tokens = seed.insert_units(conn, ids, unit_type=TASK_TYPE, capacity=max(batch, 25), owner_id=owner_id)
     finally:
         conn.close()
     per = [tasks // producers + (1 if i < tasks % producers else 0) for i in range(producers)]
-    args: list[Any] = [("producer", key, n, done) for n in per]
-    args += [("unit", u, t, batch, tasks, done) for u, t in zip(ids, tokens, strict=True)]
+    args: list[Any] = [("producer", key, n, create_batch if batched else 0) for n in per]
+    args += [("unit", u, t, batch, tasks, done, batched) for u, t in zip(ids, tokens, strict=True)]
     result = run_clients(_lifecycle_client, args, port=port, duration=max(60.0, tasks / 5), meter=meter)
     created = result.extras("created")
     completed = result.extras("completed")
@@ -104,21 +156,23 @@ def taskhub(
         chains = seed.broken_chains(conn, TASK_TYPE)
     finally:
         conn.close()
-    requests = sum(result.count(op) for op in ("create", "claim", "log", "complete"))
+    requests = sum(result.count(op) for op in ("create", "claim", "log", "complete", "report"))
     ok = result.count("create", 201) + result.count("claim", 200) + result.count("log", 201)
-    ok += result.count("complete", 200)
+    ok += result.count("complete", 200) + result.count("report", 200)
     return {
+        "mode": mode,
         "tasks": tasks,
         "units": units,
         "producers": producers,
         "batch": batch,
+        "createBatch": create_batch if batched else 1,
         "elapsed": result.elapsed,
         "tasksPerSecond": len(completed) / result.elapsed if result.elapsed else 0.0,
         "requests": requests,
         "requestsPerSecond": requests / result.elapsed if result.elapsed else 0.0,
         "unexpected": requests - ok,
         "createP99ms": percentile(result.latencies("create"), 99) * 1000,
-        "completeP99ms": percentile(result.latencies("complete"), 99) * 1000,
+        "completeP99ms": percentile(result.latencies("report" if batched else "complete"), 99) * 1000,
         "double": (len(completed) - len(set(completed))) + repeated,
         "lost": (tasks - finished) + (len(created) - in_db) + (tasks - len(created)),
         "logsStored": logs,

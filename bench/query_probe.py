@@ -71,6 +71,34 @@ def main() -> None:
         return call("post", f"/tasks/{task['id']}/complete", {"attempt": task["attempt"], "result": {}}, beater)
 
     counted("complete", complete)
+    batch = {
+        "tasks": [{"name": f"probe batch {n}", "taskType": "PROBE", "priority": 1, "config": {}} for n in range(25)]
+    }
+    counted("create batch of 25", lambda: call("post", "/tasks/batch", batch))
+
+    def report_batch() -> Any:
+        held = call("post", "/execution-units/probe-unit/claim", {"max": 25}, token)["tasks"]
+        assert len(held) == 25, len(held)
+        reports = [
+            {
+                "taskId": t["id"],
+                "attempt": t["attempt"],
+                "outcome": "complete",
+                "result": {},
+                "logs": [{"level": "INFO", "message": "probe"}],
+            }
+            for t in held
+        ]
+        with CaptureQueriesContext(connection) as ctx:
+            call("post", "/tasks/reports", {"reports": reports}, token)
+        return ctx
+
+    report_batch()  # warm-up
+    ctx = report_batch()
+    results["report batch of 25 (log + complete)"] = {
+        "queries": len(ctx.captured_queries),
+        "sql": [q["sql"][:120] for q in ctx.captured_queries],
+    }
     print(json.dumps(results))
 
 

@@ -47,6 +47,7 @@ class Profile:
     request_limit: int = 1_000_000
     heartbeat_tasks: tuple[int, ...] = (0, 5)
     lifecycle: tuple[int, int, int, int] = (3_000, 4, 2, 10)  # M, K units, P producers, claim batch
+    lifecycle_batch: tuple[int, int] = (25, 100)  # batch row: claim {max}, tasks per POST /tasks/batch
     failover: tuple[int, int, int] = (40, 5, 2)  # victims, tasks each, rescuers
     knobs: dict[str, str] = field(default_factory=dict)
     scale_tasks: int = 1_000_000
@@ -81,6 +82,7 @@ PROFILES = {
         request_limit=60,
         heartbeat_tasks=(5,),
         lifecycle=(60, 2, 1, 5),
+        lifecycle_batch=(10, 20),
         failover=(4, 3, 2),
         knobs={"UNIT_HEARTBEAT_TIMEOUT": "2", "SWEEP_INTERVAL": "1"},
     ),
@@ -305,9 +307,27 @@ class Runner:
         if "lifecycle" in p.scenarios:
             self.fresh()
             m, k, producers, batch = p.lifecycle
+            claim_max, create_batch = p.lifecycle_batch
             self.log(f"5 lifecycle: {m} tasks created, claimed, logged, completed over HTTP; then Celery")
             self.results["lifecycle"] = self.step(
-                "taskhub",
+                f"taskhub, batch forms (create {create_batch}/request, claim {{max: {claim_max}}}, 1 report/claim)",
+                lambda: lifecycle.taskhub(
+                    stack.db,
+                    port,
+                    self.key,
+                    self.owner,
+                    tasks=m,
+                    units=k,
+                    producers=producers,
+                    batch=claim_max,
+                    meter=self.meter(),
+                    mode="batch",
+                    create_batch=create_batch,
+                ),
+            )
+            self.fresh()
+            self.results["lifecycleSingle"] = self.step(
+                f"taskhub, one request per step (claim {{max: {batch}}})",
                 lambda: lifecycle.taskhub(
                     stack.db,
                     port,
@@ -318,6 +338,7 @@ class Runner:
                     producers=producers,
                     batch=batch,
                     meter=self.meter(),
+                    mode="single",
                 ),
             )
             self.results["celery"] = self.step(

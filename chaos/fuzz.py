@@ -28,7 +28,10 @@ TASK_TYPE = "FUZZ"
 # - GET /tasks: cursor mode lists by -id only (cursor + another ordering is refused);
 # - date-times (scheduledAt, createdAfter/Before, log timestamps) must lie in 1970-2200;
 # - POST /tasks/{id}/logs: `entries` or one `message`, not both and not neither;
-# - heartbeat: a task id listed twice is refused; Idempotency-Key is at most 255 characters.
+# - heartbeat: a task id listed twice is refused; Idempotency-Key is at most 255 characters;
+# - POST /tasks/batch: an idempotencyKey repeated in one batch is refused (and dates as above);
+# - POST /tasks/reports: a taskId repeated is refused; `error` is required for outcome fail and
+#   `progress` for outcome progress.
 CROSS_FIELD_RULES = (
     r"^GET /api/v1/tasks$",
     r"^POST /api/v1/tasks$",
@@ -36,8 +39,12 @@ CROSS_FIELD_RULES = (
     r"^POST /api/v1/tasks/\{id\}/logs$",
     r"^GET /api/v1/tasks/\{id\}/logs$",
     r"^POST /api/v1/execution-units/\{id\}/heartbeat$",
+    r"^POST /api/v1/tasks/batch$",
+    r"^POST /api/v1/tasks/reports$",
 )
-UNIT_ONLY = r"^POST /api/v1/(execution-units/\{id\}/(heartbeat|claim)|tasks/\{id\}/(progress|complete|fail))$"
+UNIT_ONLY = (
+    r"^POST /api/v1/(execution-units/\{id\}/(heartbeat|claim)|tasks/\{id\}/(progress|complete|fail)|tasks/reports)$"
+)
 
 
 @dataclass

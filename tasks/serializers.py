@@ -135,10 +135,17 @@ class TaskListQuerySerializer(serializers.Serializer):
     taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
     unitId = serializers.CharField(max_length=64, required=False)
     priority = serializers.IntegerField(min_value=-1000, max_value=1000, required=False)
-    search = serializers.CharField(max_length=255, required=False)
+    search = serializers.CharField(
+        max_length=255,
+        required=False,
+        help_text="Digits only: the task with that id. Otherwise: names containing the term (case-insensitive), "
+        "among the newest API_SEARCH_WINDOW (default 5,000) tasks that match the other filters.",
+    )
     createdAfter = BoundedDateTimeField(required=False)
     createdBefore = BoundedDateTimeField(required=False)
-    ordering = serializers.ChoiceField(choices=ORDERINGS, default="-id")
+    ordering = serializers.ChoiceField(
+        choices=ORDERINGS, default="-id", help_text="Ties are broken by id in the same direction."
+    )
     cursor = serializers.CharField(
         max_length=64,
         required=False,
@@ -249,3 +256,100 @@ class RedriveSerializer(serializers.Serializer):
     taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
     limit = serializers.IntegerField(min_value=1, max_value=1000, default=100)
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+# --- batch forms ------------------------------------------------------------------------------
+
+
+def _unique_items(items: list[dict[str, Any]], key: str, name: str, fold: bool = False) -> None:
+    """400 naming `[index].name` for the second item repeating `key`."""
+    seen: set[Any] = set()
+    for index, item in enumerate(items):
+        value = item.get(key)
+        if value is None:
+            continue
+        value = value.casefold() if fold else value
+        if value in seen:
+            detail: Any = {index: {name: ["Repeated in this batch; each item needs its own"]}}  # -> tasks[3].name
+            raise serializers.ValidationError(detail)
+        seen.add(value)
+
+
+def _within(items: list[Any], limit: int) -> list[Any]:
+    # The schema's maxItems comes from the setting at start-up; this checks the live value.
+    if len(items) > limit:
+        raise serializers.ValidationError(f"at most {limit} items per request")
+    return items
+
+
+class TaskBatchItemSerializer(TaskCreateSerializer):
+    idempotencyKey = serializers.CharField(
+        max_length=255,
+        required=False,
+        source="idempotency_key",
+        help_text="Like the Idempotency-Key header of POST /tasks: a repeat returns the task created first.",
+    )
+
+
+class TaskBatchCreateSerializer(serializers.Serializer):
+    tasks: serializers.ListSerializer[Any] = serializers.ListSerializer(
+        child=TaskBatchItemSerializer(), allow_empty=False, max_length=settings.TASK_BATCH_MAX
+    )
+
+    def validate_tasks(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Keys are compared case-insensitively (as MySQL's collation does) so no backend sees two.
+        _unique_items(value, "idempotency_key", "idempotencyKey", fold=True)
+        return _within(value, settings.TASK_BATCH_MAX)
+
+
+class TaskBatchItemResultSerializer(TaskSerializer):
+    created = serializers.BooleanField(help_text="false: an idempotent replay of a task created earlier")
+
+    class Meta(TaskSerializer.Meta):
+        fields = [*TaskSerializer.Meta.fields, "created"]
+        read_only_fields = fields
+
+
+class ReportSerializer(serializers.Serializer):
+    OUTCOMES = ("complete", "fail", "progress")
+
+    taskId = serializers.IntegerField(min_value=1, max_value=MAX_ID)
+    attempt = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPT)
+    outcome = serializers.ChoiceField(choices=OUTCOMES)
+    result = serializers.JSONField(required=False, allow_null=True, default=None, help_text="outcome complete")
+    error = serializers.CharField(max_length=10_000, required=False, help_text="outcome fail (required)")
+    retryable = serializers.BooleanField(default=True, help_text="outcome fail")
+    progress = serializers.IntegerField(min_value=0, max_value=100, required=False, help_text="outcome progress")
+    logs: serializers.ListSerializer[Any] = serializers.ListSerializer(
+        child=LogEntrySerializer(),
+        required=False,
+        max_length=MAX_LOG_BATCH,
+        help_text="Stored before the outcome, fenced by the same attempt.",
+    )
+
+    def validate_result(self, value: Any) -> Any:
+        return _check_json_size(value, MAX_RESULT_BYTES, "result")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        needs = {"fail": "error", "progress": "progress"}.get(attrs["outcome"])
+        if needs and needs not in attrs:
+            raise serializers.ValidationError({needs: [f"This field is required when outcome is {attrs['outcome']}."]})
+        return attrs
+
+
+class ReportBatchSerializer(serializers.Serializer):
+    reports: serializers.ListSerializer[Any] = serializers.ListSerializer(
+        child=ReportSerializer(), allow_empty=False, max_length=settings.TASK_BATCH_MAX
+    )
+
+    def validate_reports(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        _unique_items(value, "taskId", "taskId")
+        return _within(value, settings.TASK_BATCH_MAX)
+
+
+class ReportResultSerializer(serializers.Serializer):
+    taskId = serializers.IntegerField()
+    attempt = serializers.IntegerField()
+    status = serializers.CharField(allow_null=True, help_text="null when the item was refused")
+    accepted = serializers.BooleanField(help_text="false with no error: a repeat of an accepted report")
+    error = serializers.DictField(allow_null=True, help_text="null, or {code, message, details} as a 4xx would say")

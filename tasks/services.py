@@ -16,7 +16,7 @@ from taskhub.errors import Conflict, NotFound
 from tasks.actors import Actor
 from tasks.models import Task, TaskExecutionLog
 from tasks.states import TaskStatus
-from tasks.transitions import create_task, lock_live_attempt
+from tasks.transitions import create_task, create_tasks, lock_live_attempt
 
 S = TaskStatus
 
@@ -42,6 +42,16 @@ def request_fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _creation_fields(owner: Any, data: dict[str, Any], idempotency_key: str | None, fingerprint: str) -> dict[str, Any]:
+    """A client's task as stored: its fields, its owner and, with a key, the body's fingerprint."""
+    return {
+        "owner": owner,
+        "idempotency_key": idempotency_key or None,
+        "request_fingerprint": fingerprint if idempotency_key else "",
+        **data,
+    }
+
+
 def task_submit(
     *, owner: Any, actor: Actor, data: dict[str, Any], idempotency_key: str | None, fingerprint: str
 ) -> tuple[Task, bool]:
@@ -52,13 +62,7 @@ def task_submit(
         if existing is not None:
             return existing, False
     try:
-        task = create_task(
-            actor=actor,
-            owner=owner,
-            idempotency_key=idempotency_key or None,
-            request_fingerprint=fingerprint if idempotency_key else "",
-            **data,
-        )
+        task = create_task(actor=actor, **_creation_fields(owner, data, idempotency_key, fingerprint))
     except IntegrityError:
         # Two requests with the same key raced; the other one won.
         existing = _idempotent_match(owner, idempotency_key or "", fingerprint) if idempotency_key else None
@@ -68,14 +72,65 @@ def task_submit(
     return task, True
 
 
-def _idempotent_match(owner: Any, key: str, fingerprint: str) -> Task | None:
-    task = Task.objects.filter(owner=owner, idempotency_key=key).first()
-    if task is not None and task.request_fingerprint != fingerprint:
+def _check_fingerprint(task: Task, fingerprint: str, field: str) -> Task:
+    if task.request_fingerprint != fingerprint:
         raise Conflict(
             "Idempotency-Key was already used with a different request body",
-            details={"taskId": task.pk, "field": "Idempotency-Key"},
+            details={"taskId": task.pk, "field": field},
         )
     return task
+
+
+def _idempotent_match(owner: Any, key: str, fingerprint: str) -> Task | None:
+    task = Task.objects.filter(owner=owner, idempotency_key=key).first()
+    return None if task is None else _check_fingerprint(task, fingerprint, "Idempotency-Key")
+
+
+def task_submit_batch(
+    *, owner: Any, actor: Actor, items: list[tuple[dict[str, Any], str | None, str]]
+) -> list[tuple[Task, bool]]:
+    """Create many tasks, all or nothing: `items` are (data, idempotency key or None, fingerprint)
+    in request order; returns (task, created) in the same order. A key already used by this client
+    returns its task (a different body: 409 for the whole batch, nothing created). One lookup of
+    the keys, one INSERT of the new tasks, one of their history rows."""
+    for round_ in range(2):
+        try:
+            with transaction.atomic():
+                return _submit_batch(owner, actor, items)
+        except IntegrityError:
+            # A concurrent request inserted one of the keys first: the second round finds it.
+            if round_:
+                raise Conflict(
+                    "An idempotencyKey of this batch collides with another of the client's keys "
+                    "(keys are compared as the database compares them, e.g. case-insensitively)",
+                    details={"field": "tasks"},
+                ) from None
+    raise AssertionError("unreachable")
+
+
+def _submit_batch(
+    owner: Any, actor: Actor, items: list[tuple[dict[str, Any], str | None, str]]
+) -> list[tuple[Task, bool]]:
+    keys = [key for _, key, _ in items if key]
+    exact: dict[str, Task] = {}
+    folded: dict[str, Task] = {}
+    if keys:
+        # Under a case-insensitive collation (MySQL) the database matches "Key" to "key": so does this.
+        for task in Task.objects.filter(owner=owner, idempotency_key__in=keys):
+            stored_key = task.idempotency_key or ""
+            exact[stored_key] = task
+            folded.setdefault(stored_key.casefold(), task)
+    replies: list[Task | None] = []
+    new_rows: list[dict[str, Any]] = []
+    for index, (data, key, fingerprint) in enumerate(items):
+        existing = (exact.get(key) or folded.get(key.casefold())) if key else None
+        if existing is not None:
+            replies.append(_check_fingerprint(existing, fingerprint, f"tasks[{index}].idempotencyKey"))
+        else:
+            replies.append(None)
+            new_rows.append(_creation_fields(owner, data, key, fingerprint))
+    created = iter(create_tasks(new_rows, actor=actor) if new_rows else [])
+    return [(task, False) if task is not None else (next(created), True) for task in replies]
 
 
 @transaction.atomic
@@ -121,6 +176,41 @@ def task_delete(task_id: int, *, queryset: QuerySet[Task]) -> None:
     task.delete()
 
 
+def stored_log_counts(task_ids: list[int]) -> dict[int, int]:
+    """Log lines stored per task, one grouped query (for the cap)."""
+    if not task_ids:
+        return {}
+    rows = TaskExecutionLog.objects.filter(task_id__in=task_ids).order_by().values("task_id").annotate(n=Count("id"))
+    return {row["task_id"]: row["n"] for row in rows}
+
+
+def check_log_room(task_id: int, stored: int, adding: int) -> None:
+    """The per-task log cap: refuse the whole set of lines that would pass it."""
+    if settings.TASK_MAX_LOG_ENTRIES - stored < adding:
+        raise Conflict(
+            f"Task {task_id} has reached its log cap of {settings.TASK_MAX_LOG_ENTRIES} entries",
+            details={"stored": stored, "cap": settings.TASK_MAX_LOG_ENTRIES},
+        )
+
+
+def log_rows(
+    task_id: int, attempt: int, entries: list[dict[str, Any]], *, actor: Actor, now: datetime
+) -> list[TaskExecutionLog]:
+    return [
+        TaskExecutionLog(
+            task_id=task_id,
+            attempt=attempt,
+            level=e["level"],
+            message=e["message"],
+            timestamp=e.get("timestamp") or now,
+            unit_id=actor.unit_id,
+            source=actor.label,
+            created_at=now,
+        )
+        for e in entries
+    ]
+
+
 def task_append_logs(
     task_id: int,
     entries: list[dict[str, Any]],
@@ -140,28 +230,9 @@ def task_append_logs(
             task = queryset.filter(pk=task_id).first()  # type: ignore[assignment]
             if task is None:
                 raise NotFound(f"Task {task_id} not found")
-        stored = TaskExecutionLog.objects.filter(task_id=task_id).count() if settings.TASK_MAX_LOG_ENTRIES else 0
-        room = settings.TASK_MAX_LOG_ENTRIES - stored
-        if room < len(entries):
-            raise Conflict(
-                f"Task {task_id} has reached its log cap of {settings.TASK_MAX_LOG_ENTRIES} entries",
-                details={"stored": stored, "cap": settings.TASK_MAX_LOG_ENTRIES},
-            )
-        TaskExecutionLog.objects.bulk_create(
-            [
-                TaskExecutionLog(
-                    task_id=task.pk,
-                    attempt=task.attempt if attempt is None else attempt,
-                    level=e["level"],
-                    message=e["message"],
-                    timestamp=e.get("timestamp") or now,
-                    unit_id=actor.unit_id,
-                    source=actor.label,
-                    created_at=now,
-                )
-                for e in entries
-            ]
-        )
+        check_log_room(task_id, stored_log_counts([task_id]).get(task_id, 0), len(entries))
+        rows = log_rows(task.pk, task.attempt if attempt is None else attempt, entries, actor=actor, now=now)
+        TaskExecutionLog.objects.bulk_create(rows)
     return len(entries)
 
 

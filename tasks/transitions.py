@@ -8,12 +8,13 @@ based moves for the jobs live in `tasks.scheduling` and use `record_history_bulk
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -83,17 +84,54 @@ def record_history_bulk(rows: Sequence[TaskStatusHistory]) -> None:
     TaskStatusHistory.objects.bulk_create(rows, batch_size=1000)
 
 
-def _move(task: Task, target: str, *, actor: Actor, reason: str, now: datetime, fields: Iterable[str] = ()) -> Task:
-    """Check the table, apply `target`'s entry effects, save, write history. Caller holds the lock."""
+def _apply(
+    task: Task, target: str, *, actor: Actor, reason: str, now: datetime, fields: Iterable[str] = ()
+) -> tuple[set[str], TaskStatusHistory]:
+    """Check the table and apply `target`'s entry effects in memory. Returns the fields to save
+    and the history row to write; the caller holds the lock and saves (`_save`, or `save_reported`
+    for many rows at once)."""
     source = task.status
     if not can_transition(source, target, system=actor.is_system):
         raise IllegalTransition(task, target, system=actor.is_system)
     changed = set(fields) | enter_state(task, target, now)
     task.status = target
     task.updated_at = now
-    task.save(update_fields=sorted(changed | {"status", "updated_at"}))
-    history_row(task, source, target, actor=actor, reason=reason, now=now).save()
+    return changed | {"status", "updated_at"}, history_row(task, source, target, actor=actor, reason=reason, now=now)
+
+
+def _save(task: Task, move: tuple[set[str], TaskStatusHistory]) -> Task:
+    changed, history = move
+    task.save(update_fields=sorted(changed))
+    history.save()
     return task
+
+
+def _move(task: Task, target: str, *, actor: Actor, reason: str, now: datetime, fields: Iterable[str] = ()) -> Task:
+    """Check the table, apply `target`'s entry effects, save, write history. Caller holds the lock."""
+    return _save(task, _apply(task, target, actor=actor, reason=reason, now=now, fields=fields))
+
+
+MAX_GROUPED_UPDATES = 4
+
+
+def save_reported(moves: Sequence[tuple[Task, set[str]]], history: Sequence[TaskStatusHistory]) -> None:
+    """Write many locked rows changed in memory (by `_apply` and friends), and their history rows
+    in one INSERT. Rows that got the same values (a batch of results alike) share one UPDATE ...
+    WHERE id IN (...); past MAX_GROUPED_UPDATES groups, one UPDATE with a CASE per field serves them
+    all (fields a row did not change are written back as read under its lock). Either way the
+    statements are bounded per batch, not per row."""
+    groups: dict[str, tuple[dict[str, Any], list[int]]] = {}
+    for task, changed in moves:
+        values = {name: getattr(task, name) for name in sorted(changed)}
+        key = json.dumps(values, sort_keys=True, default=repr)
+        groups.setdefault(key, (values, []))[1].append(task.pk)
+    if len(groups) <= MAX_GROUPED_UPDATES:
+        for values, ids in groups.values():
+            Task.objects.filter(pk__in=ids).update(**values)
+    else:
+        fields = sorted(set().union(*(changed for _, changed in moves)))
+        Task.objects.bulk_update([task for task, _ in moves], fields)
+    record_history_bulk(history)
 
 
 def enter_state(task: Task, target: str, now: datetime) -> set[str]:
@@ -135,20 +173,35 @@ def _release_from_unit(task: Task, command: str) -> set[str]:
 # --- Creation -------------------------------------------------------------------------------
 
 
+def build_task(*, now: datetime, **fields: Any) -> Task:
+    """A new PENDING task in memory, with the creation defaults (one place for single and batch)."""
+    fields.setdefault("max_retries", settings.TASK_MAX_RETRY_COUNT)
+    task = Task(status=S.PENDING, created_at=now, updated_at=now, **fields)
+    enter_state(task, S.PENDING, now)  # available_at from scheduled_at, as every entry into PENDING
+    return task
+
+
 @transaction.atomic
 def create_task(*, actor: Actor, now: datetime | None = None, **fields: Any) -> Task:
     now = now or timezone.now()
-    scheduled_at = fields.get("scheduled_at")
-    fields.setdefault("max_retries", settings.TASK_MAX_RETRY_COUNT)
-    task = Task.objects.create(
-        status=S.PENDING,
-        available_at=max(now, scheduled_at) if scheduled_at else now,
-        created_at=now,
-        updated_at=now,
-        **fields,
-    )
+    task = build_task(now=now, **fields)
+    task.save(force_insert=True)
     history_row(task, None, S.PENDING, actor=actor, reason="created", now=now).save()
     return task
+
+
+@transaction.atomic
+def create_tasks(rows: Sequence[dict[str, Any]], *, actor: Actor, now: datetime | None = None) -> list[Task]:
+    """Many tasks at once: one INSERT of tasks, one of their "created" history rows."""
+    now = now or timezone.now()
+    tasks = [build_task(now=now, **row) for row in rows]
+    if connection.features.can_return_rows_from_bulk_insert:  # SQLite, MariaDB 10.5+: INSERT ... RETURNING
+        Task.objects.bulk_create(tasks)
+    else:  # MySQL cannot hand back the ids of a multi-row INSERT
+        for task in tasks:
+            task.save(force_insert=True)
+    record_history_bulk([history_row(t, None, S.PENDING, actor=actor, reason="created", now=now) for t in tasks])
+    return tasks
 
 
 # --- Operator / client transitions --------------------------------------------------------
@@ -311,19 +364,37 @@ class StaleAttempt(Conflict):
         metrics.record_stale_report()
 
 
-def lock_live_attempt(task_id: int, unit_id: str, attempt: int) -> Task:
-    """Lock the task and check the fencing token: the unit must hold the live attempt."""
-    task = _lock(task_id)
-    if task.status != S.RUNNING or task.unit_id != unit_id or task.attempt != attempt:
+def live_lease(unit_id: str, attempt: int) -> dict[str, Any]:
+    """The fencing rule: a report is live if the task is RUNNING, leased to this unit, at this
+    attempt. As filter arguments (a compare-and-set UPDATE) and, through `is_live`, on a locked row."""
+    return {"status": S.RUNNING, "unit_id": unit_id, "attempt": attempt}
+
+
+def is_live(task: Task, unit_id: str, attempt: int) -> bool:
+    return all(getattr(task, name) == value for name, value in live_lease(unit_id, attempt).items())
+
+
+def check_live(task: Task, unit_id: str, attempt: int) -> Task:
+    if not is_live(task, unit_id, attempt):
         raise StaleAttempt(task, unit_id, attempt)
     return task
+
+
+def lock_live_attempt(task_id: int, unit_id: str, attempt: int) -> Task:
+    """Lock the task and check the fencing token: the unit must hold the live attempt."""
+    return check_live(_lock(task_id), unit_id, attempt)
+
+
+def progress_values(progress: int, now: datetime) -> dict[str, Any]:
+    """What a progress report writes (the single endpoint's UPDATE, a batch's row in memory)."""
+    return {"progress": progress, "updated_at": now}
 
 
 def report_progress(task_id: int, *, unit_id: str, attempt: int, progress: int, now: datetime | None = None) -> Task:
     """Progress of the live attempt: one compare-and-set UPDATE, fenced by (unit, attempt)."""
     now = now or timezone.now()
-    live = Task.objects.filter(pk=task_id, status=S.RUNNING, unit_id=unit_id, attempt=attempt)
-    if not live.update(progress=progress, updated_at=now):
+    live = Task.objects.filter(pk=task_id, **live_lease(unit_id, attempt))
+    if not live.update(**progress_values(progress, now)):
         task = Task.objects.filter(pk=task_id).first()
         if task is None:
             raise NotFound(f"Task {task_id} not found")
@@ -344,6 +415,50 @@ def _is_same_outcome(task: Task, unit_id: str, attempt: int, status: str) -> boo
     return task.status == status
 
 
+def fence_outcome(task: Task, unit_id: str, attempt: int, status: str) -> bool:
+    """Fencing of a result (`status` COMPLETED or FAILED) on a locked row: True if the attempt is
+    live (apply it), False if this is a repeat of the accepted report (answer again, change
+    nothing); otherwise StaleAttempt. A live attempt cannot already have a result (each claim
+    starts a new attempt), so the repeat check runs only when the attempt is not live."""
+    if is_live(task, unit_id, attempt):
+        return True
+    if _is_same_outcome(task, unit_id, attempt, status):
+        return False
+    raise StaleAttempt(task, unit_id, attempt)
+
+
+def apply_complete(task: Task, *, unit_id: str, result: Any, now: datetime) -> tuple[set[str], TaskStatusHistory]:
+    """A live attempt's result, in memory (the caller saves: `_save` or `save_reported`)."""
+    task.progress = 100
+    task.result = result
+    return _apply(
+        task, S.COMPLETED, actor=Actor.unit(unit_id), reason="completed", now=now, fields={"progress", "result"}
+    )
+
+
+def apply_fail(
+    task: Task, *, error: str, retryable: bool, now: datetime, actor: Actor
+) -> tuple[set[str], TaskStatusHistory]:
+    """A failed attempt, in memory. Retryable with retries left: FAILED with `next_retry_at` set
+    (the retry mover brings it back to PENDING); otherwise FAILED for good (the dead set)."""
+    will_retry = retryable and task.retry_count < task.max_retries
+    retry_number = task.retry_count + 1 if will_retry else task.retry_count
+    reason = error[:500]
+    if will_retry:
+        reason = f"{reason} (retry {retry_number}/{task.max_retries} scheduled)"
+    elif retryable:
+        reason = f"{reason} (no retries left: {task.max_retries} used)"
+    else:
+        reason = f"{reason} (not retryable)"
+    fields = {"error", "retry_count"} if will_retry else {"error"}
+    changed, history = _apply(task, S.FAILED, actor=actor, reason=reason, now=now, fields=fields)
+    task.error = error[:10_000]
+    if will_retry:
+        task.retry_count = retry_number
+        task.next_retry_at = now + retry_delay(retry_number)  # after enter_state cleared it
+    return changed, history
+
+
 @transaction.atomic
 def complete_attempt(
     task_id: int, *, unit_id: str, attempt: int, result: Any, now: datetime | None = None
@@ -351,50 +466,25 @@ def complete_attempt(
     """A unit's result. Returns (task, accepted_now); a repeat of the accepted report is a no-op."""
     now = now or timezone.now()
     task = _lock(task_id)
-    if _is_same_outcome(task, unit_id, attempt, S.COMPLETED):
+    if not fence_outcome(task, unit_id, attempt, S.COMPLETED):
         return task, False
-    if task.status != S.RUNNING or task.unit_id != unit_id or task.attempt != attempt:
-        raise StaleAttempt(task, unit_id, attempt)
-    task.progress = 100
-    task.result = result
-    _move(task, S.COMPLETED, actor=Actor.unit(unit_id), reason="completed", now=now, fields={"progress", "result"})
-    return task, True
+    return _save(task, apply_complete(task, unit_id=unit_id, result=result, now=now)), True
 
 
 @transaction.atomic
 def fail_attempt(
     task_id: int, *, unit_id: str, attempt: int, error: str, retryable: bool, now: datetime | None = None
 ) -> tuple[Task, bool]:
-    """A failed attempt. Retryable with retries left: FAILED with `next_retry_at` set (the retry
-    mover brings it back to PENDING); otherwise FAILED for good (the dead set)."""
+    """A failed attempt (see `apply_fail`). Returns (task, accepted_now)."""
     now = now or timezone.now()
     task = _lock(task_id)
-    if _is_same_outcome(task, unit_id, attempt, S.FAILED):
+    if not fence_outcome(task, unit_id, attempt, S.FAILED):
         return task, False
-    if task.status != S.RUNNING or task.unit_id != unit_id or task.attempt != attempt:
-        raise StaleAttempt(task, unit_id, attempt)
     return _fail_locked(task, error=error, retryable=retryable, now=now, actor=Actor.unit(unit_id)), True
 
 
 def _fail_locked(task: Task, *, error: str, retryable: bool, now: datetime, actor: Actor) -> Task:
-    task.error = error[:10_000]
-    fields = {"error"}
-    will_retry = retryable and task.retry_count < task.max_retries
-    if will_retry:
-        task.retry_count += 1
-        fields.add("retry_count")
-    reason = error[:500]
-    if will_retry:
-        reason = f"{reason} (retry {task.retry_count}/{task.max_retries} scheduled)"
-    elif retryable:
-        reason = f"{reason} (no retries left: {task.max_retries} used)"
-    else:
-        reason = f"{reason} (not retryable)"
-    _move(task, S.FAILED, actor=actor, reason=reason, now=now, fields=fields)
-    if will_retry:
-        task.next_retry_at = now + retry_delay(task.retry_count)
-        task.save(update_fields=["next_retry_at"])
-    return task
+    return _save(task, apply_fail(task, error=error, retryable=retryable, now=now, actor=actor))
 
 
 def fail_locked_for_timeout(task: Task, *, now: datetime) -> Task:

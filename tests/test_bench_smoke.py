@@ -56,4 +56,8 @@ def test_bench_smoke_runs_and_reports_no_double_claims_no_lost_tasks_no_lock_err
     # Every scenario ran and claimed something: an empty run would pass the checks vacuously.
     assert [r["tasks"] for r in results["claim"]] and all(r["tasks"] > 0 for r in results["claim"]), shown
     assert results["lifecycle"]["tasksPerSecond"] > 0 and results["celery"]["done"] == results["celery"]["tasks"]
+    assert (
+        results["lifecycle"]["mode"] == "batch" and results["lifecycle"]["logsStored"] == results["lifecycle"]["tasks"]
+    )
+    assert results["lifecycleSingle"]["mode"] == "single" and results["lifecycleSingle"]["tasksPerSecond"] > 0
     assert results["failover"]["reclaimed"] == results["failover"]["tasks"], shown

@@ -174,3 +174,134 @@ def test_claim_query_uses_the_claim_index_without_filesort():
     print("EXPLAIN claim:", plan)
     assert plan[0]["key"] == "task_claim_idx", plan
     assert "filesort" not in (plan[0]["Extra"] or "").lower(), plan
+
+
+# --- batch reports (POST /tasks/reports) ----------------------------------------------------------
+
+
+def _claim_and_report_in_batches(unit_id: str, out: Any) -> None:
+    from tasks.batch import report_attempts
+    from tasks.scheduling.claim import claim_tasks
+
+    done: list[int] = []
+    errors: list[str] = []
+    try:
+        idle = 0
+        while idle < 3:
+            leased = claim_tasks(unit_id, 25, now=timezone.now())
+            idle = idle + 1 if not leased else 0
+            if not leased:
+                continue
+            reports = [
+                {
+                    "taskId": t.pk,
+                    "attempt": t.attempt,
+                    "outcome": "complete",
+                    "result": {"by": unit_id},
+                    "logs": [{"level": "INFO", "message": f"done by {unit_id}"}],
+                }
+                for t in reversed(leased)  # request order is not lock order
+            ]
+            for item in report_attempts(unit_id, reports):
+                assert item["accepted"] and item["error"] is None, item
+                done.append(item["taskId"])
+    except Exception:
+        errors.append(traceback.format_exc())
+    finally:
+        connections.close_all()
+    out.put((unit_id, done, errors))
+
+
+def test_units_claiming_and_reporting_in_batches_at_once_finish_each_task_exactly_once():
+    now = timezone.now() - timedelta(seconds=1)
+    total = 1000
+    Task.objects.bulk_create(
+        [
+            Task(name=f"t{i}", task_type="DATA_PROCESSING", priority=i % 5, max_retries=3, available_at=now,
+                 created_at=now, updated_at=now)
+            for i in range(total)
+        ],
+        batch_size=1000,
+    )  # fmt: skip
+    for task in Task.objects.all():
+        TaskStatusHistory.objects.create(task=task, to_status="PENDING", actor_type="system", actor="t", created_at=now)
+    for i in range(4):
+        factories.unit(f"reporter-{i}", capacity=25)
+    results = _run_in_processes(_claim_and_report_in_batches, [(f"reporter-{i}",) for i in range(4)])
+    assert [e for _, _, errs in results for e in errs] == []
+    done = [tid for _, ids, _ in results for tid in ids]
+    assert len(done) == total and len(set(done)) == total
+    assert sum(1 for _, ids, _ in results if ids) >= 2
+    assert Task.objects.filter(status="COMPLETED", attempt=1, progress=100).count() == total
+    from tasks.models import TaskExecutionLog
+
+    assert TaskExecutionLog.objects.count() == total
+    chains: dict[int, list[tuple[str | None, str]]] = {}
+    for task_id, source, target in TaskStatusHistory.objects.order_by("id").values_list(
+        "task_id", "from_status", "to_status"
+    ):
+        chains.setdefault(task_id, []).append((source, target))
+    assert all(c == [(None, "PENDING"), ("PENDING", "RUNNING"), ("RUNNING", "COMPLETED")] for c in chains.values())
+
+
+def _progress_rounds(order: str, task_ids: list[int], out: Any) -> None:
+    from tasks import batch
+
+    errors: list[str] = []
+    try:
+        ids = task_ids if order == "up" else list(reversed(task_ids))
+        for n in range(30):
+            reports = [{"taskId": tid, "attempt": 1, "outcome": "progress", "progress": n} for tid in ids]
+            # Without the lock-error retry: a deadlock between the two would reach us here.
+            for item in batch._report.__wrapped__("progress-unit", reports, timezone.now()):  # type: ignore[attr-defined]
+                assert item["accepted"], item
+    except Exception:
+        errors.append(traceback.format_exc())
+    finally:
+        connections.close_all()
+    out.put((order, errors))
+
+
+def test_two_batches_over_the_same_rows_in_opposite_orders_never_deadlock():
+    now = timezone.now()
+    unit = factories.unit("progress-unit", capacity=100)
+    Task.objects.bulk_create(
+        [
+            Task(name=f"t{i}", task_type="DATA_PROCESSING", status=TaskStatus.RUNNING, attempt=1, max_retries=3,
+                 unit_id=unit.pk, available_at=now, created_at=now, updated_at=now)
+            for i in range(60)
+        ]
+    )  # fmt: skip
+    ids = sorted(Task.objects.values_list("id", flat=True))
+    results = _run_in_processes(_progress_rounds, [("up", ids), ("down", ids)])
+    assert [e for _, errs in results for e in errs] == []
+    assert Task.objects.filter(status="RUNNING", progress=29).count() == 60
+
+
+def _submit_keyed_batch(owner_id: int, out: Any) -> None:
+    from taskhub.apikeys.models import ApiKey
+    from tasks.actors import Actor
+    from tasks.services import task_submit_batch
+
+    ids: list[int] = []
+    errors: list[str] = []
+    try:
+        owner = ApiKey.objects.get(pk=owner_id)
+        items: list[tuple[dict[str, Any], str | None, str]] = [
+            ({"name": f"k{n}", "task_type": "DATA_PROCESSING"}, f"key-{n}", f"fp-{n}") for n in range(100)
+        ]
+        for _ in range(3):
+            ids = [task.pk for task, _ in task_submit_batch(owner=owner, actor=Actor.api_key("racer"), items=items)]
+    except Exception:
+        errors.append(traceback.format_exc())
+    finally:
+        connections.close_all()
+    out.put((ids, errors))
+
+
+def test_clients_racing_the_same_keyed_batch_create_each_task_once():
+    owner, _ = factories.api_key(name="racer")
+    results = _run_in_processes(_submit_keyed_batch, [(owner.pk,) for _ in range(4)])
+    assert [e for _, errs in results for e in errs] == []
+    assert Task.objects.count() == 100 and TaskStatusHistory.objects.count() == 100
+    assert all(ids == results[0][0] for ids, _ in results)  # every racer got the same tasks, in order

@@ -173,6 +173,14 @@ def _report(extra: dict[str, Any]) -> Body:
 OPS = [
     Op("list-tasks", "get", "/tasks", "tasks:read", 200),
     Op("create-task", "post", "/tasks", "tasks:write", 201, body=lambda s: {"name": "n", "taskType": s.task_type}),
+    Op(
+        "create-batch",
+        "post",
+        "/tasks/batch",
+        "tasks:write",
+        201,
+        body=lambda s: {"tasks": [{"name": "n", "taskType": s.task_type}, {"name": "m", "taskType": s.task_type}]},
+    ),
     Op("task-stats", "get", "/tasks/stats", "tasks:read", 200),
     Op("redrive", "post", "/tasks/redrive", "tasks:write", 200, body=lambda s: {}),
     Op("get-task", "get", "/tasks/{task}", "tasks:read", 200, "running", unit_may=True),
@@ -203,6 +211,18 @@ OPS = [
     Op("progress", "post", "/tasks/{task}/progress", None, 200, "running", _report({"progress": 5}), True),
     Op("complete", "post", "/tasks/{task}/complete", None, 200, "running", _report({"result": {"ok": 1}}), True),
     Op("fail", "post", "/tasks/{task}/fail", None, 200, "running", _report({"error": "e", "retryable": False}), True),
+    Op(
+        "report-batch",
+        "post",
+        "/tasks/reports",
+        None,
+        200,
+        "running",  # the body names the target side's task
+        body=lambda s: {
+            "reports": [{"taskId": s.tasks["running"], "attempt": 1, "outcome": "complete", "logs": [{"message": "x"}]}]
+        },
+        unit_may=True,
+    ),
     Op(
         "register",
         "post",
@@ -240,6 +260,7 @@ OPS = [
 ]
 OPS_BY_NAME = {op.name: op for op in OPS}
 REPORTS = {"write-logs", "progress", "complete", "fail"}
+BATCH_REPORTS = {"report-batch"}
 PRINCIPALS = ["client-A", "client-B", "unit-A", "unit-B", "no-key", "revoked-key", "made-up-key"]
 
 
@@ -261,6 +282,8 @@ def expected_status(principal: str, op: Op, target: str) -> int:
         return op.ok if own else 403  # a unit acts only for itself
     if op.name in ("get-unit", "get-task", "patch-unit"):
         return op.ok if own else 404  # it sees only itself and the tasks leased to it
+    if op.name in BATCH_REPORTS:
+        return op.ok  # the batch answers 200; each item for a task it does not hold is fenced (409 inside)
     return op.ok if own else 409  # a report for a task it does not hold is fenced
 
 
@@ -318,6 +341,11 @@ def test_every_principal_gets_the_right_answer_for_every_operation(world: World,
         if want >= 400:
             _assert_error_shape(response, want)
             assert _rows_of(None) == before_all, f"{what}: a refused call changed something"
+        elif op.name in BATCH_REPORTS and kind == "unit" and target is not mine:
+            [item] = response.json()["items"]
+            assert item["accepted"] is False and item["status"] is None, f"{what}: {item}"
+            assert item["error"]["code"] == "stale_attempt", f"{what}: {item}"
+            assert _rows_of(None) == before_all, f"{what}: a refused item changed something"
         elif before_theirs is not None:
             assert _rows_of(theirs.name) == before_theirs, f"{what}: changed the other side's rows"
 
