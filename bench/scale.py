@@ -73,7 +73,11 @@ def lists(stack: Stack, key: str, *, repeat: int, meter: Any) -> list[dict[str, 
         ("page 1, status=PENDING, -priority", "page=1&limit=10&status=PENDING&ordering=-priority", repeat),
         ("cursor, first page", "cursor=&limit=10", repeat),
         ("cursor, status=PENDING", "cursor=&limit=10&status=PENDING", repeat),
-        ("search by id (name LIKE or id)", f"page=1&limit=10&search={some_id}", few),
+        ("search by id", f"page=1&limit=10&search={some_id}", repeat),
+        ("page 1, -priority", "page=1&limit=10&ordering=-priority", repeat),
+        ("page 100", "page=100&limit=10", repeat),
+        ("search by name (newest 5,000)", "page=1&limit=10&search=task%2012", repeat),
+        ("page 1, -updatedAt (a sort)", "page=1&limit=10&ordering=-updatedAt", few),
     ]
     result = run_clients(_list_client, [(key, queries)], port=stack.web_port, duration=900, meter=meter)
     out = []
@@ -91,7 +95,22 @@ def lists(stack: Stack, key: str, *, repeat: int, meter: Any) -> list[dict[str, 
             }
         )
     out[0] |= {"serverErrors": result.server_errors, "transportErrors": result.transport_errors}
-    return out
+    operator = [
+        ("operator: page 1", "page=1&limit=10", repeat),
+        ("operator: page 1, status=PENDING", "page=1&limit=10&status=PENDING", repeat),
+        ("operator: cursor, status=PENDING", "cursor=&limit=10&status=PENDING", repeat),
+        (
+            "operator: page 1, status=PENDING, -priority (a sort)",
+            "page=1&limit=10&status=PENDING&ordering=-priority",
+            few,
+        ),
+    ]
+    os.environ["BENCH_LIST_PROBE"] = json.dumps(operator)
+    try:
+        probed = stack.probe("bench.list_probe")
+    finally:
+        del os.environ["BENCH_LIST_PROBE"]
+    return out + [row | {"inProcess": True} for row in probed]
 
 
 def heartbeat_history(stack: Stack, owner_id: int, *, finished: int, repeat: int) -> dict[str, Any]:

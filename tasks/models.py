@@ -73,6 +73,15 @@ class Task(models.Model):
             models.Index(fields=["status", "timeout_at"], name="task_timeout_due_idx"),
             models.Index(fields=["unit", "status"], name="task_unit_status_idx"),
             models.Index(fields=["owner", "status", "id"], name="task_owner_status_idx"),
+            # "My tasks, newest first" (the default list, cursor mode, the search window): in order. The
+            # index MariaDB made for the owner foreign key went when task_idempotency_uniq took its place.
+            models.Index(fields=["owner", "id"], name="task_owner_id_idx"),
+            # Lists ordered by priority (either direction, ties by id the same way), with or without a
+            # status filter: read in order. No status column, so status changes never touch it.
+            models.Index(fields=["owner", "priority", "id"], name="task_owner_prio_idx"),
+            # A heartbeat's read of the unit's leases also finds the stored commands of the tasks it
+            # held last (units/services.py:_leases): a tiny range instead of all its past tasks.
+            models.Index(fields=["unit", "pending_command"], name="task_unit_command_idx"),
             models.Index(fields=["status", "id"], name="task_status_id_idx"),
             models.Index(fields=["created_at"], name="task_created_idx"),
         ]
