@@ -38,7 +38,7 @@ def _level_name(level: int) -> str:
 
 class TaskLogger:
     """Logger-like (`debug/info/warning/error/exception`, %-style args). Lines are buffered and
-    sent to the task's logs (`POST /tasks/{id}/logs`) in batches by the agent; each is also
+    sent to the task's logs in batches by the agent (in `POST /tasks/reports` items); each is also
     logged locally on the `taskhub_unit.task` logger at DEBUG."""
 
     def __init__(self, task_id: int, attempt: int) -> None:

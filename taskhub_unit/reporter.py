@@ -1,9 +1,17 @@
 """The reporter thread: ships each live attempt's log lines, progress and final report.
 
-Every call is a single try; a transient failure reschedules that attempt's next report after a
-jittered back-off, so one slow task never holds up the others and a result is kept (and the
-attempt stays in heartbeats) until the hub accepts or refuses it. Log lines go out before the
-final report, because the hub takes logs only for a live attempt.
+Each tick gathers what every live attempt has to say into one `POST /tasks/reports` request (split
+when it would pass the hub's item count or body size). An attempt's item carries its pending log
+lines with its outcome (`complete`/`fail`, or `progress` while it runs or while more lines wait)
+and the hub applies the two together or not at all, so log lines always land before the final
+report. Items are answered one by one: a stale or unknown attempt is dropped, the others are
+reported. A transient failure of the request (hub unreachable, 429, 5xx) keeps everything and backs
+off the whole batch with jitter; a result is kept (and its attempt stays in heartbeats) until the
+hub accepts or refuses it.
+
+A hub without the batch endpoint (404/405) gets the older per-attempt requests
+(`/tasks/{id}/logs|progress|complete|fail`) for the life of the process: every call a single try,
+each attempt backing off on its own, so one slow task never holds up the others.
 """
 
 from __future__ import annotations
@@ -12,16 +20,43 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from taskhub_unit.client import ApiError, Backoff, HubClient, HubUnavailable
 from taskhub_unit.runs import Run, RunTable
 
 log = logging.getLogger("taskhub_unit.agent")
 
-LOG_BATCH = 500  # the hub's limit per request
+LOG_BATCH = 500  # the hub's limit of log lines per request (and per batch item)
 MAX_BATCHES_PER_TICK = 10
 MAX_RESULT_BYTES = 262_144  # the hub refuses larger results
+REPORTS_PATH = "/tasks/reports"
+# The hub's TASK_BATCH_MAX default. A hub set lower answers 400 to a full batch; its items are then
+# sent one per request, which still works.
+REPORTS_MAX_ITEMS = 100
+# Of JSON body per batch request, well under the hub's API_MAX_BODY_BYTES (1 MiB by default). An
+# item larger on its own (a big result in escaped non-ASCII, say) goes alone.
+REPORTS_MAX_BYTES = 786_432
+MAX_ERROR_CHARS = 10_000  # the hub refuses longer `error` texts
+_ITEM_STATUS = {"stale_attempt": 409, "conflict": 409, "not_found": 404}  # what the single endpoint answers
+
+
+@dataclass(eq=False)
+class Item:
+    """One attempt's entry in a batch: the request body's item and the log lines it took."""
+
+    run: Run
+    body: dict[str, Any]
+    lines: list[dict[str, str]]
+    size: int  # bytes of `body` as JSON, as sent
+    full: bool = False  # the lines were cut at one item's share: more wait
+
+    @property
+    def outcome(self) -> str:
+        return str(self.body["outcome"])
 
 
 class Reporter:
@@ -40,9 +75,12 @@ class Reporter:
         self.interval = interval
         self.on_unit_unknown = on_unit_unknown
         self.wake = threading.Event()
+        self.batch = True  # False once the hub answered 404/405 to POST /tasks/reports (an older hub)
         self._stop = threading.Event()
         self._flushing = threading.Lock()  # one flush at a time: the thread, or a final one at exit
         self._thread: threading.Thread | None = None
+        self._batch_failures = 0
+        self._batch_retry_at = 0.0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="reporter", daemon=True)
@@ -64,11 +102,180 @@ class Reporter:
                 log.exception("reporter: unexpected error")
 
     def flush(self) -> None:
-        """One pass over the live attempts."""
+        """One pass over the live attempts. After `stop`, a last pass ignores the back-off."""
         with self._flushing:
-            self._flush()
+            if self.batch:
+                self._flush_batched()
+            if not self.batch:  # also when the hub just told us it has no batch endpoint
+                self._flush_each()
 
-    def _flush(self) -> None:
+    # --- batched: POST /tasks/reports ----------------------------------------------------------
+
+    def _flush_batched(self) -> None:
+        final = self._stop.is_set()
+        if not final and time.monotonic() < self._batch_retry_at:
+            return
+        token = self.client.token
+        more: set[Run] | None = None  # after the first round: the attempts with lines still waiting
+        for _ in range(MAX_BATCHES_PER_TICK):
+            now = time.monotonic()
+            items = []
+            for run in self.runs.live():
+                if run.dead or (not final and now < run.next_report_at) or (more is not None and run not in more):
+                    continue
+                item = self._item(run)
+                if item is not None:
+                    items.append(item)
+            if not items:
+                return
+            more = self._send(items, token)
+            if not more:
+                return
+
+    def _item(self, run: Run) -> Item | None:
+        """What this attempt has to say, taking its next log lines; None if nothing."""
+        logger = run.ctx.logger
+        if run.outcome is not None and run.outcome[0] == "complete":
+            problem = result_problem(run.outcome[1].get("result"))
+            if problem:  # the hub would refuse the whole request (400): fail the attempt instead
+                logger.error(problem)
+                run.outcome = ("fail", {"attempt": run.ctx.attempt, "error": problem, "retryable": False})
+        lines = logger.take(LOG_BATCH)
+        full = bool(lines) and logger.pending() > 0
+        body: dict[str, Any] = {"taskId": run.ctx.id, "attempt": run.ctx.attempt}
+        if run.outcome is not None and not logger.pending():
+            what, report = run.outcome
+            body["outcome"] = what
+            if what == "complete":
+                body["result"] = report.get("result")
+            else:
+                body["error"] = str(report.get("error") or "failed")[:MAX_ERROR_CHARS]
+                body["retryable"] = bool(report.get("retryable", True))
+        elif lines or run.ctx.current_progress > run.sent_progress:
+            # The hub has no logs-only outcome: lines while the attempt runs, or ahead of a result
+            # that waits for them, go with its current progress.
+            body |= {"outcome": "progress", "progress": run.ctx.current_progress}
+        else:
+            return None
+        if lines:
+            body["logs"] = lines
+        item = Item(run, body, lines, _json_size(body), full)
+        if lines and item.outcome != "progress" and item.size > REPORTS_MAX_BYTES:
+            # The result and the lines do not fit one request: the lines first, the result next round.
+            body = {**_without(body, "result", "error", "retryable"), "outcome": "progress"}
+            body["progress"] = run.ctx.current_progress
+            item = Item(run, body, lines, _json_size(body), full)
+        return item
+
+    def _send(self, items: list[Item], token: str | None) -> set[Run]:
+        """Send the items (in as many requests as the limits need) and apply the answers.
+        Returns the attempts that have more to say at once (lines beyond one item's share)."""
+        more: set[Run] = set()
+        queue = deque(_chunks(items))
+        while queue:
+            chunk = queue.popleft()
+            try:
+                reply = self.client.post(
+                    REPORTS_PATH, {"reports": [item.body for item in chunk]}, token=token, max_attempts=1
+                )
+                answers = reply.get("items") if isinstance(reply, dict) else None
+                if not isinstance(answers, list) or len(answers) != len(chunk):
+                    raise HubUnavailable(f"POST {REPORTS_PATH}: an answer that does not match the request")
+            except HubUnavailable as exc:
+                self._keep([chunk, *queue], exc)
+                return set()
+            except ApiError as exc:
+                if exc.status in (404, 405):
+                    self._put_back([chunk, *queue])
+                    self.batch = False
+                    log.info("the hub has no POST %s (HTTP %d): reporting attempt by attempt", REPORTS_PATH, exc.status)
+                    return set()
+                if exc.status == 401:
+                    self._put_back([chunk, *queue])
+                    self.on_unit_unknown(token)  # our token died: the control loop registers again
+                    self._batch_retry_at = time.monotonic() + self.backoff.delay(0)
+                    return set()
+                if len(chunk) > 1:
+                    # Some item the hub will not take (or a hub with a lower TASK_BATCH_MAX): send
+                    # each alone, so only that item is refused.
+                    queue.extendleft(reversed([[item] for item in chunk]))
+                    continue
+                self._item_refused(chunk[0], exc, token)
+                continue
+            self._batch_failures = 0
+            resend: list[Item] = []
+            for item, answer in zip(chunk, answers, strict=True):
+                again = self._answered(item, answer if isinstance(answer, dict) else {}, token)
+                if again is not None:
+                    resend.append(again)
+                elif item.outcome == "progress" and not item.run.dead and (item.full or item.run.outcome is not None):
+                    more.add(item.run)  # more lines, or a result waiting behind these: next round
+            queue.extend(_chunks(resend))
+        return more
+
+    def _answered(self, item: Item, answer: dict[str, Any], token: str | None) -> Item | None:
+        """Apply one item's answer. Returns the item to send again without its lines, if the hub
+        refused them for the task's log cap."""
+        run = item.run
+        error = answer.get("error")
+        if error:
+            if not isinstance(error, dict):
+                error = {"message": str(error)}
+            code = str(error.get("code") or "error")
+            details = error.get("details")
+            exc = ApiError(
+                _ITEM_STATUS.get(code, 400),
+                code,
+                str(error.get("message") or ""),
+                details if isinstance(details, dict) else None,
+            )
+            if item.lines and code == "conflict" and "log cap" in exc.message:
+                # The lines cannot be stored; the work goes on.
+                log.warning("%s: hub refused %d log line(s): %s", run.label, len(item.lines), exc.message)
+                body = _without(item.body, "logs")
+                if body["outcome"] == "progress" and body["progress"] <= run.sent_progress:
+                    return None
+                return Item(run, body, [], _json_size(body))
+            self._refused(run, exc, token)
+            return None
+        run.report_failures = 0
+        if item.outcome == "progress":
+            run.sent_progress = max(run.sent_progress, int(item.body["progress"]))
+            return None
+        self.runs.reported(run, item.outcome)
+        self._log_reported(run, item.outcome, item.body, accepted=bool(answer.get("accepted", True)))
+        return None
+
+    def _item_refused(self, item: Item, exc: ApiError, token: str | None) -> None:
+        """The whole request of this one item was refused (400/413, say)."""
+        if item.lines:
+            # As the per-attempt path does with refused lines: drop them; the outcome goes next tick.
+            log.warning("%s: hub refused %d log line(s): %s", item.run.label, len(item.lines), exc.message)
+            return
+        if item.outcome == "progress":
+            log.warning("%s: hub refused a progress report: %s", item.run.label, exc.message)
+            item.run.sent_progress = max(item.run.sent_progress, int(item.body["progress"]))
+            return
+        self._refused(item.run, exc, token)
+
+    def _put_back(self, chunks: Iterable[list[Item]]) -> None:
+        for chunk in chunks:
+            for item in chunk:
+                item.run.ctx.logger.put_back(item.lines)
+
+    def _keep(self, chunks: list[list[Item]], exc: HubUnavailable) -> None:
+        """The request failed on the way: keep everything, back off the whole batch."""
+        self._put_back(chunks)
+        self._batch_failures += 1
+        delay = self.backoff.delay(self._batch_failures - 1)
+        self._batch_retry_at = time.monotonic() + delay
+        if self._batch_failures == 1 or self._batch_failures % 10 == 0:
+            count = sum(len(chunk) for chunk in chunks)
+            log.warning("hub unreachable (%s); keeping %d report(s), retry in %.1fs", exc, count, delay)
+
+    # --- per attempt: POST /tasks/{id}/logs|progress|complete|fail (hubs without /tasks/reports) -----
+
+    def _flush_each(self) -> None:
         now = time.monotonic()
         for run in self.runs.live():
             if run.dead or now < run.next_report_at:
@@ -99,12 +306,7 @@ class Reporter:
         what, body = run.outcome
         reply = self._post(run, what, body, token)
         self.runs.reported(run, what)
-        accepted = "accepted" if not isinstance(reply, dict) or reply.get("accepted", True) else "already recorded"
-        if what == "complete":
-            log.info("%s: completed (%s)", run.label, accepted)
-        else:
-            retry = "retryable" if body.get("retryable") else "not retryable"
-            log.info("%s: failed, %s (%s): %s", run.label, retry, accepted, str(body.get("error", ""))[:200])
+        self._log_reported(run, what, body, accepted=not isinstance(reply, dict) or bool(reply.get("accepted", True)))
 
     def _send_logs(self, run: Run, token: str | None) -> None:
         logger = run.ctx.logger
@@ -128,6 +330,16 @@ class Reporter:
             raise ApiError(409, "stale_attempt", "attempt dropped locally", {"command": "abort"})
         return self.client.post(f"/tasks/{run.ctx.id}/{what}", body, token=token, max_attempts=1)
 
+    # --- shared ----------------------------------------------------------------------------------
+
+    def _log_reported(self, run: Run, what: str, body: dict[str, Any], *, accepted: bool) -> None:
+        said = "accepted" if accepted else "already recorded"
+        if what == "complete":
+            log.info("%s: completed (%s)", run.label, said)
+        else:
+            retry = "retryable" if body.get("retryable") else "not retryable"
+            log.info("%s: failed, %s (%s): %s", run.label, retry, said, str(body.get("error", ""))[:200])
+
     def _refused(self, run: Run, exc: ApiError, token: str | None) -> None:
         if exc.stale_attempt or (exc.status == 404 and exc.code == "not_found"):
             self.runs.drop(run, "abort", exc.message, source="refused")
@@ -143,10 +355,36 @@ class Reporter:
             self.runs.drop(run, "abort", str(exc), source="refused")
 
 
+def _chunks(items: list[Item]) -> Iterator[list[Item]]:
+    """Requests of at most REPORTS_MAX_ITEMS items and about REPORTS_MAX_BYTES, one item per task."""
+    chunk: list[Item] = []
+    size = 0
+    tasks: set[int] = set()
+    for item in items:
+        task_id = item.run.ctx.id
+        if chunk and (len(chunk) >= REPORTS_MAX_ITEMS or size + item.size > REPORTS_MAX_BYTES or task_id in tasks):
+            yield chunk
+            chunk, size, tasks = [], 0, set()
+        chunk.append(item)
+        size += item.size + 2  # ", " between items
+        tasks.add(task_id)
+    if chunk:
+        yield chunk
+
+
+def _json_size(body: dict[str, Any]) -> int:
+    # As `requests` encodes it: ASCII-only, so non-ASCII text counts as its \u escapes.
+    return len(json.dumps(body, allow_nan=False))
+
+
+def _without(body: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in keys}
+
+
 def result_problem(result: object) -> str | None:
     """Why the hub would refuse this result, or None if it is fine."""
     try:
-        size = len(json.dumps(result, ensure_ascii=False).encode("utf-8"))
+        size = len(json.dumps(result, ensure_ascii=False, allow_nan=False).encode("utf-8"))
     except (TypeError, ValueError) as exc:
         return f"the handler's result is not JSON: {exc}"
     if size > MAX_RESULT_BYTES:

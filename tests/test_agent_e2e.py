@@ -154,6 +154,16 @@ class Hub:
         path = self.tmp / "hub.log"
         return path.read_text(errors="replace")[-5000:] if path.exists() else ""
 
+    def report_requests(self, unit_id: str) -> dict[str, int]:
+        """The hub's access log: how many report requests this unit sent, batched or per attempt."""
+        counts = {"batched": 0, "per-attempt": 0}
+        pattern = re.compile(r"POST /api/v1/tasks/(reports|\d+/(?:logs|progress|complete|fail)) 2\d\d .* unit:(\S+)")
+        for line in (self.tmp / "logs" / "access.log").read_text(errors="replace").splitlines():
+            match = pattern.search(line)
+            if match and match[2] == unit_id:
+                counts["batched" if match[1] == "reports" else "per-attempt"] += 1
+        return counts
+
     # --- API ---
     def api(self, method: str, path: str, body: Any = None) -> Any:
         response = requests.request(
@@ -290,6 +300,9 @@ def test_two_units_complete_every_task_once(hub: Hub) -> None:
     messages = [line["message"] for line in hub.api("GET", f"/tasks/{ids[0]}/logs")["items"]]
     assert messages[0].startswith("sleeping 0.30s") and messages[-1] == "done"
     assert (first.stop(), second.stop()) == (0, 0)
+    for unit_id in done_by:  # every log line, progress step and result went through POST /tasks/reports
+        sent = hub.report_requests(unit_id)
+        assert sent["batched"] > 0 and sent["per-attempt"] == 0, sent
 
 
 def test_a_killed_units_tasks_complete_on_the_other_unit(hub: Hub) -> None:

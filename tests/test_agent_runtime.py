@@ -44,11 +44,13 @@ class FakeHub:
     """The hub's unit-facing rules in miniature: leases, fencing by attempt, failover of unlisted
     leases on heartbeat, commands for attempts that are no longer live."""
 
-    def __init__(self, interval: float = 0.05) -> None:
+    def __init__(self, interval: float = 0.05, *, batch: bool = True) -> None:
         self.lock = threading.Lock()
         self.interval = interval
+        self.batch = batch  # False: an older hub, without POST /tasks/reports
         self.tasks: dict[int, dict[str, Any]] = {}
         self.calls: list[tuple[str, str, Any]] = []
+        self.sent: list[tuple[int, str, Any]] = []  # (task id, logs|progress|complete|fail, body): each report
         self.faults: list[Fault] = []
         self.status = "ONLINE"
         self.token: str | None = None
@@ -96,8 +98,11 @@ class FakeHub:
                 return error(401, "unauthorized", "Invalid unit token")
             if match := re.fullmatch(r"/execution-units/[\w-]+/(heartbeat|claim)", path):
                 return self._heartbeat(json) if match[1] == "heartbeat" else self._claim(json["max"])
+            if path == "/tasks/reports":
+                return self._reports(json["reports"]) if self.batch else error(404, "not_found", "Not found.")
             match = re.fullmatch(r"/tasks/(\d+)/(logs|progress|complete|fail)", path)
             assert match, path
+            self.sent.append((int(match[1]), match[2], json))
             return self._report(int(match[1]), match[2], json)
 
     def _register(self, token: str) -> Response:
@@ -140,12 +145,13 @@ class FakeHub:
                 claimed.append({k: task[k] for k in ("id", "name", "taskType", "config", "attempt", "timeoutSeconds")})
         return Response(200, {"tasks": claimed, "unitStatus": self.status})
 
-    def _report(self, task_id: int, what: str, body: dict[str, Any]) -> Response:
+    def _report(self, task_id: int, what: str, body: dict[str, Any], logs: list[Any] | None = None) -> Response:
         task = self.tasks[task_id]
         if task["status"] != "RUNNING" or task["attempt"] != body["attempt"]:
             return error(
                 409, "stale_attempt", f"Attempt {body['attempt']} of task {task_id} is not live", command="abort"
             )
+        task["logs"].extend(logs or [])
         if what == "logs":
             task["logs"].extend(body["entries"])
             return Response(201, {"stored": len(body["entries"])})
@@ -156,9 +162,35 @@ class FakeHub:
             task["reports"].append((what, body))
         return Response(200, {"accepted": True})
 
+    def _reports(self, items: list[dict[str, Any]]) -> Response:
+        """POST /tasks/reports: each item fenced on its own; its logs and outcome both or neither."""
+        answers = []
+        for item in items:
+            task_id, outcome = item["taskId"], item["outcome"]
+            self.sent.append((task_id, outcome, item))
+            single = {k: v for k, v in item.items() if k in ("attempt", "result", "error", "retryable", "progress")}
+            if outcome == "complete":
+                single.setdefault("result", None)
+            reply = self._report(task_id, outcome, single, logs=item.get("logs") or [])
+            answer = {"taskId": task_id, "attempt": item["attempt"], "status": None, "accepted": False, "error": None}
+            if reply.status_code >= 400:
+                body = reply.json()
+                answer["error"] = {k: body[k] for k in ("code", "message", "details")}
+            else:
+                answer |= {"status": self.tasks[task_id]["status"], "accepted": True}
+            answers.append(answer)
+        return Response(200, {"items": answers})
+
     # --- for assertions ---
-    def calls_for(self, task_id: int, after: int = 0) -> list[tuple[str, str, Any]]:
-        return [c for c in self.calls[after:] if c[1].startswith(f"/tasks/{task_id}/")]
+    def calls_for(self, task_id: int, after: int = 0) -> list[tuple[int, str, Any]]:
+        """The reports about this task (a batch item counts as one), from `after` in `sent`."""
+        return [c for c in self.sent[after:] if c[0] == task_id]
+
+    def tried(self, what: str) -> int:
+        """Requests (or batch items) that tried to report `what`, refused or not."""
+        singles = sum(path.endswith(f"/{what}") for _, path, _ in self.calls)
+        items = [i for _, path, body in self.calls if path == "/tasks/reports" for i in body["reports"]]
+        return singles + sum(i["outcome"] == what for i in items)
 
     def heartbeats(self) -> list[Any]:
         return [c[2] for c in self.calls if c[1].endswith("/heartbeat")]
@@ -194,9 +226,10 @@ class Running:
         return self.exit_code
 
 
-@pytest.fixture
-def hub() -> FakeHub:
-    return FakeHub()
+@pytest.fixture(params=["batch", "per-attempt"])
+def hub(request: pytest.FixtureRequest) -> FakeHub:
+    """Every test runs against a hub with POST /tasks/reports and an older one without it."""
+    return FakeHub(batch=request.param == "batch")
 
 
 @pytest.fixture
@@ -248,6 +281,11 @@ def test_claims_runs_and_reports_results_logs_and_progress(hub: FakeHub, start: 
         assert task["reports"] == [("complete", {"attempt": 1, "result": {"slept": 0.05, "unit": "w1", "attempt": 1}})]
         assert [line["message"] for line in task["logs"]][-1] == "done"
     assert unit.agent.runs.counts["completed"] == 5
+    reports = [path for _, path, _ in hub.calls if path.startswith("/tasks/")]
+    if hub.batch:
+        assert set(reports) == {"/tasks/reports"}
+    else:  # asked once, then attempt by attempt
+        assert reports.count("/tasks/reports") == 1 and len(reports) > 1
 
 
 def test_never_runs_more_than_its_capacity(hub: FakeHub, start: Callable[..., Running]) -> None:
@@ -320,11 +358,11 @@ def test_cancel_command_stops_the_handler_and_nothing_more_is_reported(
     task_id = hub.add()
     unit = start(patient)
     wait_for(lambda: status(hub, task_id) == "RUNNING")
-    before = len(hub.calls)
+    before = len(hub.sent)
     hub.cancel(task_id)
     assert stopped.wait(5), "the handler was not told"
     time.sleep(0.2)
-    assert [c for c in hub.calls_for(task_id, before) if c[1].endswith(("/complete", "/fail"))] == []
+    assert [c for c in hub.calls_for(task_id, before) if c[1] in ("complete", "fail")] == []
     assert unit.agent.runs.counts["dropped"] == 1
 
 
@@ -338,7 +376,7 @@ def test_a_refused_report_drops_the_attempt_for_good(hub: FakeHub, start: Callab
         hub.faults.append(silent)
         hub.tasks[task_id]["attempt"] = 2
         hub.status = "MAINTENANCE"  # so the unit claims nothing more
-        changed_at = len(hub.calls)
+        changed_at = len(hub.sent)
     wait_for(lambda: unit.agent.runs.counts["dropped"] == 1, what="the attempt dropped")
     time.sleep(0.5)  # the handler finishes meanwhile
     reports = hub.calls_for(task_id, changed_at)
@@ -357,15 +395,16 @@ def test_a_result_is_kept_until_the_hub_accepts_it(hub: FakeHub, start: Callable
             return None
         if path.endswith("/heartbeat"):
             return requests.ConnectionError("hub restarting")
-        return (
-            error(503, "service_unavailable", "Database unavailable, try again") if path.endswith("complete") else None
-        )
+        reports = body.get("reports") or [] if path == "/tasks/reports" else []
+        if path.endswith("complete") or any(item["outcome"] == "complete" for item in reports):
+            return error(503, "service_unavailable", "Database unavailable, try again")
+        return None
 
     task_id = hub.add(seconds=0.02, steps=1)
     unit = start()
     wait_for(lambda: status(hub, task_id) == "RUNNING")
     hub.faults.append(outage)
-    wait_for(lambda: sum(c[1].endswith("/complete") for c in hub.calls) >= 3, what="retried reports")
+    wait_for(lambda: hub.tried("complete") >= 3, what="retried reports")
     assert status(hub, task_id) == "RUNNING"
     assert unit.agent.runs.heartbeat_list() == [{"id": task_id, "attempt": 1, "progress": 100}]
     down.clear()
