@@ -1,10 +1,11 @@
 """An HTTP proxy between the units and the hub that can lose replies and deliver reports twice.
 
 Units talk to the hub through it. On the `resend-reports` fault it (a) forwards the next few
-reports (complete/fail) to the hub and then drops the connection instead of answering, so the unit
-sends the same report again, and (b) replays reports it saw earlier straight to the hub. Either
-way the hub must keep one accepted result per task: a repeat is answered `accepted: false`, a
-report for an attempt that is no longer live is refused (409).
+reports (complete/fail, or a `POST /tasks/reports` batch, which is how taskhub-unit reports) to the
+hub and then drops the connection instead of answering, so the unit sends the same report again,
+and (b) replays reports it saw earlier straight to the hub. Either way the hub must keep one
+accepted result per task: a repeat is answered `accepted: false`, a report for an attempt that is
+no longer live is refused (409; in a batch, that item's error).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-REPORT = re.compile(r"^/api/v1/tasks/\d+/(complete|fail)$")
+REPORT = re.compile(r"^/api/v1/tasks/(\d+/(complete|fail)|reports)$")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "proxy-connection"}
 
 
@@ -74,10 +75,21 @@ class ReportProxy:
         return results
 
     def _count_report(self, how: str, status: int, reply: Any) -> None:
+        items = reply.get("items") if status == 200 and isinstance(reply, dict) else None
         with self.lock:
-            self.counts[f"{how}:{status}"] += 1
-            if status == 200 and isinstance(reply, dict):
-                self.counts[f"{how}:accepted={reply.get('accepted')}"] += 1
+            if not isinstance(items, list):
+                self.counts[f"{how}:{status}"] += 1
+                if status == 200 and isinstance(reply, dict):
+                    self.counts[f"{how}:accepted={reply.get('accepted')}"] += 1
+                return
+            # A batch: count each item as the single endpoint would have answered it.
+            for item in items:
+                error = item.get("error") if isinstance(item, dict) else None
+                code = error.get("code") if isinstance(error, dict) else None
+                single = 200 if not error else {"stale_attempt": 409, "conflict": 409, "not_found": 404}.get(code, 400)
+                self.counts[f"{how}:{single}"] += 1
+                if single == 200:
+                    self.counts[f"{how}:accepted={item.get('accepted')}"] += 1
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
