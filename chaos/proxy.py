@@ -85,7 +85,7 @@ class ReportProxy:
             # A batch: count each item as the single endpoint would have answered it.
             for item in items:
                 error = item.get("error") if isinstance(item, dict) else None
-                code = error.get("code") if isinstance(error, dict) else None
+                code = str(error.get("code")) if isinstance(error, dict) else ""
                 single = 200 if not error else {"stale_attempt": 409, "conflict": 409, "not_found": 404}.get(code, 400)
                 self.counts[f"{how}:{single}"] += 1
                 if single == 200:
