@@ -78,6 +78,9 @@ class Agent:
         self.heartbeat_interval = 10.0
         self._draining = threading.Event()
         self._need_register = threading.Event()
+        # Held while the token is checked against a rejection and while a registration installs the
+        # new one: a 401 for the old token that races a registration must not ask for another.
+        self._token_lock = threading.Lock()
         self._heartbeat_failures = 0
         self._claim_failures = 0
 
@@ -196,8 +199,9 @@ class Agent:
             return False
         except ApiError as exc:
             raise RegistrationRefused(f"the hub refused to register unit {cfg.unit_id}: {exc}") from None
-        self.client.token = str(reply["token"])
-        self._need_register.clear()
+        with self._token_lock:
+            self.client.token = str(reply["token"])
+            self._need_register.clear()
         self._apply_status(reply)
         for run in self.runs.live():
             self.runs.drop(run, "abort", "unit registered again, so the hub failed over its attempts", source="local")
@@ -213,10 +217,12 @@ class Agent:
         return True
 
     def _token_rejected(self, token: str | None) -> None:
-        if token is not None and token == self.client.token:
+        with self._token_lock:
+            if token is None or token != self.client.token or self._need_register.is_set():
+                return
             log.warning("the hub no longer knows this unit's token; registering again")
             self._need_register.set()
-            self.runs.changed.set()
+        self.runs.changed.set()
 
     def _apply_status(self, reply: dict[str, Any]) -> None:
         status = reply.get("status") or reply.get("unitStatus")

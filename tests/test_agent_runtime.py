@@ -451,7 +451,7 @@ def test_an_unknown_token_makes_the_unit_register_again(hub: FakeHub, start: Cal
     start()
     wait_for(lambda: status(hub, task_id) == "RUNNING")
     hub.token = "thu_revoked"  # e.g. the unit was registered again by someone else
-    wait_for(lambda: hub.registrations == 2, what="a second registration")
+    wait_for(lambda: hub.registrations >= 2, what="a second registration")
     # Registering again fails the old attempt over; the unit drops it and claims attempt 2.
     wait_for(lambda: status(hub, task_id) == "COMPLETED", what="the task completed")
     assert hub.tasks[task_id]["reports"][0][1]["attempt"] == 2
