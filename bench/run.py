@@ -305,42 +305,38 @@ class Runner:
                         )
                     )
         if "lifecycle" in p.scenarios:
-            self.fresh()
             m, k, producers, batch = p.lifecycle
             claim_max, create_batch = p.lifecycle_batch
             self.log(f"5 lifecycle: {m} tasks created, claimed, logged, completed over HTTP; then Celery")
-            self.results["lifecycle"] = self.step(
-                f"taskhub, batch forms (create {create_batch}/request, claim {{max: {claim_max}}}, 1 report/claim)",
-                lambda: lifecycle.taskhub(
-                    stack.db,
-                    port,
-                    self.key,
-                    self.owner,
-                    tasks=m,
-                    units=k,
-                    producers=producers,
-                    batch=claim_max,
-                    meter=self.meter(),
-                    mode="batch",
-                    create_batch=create_batch,
+            runs: tuple[tuple[str, str, dict[str, Any]], ...] = (
+                (
+                    "lifecycle",
+                    f"taskhub, batch forms (create {create_batch}/request, claim {{max: {claim_max}}}, 1 report/claim)",
+                    {"mode": "batch", "batch": claim_max, "create_batch": create_batch},
+                ),
+                (
+                    "lifecycleSingle",
+                    f"taskhub, one request per step (claim {{max: {batch}}})",
+                    {"mode": "single", "batch": batch},
                 ),
             )
-            self.fresh()
-            self.results["lifecycleSingle"] = self.step(
-                f"taskhub, one request per step (claim {{max: {batch}}})",
-                lambda: lifecycle.taskhub(
-                    stack.db,
-                    port,
-                    self.key,
-                    self.owner,
-                    tasks=m,
-                    units=k,
-                    producers=producers,
-                    batch=batch,
-                    meter=self.meter(),
-                    mode="single",
-                ),
-            )
+            for name, label, how in runs:
+                self.fresh()
+
+                def run(how: dict[str, Any] = how) -> dict[str, Any]:
+                    return lifecycle.taskhub(
+                        stack.db,
+                        port,
+                        self.key,
+                        self.owner,
+                        tasks=m,
+                        units=k,
+                        producers=producers,
+                        meter=self.meter(),
+                        **how,
+                    )
+
+                self.results[name] = self.step(label, run)
             self.results["celery"] = self.step(
                 "celery",
                 lambda: lifecycle.celery(

@@ -17,24 +17,9 @@ from taskhub_unit import TaskContext, reporter
 from taskhub_unit.client import Backoff, HubClient
 from taskhub_unit.reporter import LOG_BATCH, REPORTS_MAX_BYTES, REPORTS_MAX_ITEMS, Reporter
 from taskhub_unit.runs import Run, RunTable
+from tests.test_agent_runtime import Response, error
 
 Answer = Callable[[str, Any], Any]  # (path, body) -> Response, or an exception to raise
-
-
-class Response:
-    def __init__(self, status: int, body: Any = None) -> None:
-        self.status_code = status
-        self.content = b"" if body is None else json.dumps(body).encode()
-        self.text = self.content.decode()
-        self.reason = ""
-        self.headers: dict[str, str] = {}
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-
-def error(status: int, code: str, message: str, **details: Any) -> Response:
-    return Response(status, {"statusCode": status, "code": code, "message": message, "details": details})
 
 
 def item_error(code: str, message: str, **details: Any) -> dict[str, Any]:
