@@ -39,6 +39,13 @@ class Task(models.Model):
     available_at = models.DateTimeField(help_text="A PENDING task is claimable from this time.")
     next_retry_at = models.DateTimeField(null=True, blank=True)
     timeout_at = models.DateTimeField(null=True, blank=True)
+    # A unit proves it still runs its tasks by heartbeating; a RUNNING task no unit holds (started
+    # with PUT status) has only this: the hub takes it back (fails it over) once it passes.
+    lease_expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set while RUNNING with no unit: back to PENDING at this time unless someone reports on it.",
+    )
 
     unit = models.ForeignKey(
         "units.ExecutionUnit",
@@ -71,6 +78,9 @@ class Task(models.Model):
             models.Index(fields=["status", "task_type", "-priority", "id"], name="task_claim_idx"),
             models.Index(fields=["status", "next_retry_at"], name="task_retry_due_idx"),
             models.Index(fields=["status", "timeout_at"], name="task_timeout_due_idx"),
+            # The sweeper's poll of leases run out. Only RUNNING tasks that no unit holds have one, and
+            # there is no status column: claims and reports (NULL stays NULL) never touch it.
+            models.Index(fields=["lease_expires_at"], name="task_lease_due_idx"),
             models.Index(fields=["unit", "status"], name="task_unit_status_idx"),
             models.Index(fields=["owner", "status", "id"], name="task_owner_status_idx"),
             # "My tasks, newest first" (the default list, cursor mode, the search window): in order. The

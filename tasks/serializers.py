@@ -47,6 +47,13 @@ class TaskSerializer(serializers.ModelSerializer):
     timeoutSeconds = serializers.IntegerField(source="timeout_seconds", allow_null=True)
     scheduledAt = serializers.DateTimeField(source="scheduled_at", allow_null=True)
     nextRetryAt = serializers.DateTimeField(source="next_retry_at", allow_null=True)
+    leaseExpiresAt = serializers.DateTimeField(
+        source="lease_expires_at",
+        allow_null=True,
+        help_text="Set while RUNNING with no unit (started with PUT status): the hub puts the task back to "
+        "PENDING at this time (a failover) unless someone reports on it first; each POST of log lines "
+        "renews it by UNIT_HEARTBEAT_TIMEOUT. Null otherwise.",
+    )
     unitId = serializers.CharField(source="unit_id", allow_null=True)
     pendingCommand = serializers.CharField(source="pending_command")
     createdAt = serializers.DateTimeField(source="created_at")
@@ -73,6 +80,7 @@ class TaskSerializer(serializers.ModelSerializer):
             "timeoutSeconds",
             "scheduledAt",
             "nextRetryAt",
+            "leaseExpiresAt",
             "unitId",
             "pendingCommand",
             "result",

@@ -16,7 +16,7 @@ from taskhub.errors import Conflict, NotFound
 from tasks.actors import Actor
 from tasks.models import Task, TaskExecutionLog
 from tasks.states import TaskStatus
-from tasks.transitions import create_task, create_tasks, lock_live_attempt
+from tasks.transitions import create_task, create_tasks, lock_live_attempt, renew_lease
 
 S = TaskStatus
 
@@ -221,7 +221,8 @@ def task_append_logs(
     now: datetime | None = None,
 ) -> int:
     """Append log lines. A unit must name its live attempt (fencing); a client's lines are
-    recorded against the task's current attempt. Returns how many were stored."""
+    recorded against the task's current attempt, and are its report on a RUNNING task that no unit
+    holds: they renew that task's lease. Returns how many were stored."""
     now = now or timezone.now()
     with transaction.atomic():
         if actor.unit_id is not None:
@@ -233,6 +234,8 @@ def task_append_logs(
         check_log_room(task_id, stored_log_counts([task_id]).get(task_id, 0), len(entries))
         rows = log_rows(task.pk, task.attempt if attempt is None else attempt, entries, actor=actor, now=now)
         TaskExecutionLog.objects.bulk_create(rows)
+        if actor.unit_id is None and task.lease_expires_at is not None:
+            renew_lease(task.pk, now)
     return len(entries)
 
 

@@ -23,21 +23,43 @@ from taskhub.errors import Conflict, NotFound
 from tasks.actors import Actor
 from tasks.backoff import retry_delay
 from tasks.models import ControlCommand, Task, TaskStatusHistory
-from tasks.states import TaskStatus, allowed_targets, can_transition
+from tasks.states import SYSTEM_ONLY, TaskStatus, allowed_targets, can_transition
+from units.models import ExecutionUnit, UnitStatus
 
 S = TaskStatus
+# Units that may still be running what they hold (MAINTENANCE drains: it keeps its tasks).
+LIVE_UNIT_STATUSES = (UnitStatus.ONLINE, UnitStatus.BUSY, UnitStatus.MAINTENANCE)
 
 
 class IllegalTransition(Conflict):
     code = "illegal_transition"
 
-    def __init__(self, task: Task, target: str, *, system: bool = False) -> None:
-        allowed = allowed_targets(task.status, system=system)
-        super().__init__(
+    def __init__(self, task: Task, target: str, *, system: bool = False, held: bool = True) -> None:
+        """`held`: a live unit holds the task (`held_by_live_unit`); allowedTargets depend on it."""
+        allowed = allowed_targets(task.status, system=system, held=held)
+        message = (
             f"Task {task.pk} cannot go from {task.status} to {target}; "
-            f"allowed: {', '.join(allowed) if allowed else 'none (terminal state)'}",
-            details={"currentStatus": task.status, "requestedStatus": target, "allowedTargets": allowed},
+            f"allowed: {', '.join(allowed) if allowed else 'none (terminal state)'}"
         )
+        details: dict[str, Any] = {"currentStatus": task.status, "requestedStatus": target, "allowedTargets": allowed}
+        if held and (task.status, target) in SYSTEM_ONLY:
+            message += (
+                f". Unit {task.unit_id} holds it and is live: the hub takes a task back from its unit only when "
+                f"the unit stops heartbeating (for {settings.UNIT_HEARTBEAT_TIMEOUT:g}s). To stop it now, PUT "
+                "status CANCELLED; to run it again later, PUT status PAUSED, then PENDING"
+            )
+            details["unitId"] = task.unit_id
+        super().__init__(message, details=details)
+
+
+def held_by_live_unit(task: Task) -> bool:
+    """Whether a live unit holds this RUNNING task (it heartbeats, so it may be running it): then
+    only the hub may take it back. One query, asked only about a RUNNING task with a unit."""
+    return (
+        task.status == S.RUNNING
+        and task.unit_id is not None
+        and ExecutionUnit.objects.filter(pk=task.unit_id, status__in=LIVE_UNIT_STATUSES).exists()
+    )
 
 
 def _lock(task_id: int, queryset: QuerySet[Task] | None = None) -> Task:
@@ -92,7 +114,11 @@ def _apply(
     for many rows at once)."""
     source = task.status
     if not can_transition(source, target, system=actor.is_system):
-        raise IllegalTransition(task, target, system=actor.is_system)
+        # Only a move the table refuses while a unit holds the task asks who holds it (a query):
+        # units' reports and the other moves read nothing more.
+        held = held_by_live_unit(task)
+        if not can_transition(source, target, system=actor.is_system, held=held):
+            raise IllegalTransition(task, target, system=actor.is_system, held=held)
     changed = set(fields) | enter_state(task, target, now)
     task.status = target
     task.updated_at = now
@@ -134,9 +160,29 @@ def save_reported(moves: Sequence[tuple[Task, set[str]]], history: Sequence[Task
     record_history_bulk(history)
 
 
+def lease_deadline(now: datetime) -> datetime:
+    """Until when a RUNNING task that no unit holds is left alone without a report on it: as long
+    as a unit may stay silent before its tasks fail over."""
+    return now + timedelta(seconds=settings.UNIT_HEARTBEAT_TIMEOUT)
+
+
+def renew_lease(task_id: int, now: datetime) -> bool:
+    """A report on a RUNNING task that no unit holds (a client's log lines) shows someone is on it:
+    its lease starts again. Compare-and-set, so a task taken back or claimed meanwhile is left alone."""
+    live = Task.objects.filter(pk=task_id, status=S.RUNNING, unit__isnull=True, lease_expires_at__isnull=False)
+    return bool(live.update(lease_expires_at=lease_deadline(now)))
+
+
 def enter_state(task: Task, target: str, now: datetime) -> set[str]:
     """Fields every entry into `target` sets, whoever causes it (also the set-based claim).
     Sets them on `task` in memory and returns their names; the caller saves."""
+    # A unit's heartbeat keeps the tasks it holds; a RUNNING task that no unit holds has a lease of
+    # its own instead. Every other entry (the claim too: it sets the unit first) clears it.
+    task.lease_expires_at = lease_deadline(now) if target == S.RUNNING and task.unit_id is None else None
+    return {"lease_expires_at"} | _entry_fields(task, target, now)
+
+
+def _entry_fields(task: Task, target: str, now: datetime) -> set[str]:
     if target == S.PENDING:
         task.available_at = max(now, task.scheduled_at) if task.scheduled_at else now
         task.next_retry_at = None
@@ -236,10 +282,15 @@ def change_status(
 def start_task(
     task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
 ) -> Task:
-    """PENDING -> RUNNING by a client (the seed's `PUT status RUNNING`), without a unit lease."""
+    """PENDING -> RUNNING by a client (the seed's `PUT status RUNNING`), held by no unit: it gets a
+    lease of its own (`enter_state`), renewed by the client's log lines; when it runs out, the
+    sweeper takes the task back."""
     now = now or timezone.now()
     task = _lock(task_id, queryset)
-    task.unit = None
+    if task.status == S.PENDING:
+        # Its last holder, if any, does not hold it now. (A start the table refuses must not forget
+        # the holder: the 409 tells whether a live unit holds the task.)
+        task.unit = None
     return _move(task, S.RUNNING, actor=actor, reason=reason or "started", now=now, fields={"unit"})
 
 
@@ -311,11 +362,19 @@ def fail_task(
 def reopen_task(
     task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
 ) -> Task:
-    """-> PENDING: resume a PAUSED task, or retry a FAILED one by hand."""
+    """-> PENDING: resume a PAUSED task, retry a FAILED one by hand, or requeue a RUNNING one that
+    no live unit holds (the table refuses it while one does)."""
     now = now or timezone.now()
     task = _lock(task_id, queryset)
     if task.status == S.FAILED:
         return _retry_locked(task, actor=actor, reason=reason, now=now)
+    if task.status == S.RUNNING:
+        # Not a failover (no unit lost it; someone decided): the failover budget is left as it is.
+        # A unit that held it and comes back is told to abort (the attempt is no longer live).
+        fields = _release_from_unit(task, ControlCommand.ABORT)
+        return _move(
+            task, S.PENDING, actor=actor, reason=reason or "requeued: no live unit held it", now=now, fields=fields
+        )
     return _move(task, S.PENDING, actor=actor, reason=reason or "resumed", now=now)
 
 

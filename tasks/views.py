@@ -243,6 +243,10 @@ class TaskViewSet(viewsets.ViewSet):
         request=StatusChangeSerializer,
         responses=TaskSerializer,
         summary="Change status (checked against the state machine; 409 names the allowed targets)",
+        description="RUNNING (the task is then held by no unit: `leaseExpiresAt` says when the hub takes it "
+        "back unless the client posts log lines first); PENDING resumes a PAUSED task, retries a FAILED one, "
+        "or requeues a RUNNING one that no live unit holds (409 naming `unitId` while one does: the hub takes "
+        "a task back from its unit only when the unit stops heartbeating).",
     )
     @action(detail=True, methods=["put"], url_path="status")
     def set_status(self, request: Request, pk: str) -> Response:

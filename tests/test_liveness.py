@@ -36,7 +36,7 @@ def test_silent_unit_goes_offline_and_its_tasks_fail_over_with_history(t0, setti
     _, (task,) = _leased("u1", t0)
     assert sweep_heartbeats(t0 + timedelta(seconds=29))["unitsOffline"] == 0
     result = sweep_heartbeats(t0 + timedelta(seconds=31))
-    assert result == {"unitsOffline": 1, "failedOver": 1, "poisoned": 0}
+    assert result == {"unitsOffline": 1, "failedOver": 1, "poisoned": 0, "orphans": 0}
     assert ExecutionUnit.objects.get(pk="u1").status == "OFFLINE"
     task.refresh_from_db()
     assert (task.status, task.failover_count, task.retry_count) == ("PENDING", 1, 0)
@@ -179,8 +179,9 @@ def test_sweeper_fails_over_10000_tasks_of_1000_units_in_bounded_queries(t0, set
         batch_size=2000,
     )
     assert len(tasks) == 10_000
-    # Bounded by chunks, not tasks: per 500 units a select, an update and a task select; per 1000
-    # tasks two updates; history inserts in the largest batches the backend takes.
+    # Bounded by chunks, not tasks: per 500 units a select, an update and a task select, and the two
+    # polls for tasks no unit holds (a third chunk finds nothing: the three polls); per 1000 tasks
+    # two updates; history inserts in the largest batches the backend takes.
     from django.db import connection
 
     history_batch = min(
@@ -188,10 +189,10 @@ def test_sweeper_fails_over_10000_tasks_of_1000_units_in_bounded_queries(t0, set
         connection.ops.bulk_batch_size([f for f in TaskStatusHistory._meta.concrete_fields if not f.primary_key], [])
         or 1000,
     )
-    bound = 2 * 3 + 10 * 2 + -(-10_000 // history_batch) + 10  # + savepoints of the test transaction
+    bound = 2 * 5 + 3 + 10 * 2 + -(-10_000 // history_batch) + 10  # + savepoints of the test transaction
     with django_assert_max_num_queries(bound) as ctx:
         result = sweep_heartbeats(t0 + timedelta(seconds=31))
-    assert result == {"unitsOffline": 1000, "failedOver": 10_000, "poisoned": 0}
+    assert result == {"unitsOffline": 1000, "failedOver": 10_000, "poisoned": 0, "orphans": 0}
     assert Task.objects.filter(status="PENDING").count() == 10_000
     assert TaskStatusHistory.objects.filter(to_status="PENDING", from_status="RUNNING").count() == 10_000
     print(f"sweeper: 1000 units / 10000 tasks in {len(ctx.captured_queries)} queries")

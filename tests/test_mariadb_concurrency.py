@@ -4,7 +4,9 @@ error reaching a caller, jobs safe when several run at once, and a claim plan wi
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import traceback
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +19,7 @@ from tasks.models import Task, TaskStatusHistory
 from tasks.scheduling.claim import claimable
 from tasks.states import TaskStatus
 from tests import factories
+from tests.test_orphans import lapsed_orphans
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.django_db(transaction=True)]
 PROCESSES = 8
@@ -143,6 +146,106 @@ def test_concurrent_sweepers_fail_each_task_over_exactly_once():
     assert list(per_task) == []
 
 
+def _assert_failed_over_once(ids: list[int]) -> None:
+    assert Task.objects.filter(pk__in=ids, status="PENDING", failover_count=1, lease_expires_at=None).count() == len(
+        ids
+    )
+    per_task = Counter(
+        TaskStatusHistory.objects.filter(task_id__in=ids, from_status="RUNNING", to_status="PENDING").values_list(
+            "task_id", flat=True
+        )
+    )
+    assert set(per_task) == set(ids) and set(per_task.values()) == {1}
+
+
+def test_concurrent_sweepers_take_each_task_no_unit_holds_back_exactly_once():
+    now = timezone.now()
+    ids = lapsed_orphans(3000, now)
+    results = _run_in_processes(_sweep, [(i,) for i in range(4)])
+    assert [e for _, errs in results for e in errs] == []
+    assert sum(r["orphans"] for r, _ in results) == 3000
+    assert sum(r["failedOver"] for r, _ in results) == 3000
+    _assert_failed_over_once(ids)
+
+
+def test_a_second_sweeper_skips_the_task_the_first_one_holds_and_it_is_failed_over_once():
+    """Two connections: while the first sweeper's transaction holds the task, the second neither
+    waits for it nor takes it (SKIP LOCKED); after the first commits there is nothing left to do."""
+    from tasks.scheduling.jobs import _sweep_chunk, sweep_heartbeats
+
+    now = timezone.now()
+    ids = lapsed_orphans(1, now)
+    seen: dict[str, Any] = {}
+
+    def second_sweeper() -> None:
+        try:
+            seen["result"] = sweep_heartbeats(now + timedelta(hours=1))
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    with transaction.atomic():
+        first = _sweep_chunk(now + timedelta(hours=1))
+        thread = threading.Thread(target=second_sweeper)
+        thread.start()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the second sweeper waited for the first one's lock"
+    assert first["orphans"] == 1
+    assert seen["result"]["orphans"] == 0
+    assert sweep_heartbeats(now + timedelta(hours=1))["orphans"] == 0
+    _assert_failed_over_once(ids)
+
+
+def test_the_lease_polls_read_their_indexes():
+    """As in production: most RUNNING tasks are held by units (no lease); a few are not."""
+    now = timezone.now()
+    unit = factories.unit("holder", capacity=10_000)
+
+    def leased(i: int) -> dict[str, Any]:
+        if i % 30 == 2:  # started with PUT status
+            return {"lease_expires_at": now + timedelta(seconds=i - 3000)}
+        if i % 30 == 5:  # its unit row deleted
+            return {}
+        return {"unit_id": unit.pk}
+
+    Task.objects.bulk_create(
+        [
+            Task(
+                name=f"t{i}",
+                task_type="DATA_PROCESSING",
+                max_retries=3,
+                status=[TaskStatus.PENDING, TaskStatus.COMPLETED, TaskStatus.RUNNING][i % 3],
+                available_at=now,
+                created_at=now,
+                updated_at=now,
+                **(leased(i) if i % 3 == 2 else {}),
+            )
+            for i in range(9000)
+        ],
+        batch_size=3000,
+    )
+    running = Task.objects.select_for_update(skip_locked=True).filter(status=TaskStatus.RUNNING)
+    polls = {
+        "task_lease_due_idx": running.filter(lease_expires_at__lt=now).order_by("lease_expires_at"),
+        "task_unit_status_idx": running.filter(unit__isnull=True, lease_expires_at__isnull=True).order_by("id"),
+    }
+    for index, qs in polls.items():
+        plan = _plan(qs.values_list("id", flat=True)[:1000])
+        print(f"EXPLAIN {index}:", plan)
+        assert plan[0]["key"] == index, plan
+        assert "filesort" not in (plan[0]["Extra"] or "").lower(), plan
+
+
+def _plan(qs: Any) -> list[dict[str, Any]]:
+    """EXPLAIN of a queryset's SQL on fresh table statistics (a FOR UPDATE needs a transaction)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("ANALYZE TABLE tasks")
+        cursor.fetchall()
+        sql, params = qs.query.sql_with_params()
+        cursor.execute("EXPLAIN " + sql, params)
+        columns = [c[0] for c in cursor.description]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
 def test_claim_query_uses_the_claim_index_without_filesort():
     now = timezone.now()
     Task.objects.bulk_create(
@@ -161,16 +264,11 @@ def test_claim_query_uses_the_claim_index_without_filesort():
         ],
         batch_size=2000,
     )
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE TABLE tasks")
-        cursor.fetchall()
     qs = claimable("A", now).select_for_update(skip_locked=True).values_list("id", "attempt", "timeout_seconds")[:25]
-    with transaction.atomic(), connection.cursor() as cursor:
-        sql, params = qs.query.sql_with_params()
-        assert "SKIP LOCKED" in sql and "ORDER BY" in sql
-        cursor.execute("EXPLAIN " + sql, params)
-        columns = [c[0] for c in cursor.description]
-        plan = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    with transaction.atomic():  # a FOR UPDATE compiles only inside one
+        sql = qs.query.sql_with_params()[0]
+    assert "SKIP LOCKED" in sql and "ORDER BY" in sql
+    plan = _plan(qs)
     print("EXPLAIN claim:", plan)
     assert plan[0]["key"] == "task_claim_idx", plan
     assert "filesort" not in (plan[0]["Extra"] or "").lower(), plan

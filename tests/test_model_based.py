@@ -1,7 +1,8 @@
 """Model-based test of the scheduler: a Hypothesis state machine drives the real transition and
 scheduling functions (create, claim, heartbeat, unit reports with live and stale attempts, the
 sweeper, retry mover and timeout job on a moving fake clock, cancel, pause, resume, retry,
-redrive, unit restarts) against a small in-memory model of what each step must do, and checks
+redrive, unit restarts, and tasks a client starts without a unit: their lease, renewed by the
+client's log lines, and their requeue) against a small in-memory model of what each step must do, and checks
 the database against the model and the invariants I1-I7 after every step.
 
 Sizes: TASKHUB_MODEL_EXAMPLES (default 40) examples of up to TASKHUB_MODEL_STEPS (default 40)
@@ -75,6 +76,7 @@ class MTask:
     next_retry_at: datetime | None = None
     timeout_at: datetime | None = None
     started_at: datetime | None = None
+    lease: datetime | None = None  # Task.lease_expires_at: only while RUNNING with no unit
     command: str = ""
     failed_attempts: set[tuple[str | None, int]] = field(default_factory=set)  # FAILED history (unit, attempt)
     accepted_results: int = 0  # COMPLETED reports and requests that were accepted
@@ -126,6 +128,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         for t in tasks:
             t.failover_count += 1
             t.timeout_at = None
+            t.lease = None
             t.command = "abort"
             if t.failover_count <= FAILOVER_CAP:
                 t.status = S.PENDING
@@ -143,6 +146,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         will_retry = retryable and t.retry_count < t.max_retries
         t.status = S.FAILED
         t.timeout_at = None
+        t.lease = None
         t.next_retry_at = None
         t.failed_attempts.add((t.unit, t.attempt))
         if will_retry:
@@ -159,6 +163,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         t.available_at = self.now
         t.next_retry_at = None
         t.timeout_at = None
+        t.lease = None
+
+    def _orphans(self) -> list[MTask]:
+        """RUNNING tasks that no unit holds whose lease has run out."""
+        return [
+            t
+            for t in self.tasks.values()
+            if t.status == S.RUNNING and t.unit is None and t.lease is not None and t.lease < self.now
+        ]
 
     # --- rules: clients -------------------------------------------------------------------
 
@@ -189,7 +202,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         allowed = {
             "cancel": t.status in (S.PENDING, S.RUNNING, S.PAUSED, S.FAILED),
             "pause": t.status in (S.PENDING, S.RUNNING),
-            "resume": t.status in (S.PAUSED, S.FAILED),
+            # A RUNNING task that no unit holds can be requeued; one a (live) unit holds cannot.
+            "resume": t.status in (S.PAUSED, S.FAILED) or (t.status == S.RUNNING and t.unit is None),
             "retry": t.status == S.FAILED,
             "complete": t.status == S.RUNNING,
             "fail": t.status in (S.RUNNING, S.PAUSED),
@@ -212,6 +226,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         call()
         held = t.status == S.RUNNING and t.unit is not None
+        if t.status == S.RUNNING:
+            t.lease = None  # every way out of RUNNING ends the lease
         if op == "cancel":
             if held:
                 t.command = "cancel"
@@ -237,8 +253,49 @@ class SchedulerMachine(RuleBasedStateMachine):
             t.status, t.timeout_at, t.next_retry_at = S.FAILED, None, None
             t.failed_attempts.add((t.unit, t.attempt))
         elif op == "start":
-            t.status, t.unit, t.attempt, t.command, t.started_at = S.RUNNING, None, t.attempt + 1, "", self.now
-            t.timeout_at = self.now + timedelta(seconds=t.timeout) if t.timeout else None
+            self._started_by_client(t)
+
+    def _started_by_client(self, t: MTask) -> None:
+        t.status, t.unit, t.attempt, t.command, t.started_at = S.RUNNING, None, t.attempt + 1, "", self.now
+        t.timeout_at = self.now + timedelta(seconds=t.timeout) if t.timeout else None
+        t.lease = self.now + timedelta(seconds=HEARTBEAT_TIMEOUT)
+
+    # The seed's walkthrough (a client runs the task itself) and its way back, as rules of their own
+    # so that sequences reach them often: start, log, requeue, or let the lease run out.
+
+    @precondition(lambda self: any(t.status == S.PENDING for t in self.tasks.values()))
+    @rule(data=st.data())
+    def client_start(self, data: st.DataObject) -> None:
+        pending = sorted(t.id for t in self.tasks.values() if t.status == S.PENDING)
+        t = self.tasks[data.draw(st.sampled_from(pending), label="pending task")]
+        transitions.change_status(t.id, S.RUNNING, actor=CLIENT, now=self.now)
+        self._started_by_client(t)
+
+    @precondition(lambda self: any(t.status == S.RUNNING for t in self.tasks.values()))
+    @rule(data=st.data())
+    def requeue(self, data: st.DataObject) -> None:
+        """PUT status PENDING on a RUNNING task: allowed when no unit holds it, refused when one does."""
+        running = sorted(t.id for t in self.tasks.values() if t.status == S.RUNNING)
+        t = self.tasks[data.draw(st.sampled_from(running), label="running task")]
+        before = self._snapshot()
+        if t.unit is not None:  # every unit of the model that holds a task is live
+            with pytest.raises(transitions.IllegalTransition):
+                transitions.change_status(t.id, S.PENDING, actor=CLIENT, now=self.now)
+            assert self._snapshot() == before, "a refused requeue changed something"
+            return
+        transitions.change_status(t.id, S.PENDING, actor=CLIENT, now=self.now)
+        self._to_pending(t)  # not a failover: the budget stays
+
+    @precondition(lambda self: self.tasks)
+    @rule(data=st.data())
+    def client_log(self, data: st.DataObject) -> None:
+        """A client's log lines: its report on a task it runs itself, which renews the lease."""
+        t = self.tasks[data.draw(st.sampled_from(sorted(self.tasks)), label="task")]
+        task_append_logs(
+            t.id, [{"level": "INFO", "message": "client line"}], actor=CLIENT, queryset=Task.objects.all(), now=self.now
+        )
+        if t.lease is not None:
+            t.lease = self.now + timedelta(seconds=HEARTBEAT_TIMEOUT)
 
     @rule()
     def redrive(self) -> None:
@@ -427,12 +484,21 @@ class SchedulerMachine(RuleBasedStateMachine):
             for u in self.units.values()
             if u.status in (UnitStatus.ONLINE, UnitStatus.BUSY, UnitStatus.MAINTENANCE) and u.last_heartbeat < deadline
         ]
-        lost = [t for u in dead for t in self._running_of(u.id)]
+        orphans = self._orphans()
+        lost = [t for u in dead for t in self._running_of(u.id)] + orphans
         poisoned = sum(1 for t in lost if t.failover_count + 1 > FAILOVER_CAP)
         self._fail_over(lost)
         for u in dead:
             u.status = UnitStatus.OFFLINE
-        assert result == {"unitsOffline": len(dead), "failedOver": len(lost) - poisoned, "poisoned": poisoned}
+        assert result == {
+            "unitsOffline": len(dead),
+            "failedOver": len(lost) - poisoned,
+            "poisoned": poisoned,
+            "orphans": len(orphans),
+        }
+        # I1: after a sweep, no task is RUNNING with no unit past its lease.
+        stranded = Task.objects.filter(status=S.RUNNING, unit__isnull=True).exclude(lease_expires_at__gte=self.now)
+        assert list(stranded.values_list("id", flat=True)) == [], "I1: a task no unit holds outlived its lease"
         # I5: after a sweep, nothing is held by a unit silent for longer than the timeout.
         silent = {u.id for u in self.units.values() if u.last_heartbeat < deadline}
         held = Task.objects.filter(status=S.RUNNING, unit_id__in=silent).values_list("id", flat=True)
@@ -473,6 +539,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert r["unit_id"] == t.unit, (task_id, r["unit_id"], t.unit)
             assert r["next_retry_at"] == t.next_retry_at, task_id
             assert r["timeout_at"] == t.timeout_at, task_id
+            assert r["lease_expires_at"] == t.lease, (task_id, r["lease_expires_at"], t.lease)
             if t.status == S.PENDING:
                 assert r["available_at"] == t.available_at, task_id
             if t.status == S.COMPLETED:
@@ -512,8 +579,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert n <= self.units[unit_id].capacity, f"unit {unit_id} holds {n} tasks"
 
     def teardown(self) -> None:
-        """I1 after the work drains: every task is terminal or visibly waiting, none is held by a
-        unit that stopped, and the waiting ones can be claimed or retried."""
+        """I1 after the work drains: every task is terminal or visibly waiting, none is RUNNING (held
+        by a unit that stopped, or by nobody), and the waiting ones can be claimed or retried."""
         if not self.units:
             return
         self.now += timedelta(seconds=HEARTBEAT_TIMEOUT + 1)
@@ -521,7 +588,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.now += timedelta(seconds=BACKOFF_MAX + 1)
         move_due_retries(self.now)
         for task in Task.objects.all():
-            assert task.status in TERMINAL or task.status in (S.PENDING, S.PAUSED, S.FAILED) or task.unit_id is None, (
+            assert task.status in TERMINAL or task.status in (S.PENDING, S.PAUSED, S.FAILED), (
                 f"I1: task {task.pk} is {task.status} on {task.unit_id} after the drain"
             )
             if task.status == S.PENDING:

@@ -31,10 +31,13 @@ def test_transition_table_is_exactly_the_contract():
     assert {"COMPLETED", "CANCELLED"} == TERMINAL
 
 
-def test_failover_move_is_system_only():
+def test_failover_move_is_system_only_while_a_live_unit_holds_the_task():
     assert can_transition("RUNNING", "PENDING", system=True)
     assert not can_transition("RUNNING", "PENDING")
     assert "PENDING" not in allowed_targets("RUNNING")
+    # A RUNNING task that no live unit holds anyone may put back (requeue).
+    assert can_transition("RUNNING", "PENDING", held=False)
+    assert "PENDING" in allowed_targets("RUNNING", held=False)
 
 
 def _task_in(status: str) -> Task:
@@ -57,11 +60,27 @@ def _task_in(status: str) -> Task:
 
 @pytest.mark.parametrize(("source", "target"), list(itertools.product(S.values, S.values)))
 def test_put_status_allows_exactly_the_table(client_a, source, target):
-    task = _task_in(source)
+    """The RUNNING task here was started with PUT status: no unit holds it."""
+    _put_status_allows_exactly_the_table(client_a, _task_in(source), source, target, held=False)
+
+
+@pytest.mark.parametrize("target", S.values)
+def test_put_status_on_a_task_a_live_unit_holds_allows_exactly_the_table(client_a, target):
+    from django.utils import timezone
+
+    from tasks.scheduling.claim import claim_tasks
+
+    factories.unit("u-held")
+    task = factories.task()
+    claim_tasks("u-held", 1, now=timezone.now())
+    _put_status_allows_exactly_the_table(client_a, task, S.RUNNING, target, held=True)
+
+
+def _put_status_allows_exactly_the_table(client_a, task, source, target, *, held):
     Task.objects.filter(pk=task.pk).update(owner=client_a_key(client_a))
     before = list(TaskStatusHistory.objects.filter(task=task).values_list("id", flat=True))
     response = client_a.put(f"/api/v1/tasks/{task.pk}/status", {"status": target, "reason": "test"})
-    client_ok = can_transition(source, target) or (source == "RUNNING" and target == "PAUSED")
+    client_ok = can_transition(source, target, held=held) or (source == "RUNNING" and target == "PAUSED")
     if client_ok:
         assert response.status_code == 200, response.content
         task.refresh_from_db()
@@ -70,7 +89,7 @@ def test_put_status_allows_exactly_the_table(client_a, source, target):
         assert response.status_code == 409, response.content
         body = response.json()
         assert body["code"] == "illegal_transition"
-        assert body["details"]["allowedTargets"] == allowed_targets(source)
+        assert body["details"]["allowedTargets"] == allowed_targets(source, held=held)
         assert source in body["message"] and target in body["message"]
         task.refresh_from_db()
         assert task.status == source

@@ -7,7 +7,7 @@ of tasks, never one per task.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 from django.conf import settings
@@ -26,10 +26,15 @@ assert can_transition(S.RUNNING, S.PENDING, system=True)
 assert can_transition(S.RUNNING, S.FAILED, system=True)
 
 
-def fail_over_tasks(where: Q, *, reason: str, actor: Actor, now: datetime) -> dict[str, int]:
+def fail_over_tasks(
+    where: Q, *, reason: str, actor: Actor, now: datetime, reasons: Mapping[int, str] | None = None
+) -> dict[str, int]:
     """Fail over every RUNNING task matching `where`. Must run inside a transaction (the caller
-    holds the unit rows locked, so no claim adds tasks underneath). Returns counts."""
+    holds the unit rows locked, so no claim adds tasks underneath). `reasons` may say why per task
+    (in its history row); `reason` stands for the others and goes into a poison task's error.
+    Returns counts."""
     assert transaction.get_connection().in_atomic_block
+    why: Callable[[int], str] = (lambda task_id: reasons.get(task_id, reason)) if reasons else (lambda _: reason)
     counts = {"failedOver": 0, "poisoned": 0}
     cap = settings.TASK_MAX_FAILOVER_COUNT
     rows = list(
@@ -48,6 +53,7 @@ def fail_over_tasks(where: Q, *, reason: str, actor: Actor, now: datetime) -> di
                 failover_count=F("failover_count") + 1,
                 available_at=now,
                 timeout_at=None,
+                lease_expires_at=None,
                 pending_command=ControlCommand.ABORT,
                 updated_at=now,
             )
@@ -56,6 +62,7 @@ def fail_over_tasks(where: Q, *, reason: str, actor: Actor, now: datetime) -> di
                 status=S.FAILED,
                 failover_count=F("failover_count") + 1,
                 timeout_at=None,
+                lease_expires_at=None,
                 next_retry_at=None,
                 pending_command=ControlCommand.ABORT,
                 finished_at=now,
@@ -63,8 +70,10 @@ def fail_over_tasks(where: Q, *, reason: str, actor: Actor, now: datetime) -> di
                 error=f"poison: lost by its unit more than {cap} times ({reason})",
             )
         record_history_bulk(
-            _history(back, S.PENDING, reason, actor, now)
-            + _history(poison, S.FAILED, f"poison: failed over more than {cap} times; last: {reason}", actor, now)
+            _history(back, S.PENDING, why, actor, now)
+            + _history(
+                poison, S.FAILED, lambda t: f"poison: failed over more than {cap} times; last: {why(t)}", actor, now
+            )
         )
         counts["failedOver"] += len(back)
         counts["poisoned"] += len(poison)
@@ -73,9 +82,13 @@ def fail_over_tasks(where: Q, *, reason: str, actor: Actor, now: datetime) -> di
 
 
 def _history(
-    rows: Iterable[tuple[int, int, str | None, int]], target: str, reason: str, actor: Actor, now: datetime
+    rows: Iterable[tuple[int, int, str | None, int]],
+    target: str,
+    why: Callable[[int], str],
+    actor: Actor,
+    now: datetime,
 ) -> list[TaskStatusHistory]:
     return [
-        new_history(task_id, attempt, unit_id, S.RUNNING, target, actor=actor, reason=reason, now=now)
+        new_history(task_id, attempt, unit_id, S.RUNNING, target, actor=actor, reason=why(task_id), now=now)
         for task_id, attempt, unit_id, _ in rows
     ]

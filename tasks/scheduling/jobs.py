@@ -14,34 +14,42 @@ from django.db.models import Q
 
 from taskhub import metrics
 from tasks.actors import Actor
-from tasks.models import Task, TaskExecutionLog
+from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
 from tasks.scheduling.dbretry import retry_on_lock_error
 from tasks.scheduling.failover import fail_over_tasks
-from tasks.states import TaskStatus, can_transition
-from tasks.transitions import fail_locked_for_timeout, new_history, record_history_bulk
+from tasks.states import ActorType, TaskStatus, can_transition
+from tasks.transitions import LIVE_UNIT_STATUSES, fail_locked_for_timeout, new_history, record_history_bulk
 from units.models import ExecutionUnit, UnitStatus
 
 S = TaskStatus
 UNIT_CHUNK = 500
 BATCH = 1000
-LIVE_UNIT_STATUSES = (UnitStatus.ONLINE, UnitStatus.BUSY, UnitStatus.MAINTENANCE)
+SWEEP_COUNTS = ("unitsOffline", "failedOver", "poisoned", "orphans")
 assert can_transition(S.FAILED, S.PENDING, system=True)
 
 
 def sweep_heartbeats(now: datetime) -> dict[str, int]:
-    """Units silent for UNIT_HEARTBEAT_TIMEOUT -> OFFLINE; their RUNNING tasks fail over."""
-    totals = {"unitsOffline": 0, "failedOver": 0, "poisoned": 0}
+    """Units silent for UNIT_HEARTBEAT_TIMEOUT -> OFFLINE; their RUNNING tasks fail over. So do
+    RUNNING tasks that no unit holds, once nobody has reported on them for as long (`orphans`)."""
+    totals = dict.fromkeys(SWEEP_COUNTS, 0)
     while True:
         counts = _sweep_chunk(now)
         for key, value in counts.items():
             totals[key] += value
-        if counts["unitsOffline"] < UNIT_CHUNK:
+        if counts["unitsOffline"] < UNIT_CHUNK and counts["orphans"] < BATCH:
             return totals
 
 
 @retry_on_lock_error()
 @transaction.atomic
 def _sweep_chunk(now: datetime) -> dict[str, int]:
+    """Up to UNIT_CHUNK silent units and up to BATCH tasks no unit holds, in one transaction: a
+    failure anywhere leaves the chunk as it was."""
+    units, orphans = _sweep_units(now), _sweep_orphans(now)
+    return {key: units.get(key, 0) + orphans.get(key, 0) for key in SWEEP_COUNTS}
+
+
+def _sweep_units(now: datetime) -> dict[str, int]:
     deadline = now - timedelta(seconds=settings.UNIT_HEARTBEAT_TIMEOUT)
     # Locking the unit rows orders us with heartbeats and claims: a unit that heartbeats while we
     # hold it waits, then finds itself OFFLINE and is told to abort the attempts it lost.
@@ -52,7 +60,7 @@ def _sweep_chunk(now: datetime) -> dict[str, int]:
         .values_list("id", flat=True)[:UNIT_CHUNK]
     )
     if not dead:
-        return {"unitsOffline": 0, "failedOver": 0, "poisoned": 0}
+        return {}
     ExecutionUnit.objects.filter(id__in=dead).update(status=UnitStatus.OFFLINE)
     counts = fail_over_tasks(
         Q(unit_id__in=dead),
@@ -61,6 +69,48 @@ def _sweep_chunk(now: datetime) -> dict[str, int]:
         now=now,
     )
     return {"unitsOffline": len(dead), **counts}
+
+
+def _sweep_orphans(now: datetime) -> dict[str, int]:
+    """Fail over up to BATCH RUNNING tasks that no unit holds and nobody reports on: those whose
+    lease ran out (started with PUT status: `Task.lease_expires_at`), and those whose unit row was
+    deleted without a deregistration (SET_NULL left them neither a unit nor a lease). Two polls,
+    each on its index; the rows stay locked (SKIP LOCKED: a second sweeper takes others)."""
+    running = Task.objects.select_for_update(skip_locked=True).filter(status=S.RUNNING)
+    # Past the lease, not at it: like a unit, a task is lost when silent for more than the timeout.
+    expired = running.filter(lease_expires_at__lt=now).order_by("lease_expires_at")
+    ids = list(expired.values_list("id", flat=True)[:BATCH])
+    if len(ids) < BATCH:
+        unitless = running.filter(unit__isnull=True, lease_expires_at__isnull=True).order_by("id")
+        ids += unitless.values_list("id", flat=True)[: BATCH - len(ids)]
+    if not ids:
+        return {}
+    # Who put each task in RUNNING (its newest RUNNING history row) says why nobody reports on it.
+    started = {
+        task_id: (actor_type, actor, unit_id)
+        for task_id, actor_type, actor, unit_id in TaskStatusHistory.objects.filter(
+            task_id__in=ids, to_status=S.RUNNING
+        )
+        .order_by("task_id", "id")
+        .values_list("task_id", "actor_type", "actor", "unit_id")
+    }
+    timeout = settings.UNIT_HEARTBEAT_TIMEOUT
+    reasons = {}
+    for task_id in ids:
+        actor_type, actor, unit_id = started.get(task_id, ("", "someone", None))
+        reasons[task_id] = (
+            f"its unit {unit_id} was removed without deregistering; no unit holds it"
+            if actor_type == ActorType.UNIT
+            else f"started by {actor} without a unit; nobody reported on it for {timeout:g}s"
+        )
+    counts = fail_over_tasks(
+        Q(id__in=ids),
+        reason="RUNNING with no unit reporting on it",
+        reasons=reasons,
+        actor=Actor.system("sweep_heartbeats"),
+        now=now,
+    )
+    return {"orphans": counts["failedOver"] + counts["poisoned"], **counts}
 
 
 MAX_BATCHES = 100  # per run; a backlog larger than this waits for the next run
