@@ -3,7 +3,7 @@
 The list is built for big tables: one query for the page (unit joined in), a capped count, no
 full count, filters whose choices come from small tables. A task's page is read-only for its
 state; its history and logs are shown read-only below it. Actions (retry/redrive, cancel, pause,
-resume) call the same transition functions as the API, one task per transaction, with the operator
+resume, requeue) call the same transition functions as the API, one task per transaction, with the operator
 as the history row's actor, and need the `console.operate_tasks` permission.
 """
 
@@ -34,7 +34,7 @@ from tasks import transitions
 from tasks.actors import Actor
 from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
 from tasks.services import EDITABLE_FIELDS, task_update
-from tasks.states import TERMINAL, TaskStatus
+from tasks.states import TERMINAL, TaskStatus, can_transition
 from units.models import ExecutionUnit
 
 S = TaskStatus
@@ -132,7 +132,7 @@ class TaskAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     search_help_text = "A task id (42 or #42) or part of its name."
     ordering = ("-id",)
-    actions = ["retry_tasks", "cancel_tasks", "pause_tasks", "resume_tasks"]
+    actions = ["retry_tasks", "cancel_tasks", "pause_tasks", "resume_tasks", "requeue_tasks"]
     fieldsets = (
         (None, {"fields": ("id", "name", "task_type", "status_col", "priority", "owner", "unit_col")}),
         (
@@ -159,6 +159,7 @@ class TaskAdmin(admin.ModelAdmin):
                     "available_at",
                     "next_retry_at",
                     "timeout_at",
+                    "lease_expires_at",
                     "started_at",
                     "finished_at",
                     "duration_col",
@@ -206,6 +207,8 @@ class TaskAdmin(admin.ModelAdmin):
             title = f"automatic retry at {obj.next_retry_at:%H:%M:%S} UTC"
         elif obj.pending_command:
             title = f"{obj.pending_command} sent to unit {obj.unit_id}"
+        elif obj.status == S.RUNNING and obj.lease_expires_at:
+            title = f"no unit holds it: back to PENDING at {obj.lease_expires_at:%H:%M:%S} UTC unless reported on"
         return status_badge(obj.status, title)
 
     @admin.display(description="unit", ordering="unit_id")
@@ -337,6 +340,21 @@ class TaskAdmin(admin.ModelAdmin):
             _explain("resumed", only=S.PAUSED),
         )
 
+    @admin.action(description="Requeue (take back from its unit)", permissions=["operate"])
+    def requeue_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> HttpResponse | None:
+        # The same move as a client's PUT status PENDING, limited to RUNNING rows so that it never
+        # resumes or retries a task that moved on since the page was shown.
+        running = Task.objects.filter(status=S.RUNNING)
+        return self._act(
+            request,
+            queryset,
+            "Requeued",
+            lambda pk, actor: transitions.reopen_task(
+                pk, actor=actor, reason=f"requeued {ACTION_REASON}", queryset=running
+            ),
+            _explain_requeue,
+        )
+
     # --- the task page: history, logs, per-attempt logs ---------------------------------------
 
     def get_urls(self) -> list[URLPattern]:  # type: ignore[override]
@@ -398,6 +416,10 @@ class TaskAdmin(admin.ModelAdmin):
             out.append(("pause_tasks", "Pause"))
         if task.status == S.PAUSED:
             out.append(("resume_tasks", "Resume"))
+        if task.status == S.RUNNING and can_transition(
+            task.status, S.PENDING, held=transitions.held_by_live_unit(task)
+        ):
+            out.append(("requeue_tasks", "Requeue"))
         if task.status not in TERMINAL:
             out.append(("cancel_tasks", "Cancel"))
         return out
@@ -429,6 +451,12 @@ class TaskAdmin(admin.ModelAdmin):
 def _as_text(lines: QuerySet[TaskExecutionLog]) -> Iterator[str]:
     for line in lines.iterator(chunk_size=2000):
         yield f"{line.timestamp:%Y-%m-%dT%H:%M:%S.%fZ} {line.level:<5} {line.message}\n"
+
+
+def _explain_requeue(pk: int, exc: DomainError) -> str:
+    if exc.details.get("unitId"):  # refused: a live unit holds it (see transitions.IllegalTransition)
+        return "a live unit holds them: cancel or pause them, or deregister the unit"
+    return _explain("requeued", only=S.RUNNING)(pk, exc)
 
 
 def _explain(verb: str, *, only: str | None = None) -> Callable[[int, DomainError], str]:

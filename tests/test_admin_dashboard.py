@@ -72,6 +72,22 @@ def test_throughput_counts_completions_failures_and_failovers_per_minute_over_th
     assert "kaput" in failure["reason"] and failure["url"].endswith(f"/tasks/task/{failure['taskId']}/change/")
 
 
+def test_a_requeue_by_a_person_is_not_a_failover_but_the_sweepers_take_back_of_a_task_nobody_holds_is() -> None:
+    from tasks import transitions
+    from tasks.scheduling.jobs import sweep_heartbeats
+
+    now = timezone.now().replace(second=30, microsecond=0)
+    requeued, lapsed = factories.task(now=now), factories.task(now=now)
+    for task in (requeued, lapsed):
+        transitions.change_status(task.pk, S.RUNNING, actor=Actor.api_key("seed"), now=now)
+    transitions.change_status(requeued.pk, S.PENDING, actor=Actor.operator("op"), now=now)
+    sweep_heartbeats(now + timedelta(minutes=1))
+    assert Task.objects.get(pk=lapsed.pk).status == S.PENDING
+    data = dashboard_data(now + timedelta(minutes=1))
+    assert data["lastHour"]["failedOver"] == 1
+    assert data["throughput"]["failedOver"][-1] == 1
+
+
 def test_throughput_and_the_whole_dashboard_take_a_bounded_number_of_queries(
     op_client: Client, django_assert_max_num_queries
 ) -> None:

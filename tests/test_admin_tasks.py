@@ -240,6 +240,43 @@ def test_resume_never_retries_a_failed_task(op_client: Client) -> None:
     assert Task.objects.get(pk=failed.pk).status == S.FAILED
 
 
+def test_requeue_action_takes_back_a_task_no_live_unit_holds_naming_the_operator(op_client: Client) -> None:
+    orphan = factories.task()
+    transitions.change_status(orphan.pk, S.RUNNING, actor=Actor.api_key("seed"))  # no unit holds it
+    held = running_task(factories.unit("requeue-unit"))
+    waiting = factories.task()
+    response = act(op_client, "requeue_tasks", orphan.pk, held.pk, waiting.pk)
+    msgs = messages_of(response)
+    assert "Requeued 1 task of 3 selected." in msgs
+    assert (
+        f"Not changed: 1 task (#{held.pk}): a live unit holds them: cancel or pause them, or deregister the unit."
+        in msgs
+    )
+    assert f"Not changed: 1 task (#{waiting.pk}): only RUNNING tasks can be requeued, these are PENDING." in msgs
+    orphan.refresh_from_db()
+    assert (orphan.status, orphan.lease_expires_at, orphan.failover_count) == (S.PENDING, None, 0)
+    last = TaskStatusHistory.objects.filter(task=orphan).latest("id")
+    assert (last.from_status, last.to_status, last.actor_type, last.actor, last.reason) == (
+        S.RUNNING,
+        S.PENDING,
+        "operator",
+        "user:op",
+        "requeued from the operator console",
+    )
+    assert Task.objects.get(pk=held.pk).status == S.RUNNING
+
+
+def test_task_page_offers_requeue_only_for_a_running_task_no_live_unit_holds(op_client: Client) -> None:
+    orphan = factories.task()
+    transitions.change_status(orphan.pk, S.RUNNING, actor=Actor.api_key("seed"))
+    held = running_task(factories.unit("button-unit"))
+    button = 'value="requeue_tasks"'
+    orphan_page = op_client.get(page(orphan.pk)).content.decode()
+    assert button in orphan_page and "no unit holds it: back to PENDING at" in orphan_page
+    assert button not in op_client.get(page(held.pk)).content.decode()
+    assert button not in op_client.get(page(factories.task().pk)).content.decode()
+
+
 def test_an_action_run_from_the_task_page_returns_to_it(op_client: Client) -> None:
     failed = failed_task(factories.unit("next-unit"))
     response = op_client.post(

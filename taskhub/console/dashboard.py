@@ -17,14 +17,15 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tasks.models import Task, TaskStatusHistory
-from tasks.states import TaskStatus
+from tasks.states import ActorType, TaskStatus
 from units.models import ExecutionUnit, UnitStatus
 
 S = TaskStatus
 WINDOW_MINUTES = 60
 RECENT_FAILURES = 10
 LIVE_UNITS = (UnitStatus.ONLINE, UnitStatus.BUSY)
-# RUNNING -> PENDING is a failover, except the first half of pausing a running task.
+# RUNNING -> PENDING by the system is a failover, except the first half of pausing a running task
+# (a client's or an operator's requeue of a task no unit holds is not: nobody lost it).
 PAUSE_ACTOR = "job:pause-request"
 
 
@@ -45,7 +46,7 @@ def throughput(now: datetime, minutes: int = WINDOW_MINUTES) -> dict[str, Any]:
     start = end - timedelta(minutes=minutes)
     floor = _history_floor_id(start)
     events = Q(to_status__in=[S.COMPLETED, S.FAILED]) | (
-        Q(from_status=S.RUNNING, to_status=S.PENDING) & ~Q(actor=PAUSE_ACTOR)
+        Q(from_status=S.RUNNING, to_status=S.PENDING, actor_type=ActorType.SYSTEM) & ~Q(actor=PAUSE_ACTOR)
     )
     rows = (
         TaskStatusHistory.objects.filter(events, id__gt=floor, created_at__gte=start, created_at__lt=end)
