@@ -215,5 +215,8 @@ def unit_fleet(n: int, *, server: str, key: str, workdir: Path, capacity: int, t
         command = [str(Path(PY).with_name("taskhub-unit")), "--server", server, "--enroll-key", key, "--id", unit_id]
         command += ["--type", task_type, "--capacity", str(capacity), "--handler", "sleep", "--poll-interval", "0.3"]
         command += ["--drain-timeout", "5", "--request-timeout", "10", "--retry-max", "2", "--data-dir", str(data)]
+        # The kill-unit fault restarts a unit as its supervisor would, within seconds: without
+        # --replace the new process would find the killed one still live and stop (exit 4).
+        command += ["--replace"]
         units.append(Unit(unit_id, command, workdir / "logs" / f"{unit_id}.log"))
     return units

@@ -1,19 +1,21 @@
 """The execution-unit runtime: register, heartbeat, claim, run handlers, obey the hub, drain.
 
 Threads: the control loop (the caller's thread: registration, heartbeats, claims, timeouts,
-draining), one reporter thread (logs, progress, results: see `reporter.py`) and one thread per
-running attempt. Heartbeats and claims share the control loop on purpose: a heartbeat lists the
-attempts the unit holds and the hub fails over at once any leased task it does not list, so a
-claim must never land between taking that list and the hub reading it.
+draining, the status line), one reporter thread (logs, progress, results: see `reporter.py`) and
+one thread per running attempt. Heartbeats and claims share the control loop on purpose: a
+heartbeat lists the attempts the unit holds and the hub fails over at once any leased task it does
+not list, so a claim must never land between taking that list and the hub reading it.
+
+The loop runs on an injectable clock (`Agent(clock=...)`, `time.monotonic` by default): claim and
+heartbeat times, task durations and timeouts, the drain deadline and the status line. Network
+retries and the reporter's back-off keep real time.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import random
-import socket
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -21,20 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taskhub_unit import __version__
 from taskhub_unit.client import ApiError, Backoff, HubClient, HubUnavailable
-from taskhub_unit.context import NonRetryableError, TaskCancelled, TaskContext
-from taskhub_unit.reporter import Reporter, result_problem
+from taskhub_unit.context import TaskContext
+from taskhub_unit.execution import process_metadata, run_handler
+from taskhub_unit.registration import MAINTENANCE, DrainNotes, RegistrationRefused, UnitInUse, in_use, is_in_use
+from taskhub_unit.reporter import Reporter
 from taskhub_unit.runs import Run, RunTable
+from taskhub_unit.status import StatusLine
 
 log = logging.getLogger("taskhub_unit.agent")
 
 Handler = Callable[[TaskContext], Any]
-MAINTENANCE, OFFLINE = "MAINTENANCE", "OFFLINE"
-
-
-class RegistrationRefused(Exception):
-    """The hub refused the enroll key or the registration itself (4xx): retrying cannot help."""
+OFFLINE = "OFFLINE"
+__all__ = ["Agent", "AgentConfig", "RegistrationRefused", "UnitInUse"]
 
 
 @dataclass
@@ -55,18 +56,31 @@ class AgentConfig:
     request_timeout: float = 10.0
     retry_max: float = 10.0
     metadata: dict[str, Any] = field(default_factory=dict)
+    replace: bool = False  # take the unit id over from a live process (first registration only)
+    status_interval: float = 30.0  # seconds between status lines; 0: none
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, client: HubClient | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: HubClient | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        instance_id: str | None = None,
+    ) -> None:
         self.config = config
+        self.clock = clock
+        # This process, to the hub: it refuses a second live process under the same unit id.
+        self.instance_id = instance_id or secrets.token_hex(8)
         self.backoff = Backoff(cap=config.retry_max)
         # Set on the first stop signal: calls stop retrying in place (the loops still go on).
         self.interrupt = threading.Event()
         self.client = client or HubClient(
             config.server, timeout=config.request_timeout, backoff=self.backoff, stop=self.interrupt
         )
-        self.runs = RunTable()
+        self.runs = RunTable(clock)
+        self.status_line = StatusLine(self.runs, interval=config.status_interval, capacity=config.capacity, clock=clock)
         self.reporter = Reporter(
             self.client,
             self.runs,
@@ -83,6 +97,8 @@ class Agent:
         self._token_lock = threading.Lock()
         self._heartbeat_failures = 0
         self._claim_failures = 0
+        self._registered = False  # once: later registrations never `replace`
+        self.drain_notes = DrainNotes(config.unit_id)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -97,35 +113,34 @@ class Agent:
         return self._draining.is_set()
 
     def run(self) -> int:
-        """Run until drained. Returns the process exit code (0). Raises RegistrationRefused."""
+        """Run until drained. Returns the process exit code (0). Raises RegistrationRefused, and
+        UnitInUse when another process holds the unit id or takes it over."""
         if not self._register():
             log.info("stopped before registering")
             return 0
         self.reporter.start()
-        started = time.monotonic()
+        replaced: UnitInUse | None = None
         try:
             self._loop()
+        except UnitInUse as exc:
+            replaced = exc
+            # The hub failed over what we held when the other process registered: report nothing more.
+            for run in self.runs.live():
+                self.runs.drop(run, "abort", "another process took over this unit", source="local")
         finally:
             self.reporter.stop(timeout=self.config.request_timeout + 1)
-        counts = self.runs.counts
-        log.info(
-            "stopped after %.1fs: %d claimed, %d completed, %d failed, %d dropped, %d given back",
-            time.monotonic() - started,
-            counts["claimed"],
-            counts["completed"],
-            counts["failed"],
-            counts["dropped"],
-            counts.get("givenBack", 0),
-        )
+        log.info("%s", self.status_line.summary())
+        if replaced is not None:
+            raise replaced
         return 0
 
     def _loop(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         next_heartbeat = now + self.heartbeat_interval
         next_claim = now
         drain_deadline: float | None = None
         while True:
-            now = time.monotonic()
+            now = self.clock()
             if self.draining:
                 if drain_deadline is None:
                     drain_deadline = now + self.config.drain_timeout
@@ -137,6 +152,7 @@ class Agent:
                     )
                 if not len(self.runs):
                     log.info("drained: every task finished and reported")
+                    self._last_heartbeat()
                     return
                 if now >= drain_deadline:
                     self._give_back()
@@ -151,38 +167,34 @@ class Agent:
             try:
                 if now >= next_heartbeat:
                     next_heartbeat = self._heartbeat(now)
-                self._check_timeouts(now)
+                self.runs.cancel_timed_out(now)
                 if self._can_claim() and now >= next_claim:
                     next_claim = self._claim(now)
+            except UnitInUse:
+                raise
             except Exception:  # an answer we did not expect must not kill the unit and its tasks
                 log.exception("control loop: unexpected error; carrying on")
-                next_heartbeat = next_claim = time.monotonic() + self.backoff.delay(2)
+                next_heartbeat = next_claim = self.clock() + self.backoff.delay(2)
+            line = self.status_line.tick(self.status, now)
+            if line:
+                log.info("%s", line)
             can_claim = self._can_claim()
-            wake_at = min(next_heartbeat, next_claim if can_claim else now + 1.0, now + 1.0)
+            wake_at = min(next_heartbeat, next_claim if can_claim else now + 1.0, now + 1.0, self.status_line.next_at)
             if drain_deadline is not None:
                 wake_at = min(wake_at, drain_deadline)
-            self.runs.changed.wait(max(wake_at - time.monotonic(), 0.0))
+            self.runs.changed.wait(max(wake_at - self.clock(), 0.0))
             self.runs.changed.clear()
 
     # --- registration --------------------------------------------------------------------------
 
     def _metadata(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {
-            "agent": f"taskhub-unit {__version__}",
-            "hostname": socket.gethostname(),
-            "pid": os.getpid(),
-            "python": platform.python_version(),
-            "handler": self.config.handler_name,
-            "draining": self.draining,
-        }
-        if hasattr(os, "getloadavg"):
-            meta["loadAverage"] = round(os.getloadavg()[0], 2)
-        return {**self.config.metadata, **meta}
+        return process_metadata(self.config.metadata, self.config.handler_name, draining=self.draining)
 
     def _register(self) -> bool:
         """Register (again), retrying until the hub answers. A re-registration makes the hub
         fail over every attempt we held, so they are dropped here. False: stopped meanwhile."""
         cfg = self.config
+        replacing = cfg.replace and not self._registered
         body = {
             "id": cfg.unit_id,
             "unitType": cfg.unit_type,
@@ -190,6 +202,8 @@ class Agent:
             "capacity": cfg.capacity,
             "endpoint": cfg.endpoint,
             "metadata": self._metadata(),
+            "instanceId": self.instance_id,
+            **({"replace": True} if replacing else {}),
         }
         try:
             # Retries in place until the hub answers, or a stop signal interrupts.
@@ -198,21 +212,23 @@ class Agent:
             log.warning("registration interrupted: %s", exc)
             return False
         except ApiError as exc:
+            if is_in_use(exc):
+                raise in_use(exc, cfg.unit_id, self.instance_id, registered_before=self._registered) from None
             raise RegistrationRefused(f"the hub refused to register unit {cfg.unit_id}: {exc}") from None
+        self._registered = True
         with self._token_lock:
             self.client.token = str(reply["token"])
             self._need_register.clear()
+        if reply.get("clearedDrainAt"):
+            log.info("cleared this unit's own drain from its last shutdown (drained at %s)", reply["clearedDrainAt"])
         self._apply_status(reply)
         for run in self.runs.live():
             self.runs.drop(run, "abort", "unit registered again, so the hub failed over its attempts", source="local")
+        took_over = "; --replace: took the id over from any process holding it" if replacing else ""
         log.info(
-            "registered unit %s (type %s, capacity %d) with %s: status %s, heartbeat every %.1fs",
-            cfg.unit_id,
-            cfg.unit_type,
-            cfg.capacity,
-            self.client.base_url,
-            self.status,
-            self.heartbeat_interval,
+            f"registered unit {cfg.unit_id} (type {cfg.unit_type}, capacity {cfg.capacity}, instance "
+            f"{self.instance_id}{took_over}) with {self.client.base_url}: status {self.status}, heartbeat "
+            f"every {self.heartbeat_interval:.1f}s"
         )
         return True
 
@@ -226,11 +242,13 @@ class Agent:
 
     def _apply_status(self, reply: dict[str, Any]) -> None:
         status = reply.get("status") or reply.get("unitStatus")
+        if status == MAINTENANCE and "status" in reply:
+            # Register and heartbeat replies say who drained it; a claim's does not.
+            self.drain_notes.see(reply, draining=self.draining)
         if status and status != self.status:
-            if status == MAINTENANCE:
-                log.warning("the hub put this unit in MAINTENANCE: claiming nothing until it is back ONLINE")
-            elif self.status == MAINTENANCE:
+            if self.status == MAINTENANCE and status != MAINTENANCE:
                 log.info("unit is %s again: claiming", status)
+                self.drain_notes.reset()
             self.status = str(status)
         interval = reply.get("heartbeatIntervalSeconds")
         if interval:
@@ -242,25 +260,32 @@ class Agent:
         """Send one heartbeat (retrying within one interval); apply its commands. Returns when
         the next one is due."""
         token = self.client.token
-        body = {"currentLoad": len(self.runs), "metadata": self._metadata(), "tasks": self.runs.heartbeat_list()}
+        body = {
+            "currentLoad": len(self.runs),
+            "metadata": self._metadata(),
+            "tasks": self.runs.heartbeat_list(),
+            "instanceId": self.instance_id,
+        }
         try:
             reply = self.client.post(
                 f"/execution-units/{self.config.unit_id}/heartbeat",
                 body,
-                deadline=now + self.heartbeat_interval,
+                deadline=time.monotonic() + self.heartbeat_interval,  # the client's retries keep real time
                 backoff=self.backoff.capped(self.heartbeat_interval / 2),
             )
         except HubUnavailable as exc:
             self._heartbeat_failures += 1
             if self._heartbeat_failures == 1 or self._heartbeat_failures % 10 == 0:
                 log.warning("heartbeat failed (%s); still trying", exc)
-            return time.monotonic() + self.backoff.capped(self.heartbeat_interval).delay(self._heartbeat_failures)
+            return self.clock() + self.backoff.capped(self.heartbeat_interval).delay(self._heartbeat_failures)
         except ApiError as exc:
+            if is_in_use(exc):
+                raise in_use(exc, self.config.unit_id, self.instance_id, registered_before=True) from None
             if exc.unit_unknown:
                 self._token_rejected(token)
             else:
                 log.error("heartbeat refused: %s", exc)
-            return time.monotonic() + self.heartbeat_interval
+            return self.clock() + self.heartbeat_interval
         if self._heartbeat_failures:
             log.info("heartbeat: the hub is back after %d failed attempt(s)", self._heartbeat_failures)
             self._heartbeat_failures = 0
@@ -293,18 +318,21 @@ class Agent:
         try:
             # One try: a claim whose reply was lost is not repeated blindly; the hub fails those
             # leases over at our next heartbeat, which does not list them.
-            reply = self.client.post(f"/execution-units/{self.config.unit_id}/claim", {"max": wanted}, max_attempts=1)
+            body = {"max": wanted, "instanceId": self.instance_id}
+            reply = self.client.post(f"/execution-units/{self.config.unit_id}/claim", body, max_attempts=1)
         except HubUnavailable as exc:
             self._claim_failures += 1
             if self._claim_failures == 1:
                 log.warning("claim failed (%s); backing off", exc)
-            return time.monotonic() + max(poll, self.backoff.delay(self._claim_failures - 1))
+            return self.clock() + max(poll, self.backoff.delay(self._claim_failures - 1))
         except ApiError as exc:
+            if is_in_use(exc):
+                raise in_use(exc, self.config.unit_id, self.instance_id, registered_before=True) from None
             if exc.unit_unknown:
                 self._token_rejected(token)
             else:
                 log.error("claim refused: %s", exc)
-            return time.monotonic() + poll
+            return self.clock() + poll
         self._claim_failures = 0
         self._apply_status(reply)
         tasks = reply.get("tasks") or []
@@ -312,11 +340,11 @@ class Agent:
             self._start(task)
         if tasks and len(tasks) == wanted:
             return now  # the queue may hold more: claim again as soon as a slot is free
-        return time.monotonic() + poll
+        return self.clock() + poll
 
     def _start(self, task: dict[str, Any]) -> None:
         ctx = TaskContext(task, unit_id=self.config.unit_id, data_dir=self.config.data_dir)
-        run = Run(ctx)
+        run = Run(ctx, started=self.clock())
         self.runs.add(run)
         log.info("%s: claimed (%s)", run.label, task.get("name", ""))
         thread = threading.Thread(target=self._execute, args=(run,), name=f"task-{ctx.id}-{ctx.attempt}", daemon=True)
@@ -325,42 +353,8 @@ class Agent:
     # --- running a handler ---------------------------------------------------------------------
 
     def _execute(self, run: Run) -> None:
-        ctx = run.ctx
-        body: dict[str, Any] = {"attempt": ctx.attempt}
-        outcome: tuple[str, dict[str, Any]] | None
-        try:
-            result = self.config.handler(ctx)
-            problem = result_problem(result)
-            if problem:
-                ctx.logger.error(problem)
-                outcome = ("fail", {**body, "error": problem, "retryable": False})
-            else:
-                outcome = ("complete", {**body, "result": result})
-        except TaskCancelled:
-            outcome = None
-        except NonRetryableError as exc:
-            ctx.logger.error("failed (not retryable): %s", exc)
-            outcome = ("fail", {**body, "error": str(exc) or type(exc).__name__, "retryable": False})
-        except BaseException as exc:  # a handler's bug must fail the attempt, not kill the unit
-            ctx.logger.exception("handler raised %s", type(exc).__name__)
-            outcome = ("fail", {**body, "error": f"{type(exc).__name__}: {exc}", "retryable": True})
-        if run.timed_out:
-            timeout = ctx.timeout_seconds or 0
-            outcome = ("fail", {**body, "error": f"timed out after {timeout:g}s on the unit", "retryable": True})
-        elif ctx.cancelled and not run.dead:
-            outcome = ("fail", {**body, "error": f"stopped: {ctx.cancel_reason}", "retryable": True})
-        elif outcome is None:
-            outcome = ("fail", {**body, "error": "handler raised TaskCancelled", "retryable": True})
-        if self.runs.handler_finished(run, outcome):
+        if self.runs.handler_finished(run, run_handler(self.config.handler, run)):
             self.reporter.wake.set()
-
-    def _check_timeouts(self, now: float) -> None:
-        for run in self.runs.live():
-            limit = run.ctx.timeout_seconds
-            if limit and run.outcome is None and not run.timed_out and now - run.started > limit:
-                run.timed_out = True
-                log.warning("%s: timed out after %gs; asking the handler to stop", run.label, limit)
-                run.ctx.cancel("timeout", f"timed out after {limit:g}s")
 
     # --- draining ------------------------------------------------------------------------------
 
@@ -376,25 +370,34 @@ class Agent:
 
     def _give_back(self) -> None:
         """The grace period is over: stop the handlers still running, deliver what can be
-        delivered, then send one last heartbeat listing nothing, so the hub fails over at once
+        delivered, then send the last heartbeat, which lists nothing: the hub fails over at once
         whatever this unit still held (a failover uses up no retry)."""
         unfinished = [run for run in self.runs.live() if run.outcome is None]
         for run in unfinished:
-            self.runs.drop(run, "shutdown", "drain grace period over, giving the task back", source="local")
-        self.runs.counts["givenBack"] = len(unfinished)
+            reason = "drain grace period over, giving the task back"
+            self.runs.drop(run, "shutdown", reason, source="local", ending="givenBack")
         self.reporter.stop(timeout=self.config.request_timeout + 1)
         self.reporter.flush()
         undelivered = len(self.runs)
-        try:
-            self.client.post(
-                f"/execution-units/{self.config.unit_id}/heartbeat",
-                {"currentLoad": 0, "metadata": self._metadata(), "tasks": []},
-                max_attempts=1,
-            )
-        except (HubUnavailable, ApiError) as exc:
-            log.warning("could not hand the tasks back (%s); the hub fails them over on heartbeat timeout", exc)
+        self._last_heartbeat()
         log.warning(
             "drain grace period over: %d unfinished task(s) given back, %d result(s) not delivered",
             len(unfinished),
             undelivered,
         )
+
+    def _last_heartbeat(self) -> None:
+        """Tell the hub this process is stopping: it marks the unit OFFLINE (so the next process
+        may register as it at once) and fails over anything still leased to it (none is listed).
+        One attempt: if it is lost, the hub does both after the heartbeat timeout."""
+        body = {"currentLoad": 0, "metadata": self._metadata(), "tasks": [], "instanceId": self.instance_id}
+        try:
+            self.client.post(
+                f"/execution-units/{self.config.unit_id}/heartbeat", {**body, "stopping": True}, max_attempts=1
+            )
+        except (HubUnavailable, ApiError) as exc:
+            log.warning(
+                "could not send the last heartbeat (%s): the hub fails over what this unit held and marks it "
+                "OFFLINE after the heartbeat timeout",
+                exc,
+            )

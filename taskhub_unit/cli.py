@@ -20,12 +20,14 @@ from types import FrameType
 from typing import Any
 
 from taskhub_unit import __version__
-from taskhub_unit.agent import Agent, AgentConfig, RegistrationRefused
+from taskhub_unit.agent import Agent, AgentConfig
 from taskhub_unit.handlers import BUILTINS, resolve_handler
+from taskhub_unit.registration import RegistrationRefused, UnitInUse
 
 log = logging.getLogger("taskhub_unit")
 
 EXIT_REFUSED = 3
+EXIT_IN_USE = 4  # another process holds the unit id, or took it over: see --replace
 NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
@@ -41,6 +43,20 @@ def _positive_float(raw: str) -> float:
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a positive number")
     return value
+
+
+def _seconds_or_off(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be 0 (off) or a positive number")
+    return value
+
+
+def _flag(raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError("use 1/0, true/false, yes/no or on/off")
+    return value in ("1", "true", "yes", "on")
 
 
 def _name(raw: str) -> str:
@@ -96,7 +112,10 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
                 "none" if default in (None, "") else str(json.dumps(default) if isinstance(default, dict) else default)
             )
         text = f"{help_text} [env {var}; now: {now}]".replace("%", "%%")
-        parser.add_argument(flag, type=convert, default=default, help=text)
+        if convert is _flag:  # a switch: `--replace`, or the variable set to true
+            parser.add_argument(flag, action="store_true", default=bool(default), help=text)
+        else:
+            parser.add_argument(flag, type=convert, default=default, help=text)
 
     option("--server", "TASKHUB_SERVER", str, None, "the hub's base URL, e.g. http://127.0.0.1:8000")
     option(
@@ -124,6 +143,21 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     option("--data-dir", "TASKHUB_DATA_DIR", Path, Path.cwd(), "directory data_processing reads and writes in")
     option("--poll-interval", "TASKHUB_POLL_INTERVAL", _positive_float, 1.0, "seconds between claims when idle")
     option("--drain-timeout", "TASKHUB_DRAIN_TIMEOUT", _positive_float, 30.0, "grace period on SIGTERM (s)")
+    option(
+        "--replace",
+        "TASKHUB_REPLACE",
+        _flag,
+        False,
+        "take the unit id over from a process still registered as it (its tasks fail over, it stops); "
+        "without it a second live process under the same id exits with code 4",
+    )
+    option(
+        "--status-interval",
+        "TASKHUB_STATUS_INTERVAL",
+        _seconds_or_off,
+        30.0,
+        "seconds between one-line status reports (0: none)",
+    )
     option("--request-timeout", "TASKHUB_REQUEST_TIMEOUT", _positive_float, 10.0, "HTTP timeout per request (s)")
     option("--retry-max", "TASKHUB_RETRY_MAX", _positive_float, 10.0, "cap on one retry back-off (s)")
     option(
@@ -199,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         request_timeout=args.request_timeout,
         retry_max=args.retry_max,
         metadata=args.metadata,
+        replace=args.replace,
+        status_interval=args.status_interval,
     )
     agent = Agent(config)
     _install_signals(agent, args.drain_timeout)
@@ -207,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistrationRefused as exc:
         log.error("%s", exc)
         return EXIT_REFUSED
+    except UnitInUse as exc:
+        log.error("%s", exc)
+        return EXIT_IN_USE
 
 
 if __name__ == "__main__":

@@ -334,11 +334,12 @@ class Reporter:
 
     def _log_reported(self, run: Run, what: str, body: dict[str, Any], *, accepted: bool) -> None:
         said = "accepted" if accepted else "already recorded"
+        took = "" if run.duration is None else f" in {run.duration:.2f}s"
         if what == "complete":
-            log.info("%s: completed (%s)", run.label, said)
+            log.info("%s: completed%s (%s)", run.label, took, said)
         else:
             retry = "retryable" if body.get("retryable") else "not retryable"
-            log.info("%s: failed, %s (%s): %s", run.label, retry, said, str(body.get("error", ""))[:200])
+            log.info("%s: failed%s, %s (%s): %s", run.label, took, retry, said, str(body.get("error", ""))[:200])
 
     def _refused(self, run: Run, exc: ApiError, token: str | None) -> None:
         if exc.stale_attempt or (exc.status == 404 and exc.code == "not_found"):

@@ -5,6 +5,10 @@ attempts are listed in every heartbeat (so the hub keeps them leased to us, even
 waits for a hub that is down) and count against capacity. An attempt is *dead* once the hub fenced
 it (409, abort/cancel/pause command, re-registration) or the unit gave it back: it is never
 reported again. A dead attempt whose handler still runs is a *zombie*: it still occupies a slot.
+
+Every claimed attempt ends in exactly one count: `completed` or `failed` (the hub has its final
+report), `dropped` (the hub took it away or refused it), `givenBack` (the drain grace period ran
+out); what is still live when the process stops is unfinished. So the counts sum to `claimed`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +30,10 @@ Key = tuple[int, int]  # (task id, attempt)
 @dataclass(eq=False)
 class Run:
     ctx: TaskContext
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)  # on the run table's clock
+    finished: float | None = None  # when the handler returned (same clock)
     outcome: tuple[str, dict[str, Any]] | None = None  # ("complete" | "fail", request body)
+    ended: str | None = None  # the count this attempt ended in (see the module docstring)
     dead: bool = False
     timed_out: bool = False
     handler_done: bool = False
@@ -42,14 +49,36 @@ class Run:
     def label(self) -> str:
         return f"task {self.ctx.id} attempt {self.ctx.attempt}"
 
+    @property
+    def duration(self) -> float | None:
+        """Seconds the handler ran, once it has returned."""
+        return None if self.finished is None else max(self.finished - self.started, 0.0)
+
+
+ENDINGS = ("completed", "failed", "dropped", "givenBack")
+
 
 class RunTable:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.lock = threading.RLock()
         self._live: dict[Key, Run] = {}
         self._zombies: set[Run] = set()
         self.changed = threading.Event()  # set when a slot frees up
-        self.counts = {"claimed": 0, "completed": 0, "failed": 0, "dropped": 0}
+        self.counts = dict.fromkeys(("claimed", *ENDINGS), 0)
+
+    def snapshot(self) -> dict[str, int]:
+        """The counts, and `running`: the attempts held now (unfinished, should the process stop)."""
+        with self.lock:
+            return {**self.counts, "running": len(self._live)}
+
+    def _end(self, run: Run, ending: str) -> bool:
+        """Count the attempt's ending, once (a report and a fence may race for the same attempt)."""
+        if run.ended is not None:
+            return False
+        run.ended = ending
+        self.counts[ending] += 1
+        return True
 
     def add(self, run: Run) -> None:
         with self.lock:
@@ -75,6 +104,15 @@ class RunTable:
         with self.lock:
             return len(self._live)
 
+    def cancel_timed_out(self, now: float) -> None:
+        """Ask the handlers of attempts past their `timeoutSeconds` (on this table's clock) to stop."""
+        for run in self.live():
+            limit = run.ctx.timeout_seconds
+            if limit and run.outcome is None and not run.timed_out and now - run.started > limit:
+                run.timed_out = True
+                log.warning("%s: timed out after %gs; asking the handler to stop", run.label, limit)
+                run.ctx.cancel("timeout", f"timed out after {limit:g}s")
+
     def heartbeat_list(self) -> list[dict[str, int]]:
         with self.lock:
             return [
@@ -82,16 +120,17 @@ class RunTable:
                 for r in self._live.values()
             ]
 
-    def drop(self, run: Run, command: str, reason: str, *, source: str = "hub") -> bool:
-        """Fence an attempt: stop its handler, forget its logs, never report it again."""
+    def drop(self, run: Run, command: str, reason: str, *, source: str = "hub", ending: str = "dropped") -> bool:
+        """Fence an attempt: stop its handler, forget its logs, never report it again. `ending`:
+        "givenBack" when the unit gives it back itself (the drain grace period is over)."""
         with self.lock:
-            if run.dead:
+            if run.dead or run.ended is not None:
                 return False
             run.dead = True
             self._live.pop(run.key, None)
             if not run.handler_done:
                 self._zombies.add(run)
-            self.counts["dropped"] += 1
+            self._end(run, ending)
         run.ctx.cancel(command, reason)
         run.ctx.logger.clear()
         if source == "refused":
@@ -107,6 +146,7 @@ class RunTable:
         """Record what the handler produced. Returns False if the attempt is dead already."""
         with self.lock:
             run.handler_done = True
+            run.finished = self.clock()
             if run in self._zombies:
                 self._zombies.discard(run)
                 self.changed.set()
@@ -120,5 +160,5 @@ class RunTable:
         with self.lock:
             if self._live.get(run.key) is run:
                 del self._live[run.key]
-            self.counts["completed" if what == "complete" else "failed"] += 1
+            self._end(run, "completed" if what == "complete" else "failed")
         self.changed.set()

@@ -58,8 +58,36 @@ def test_drain_puts_units_in_maintenance_and_says_which_already_were(op_client: 
     response = act(op_client, "drain_units", unit.pk, drained.pk)
     msgs = messages_of(response)
     assert "Drained 1 unit of 2 selected." in msgs
-    assert "Not changed: 1 unit (#drained): already draining." in msgs
-    assert ExecutionUnit.objects.get(pk=unit.pk).status == UnitStatus.MAINTENANCE
+    assert "Not changed: 1 unit (#drained): already drained by an operator." in msgs
+    unit.refresh_from_db()
+    assert (unit.status, unit.drained_by, unit.drained_by_actor) == (UnitStatus.MAINTENANCE, "operator", "user:op")
+    assert "already drained by user:op." in messages_of(act(op_client, "drain_units", unit.pk))[-1]
+
+
+def test_list_and_page_say_who_drained_each_unit(op_client: Client) -> None:
+    now = timezone.now()
+    factories.unit("by-alice", status=UnitStatus.MAINTENANCE)
+    ExecutionUnit.objects.filter(pk="by-alice").update(
+        drained_by="operator", drained_by_actor="user:alice", drained_at=now - timedelta(minutes=3)
+    )
+    factories.unit("by-itself", status=UnitStatus.MAINTENANCE)
+    ExecutionUnit.objects.filter(pk="by-itself").update(
+        drained_by="self", drained_by_actor="unit:by-itself", drained_at=now
+    )
+    factories.unit("working")
+    body = op_client.get(LIST).content.decode()
+    assert "operator user:alice, 3m" in body[body.index("by-alice") :]
+    assert "the unit itself (shutting down)" in body[body.index("by-itself") :]
+    page = op_client.get(f"{LIST}by-alice/change/").content.decode()
+    assert "operator user:alice, 3m" in page and "drained by" in page.lower()
+
+
+def test_draining_a_unit_that_drains_itself_makes_it_an_operators_drain(op_client: Client) -> None:
+    factories.unit("leaving", status=UnitStatus.MAINTENANCE)
+    ExecutionUnit.objects.filter(pk="leaving").update(drained_by="self", drained_by_actor="unit:leaving")
+    assert "Drained 1 unit." in messages_of(act(op_client, "drain_units", "leaving"))
+    unit = ExecutionUnit.objects.get(pk="leaving")
+    assert (unit.drained_by, unit.drained_by_actor) == ("operator", "user:op")
 
 
 def test_resume_brings_draining_units_back_but_not_offline_ones(op_client: Client) -> None:
@@ -72,6 +100,14 @@ def test_resume_brings_draining_units_back_but_not_offline_ones(op_client: Clien
     assert "Not changed: 1 unit (#fine): already online." in msgs
     assert ExecutionUnit.objects.get(pk=draining.pk).status == UnitStatus.ONLINE
     assert ExecutionUnit.objects.get(pk=offline.pk).status == UnitStatus.OFFLINE
+
+
+def test_resume_lifts_the_drain_of_an_offline_unit_so_it_claims_when_back(op_client: Client) -> None:
+    factories.unit("away", status=UnitStatus.OFFLINE)
+    ExecutionUnit.objects.filter(pk="away").update(drained_by="operator", drained_by_actor="user:bob")
+    assert "Resumed 1 unit." in messages_of(act(op_client, "resume_units", "away"))
+    unit = ExecutionUnit.objects.get(pk="away")
+    assert (unit.status, unit.drained_by, unit.drained_at) == (UnitStatus.OFFLINE, "", None)
 
 
 def test_deregister_fails_the_units_tasks_over_and_deletes_it(op_client: Client) -> None:

@@ -195,11 +195,15 @@ class Hub:
         rows = self.tasks(task_type)
         return len(rows) == count and all(row["status"] == "COMPLETED" for row in rows)
 
-    def unit_status(self, unit_id: str) -> str | None:
+    def unit(self, unit_id: str) -> dict[str, Any] | None:
         response = requests.get(
             f"{self.url}/api/v1/execution-units/{unit_id}", headers={"Authorization": f"Bearer {self.key}"}, timeout=10
         )
-        return str(response.json()["status"]) if response.status_code == 200 else None
+        return dict(response.json()) if response.status_code == 200 else None
+
+    def unit_status(self, unit_id: str) -> str | None:
+        unit = self.unit(unit_id)
+        return None if unit is None else str(unit["status"])
 
     def start_unit(self, unit_id: str, unit_type: str, capacity: int, **extra: str) -> Unit:
         unit = Unit(self, unit_id, unit_type, capacity, extra)
@@ -211,9 +215,11 @@ class Hub:
 class Unit:
     """One `taskhub-unit` process (the installed console script)."""
 
-    def __init__(self, hub: Hub, unit_id: str, unit_type: str, capacity: int, extra: dict[str, str]) -> None:
+    def __init__(
+        self, hub: Hub, unit_id: str, unit_type: str, capacity: int, extra: dict[str, str], log_name: str = ""
+    ) -> None:
         self.unit_id = unit_id
-        self.log_path = hub.tmp / f"{unit_id}.log"
+        self.log_path = hub.tmp / f"{log_name or unit_id}.log"  # a second process under one id: its own log
         script = shutil.which("taskhub-unit", path=str(Path(sys.executable).parent))
         command = [script] if script else [sys.executable, "-m", "taskhub_unit"]
         env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
@@ -374,7 +380,8 @@ def test_sigterm_drains_running_tasks_then_exits_zero(hub: Hub) -> None:
         task = hub.api("GET", f"/tasks/{task_id}")
         assert (task["status"], task["attempt"]) == ("PENDING", 0)
     assert "drained: every task finished and reported" in unit.log()
-    assert hub.unit_status("e2e-d1") == "MAINTENANCE"  # it told the hub it was leaving
+    # It told the hub it was leaving: drained by itself, then OFFLINE with its last heartbeat.
+    assert (hub.unit_status("e2e-d1"), (hub.unit("e2e-d1") or {})["drainedBy"]) == ("OFFLINE", "self")
 
 
 def test_a_second_signal_stops_at_once(hub: Hub) -> None:
@@ -386,3 +393,56 @@ def test_a_second_signal_stops_at_once(hub: Hub) -> None:
     unit.signal(signal.SIGTERM)
     assert unit.proc.wait(5) == 128 + signal.SIGTERM
     assert hub.api("GET", f"/tasks/{task_id}")["status"] == "RUNNING"  # until the hub notices the silence
+
+
+def test_a_unit_stopped_with_sigterm_works_again_when_started_with_the_same_id(hub: Hub) -> None:
+    first = hub.start_unit("e2e-r1", "E2E_RESTART", 2)
+    (before,) = hub.submit("E2E_RESTART", 1, seconds=0.2)
+    wait_for(lambda: hub.api("GET", f"/tasks/{before}")["status"] == "COMPLETED", 20, "the first task")
+    assert first.stop() == 0, first.log()
+    assert (hub.unit("e2e-r1") or {})["drainedBy"] == "self"
+    second = hub.start_unit("e2e-r1", "E2E_RESTART", 2)  # waits for ONLINE: its own drain is cleared
+    (after,) = hub.submit("E2E_RESTART", 1, seconds=0.2)
+    wait_for(lambda: hub.api("GET", f"/tasks/{after}")["status"] == "COMPLETED", 20, "a task after the restart")
+    assert hub.api("GET", f"/tasks/{after}")["unitId"] == "e2e-r1"
+    assert "cleared this unit's own drain from its last shutdown" in second.log()
+    assert "MAINTENANCE" not in second.log()
+    assert second.stop() == 0
+
+
+def test_a_second_process_with_the_same_id_exits_instead_of_fighting(hub: Hub) -> None:
+    first = hub.start_unit("e2e-i1", "E2E_TWICE", 2)
+    (task_id,) = hub.submit("E2E_TWICE", 1, seconds=4, steps=8)
+    wait_for(lambda: running_on(hub, "E2E_TWICE", "e2e-i1"), 20, "i1 to run the task")
+    intruder = Unit(hub, "e2e-i1", "E2E_TWICE", 2, {}, log_name="e2e-i1-second")
+    hub.units.append(intruder)
+    code = intruder.proc.wait(20)
+    log = intruder.log()
+    assert code == 4, log
+    assert re.search(
+        r"another process is registered as e2e-i1 \(instance [0-9a-f]{16}, last heartbeat \d+\.\ds ago\); stopping",
+        log,
+    ), log
+    # The first process kept its task: nothing was failed over, and it completes it.
+    wait_for(lambda: hub.api("GET", f"/tasks/{task_id}")["status"] == "COMPLETED", 20, "i1 to finish its task")
+    assert [row["toStatus"] for row in hub.history(task_id)] == ["PENDING", "RUNNING", "COMPLETED"]
+    assert first.proc.poll() is None and first.stop() == 0
+
+
+def test_replace_takes_the_id_over_and_the_old_process_stops(hub: Hub) -> None:
+    old = hub.start_unit("e2e-p1", "E2E_REPLACE", 2)
+    (task_id,) = hub.submit("E2E_REPLACE", 1, seconds=3, steps=6)
+    wait_for(lambda: running_on(hub, "E2E_REPLACE", "e2e-p1"), 20, "p1 to run the task")
+    old_instance = (hub.unit("e2e-p1") or {})["instanceId"]
+    new = Unit(hub, "e2e-p1", "E2E_REPLACE", 2, {"TASKHUB_REPLACE": "1"}, log_name="e2e-p1-new")
+    hub.units.append(new)
+    wait_for(lambda: (hub.unit("e2e-p1") or {}).get("instanceId") not in (None, old_instance), 20, "the takeover")
+    assert old.proc.wait(20) == 4, old.log()
+    assert f"this process (instance {old_instance}) was replaced; stopping" in old.log()
+    wait_for(lambda: hub.api("GET", f"/tasks/{task_id}")["status"] == "COMPLETED", 30, "the task, run again")
+    rows = hub.history(task_id)
+    assert_history_is_a_chain(rows)
+    assert any(r["reason"] == "unit e2e-p1 re-registered (restarted)" for r in rows), rows
+    (done,) = completions(hub, task_id)
+    assert done["attempt"] == 2
+    assert new.proc.poll() is None and new.stop() == 0

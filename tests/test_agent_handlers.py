@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from taskhub_unit import NonRetryableError, TaskContext
+from taskhub_unit import NonRetryableError, TaskContext, cli
+from taskhub_unit.agent import Agent, UnitInUse
 from taskhub_unit.cli import build_parser, main
 from taskhub_unit.handlers import data_processing, echo, resolve_handler, sleep
 
@@ -188,6 +189,32 @@ def test_every_flag_has_an_environment_fallback() -> None:
     )
     assert args.drain_timeout == 12.5 and args.metadata == {"zone": "a"}
     assert build_parser(env).parse_args(["--capacity", "2"]).capacity == 2  # the flag wins
+
+
+def test_replace_and_the_status_interval_come_from_flags_or_the_environment() -> None:
+    args = build_parser({}).parse_args([])
+    assert (args.replace, args.status_interval) == (False, 30.0)
+    args = build_parser({"TASKHUB_REPLACE": "true", "TASKHUB_STATUS_INTERVAL": "0"}).parse_args([])
+    assert (args.replace, args.status_interval, args._env_errors) == (True, 0.0, [])
+    assert build_parser({}).parse_args(["--replace", "--status-interval", "5"]).replace is True
+    problems = build_parser({"TASKHUB_REPLACE": "maybe", "TASKHUB_STATUS_INTERVAL": "-1"}).parse_args([])._env_errors
+    assert problems == [
+        "environment variable TASKHUB_REPLACE='maybe': use 1/0, true/false, yes/no or on/off",
+        "environment variable TASKHUB_STATUS_INTERVAL='-1': must be 0 (off) or a positive number",
+    ]
+
+
+def test_a_unit_id_held_by_another_process_exits_with_code_4(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def in_use(self: Agent) -> int:
+        raise UnitInUse("another process is registered as w1 (instance abc, last heartbeat 1.0s ago); stopping")
+
+    monkeypatch.setattr(Agent, "run", in_use)
+    monkeypatch.setattr(cli, "_install_signals", lambda agent, timeout: None)
+    code = main(["--server", "http://hub.test", "--enroll-key", "thk_x", "--id", "w1", "--handler", "echo"])
+    assert code == cli.EXIT_IN_USE == 4
+    assert "another process is registered as w1" in caplog.text
 
 
 def test_a_bad_environment_value_names_the_variable(capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,7 +42,8 @@ def error(status: int, code: str, message: str, **details: Any) -> Response:
 
 class FakeHub:
     """The hub's unit-facing rules in miniature: leases, fencing by attempt, failover of unlisted
-    leases on heartbeat, commands for attempts that are no longer live."""
+    leases on heartbeat, commands for attempts that are no longer live, one live instance per unit
+    (409 `unit_in_use` / `unit_replaced`), who drained the unit."""
 
     def __init__(self, interval: float = 0.05, *, batch: bool = True) -> None:
         self.lock = threading.Lock()
@@ -55,6 +56,9 @@ class FakeHub:
         self.status = "ONLINE"
         self.token: str | None = None
         self.registrations = 0
+        self.instance: str | None = None  # the instance registered as the unit
+        self.instance_live = True  # it heartbeated within the timeout (tests flip this)
+        self.drain: dict[str, Any] = {"drainedBy": None, "drainedByActor": None, "drainedAt": None}
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
 
@@ -93,10 +97,16 @@ class FakeHub:
                 if outcome is not None:
                     return outcome  # type: ignore[no-any-return]
             if path == "/execution-units/register":
-                return self._register(token)
+                return self._register(token, json)
             if token != self.token:
                 return error(401, "unauthorized", "Invalid unit token")
+            if method == "PATCH":  # a unit may only drain itself
+                self.status = "MAINTENANCE"
+                self.drain["drainedBy"] = self.drain["drainedBy"] or "self"  # an operator's drain stays
+                return Response(200, {"status": self.status, **self.drain})
             if match := re.fullmatch(r"/execution-units/[\w-]+/(heartbeat|claim)", path):
+                if json.get("instanceId") not in (None, self.instance):
+                    return error(409, "unit_replaced", "replaced", instanceId=self.instance)
                 return self._heartbeat(json) if match[1] == "heartbeat" else self._claim(json["max"])
             if path == "/tasks/reports":
                 return self._reports(json["reports"]) if self.batch else error(404, "not_found", "Not found.")
@@ -105,15 +115,36 @@ class FakeHub:
             self.sent.append((int(match[1]), match[2], json))
             return self._report(int(match[1]), match[2], json)
 
-    def _register(self, token: str) -> Response:
+    def _register(self, token: str, body: dict[str, Any]) -> Response:
         if token != ENROLL:
             return error(401, "unauthorized", "Invalid or revoked API key")
+        instance = body.get("instanceId")
+        if instance and not body.get("replace") and self.instance not in (None, instance) and self.instance_live:
+            return error(
+                409,
+                "unit_in_use",
+                "in use",
+                unitId=body["id"],
+                instanceId=self.instance,
+                lastHeartbeatSecondsAgo=2.0,
+                heartbeatTimeoutSeconds=30,
+            )
         self.registrations += 1
-        self.token = f"thu_{next(self._tokens)}"
+        self.token, self.instance, self.instance_live = f"thu_{next(self._tokens)}", instance, True
+        cleared = None
+        if self.drain["drainedBy"] == "self":  # a restart ends the unit's own drain
+            cleared, self.drain = "2026-01-01T00:00:00Z", dict.fromkeys(self.drain)
+            self.status = "ONLINE"
         for task in self.tasks.values():
             if task["status"] == "RUNNING":
                 task["status"] = "PENDING"
-        return Response(201, {"token": self.token, "status": self.status, "heartbeatIntervalSeconds": self.interval})
+        reply = {"token": self.token, "status": self.status, "heartbeatIntervalSeconds": self.interval}
+        return Response(201, reply | self.drain | {"clearedDrainAt": cleared})
+
+    def take_over(self, instance: str = "other-process") -> None:
+        """Another process registers as the unit (with --replace, say): new token and instance."""
+        with self.lock:
+            self._register(ENROLL, {"id": "w1", "instanceId": instance, "replace": True})
 
     def _heartbeat(self, body: dict[str, Any]) -> Response:
         listed = {(t["id"], t["attempt"]) for t in body["tasks"]}
@@ -127,11 +158,14 @@ class FakeHub:
             if task["status"] != "RUNNING" or task["attempt"] != attempt:
                 command = task.get("command") or "abort"
                 commands.append({"taskId": task_id, "attempt": attempt, "command": command, "reason": "not live"})
+        if body.get("stopping"):
+            self.status, self.instance_live = "OFFLINE", False
         reply = {
             "status": self.status,
             "heartbeatIntervalSeconds": self.interval,
             "commands": commands,
             "failedOver": failed_over,
+            **self.drain,
         }
         return Response(200, reply)
 
@@ -206,6 +240,22 @@ def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "co
     raise AssertionError(f"timed out waiting for {what}")
 
 
+class FakeClock:
+    """The agent's clock, moved by the test: periodic work happens without waiting for it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self.lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self.now += seconds
+
+
 class Running:
     def __init__(self, agent: Agent, hub: FakeHub) -> None:
         self.agent, self.hub = agent, hub
@@ -218,6 +268,11 @@ class Running:
             self.exit_code = self.agent.run()
         except BaseException as exc:
             self.error = exc
+
+    def tick(self, clock: FakeClock, seconds: float) -> None:
+        """Move the agent's clock on and wake its control loop."""
+        clock.advance(seconds)
+        self.agent.runs.changed.set()
 
     def drain(self, timeout: float = 5.0) -> int | None:
         self.agent.request_drain()
@@ -236,7 +291,13 @@ def hub(request: pytest.FixtureRequest) -> FakeHub:
 def start(hub: FakeHub, tmp_path: Path) -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
-    def start(handler: Callable[[TaskContext], Any] = sleep, **overrides: Any) -> Running:
+    def start(
+        handler: Callable[[TaskContext], Any] = sleep,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        instance_id: str | None = None,
+        **overrides: Any,
+    ) -> Running:
         options: dict[str, Any] = {
             "server": "http://hub.test",
             "enroll_key": ENROLL,
@@ -253,7 +314,7 @@ def start(hub: FakeHub, tmp_path: Path) -> Iterator[Callable[..., Running]]:
         options.update(overrides)
         config = AgentConfig(**options)
         client = HubClient(config.server, backoff=Backoff(base=0.01, cap=0.05), session_factory=lambda: hub)
-        agent = Agent(config, client=client)
+        agent = Agent(config, client=client, clock=clock, instance_id=instance_id)
         client.stop = agent.interrupt
         running = Running(agent, hub)
         running.thread.start()

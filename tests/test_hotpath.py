@@ -38,9 +38,16 @@ VALID: list[dict[str, Any]] = [
     {"metadata": {"a": [1, {"b": None}], "c": "x"}, "unknown": 1},
     {"tasks": [{"id": 1, "attempt": 1}, {"id": 2, "attempt": 7, "progress": 100, "extra": "ignored"}]},
     {"currentLoad": 0, "tasks": [{"id": 9_223_372_036_854_775_807, "attempt": 1, "progress": 0}]},
+    {"instanceId": "3f2a9c1d0e4b5a67", "stopping": False},
+    {"instanceId": "a" * 64, "tasks": [], "stopping": True},
 ]
-# Valid too, but left to the serializer (5.0 is an integer to DRF and to JSON Schema).
-SLOW_VALID: list[dict[str, Any]] = [{"currentLoad": 5.0}, {"tasks": [{"id": 1.0, "attempt": 1}]}]
+# Valid too, but left to the serializer (5.0 is an integer to DRF and to JSON Schema; DRF trims).
+SLOW_VALID: list[dict[str, Any]] = [
+    {"currentLoad": 5.0},
+    {"tasks": [{"id": 1.0, "attempt": 1}]},
+    {"instanceId": " padded "},
+    {"instanceId": "tail\n"},
+]
 INVALID: list[Any] = [
     [],
     {"currentLoad": -1},
@@ -64,6 +71,14 @@ INVALID: list[Any] = [
     {"tasks": [{"id": 1, "attempt": 1, "progress": None}]},
     {"tasks": [{"id": 5, "attempt": 1}, {"id": 5, "attempt": 2}]},
     {"tasks": [{"id": n, "attempt": 1} for n in range(1, 1002)]},
+    {"instanceId": ""},
+    {"instanceId": "a" * 65},
+    {"instanceId": "two words"},
+    {"instanceId": 7},
+    {"instanceId": None},
+    {"stopping": "true"},
+    {"stopping": 1},
+    {"stopping": None},
 ]
 
 
@@ -99,11 +114,16 @@ def test_heartbeat_reply_equals_the_serializer() -> None:
         ],
         "failedOver": [7, 8],
         "serverTime": now,
+        "drainedBy": None,
+        "drainedByActor": None,
+        "drainedAt": None,
     }
     assert heartbeat_reply(reply) == dict(HeartbeatReplySerializer(reply).data)
     assert heartbeat_reply(reply | {"commands": [], "failedOver": []}) == dict(
         HeartbeatReplySerializer(reply | {"commands": [], "failedOver": []}).data
     )
+    drained = reply | {"status": "MAINTENANCE", "drainedBy": "operator", "drainedByActor": "user:al", "drainedAt": now}
+    assert heartbeat_reply(drained) == dict(HeartbeatReplySerializer(drained).data)
 
 
 def test_claimed_tasks_equal_the_serializer() -> None:

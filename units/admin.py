@@ -1,8 +1,10 @@
 """Execution units in the operator console.
 
-Status, type, load (tasks RUNNING on the unit, as the server counts them, against its capacity),
-heartbeat age and metadata. Actions drain (MAINTENANCE), resume and deregister (its running tasks
-fail over) through units.services, and need the `console.operate_units` permission.
+Status and who drained it (the unit itself, shutting down, or an operator), type, load (tasks
+RUNNING on the unit, as the server counts them, against its capacity), heartbeat age and metadata.
+Actions drain (MAINTENANCE, an operator's drain: it lasts across the unit's restarts), resume and
+deregister (its running tasks fail over) through units.services, and need the
+`console.operate_units` permission.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from tasks.actors import Actor
 from tasks.admin import format_duration
 from tasks.models import Task
 from tasks.states import TaskStatus
-from units.models import ExecutionUnit, UnitStatus
+from units.lifecycle import drained_by
+from units.models import DrainedBy, ExecutionUnit, UnitStatus
 from units.services import unit_delete, unit_update
 
 EDITABLE = ("unit_name", "capacity", "endpoint")
@@ -51,6 +54,7 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
         "id",
         "unit_name",
         "status_col",
+        "drain_col",
         "unit_type",
         "load_col",
         "heartbeat_col",
@@ -63,9 +67,12 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
     ordering = ("id",)
     actions = ["drain_units", "resume_units", "deregister_units"]
     fieldsets = (
-        (None, {"fields": ("id", "unit_name", "unit_type", "status_col", "endpoint", "owner")}),
+        (None, {"fields": ("id", "unit_name", "unit_type", "status_col", "drain_col", "endpoint", "owner")}),
         ("Load", {"fields": ("capacity", "load_col", "current_load")}),
-        ("Liveness", {"fields": ("heartbeat_col", "last_heartbeat_at", "registered_at", "updated_at")}),
+        (
+            "Liveness",
+            {"fields": ("heartbeat_col", "last_heartbeat_at", "registered_at", "updated_at", "instance_id")},
+        ),
         ("Metadata", {"fields": ("metadata_pretty",)}),
     )
 
@@ -86,13 +93,25 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         fields = [f.name for f in ExecutionUnit._meta.concrete_fields if f.name not in EDITABLE]
-        return [*fields, "status_col", "load_col", "heartbeat_col", "metadata_pretty"]
+        return [*fields, "status_col", "drain_col", "load_col", "heartbeat_col", "metadata_pretty"]
 
     # --- columns ---------------------------------------------------------------------------
 
     @admin.display(description="status", ordering="status")
     def status_col(self, obj: ExecutionUnit) -> SafeString:
         return format_html('<span class="th-badge th-unit-{}">{}</span>', obj.status.lower(), obj.status)
+
+    @admin.display(description="drained by", ordering="drained_by")
+    def drain_col(self, obj: ExecutionUnit) -> str:
+        by = drained_by(obj)
+        if not by:
+            return "—"
+        who = "the unit itself (shutting down)" if by == DrainedBy.SELF else "operator"
+        if by == DrainedBy.OPERATOR and obj.drained_by_actor:
+            who = f"operator {obj.drained_by_actor}"
+        if obj.drained_at is None:
+            return who
+        return f"{who}, {format_duration(timezone.now() - obj.drained_at)} ago"
 
     @admin.display(description="load (running / capacity)", ordering="running")
     def load_col(self, obj: ExecutionUnit) -> SafeString:
@@ -137,7 +156,7 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ExecutionUnit, form: forms.ModelForm, change: bool) -> None:
         changes = {name: form.cleaned_data[name] for name in form.changed_data if name in EDITABLE}
         if changes:
-            unit_update(obj.pk, changes, queryset=ExecutionUnit.objects.all())
+            unit_update(obj.pk, changes, queryset=ExecutionUnit.objects.all(), actor=_operator(request))
 
     # --- actions ---------------------------------------------------------------------------
 
@@ -149,11 +168,14 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
         description="Drain selected units (MAINTENANCE: claim nothing, finish running tasks)", permissions=["operate"]
     )
     def drain_units(self, request: HttpRequest, queryset: QuerySet[ExecutionUnit]) -> HttpResponse | None:
+        actor = _operator(request)
+
         def drain(pk: str) -> str | None:
-            status = ExecutionUnit.objects.filter(pk=pk).values_list("status", flat=True).first()
-            if status == UnitStatus.MAINTENANCE:
-                return "already draining"
-            unit_update(pk, {"status": UnitStatus.MAINTENANCE}, queryset=ExecutionUnit.objects.all())
+            unit = ExecutionUnit.objects.filter(pk=pk).first()
+            if unit is not None and drained_by(unit) == DrainedBy.OPERATOR:
+                return f"already drained by {unit.drained_by_actor or 'an operator'}"
+            # A unit draining itself (shutting down) becomes an operator's drain: kept when it restarts.
+            unit_update(pk, {"status": UnitStatus.MAINTENANCE}, queryset=ExecutionUnit.objects.all(), actor=actor)
             return None
 
         self._act(queryset, "Drained", drain).report(request)
@@ -161,11 +183,15 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
 
     @admin.action(description="Resume selected units (back to claiming)", permissions=["operate"])
     def resume_units(self, request: HttpRequest, queryset: QuerySet[ExecutionUnit]) -> HttpResponse | None:
+        actor = _operator(request)
+
         def resume(pk: str) -> str | None:
-            unit = unit_update(pk, {"status": UnitStatus.ONLINE}, queryset=ExecutionUnit.objects.all())
-            if unit.status == UnitStatus.OFFLINE:
+            before = ExecutionUnit.objects.filter(pk=pk).first()
+            was_drained = before is not None and bool(drained_by(before))
+            unit = unit_update(pk, {"status": UnitStatus.ONLINE}, queryset=ExecutionUnit.objects.all(), actor=actor)
+            if unit.status == UnitStatus.OFFLINE and not was_drained:
                 return "OFFLINE units come back by heartbeating or re-registering"
-            return None
+            return None  # an OFFLINE unit's drain is lifted: it claims once it is back
 
         live = [UnitStatus.ONLINE, UnitStatus.BUSY]
         already = selected_pks(queryset.filter(status__in=live))
@@ -177,7 +203,7 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
 
     @admin.action(description="Deregister selected units (their running tasks fail over)", permissions=["operate"])
     def deregister_units(self, request: HttpRequest, queryset: QuerySet[ExecutionUnit]) -> HttpResponse | None:
-        actor = Actor.operator(request.user.get_username())
+        actor = _operator(request)
         moved = {"failedOver": 0, "poisoned": 0}
 
         def deregister(pk: str) -> None:
@@ -194,6 +220,10 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
         )
         outcome.report(request)
         return back_to_next(request)
+
+
+def _operator(request: HttpRequest) -> Actor:
+    return Actor.operator(request.user.get_username())
 
 
 def _explain(pk: str, exc: DomainError) -> str:

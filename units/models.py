@@ -7,7 +7,15 @@ class UnitStatus(models.TextChoices):
     ONLINE = "ONLINE"
     BUSY = "BUSY"  # online, no free capacity
     MAINTENANCE = "MAINTENANCE"  # draining: claims nothing, keeps its running tasks
-    OFFLINE = "OFFLINE"  # silent past UNIT_HEARTBEAT_TIMEOUT; must heartbeat/re-register to claim
+    OFFLINE = "OFFLINE"  # silent past UNIT_HEARTBEAT_TIMEOUT (or stopped); must heartbeat/re-register to claim
+
+
+class DrainedBy(models.TextChoices):
+    """Who put a unit in MAINTENANCE. The unit's own drain (its process shutting down) ends when it
+    registers again; an operator's (a user or an API key) lasts until an operator resumes it."""
+
+    SELF = "self"
+    OPERATOR = "operator"
 
 
 class ExecutionUnit(models.Model):
@@ -29,6 +37,20 @@ class ExecutionUnit(models.Model):
         related_name="units",
         help_text="The API key that registered this unit.",
     )
+    # The process registered as this unit: a random id its agent makes at start. While that
+    # process is live, a register from another instance is refused (two processes never share a
+    # unit id). Empty when the registration sent none (older agents, hand-made requests).
+    # Database defaults too: tools that insert units in plain SQL (bench/seed.py) need not know these.
+    instance_id = models.CharField(max_length=64, blank=True, default="", db_default="")
+    drained_by = models.CharField(max_length=16, choices=DrainedBy.choices, blank=True, default="", db_default="")
+    drained_by_actor = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Who drained it: user:NAME, key:NAME or unit:ID.",
+    )
+    drained_at = models.DateTimeField(null=True, blank=True)
     last_heartbeat_at = models.DateTimeField()
     registered_at = models.DateTimeField()
     updated_at = models.DateTimeField(auto_now=True)

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tasks.serializers import MAX_ATTEMPT, MAX_ID, NAME_PATTERN
-from units.models import ExecutionUnit, UnitStatus
+from units import lifecycle
+from units.models import DrainedBy, ExecutionUnit, UnitStatus
 
 MAX_METADATA_BYTES = 16_384
 MAX_HEARTBEAT_TASKS = 1000
@@ -43,6 +47,16 @@ class UnitSerializer(serializers.ModelSerializer):
     registeredAt = serializers.DateTimeField(source="registered_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
     metadata = serializers.JSONField()
+    instanceId = serializers.SerializerMethodField(
+        help_text="The process registered as this unit (its agent's random instance id); null if it sent none."
+    )
+    drainedBy = serializers.SerializerMethodField(
+        help_text="Who put the unit in MAINTENANCE: `self` (its process shutting down; ends when it "
+        "registers again) or `operator` (a user or an API key; lasts until an operator resumes it). "
+        "Null when it is not drained."
+    )
+    drainedByActor = serializers.SerializerMethodField(help_text="Who drained it: user:NAME, key:NAME or unit:ID.")
+    drainedAt = serializers.SerializerMethodField()
 
     class Meta:
         model = ExecutionUnit
@@ -59,6 +73,10 @@ class UnitSerializer(serializers.ModelSerializer):
             "lastHeartbeatAt",
             "registeredAt",
             "updatedAt",
+            "instanceId",
+            "drainedBy",
+            "drainedByActor",
+            "drainedAt",
         ]
         read_only_fields = fields
 
@@ -68,6 +86,24 @@ class UnitSerializer(serializers.ModelSerializer):
             return int(annotated)
         return unit.tasks.filter(status="RUNNING").count()
 
+    def _drain(self, unit: ExecutionUnit) -> dict[str, Any]:
+        return lifecycle.drain_fields(unit.status, unit.drained_by, unit.drained_by_actor, unit.drained_at)
+
+    def get_instanceId(self, unit: ExecutionUnit) -> str | None:
+        return unit.instance_id or None
+
+    @extend_schema_field(serializers.ChoiceField(choices=DrainedBy.choices, allow_null=True))
+    def get_drainedBy(self, unit: ExecutionUnit) -> str | None:
+        return self._drain(unit)["drainedBy"]  # type: ignore[no-any-return]
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_drainedByActor(self, unit: ExecutionUnit) -> str | None:
+        return self._drain(unit)["drainedByActor"]  # type: ignore[no-any-return]
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_drainedAt(self, unit: ExecutionUnit) -> str | None:
+        return datetime_or_none(self._drain(unit)["drainedAt"])
+
 
 class RegisterSerializer(serializers.Serializer):
     id = serializers.RegexField(NAME_PATTERN, max_length=64)
@@ -76,15 +112,41 @@ class RegisterSerializer(serializers.Serializer):
     capacity = serializers.IntegerField(min_value=1, max_value=1000)
     endpoint = EndpointField(max_length=500, required=False, allow_blank=True, default="")
     metadata = serializers.DictField(required=False, default=dict, validators=[_metadata])
+    instanceId = serializers.RegexField(
+        NAME_PATTERN,
+        max_length=64,
+        required=False,
+        source="instance_id",
+        help_text="A random id the registering process makes at its start and sends on every heartbeat "
+        "and claim. While another instance registered as this unit is live (it heartbeated within "
+        "UNIT_HEARTBEAT_TIMEOUT and the unit is not OFFLINE), the register is refused with 409 "
+        "`unit_in_use`. Without it, nothing is checked.",
+    )
+    replace = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Take the unit over from a live instance at once (its leases fail over, its token dies).",
+    )
 
 
 class RegisteredSerializer(UnitSerializer):
     token = serializers.CharField(help_text="The unit's own bearer token. Shown once; store it.")
     heartbeatIntervalSeconds = serializers.FloatField()
     heartbeatTimeoutSeconds = serializers.FloatField()
+    clearedDrainAt = serializers.DateTimeField(
+        allow_null=True,
+        help_text="This registration ended the unit's own drain (from its last shutdown), begun at this "
+        "time. Null when there was none; an operator's drain is kept (see drainedBy).",
+    )
 
     class Meta(UnitSerializer.Meta):
-        fields = [*UnitSerializer.Meta.fields, "token", "heartbeatIntervalSeconds", "heartbeatTimeoutSeconds"]
+        fields = [
+            *UnitSerializer.Meta.fields,
+            "token",
+            "heartbeatIntervalSeconds",
+            "heartbeatTimeoutSeconds",
+            "clearedDrainAt",
+        ]
         read_only_fields = fields
 
 
@@ -102,6 +164,20 @@ class HeartbeatSerializer(serializers.Serializer):
         required=False,
         max_length=MAX_HEARTBEAT_TASKS,
         help_text="The tasks the unit runs. Leased tasks it does not list are failed over at once.",
+    )
+    instanceId = serializers.RegexField(
+        NAME_PATTERN,
+        max_length=64,
+        required=False,
+        source="instance_id",
+        help_text="The instance id sent on register: refused with 409 `unit_replaced` once another "
+        "instance has registered as this unit.",
+    )
+    stopping = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="The process is exiting (its last heartbeat): the unit goes OFFLINE, so a new process "
+        "may register as it at once.",
     )
 
     def validate_tasks(self, tasks: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
@@ -121,6 +197,11 @@ _LOAD = HeartbeatSerializer._declared_fields["currentLoad"]
 _TASK_FIELDS = HeartbeatTaskSerializer._declared_fields
 _ID, _ATTEMPT, _PROGRESS = (_bounds(_TASK_FIELDS[name]) for name in ("id", "attempt", "progress"))
 _LOAD_RANGE = _bounds(_LOAD)
+# NAME_PATTERN's characters, up to the field's length: anything else (whitespace the serializer would
+# trim, say) is left to the serializer.
+_INSTANCE = HeartbeatSerializer._declared_fields["instanceId"]
+assert isinstance(_INSTANCE, serializers.RegexField)
+_INSTANCE_ID = re.compile(NAME_PATTERN.removeprefix("^").removesuffix("+$") + f"{{1,{_INSTANCE.max_length}}}")
 
 
 def _int_in(value: Any, bounds: tuple[int, int]) -> bool:
@@ -169,6 +250,15 @@ def plain_heartbeat(data: Any) -> dict[str, Any] | None:
                 item["progress"] = task["progress"]
             clean.append(item)
         body["tasks"] = clean
+    if "instanceId" in data:
+        instance = data["instanceId"]
+        if type(instance) is not str or not _INSTANCE_ID.fullmatch(instance):
+            return None
+        body["instance_id"] = instance
+    stopping = data.get("stopping", False)
+    if type(stopping) is not bool:
+        return None
+    body["stopping"] = stopping
     return body
 
 
@@ -189,9 +279,17 @@ class HeartbeatReplySerializer(serializers.Serializer):
     commands = CommandSerializer(many=True)
     failedOver = serializers.ListField(child=serializers.IntegerField())
     serverTime = serializers.DateTimeField()
+    drainedBy = serializers.ChoiceField(choices=DrainedBy.choices, allow_null=True, help_text="As on the unit.")
+    drainedByActor = serializers.CharField(allow_null=True)
+    drainedAt = serializers.DateTimeField(allow_null=True)
 
 
-_SERVER_TIME = serializers.DateTimeField()
+_DATETIME = serializers.DateTimeField()
+
+
+def datetime_or_none(value: datetime | None) -> str | None:
+    """A datetime as the API writes it everywhere else (DRF's DateTimeField), or None."""
+    return None if value is None else str(_DATETIME.to_representation(value))
 
 
 def heartbeat_reply(reply: dict[str, Any]) -> dict[str, Any]:
@@ -206,12 +304,20 @@ def heartbeat_reply(reply: dict[str, Any]) -> dict[str, Any]:
             {"taskId": c["taskId"], "attempt": c["attempt"], "command": str(c["command"]), "reason": c["reason"]}
             for c in reply["commands"]
         ],
-        "serverTime": _SERVER_TIME.to_representation(reply["serverTime"]),
+        "serverTime": _DATETIME.to_representation(reply["serverTime"]),
+        "drainedAt": datetime_or_none(reply["drainedAt"]),
     }
 
 
 class ClaimSerializer(serializers.Serializer):
     max = serializers.IntegerField(min_value=1, max_value=100, default=1)
+    instanceId = serializers.RegexField(
+        NAME_PATTERN,
+        max_length=64,
+        required=False,
+        source="instance_id",
+        help_text="As on heartbeat: refused with 409 `unit_replaced` once another instance has registered.",
+    )
 
 
 class ClaimedTaskSerializer(serializers.Serializer):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -18,6 +18,7 @@ from tasks.models import ControlCommand, Task
 from tasks.scheduling.dbretry import retry_on_lock_error
 from tasks.scheduling.failover import fail_over_tasks
 from tasks.states import TaskStatus
+from units import lifecycle
 from units.models import ExecutionUnit, UnitStatus
 
 S = TaskStatus
@@ -54,6 +55,11 @@ def db_datetime(value: datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
 
+def aware(value: datetime | None) -> datetime | None:
+    """A datetime column as `lock_unit_columns` returns it (naive UTC), made aware."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 def _lock_unit(unit_id: str, queryset: QuerySet[ExecutionUnit] | None = None) -> ExecutionUnit:
     locked = queryset.select_for_update() if queryset is not None else None
     unit = lock_unit_row(unit_id) if locked is None else locked.filter(pk=unit_id).first()
@@ -62,15 +68,27 @@ def _lock_unit(unit_id: str, queryset: QuerySet[ExecutionUnit] | None = None) ->
     return unit
 
 
+class Registration(NamedTuple):
+    unit: ExecutionUnit
+    token: str
+    created: bool
+    cleared_drain_at: datetime | None  # this registration ended the unit's own drain, begun then
+
+
 @retry_on_lock_error()
-def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = None) -> tuple[ExecutionUnit, str, bool]:
+def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = None) -> Registration:
     """First registration creates the unit (created=True); a re-registration by the same key
     refreshes it and issues a new token. A restarted unit holds none of its earlier attempts, so
-    they fail over at once. Returns (unit, token, created)."""
+    they fail over at once. `data` may carry `instance_id` (the registering process) and `replace`
+    (take the unit from a live process): see units.lifecycle. The unit row lock serialises
+    registrations of one id, so of two instances registering at once the second finds the first
+    live."""
     now = now or timezone.now()
     token = new_unit_token()
     fields = {**data, "token_hash": digest(token), "last_heartbeat_at": now}
     unit_id = fields.pop("id")
+    replace = bool(fields.pop("replace", False))
+    fields["instance_id"] = fields.get("instance_id") or ""
     try:
         with transaction.atomic():
             unit = ExecutionUnit.objects.select_for_update().filter(pk=unit_id).first()
@@ -78,13 +96,13 @@ def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = No
                 unit = ExecutionUnit.objects.create(
                     id=unit_id, owner=owner, registered_at=now, status=UnitStatus.ONLINE, **fields
                 )
-                return unit, token, True
+                return Registration(unit, token, True, None)
             if unit.owner_id != getattr(owner, "pk", None):
                 raise Forbidden(f"Execution unit {unit_id} was registered by another API key")
+            lifecycle.refuse_another_live_instance(unit, fields["instance_id"], replace=replace, now=now)
             for name, value in fields.items():
                 setattr(unit, name, value)
-            if unit.status != UnitStatus.MAINTENANCE:  # a drain set by an operator survives restarts
-                unit.status = UnitStatus.ONLINE
+            cleared = lifecycle.drain_after_register(unit, now)
             unit.save()
             fail_over_tasks(
                 Q(unit_id=unit_id),
@@ -92,7 +110,7 @@ def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = No
                 actor=Actor.system("register"),
                 now=now,
             )
-            return unit, token, False
+            return Registration(unit, token, False, cleared)
     except IntegrityError:
         # Two first registrations raced: the loser retries as a re-registration.
         if not ExecutionUnit.objects.filter(pk=unit_id).exists():
@@ -108,6 +126,8 @@ def unit_heartbeat(
     current_load: int,
     metadata: dict[str, Any] | None,
     tasks: list[dict[str, Any]] | None,
+    instance_id: str = "",
+    stopping: bool = False,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Record liveness; with a task list, reconcile the unit's leases against it.
@@ -115,15 +135,21 @@ def unit_heartbeat(
     Listed tasks whose attempt is live are renewed (and their progress recorded); leased tasks not
     listed fail over at once (unless claimed within the last `list_grace()` seconds); listed tasks
     that are no longer the unit's get a command: the stored cancel/pause, or abort for a stale
-    attempt."""
+    attempt. `stopping`: the process is exiting; the unit goes OFFLINE (so a new process may
+    register at once). A heartbeat from an instance that was replaced is refused (409)."""
     now = now or timezone.now()
     # The hot path of every unit, in plain SQL (the ORM spent more CPU building these statements
     # than the database spends answering them): the unit row lock, one read of the leases, the
     # progress that changed, the unit UPDATE.
-    locked = lock_unit_columns(unit_id, ("id", "status", "capacity", "metadata"))
+    locked = lock_unit_columns(
+        unit_id,
+        ("id", "status", "capacity", "metadata", "instance_id", "drained_by", "drained_by_actor", "drained_at"),
+    )
     if locked is None:
         raise NotFound(f"Execution unit {unit_id} not found")
-    unit_id, unit_status, capacity, stored_metadata = locked
+    unit_id, unit_status, capacity, stored_metadata, held_by, drained_by, drained_by_actor, drained_at = locked
+    # Under the lock: a replacement that committed after this request was authenticated is seen.
+    lifecycle.refuse_a_replaced_instance(unit_id, held_by, instance_id)
     failed_over: list[int] = []
     commands: list[dict[str, Any]] = []
     # (id, attempt, status, progress, started within the grace) of the unit's leases; with a task
@@ -170,19 +196,25 @@ def unit_heartbeat(
     else:
         commands = _commands_for(unit_id, None)
         running = len(live)
-    if unit_status == UnitStatus.OFFLINE or unit_status in (UnitStatus.ONLINE, UnitStatus.BUSY):
+    if stopping:
+        unit_status = UnitStatus.OFFLINE
+    elif lifecycle.drain_of(unit_status, drained_by):  # also a drained unit back from OFFLINE
+        unit_status = UnitStatus.MAINTENANCE
+    else:
         unit_status = UnitStatus.BUSY if running >= capacity else UnitStatus.ONLINE
     _save_heartbeat(unit_id, now, current_load, unit_status, metadata, stored_metadata)
+    claiming = unit_status in (UnitStatus.ONLINE, UnitStatus.BUSY)
     return {
         "unitId": unit_id,
         "status": str(unit_status),
         "heartbeatIntervalSeconds": settings.UNIT_HEARTBEAT_INTERVAL,
         "heartbeatTimeoutSeconds": settings.UNIT_HEARTBEAT_TIMEOUT,
         "runningTasks": running,
-        "freeCapacity": max(capacity - running, 0) if unit_status != UnitStatus.MAINTENANCE else 0,
+        "freeCapacity": max(capacity - running, 0) if claiming else 0,
         "commands": commands,
         "failedOver": failed_over,
         "serverTime": now,
+        **lifecycle.drain_fields(unit_status, drained_by, drained_by_actor, aware(drained_at)),
     }
 
 
@@ -303,12 +335,22 @@ def unit_claim(unit_id: str, max_tasks: int, now: datetime | None = None) -> tup
 
 
 @transaction.atomic
-def unit_update(unit_id: str, changes: dict[str, Any], *, queryset: QuerySet[ExecutionUnit]) -> ExecutionUnit:
+def unit_update(
+    unit_id: str, changes: dict[str, Any], *, queryset: QuerySet[ExecutionUnit], actor: Actor
+) -> ExecutionUnit:
+    """Edit a unit. `status` MAINTENANCE drains it for `actor` (see units.lifecycle: the unit's own
+    drain or an operator's); ONLINE resumes it, ending any drain (an OFFLINE unit stays OFFLINE
+    until it heartbeats or registers, then claims again)."""
     unit = _lock_unit(unit_id, queryset)
-    if changes.get("status") == UnitStatus.ONLINE and unit.status == UnitStatus.OFFLINE:
-        changes.pop("status")  # an OFFLINE unit comes back by heartbeating, not by an edit
-    elif changes.get("status") == UnitStatus.ONLINE and unit.status == UnitStatus.BUSY:
-        changes.pop("status")
+    status = changes.pop("status", None)
+    if status == UnitStatus.MAINTENANCE:
+        lifecycle.record_drain(unit, actor, timezone.now())
+        if unit.status != UnitStatus.OFFLINE:  # an OFFLINE unit comes back drained
+            unit.status = UnitStatus.MAINTENANCE
+    elif status == UnitStatus.ONLINE:
+        lifecycle.clear_drain(unit)
+        if unit.status == UnitStatus.MAINTENANCE:  # BUSY stays BUSY; OFFLINE comes back by heartbeating
+            unit.status = UnitStatus.ONLINE
     for name, value in changes.items():
         setattr(unit, name, value)
     unit.save()

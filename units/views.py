@@ -8,10 +8,11 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from taskhub.api.errors import ErrorSerializer
 from taskhub.api.pagination import page_serializer, paginate
 from taskhub.api.views import principal_of, query_params, validated
 from taskhub.errors import Forbidden, NotFound
-from units import services
+from units import lifecycle, services
 from units.models import ExecutionUnit, UnitStatus
 from units.serializers import (
     ClaimReplySerializer,
@@ -24,6 +25,7 @@ from units.serializers import (
     UnitSerializer,
     UnitUpdateSerializer,
     claimed_tasks,
+    datetime_or_none,
     heartbeat_reply,
     plain_heartbeat,
 )
@@ -70,6 +72,14 @@ class UnitViewSet(viewsets.ViewSet):
             raise Forbidden(f"This token belongs to unit {unit.pk}; it cannot act for {pk}")
         return pk
 
+    def _refuse_a_replaced_instance(self, request: Request, instance_id: str) -> None:
+        """Checked against the unit row the authentication read with the caller's token (no query):
+        a claim that races a replacement past this check gets leases the new process does not list,
+        and its next heartbeat fails them over."""
+        unit = principal_of(request).unit
+        if unit is not None:
+            lifecycle.refuse_a_replaced_instance(unit.pk, unit.instance_id, instance_id)
+
     @extend_schema(parameters=[UnitListQuerySerializer], responses=UnitPage, summary="List execution units")
     def list(self, request: Request) -> Response:
         q = validated(UnitListQuerySerializer, query_params(request))
@@ -96,9 +106,10 @@ class UnitViewSet(viewsets.ViewSet):
     )
     def partial_update(self, request: Request, pk: str) -> Response:
         changes = validated(UnitUpdateSerializer, request.data)
-        if principal_of(request).is_unit and changes != {"status": UnitStatus.MAINTENANCE}:
+        principal = principal_of(request)
+        if principal.is_unit and changes != {"status": UnitStatus.MAINTENANCE}:
             raise Forbidden("A unit token may only set its own unit's status to MAINTENANCE")
-        unit = services.unit_update(pk, changes, queryset=self._units(request))
+        unit = services.unit_update(pk, changes, queryset=self._units(request), actor=principal.actor)
         return Response(UnitSerializer(unit).data)
 
     @extend_schema(responses={204: None}, summary="Deregister a unit (its running tasks fail over)")
@@ -109,20 +120,30 @@ class UnitViewSet(viewsets.ViewSet):
     @extend_schema(
         request=RegisterSerializer,
         summary="Register (or re-register) an execution unit",
-        responses={201: RegisteredSerializer, 200: OpenApiResponse(RegisteredSerializer, "Re-registered")},
+        responses={
+            201: RegisteredSerializer,
+            200: OpenApiResponse(RegisteredSerializer, "Re-registered"),
+            409: OpenApiResponse(
+                ErrorSerializer,
+                "`unit_in_use`: another live instance is registered as this unit (details: instanceId, "
+                "lastHeartbeatAt, lastHeartbeatSecondsAgo, heartbeatTimeoutSeconds); register with "
+                '`"replace": true` to take over.',
+            ),
+        },
     )
     @action(detail=False, methods=["post"])
     def register(self, request: Request) -> Response:
         data = validated(RegisterSerializer, request.data)
-        unit, token, created = services.unit_register(owner=principal_of(request).api_key, data=data)
-        unit.running_tasks = 0  # type: ignore[attr-defined]
+        done = services.unit_register(owner=principal_of(request).api_key, data=data)
+        done.unit.running_tasks = 0  # type: ignore[attr-defined]
         body = {
-            **UnitSerializer(unit).data,
-            "token": token,
+            **UnitSerializer(done.unit).data,
+            "token": done.token,
             "heartbeatIntervalSeconds": settings.UNIT_HEARTBEAT_INTERVAL,
             "heartbeatTimeoutSeconds": settings.UNIT_HEARTBEAT_TIMEOUT,
+            "clearedDrainAt": datetime_or_none(done.cleared_drain_at),
         }
-        return Response(body, status=201 if created else 200)
+        return Response(body, status=201 if done.created else 200)
 
     @extend_schema(
         request=HeartbeatSerializer,
@@ -138,6 +159,8 @@ class UnitViewSet(viewsets.ViewSet):
             current_load=body["current_load"],
             metadata=body.get("metadata"),
             tasks=body.get("tasks"),
+            instance_id=body.get("instance_id", ""),
+            stopping=body.get("stopping", False),
         )
         return Response(heartbeat_reply(reply))
 
@@ -149,6 +172,7 @@ class UnitViewSet(viewsets.ViewSet):
     @action(detail=True, methods=["post"])
     def claim(self, request: Request, pk: str) -> Response:
         body = validated(ClaimSerializer, request.data)
+        self._refuse_a_replaced_instance(request, body.get("instance_id", ""))
         tasks, unit_status = services.unit_claim(self._own_unit_id(request, pk), body["max"])
         return Response({"tasks": claimed_tasks(tasks), "unitStatus": str(unit_status)})
 
