@@ -307,7 +307,7 @@ class Agent:
             return time.monotonic() + poll
         self._claim_failures = 0
         self._apply_status(reply)
-        tasks = reply.get("tasks") or []
+        tasks = reply.get("items", reply.get("tasks")) or []  # `tasks`: hubs before the rename
         for task in tasks:
             self._start(task)
         if tasks and len(tasks) == wanted:

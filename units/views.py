@@ -150,7 +150,7 @@ class UnitViewSet(viewsets.ViewSet):
     def claim(self, request: Request, pk: str) -> Response:
         body = validated(ClaimSerializer, request.data)
         tasks, unit_status = services.unit_claim(self._own_unit_id(request, pk), body["max"])
-        return Response({"tasks": claimed_tasks(tasks), "unitStatus": str(unit_status)})
+        return Response({"items": claimed_tasks(tasks), "unitStatus": str(unit_status)})
 
     @extend_schema(responses=UnitStats, summary="Units by status, capacity and utilisation")
     @action(detail=False, methods=["get"])
