@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -218,7 +217,7 @@ def _healthy(host: str, port: int, probe_host: str) -> bool:
     try:
         with urllib.request.urlopen(request, timeout=2) as response:
             return bool(response.status == 200)
-    except (OSError, urllib.error.HTTPError):
+    except OSError:  # refused, timed out, or an HTTP error status (HTTPError is an OSError)
         return False
 
 
