@@ -32,7 +32,7 @@ def _client(http: Http, index: int, arg: Any, deadline: float) -> dict[str, Any]
         held: list[tuple[str, str, int, int]] = []
         for unit_id, token in victims:
             status, reply = http.call("claim", "POST", f"/execution-units/{unit_id}/claim", {"max": per_victim}, token)
-            for task in reply.get("tasks", []) if status == 200 else []:
+            for task in reply.get("items", []) if status == 200 else []:
                 held.append((unit_id, token, int(task["id"]), int(task["attempt"])))
         phase.value = 1
         start = time.monotonic()
@@ -62,7 +62,7 @@ def _client(http: Http, index: int, arg: Any, deadline: float) -> dict[str, Any]
             next_beat = now + beat_every
         if phase.value == 1:
             status, reply = http.call("claim", "POST", f"/execution-units/{unit_id}/claim", {"max": 100}, token)
-            for task in reply.get("tasks", []) if status == 200 else []:
+            for task in reply.get("items", []) if status == 200 else []:
                 body = {"attempt": int(task["attempt"]), "result": {"rescued": True}}
                 status, ack = http.call("complete", "POST", f"/tasks/{task['id']}/complete", body, token)
                 if status == 200 and ack.get("accepted"):

@@ -146,7 +146,7 @@ def _claim_client(http: Http, index: int, arg: Any, deadline: float) -> dict[str
         status, reply = http.call("claim", "POST", f"/execution-units/{unit_id}/claim", {"max": batch}, token=token)
         if status != 200:
             continue
-        got = [int(t["id"]) for t in reply["tasks"]]
+        got = [int(t["id"]) for t in reply["items"]]
         claimed.extend(got)
         held += len(got)
         if held + batch > capacity:  # this unit is (nearly) full: the next one claims

@@ -64,7 +64,7 @@ def _lifecycle_client(http: Http, index: int, arg: Any, deadline: float) -> dict
     refused = 0
     while time.monotonic() < deadline and done.value < total:
         status, reply = http.call("claim", "POST", f"/execution-units/{unit_id}/claim", {"max": batch}, token=token)
-        tasks = reply.get("tasks", []) if status == 200 else []
+        tasks = reply.get("items", []) if status == 200 else []
         if not tasks:
             time.sleep(0.005)
             continue

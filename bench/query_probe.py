@@ -57,7 +57,7 @@ def main() -> None:
     counted("floor: GET unit", lambda: call("get", "/execution-units/probe-unit", token=token))
     counted("claim {max: 1}", lambda: call("post", "/execution-units/probe-unit/claim", {"max": 1}, token))
     counted("claim {max: 25}", lambda: call("post", "/execution-units/probe-unit/claim", {"max": 25}, token))
-    held = call("post", "/execution-units/probe-beater/claim", {"max": 5}, beater)["tasks"]
+    held = call("post", "/execution-units/probe-beater/claim", {"max": 5}, beater)["items"]
     listed = [{"id": t["id"], "attempt": t["attempt"], "progress": 10} for t in held]
     heartbeat = {"currentLoad": len(listed), "metadata": {"agent": "probe"}, "tasks": listed}
     counted("heartbeat, 5 tasks", lambda: call("post", "/execution-units/probe-beater/heartbeat", heartbeat, beater))
@@ -77,7 +77,7 @@ def main() -> None:
     counted("create batch of 25", lambda: call("post", "/tasks/batch", batch))
 
     def report_batch() -> Any:
-        held = call("post", "/execution-units/probe-unit/claim", {"max": 25}, token)["tasks"]
+        held = call("post", "/execution-units/probe-unit/claim", {"max": 25}, token)["items"]
         assert len(held) == 25, len(held)
         reports = [
             {

@@ -72,7 +72,7 @@ def prepare(base: str, key: str) -> Target:
     unit = {"id": UNIT_ID, "unitType": TASK_TYPE, "unitName": "fuzz", "capacity": 1000}
     token = _call(base, "POST", "/execution-units/register", key, unit)["token"]
     ids = [_call(base, "POST", "/tasks", key, {"name": f"fuzz {i}", "taskType": TASK_TYPE})["id"] for i in range(6)]
-    claimed = _call(base, "POST", f"/execution-units/{UNIT_ID}/claim", token, {"max": 3})["tasks"]
+    claimed = _call(base, "POST", f"/execution-units/{UNIT_ID}/claim", token, {"max": 3})["items"]
     if claimed:
         first = claimed[0]
         _call(base, "POST", f"/tasks/{first['id']}/fail", token, {"attempt": first["attempt"], "error": "fuzz"})

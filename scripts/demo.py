@@ -6,15 +6,15 @@ all under a temporary directory, so your own data is not touched) with a short h
 creates an API key, starts two `taskhub-unit` processes, submits 50 tasks and shows progress. Once
 half the tasks are done it kills one unit (SIGKILL, no goodbye) and you watch the hub notice the
 silence, put that unit's tasks back in the queue and the other unit finish them. It ends with a
-summary and cleans up. Takes about 20 seconds.
+summary and deletes its temporary directory, unless --keep (or a failure) keeps it: then the
+summary says where it is. Takes about 20 seconds.
 
-    .venv/bin/python scripts/demo.py [--tasks 50] [--keep]
+    .venv/bin/python scripts/demo.py [--tasks 50] [--keep]      make demo DEMO_ARGS=--keep
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import shutil
@@ -42,9 +42,10 @@ BOLD, DIM, RED, GREEN, YELLOW, RESET = (
 
 
 class Demo:
-    def __init__(self, workdir: Path, tasks: int) -> None:
+    def __init__(self, workdir: Path, tasks: int, keep: bool = False) -> None:
         self.workdir = workdir
         self.count = tasks
+        self.keep = keep
         self.started = time.monotonic()
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -112,7 +113,10 @@ class Demo:
         return done.stdout
 
     def start_hub(self) -> None:
-        self.say(f"setting up a throwaway hub in {self.workdir} (SQLite, filesystem broker)")
+        self.say(
+            f"setting up a throwaway hub in {self.workdir} (SQLite, filesystem broker; "
+            f"{'kept' if self.keep else 'deleted at exit unless --keep'})"
+        )
         self.manage("migrate", "--noinput", "-v0")
         self.manage("setup_beat")
         scopes = "tasks:read,tasks:write,units:read,units:register"
@@ -174,16 +178,14 @@ class Demo:
                     proc.kill()
         if self.hub is not None and self.hub.poll() is None:
             self.say("stopping the hub")
-            children = _descendants(self.hub.pid)  # runhub starts them in sessions of their own
             self.hub.send_signal(signal.SIGTERM)
             try:
                 self.hub.wait(5)
             except subprocess.TimeoutExpired:
-                # Its data is thrown away: no need to sit through a slow Celery warm shutdown.
-                self.hub.kill()
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                # Its data is thrown away: no need to sit through a slow Celery warm shutdown. A
+                # second SIGTERM makes runhub kill its children at once (and wait for them).
+                self.hub.send_signal(signal.SIGTERM)
+                self.hub.wait(15)
             self.say("hub stopped")
 
     # --- API ---
@@ -296,25 +298,12 @@ class Demo:
         if "recovered" in self.marks:
             print(f"  recovery         its tasks all completed {self.marks['recovered']:.1f}s after the kill")
         print(f"  wall time        {wall:.1f}s (hub start included)")
-        print(f"  files            {self.workdir}")
-        return 0 if once and len(moved) >= len(held) else 1
-
-
-def _descendants(pid: int) -> list[int]:
-    """Child processes at any depth, from /proc (empty where there is no /proc)."""
-    parents: dict[int, int] = {}
-    proc = Path("/proc")
-    for entry in proc.iterdir() if proc.is_dir() else []:
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        children = [child for child, parent in parents.items() if parent == current]
-        found.extend(children)
-        frontier.extend(children)
-    return found
+        ok = once and len(moved) >= len(held)
+        if self.keep or not ok:
+            print(f"  files            {self.workdir} (hub.log, unit logs, demo.sqlite3: kept)")
+        else:
+            print("  files            deleted at exit (make demo DEMO_ARGS=--keep keeps them)")
+        return 0 if ok else 1
 
 
 def _free_port() -> int:
@@ -329,7 +318,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (database, logs)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="taskhub-demo-"))
-    demo = Demo(workdir, max(args.tasks, 2))
+    demo = Demo(workdir, max(args.tasks, 2), keep=args.keep)
     code = 1
     try:
         code = demo.run()

@@ -185,7 +185,8 @@ if REDIS_HOST:
     CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 else:
-    CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"
+    # A host named: without one kombu warns, in every process, that it falls back to localhost.
+    CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://localhost/"
     _broker_dir = VAR_DIR / "broker"
     for _sub in ("out", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
@@ -349,6 +350,7 @@ LOGGING = {
         "json": {"()": "taskhub.logging.JsonFormatter"},
     },
     "handlers": {
+        "null": {"class": "logging.NullHandler"},
         "console": {"class": "logging.StreamHandler", "formatter": _formatter},
         "app": _file_handler("app.log", LOG_LEVEL),
         "error": _file_handler("error.log", "ERROR"),
@@ -356,7 +358,14 @@ LOGGING = {
     },
     "root": {"handlers": ["app", "error"] + ([] if TESTING else ["console"]), "level": LOG_LEVEL},
     "loggers": {
+        # Our own loggers keep LOG_LEVEL where the root is quieter: `make run` starts Celery at WARNING,
+        # and a job that changed something still says so (tasks/scheduling/runner.py).
+        "taskhub": {"level": LOG_LEVEL},
         "taskhub.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
-        "django.server": {"handlers": [], "propagate": False},
+        # One line per 4xx/5xx on the console: django.request's, through the root. Django's own console
+        # handler (DEBUG only) would print a second copy, and runserver's request line a third
+        # (access.log has every request).
+        "django": {"handlers": []},
+        "django.server": {"handlers": ["null"], "propagate": False},
     },
 }

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from taskhub.api import health
 from taskhub.api.errors import handler404 as handler404_view
+from taskhub.api.index import ApiIndexView, ApiIndexWithoutSlashView, favicon
 from tasks.views import TaskViewSet
 from units.views import UnitViewSet
 
@@ -30,6 +32,7 @@ class PublicSwaggerView(SpectacularSwaggerView):
 
 
 api_v1 = [
+    path("", ApiIndexView.as_view(), name="api-index"),
     path("health", health.app_health(), name="health"),
     path("health/database", health.database_health(), name="health-database"),
     path("health/redis", health.redis_health(), name="health-redis"),
@@ -40,10 +43,16 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    # Without the slash as well: an APPEND_SLASH redirect would turn a POST into a GET, and the
+    # first thing a newcomer types is the address the banner prints.
+    path("api/v1", ApiIndexWithoutSlashView.as_view()),
     path("api/v1/", include(api_v1)),
     path("api-docs", PublicSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("admin/", admin.site.urls),
     path("metrics", include("taskhub.console.urls")),
+    # A browser pointed at the bare address lands in the docs (public), not on a 404.
+    path("", RedirectView.as_view(pattern_name="api-docs"), name="home"),
+    path("favicon.ico", favicon),
 ]
 
 handler404 = "taskhub.api.errors.handler404"

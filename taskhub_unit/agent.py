@@ -335,7 +335,7 @@ class Agent:
             return self.clock() + poll
         self._claim_failures = 0
         self._apply_status(reply)
-        tasks = reply.get("tasks") or []
+        tasks = reply.get("items", reply.get("tasks")) or []  # `tasks`: hubs before the rename
         for task in tasks:
             self._start(task)
         if tasks and len(tasks) == wanted:

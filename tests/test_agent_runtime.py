@@ -170,14 +170,15 @@ class FakeHub:
         return Response(200, reply)
 
     def _claim(self, wanted: int) -> Response:
+        key = "items" if self.batch else "tasks"  # the older hub also names the claimed tasks `tasks`
         if self.status == "MAINTENANCE":
-            return Response(200, {"tasks": [], "unitStatus": self.status})
+            return Response(200, {key: [], "unitStatus": self.status})
         claimed: list[dict[str, Any]] = []
         for task in self.tasks.values():
             if task["status"] == "PENDING" and len(claimed) < wanted:
                 task["status"], task["attempt"] = "RUNNING", task["attempt"] + 1
                 claimed.append({k: task[k] for k in ("id", "name", "taskType", "config", "attempt", "timeoutSeconds")})
-        return Response(200, {"tasks": claimed, "unitStatus": self.status})
+        return Response(200, {key: claimed, "unitStatus": self.status})
 
     def _report(self, task_id: int, what: str, body: dict[str, Any], logs: list[Any] | None = None) -> Response:
         task = self.tasks[task_id]

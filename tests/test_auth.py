@@ -99,7 +99,7 @@ def test_unit_sees_only_tasks_leased_to_it(register_unit, client_a):
     unit_b, _ = register_unit("unit-b")
     task = client_a.post("/api/v1/tasks", TASK).json()
     assert unit_a.get(f"/api/v1/tasks/{task['id']}").status_code == 404  # not leased yet
-    claimed = unit_a.post("/api/v1/execution-units/unit-a/claim", {"max": 1}).json()["tasks"]
+    claimed = unit_a.post("/api/v1/execution-units/unit-a/claim", {"max": 1}).json()["items"]
     assert [t["id"] for t in claimed] == [task["id"]]
     assert unit_a.get(f"/api/v1/tasks/{task['id']}").status_code == 200
     assert unit_b.get(f"/api/v1/tasks/{task['id']}").status_code == 404

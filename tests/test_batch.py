@@ -160,7 +160,7 @@ def leased(client_a: JsonClient, register_unit: Callable[..., Any]) -> Callable[
         unit, _ = register_unit(unit_id, unit_type, capacity=100)
         body = {"tasks": [{"name": f"r{i}", "taskType": unit_type, **extra} for i in range(n)]}
         assert client_a.post(BATCH, body).status_code == 201
-        claimed = unit.post(f"{API}/execution-units/{unit_id}/claim", {"max": n}).json()["tasks"]
+        claimed = unit.post(f"{API}/execution-units/{unit_id}/claim", {"max": n}).json()["items"]
         assert len(claimed) == n
         return unit, sorted(claimed, key=lambda t: t["id"])
 

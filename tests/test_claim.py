@@ -33,12 +33,12 @@ def test_claim_respects_free_capacity_counted_by_the_server(client_a, register_u
     for _ in range(5):
         client_a.post("/api/v1/tasks", {"name": "t", "taskType": "DATA_PROCESSING", "config": {}})
     first = unit.post("/api/v1/execution-units/u1/claim", {"max": 10}).json()
-    assert len(first["tasks"]) == 2 and first["unitStatus"] == "BUSY"
-    assert unit.post("/api/v1/execution-units/u1/claim", {"max": 10}).json()["tasks"] == []
-    t = first["tasks"][0]
+    assert len(first["items"]) == 2 and first["unitStatus"] == "BUSY"
+    assert unit.post("/api/v1/execution-units/u1/claim", {"max": 10}).json()["items"] == []
+    t = first["items"][0]
     unit.post(f"/api/v1/tasks/{t['id']}/complete", {"attempt": t["attempt"], "result": {}})
     again = unit.post("/api/v1/execution-units/u1/claim", {"max": 10}).json()
-    assert len(again["tasks"]) == 1
+    assert len(again["items"]) == 1
 
 
 def test_claim_reply_carries_the_contract_fields(client_a, register_unit):
@@ -47,7 +47,7 @@ def test_claim_reply_carries_the_contract_fields(client_a, register_unit):
         "/api/v1/tasks",
         {"name": "t", "taskType": "DATA_PROCESSING", "priority": 2, "config": {"k": "v"}, "timeoutSeconds": 30},
     )
-    task = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["tasks"][0]
+    task = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["items"][0]
     assert set(task) == {"id", "name", "taskType", "priority", "config", "attempt", "timeoutSeconds"}
     assert task["config"] == {"k": "v"} and task["attempt"] == 1 and task["timeoutSeconds"] == 30
 

@@ -85,7 +85,7 @@ def test_with_redis_down_the_api_serves_and_throttling_degrades_open(
     assert [r.status_code for r in created] == [201] * 4  # no counter store: no 429 either
     assert client_a.get(f"{API}/tasks").json()["total"] == 4
     unit, _ = register_unit("u-redis-down", unit_type="DEGRADED")
-    claimed = unit.post(f"{API}/execution-units/u-redis-down/claim", {"max": 1}).json()["tasks"]
+    claimed = unit.post(f"{API}/execution-units/u-redis-down/claim", {"max": 1}).json()["items"]
     assert unit.post(f"{API}/tasks/{claimed[0]['id']}/complete", {"attempt": 1, "result": {}}).status_code == 200
 
 
@@ -134,15 +134,15 @@ def scene(client_a: JsonClient, register_unit: Any) -> dict[str, Any]:
     one, and a running task past its timeout."""
     unit, _ = register_unit("u1", unit_type="DEGRADED", capacity=4)
     ids = [client_a.post(f"{API}/tasks", TASK).json()["id"] for _ in range(3)]
-    assert len(unit.post(f"{API}/execution-units/u1/claim", {"max": 3}).json()["tasks"]) == 3
+    assert len(unit.post(f"{API}/execution-units/u1/claim", {"max": 3}).json()["items"]) == 3
     unit.post(f"{API}/tasks/{ids[2]}/fail", {"attempt": 1, "error": "boom", "retryable": True})
     Task.objects.filter(pk=ids[2]).update(next_retry_at=timezone.now() - timedelta(seconds=1))
     silent, _ = register_unit("u2", unit_type="DEGRADED", capacity=1)
     lost = client_a.post(f"{API}/tasks", TASK).json()["id"]
-    assert [t["id"] for t in silent.post(f"{API}/execution-units/u2/claim", {"max": 1}).json()["tasks"]] == [lost]
+    assert [t["id"] for t in silent.post(f"{API}/execution-units/u2/claim", {"max": 1}).json()["items"]] == [lost]
     ExecutionUnit.objects.filter(pk="u2").update(last_heartbeat_at=timezone.now() - timedelta(hours=1))
     slow = client_a.post(f"{API}/tasks", TASK | {"timeoutSeconds": 5}).json()["id"]
-    assert [t["id"] for t in unit.post(f"{API}/execution-units/u1/claim", {"max": 1}).json()["tasks"]] == [slow]
+    assert [t["id"] for t in unit.post(f"{API}/execution-units/u1/claim", {"max": 1}).json()["items"]] == [slow]
     Task.objects.filter(pk=slow).update(timeout_at=timezone.now() - timedelta(seconds=1))
     Task.objects.filter(status="RUNNING").update(started_at=timezone.now() - timedelta(minutes=1))
     pending = client_a.post(f"{API}/tasks", TASK).json()["id"]

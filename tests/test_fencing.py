@@ -15,7 +15,7 @@ TASK = {"name": "t", "taskType": "DATA_PROCESSING", "priority": 1, "config": {}}
 def leased(client_a, register_unit):
     unit, _ = register_unit("u1")
     client_a.post("/api/v1/tasks", TASK)
-    task = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["tasks"][0]
+    task = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["items"][0]
     return unit, task
 
 

@@ -202,14 +202,14 @@ def test_maintenance_drains_keeps_running_tasks_and_claims_nothing(client_a, reg
     unit, _ = register_unit("u1")
     for _ in range(2):
         client_a.post("/api/v1/tasks", {"name": "t", "taskType": "DATA_PROCESSING", "config": {}})
-    held = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["tasks"][0]
+    held = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["items"][0]
     assert client_a.patch("/api/v1/execution-units/u1", {"status": "MAINTENANCE"}).json()["status"] == "MAINTENANCE"
     reply = unit.post(
         "/api/v1/execution-units/u1/heartbeat",
         {"currentLoad": 1, "tasks": [{"id": held["id"], "attempt": held["attempt"]}]},
     ).json()
     assert reply["status"] == "MAINTENANCE" and reply["freeCapacity"] == 0
-    assert unit.post("/api/v1/execution-units/u1/claim", {"max": 5}).json()["tasks"] == []
+    assert unit.post("/api/v1/execution-units/u1/claim", {"max": 5}).json()["items"] == []
     assert unit.post(f"/api/v1/tasks/{held['id']}/complete", {"attempt": held["attempt"]}).status_code == 200
     # Re-registering (a restart) keeps the drain an operator set.
     client_a.post(
@@ -223,7 +223,7 @@ def test_maintenance_drains_keeps_running_tasks_and_claims_nothing(client_a, reg
 def test_deregister_fails_the_units_tasks_over(client_a, register_unit):
     unit, _ = register_unit("u1")
     client_a.post("/api/v1/tasks", {"name": "t", "taskType": "DATA_PROCESSING", "config": {}})
-    held = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["tasks"][0]
+    held = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["items"][0]
     assert client_a.delete("/api/v1/execution-units/u1").status_code == 204
     task = Task.objects.get(pk=held["id"])
     assert task.status == "PENDING" and task.unit_id is None
@@ -233,7 +233,7 @@ def test_deregister_fails_the_units_tasks_over(client_a, register_unit):
 def test_reregistration_fails_over_the_previous_incarnations_tasks(client_a, register_unit):
     unit, _ = register_unit("u1")
     client_a.post("/api/v1/tasks", {"name": "t", "taskType": "DATA_PROCESSING", "config": {}})
-    held = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["tasks"][0]
+    held = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["items"][0]
     register_unit("u1")
     assert Task.objects.get(pk=held["id"]).status == "PENDING"
 

@@ -90,7 +90,7 @@ def test_manual_retry_and_bulk_redrive(client_a, register_unit):
         ).json()["id"]
         for i in range(4)
     ]
-    for t in unit.post("/api/v1/execution-units/u1/claim", {"max": 10}).json()["tasks"]:
+    for t in unit.post("/api/v1/execution-units/u1/claim", {"max": 10}).json()["items"]:
         unit.post(f"/api/v1/tasks/{t['id']}/fail", {"attempt": t["attempt"], "error": "bad", "retryable": True})
     assert set(Task.objects.values_list("status", flat=True)) == {"FAILED"}
     assert client_a.get("/api/v1/tasks/stats").json()["dead"] == 4

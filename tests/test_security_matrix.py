@@ -109,14 +109,14 @@ def _build_side(make_client: Callable[..., JsonClient], name: str) -> Side:
         return int(_ok(client.post(f"{API}/tasks", body), 201)["id"])
 
     tasks = {"failed": create("failed")}
-    claimed = _ok(unit.post(f"{API}/execution-units/{unit_id}/claim", {"max": 1}), 200)["tasks"]
+    claimed = _ok(unit.post(f"{API}/execution-units/{unit_id}/claim", {"max": 1}), 200)["items"]
     assert [t["id"] for t in claimed] == [tasks["failed"]]
     _ok(
         unit.post(f"{API}/tasks/{tasks['failed']}/fail", {"attempt": 1, "error": f"boom {marker}", "retryable": False}),
         200,
     )
     tasks["running"] = create("running")
-    claimed = _ok(unit.post(f"{API}/execution-units/{unit_id}/claim", {"max": 1}), 200)["tasks"]
+    claimed = _ok(unit.post(f"{API}/execution-units/{unit_id}/claim", {"max": 1}), 200)["items"]
     assert [t["id"] for t in claimed] == [tasks["running"]]
     _ok(unit.post(f"{API}/tasks/{tasks['running']}/logs", {"attempt": 1, "message": f"log {marker}"}), 201)
     tasks["pending"] = create("pending")

@@ -61,7 +61,7 @@ def test_embedded_default_is_sqlite_locmem_and_filesystem_broker():
     assert out == [
         "django.db.backends.sqlite3",
         "django.core.cache.backends.locmem.LocMemCache",
-        "filesystem://",
+        "filesystem://localhost/",
         "IMMEDIATE",
     ]
 

@@ -349,7 +349,8 @@ def claimed_tasks(tasks: list[Any]) -> list[dict[str, Any]]:
 
 
 class ClaimReplySerializer(serializers.Serializer):
-    tasks = ClaimedTaskSerializer(many=True)
+    # `items`, as in every other collection of the API (lists, batches); hubs before 0.1 said `tasks`.
+    items = ClaimedTaskSerializer(many=True)
     unitStatus = serializers.ChoiceField(choices=UnitStatus.choices)
 
 

@@ -174,7 +174,7 @@ class UnitViewSet(viewsets.ViewSet):
         body = validated(ClaimSerializer, request.data)
         self._refuse_a_replaced_instance(request, body.get("instance_id", ""))
         tasks, unit_status = services.unit_claim(self._own_unit_id(request, pk), body["max"])
-        return Response({"tasks": claimed_tasks(tasks), "unitStatus": str(unit_status)})
+        return Response({"items": claimed_tasks(tasks), "unitStatus": str(unit_status)})
 
     @extend_schema(responses=UnitStats, summary="Units by status, capacity and utilisation")
     @action(detail=False, methods=["get"])

@@ -71,10 +71,10 @@ def client_loop(http: Http, scenario: str, ctx: dict[str, Any], stop: threading.
             unit, token = units[ctx["current"]]
             status, reply = http.call("claim", "POST", f"/execution-units/{unit}/claim", {"max": ctx["batch"]}, token)
             assert status == 200, (status, reply)
-            ctx["held"] += len(reply["tasks"])
+            ctx["held"] += len(reply["items"])
             if ctx["held"] + ctx["batch"] > 1000:
                 ctx["current"], ctx["held"] = ctx["current"] + 1, 0
-            if not reply["tasks"]:
+            if not reply["items"]:
                 break
         n += 1
     return n
