@@ -42,9 +42,11 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
         yield hub
 
 
-def test_one_set_of_scopes_everywhere_the_readme_creates_a_key():
-    scopes = re.findall(r"create_api_key \S+ --scopes (\S+)", README)
-    assert scopes and set(scopes) == {",".join(ALL_SCOPES)}
+def test_one_set_of_scopes_where_the_readme_and_the_agent_guide_create_a_key():
+    agent_guide = (ROOT / "docs" / "agent.md").read_text()
+    for text in (README, agent_guide):
+        scopes = re.findall(r"create_api_key \S+\s*\\?\s*--scopes (\S+)", text)
+        assert scopes and set(scopes) == {",".join(ALL_SCOPES)}
 
 
 @pytest.mark.slow
