@@ -73,6 +73,10 @@ class Hub:
             DEBUG="false",
             ALLOWED_HOSTS="127.0.0.1,localhost",
             WEB_CONCURRENCY="2",
+            # The SDK's tests need none of the periodic jobs; beat sending them every 5 s over the
+            # filesystem broker can crash the worker (a message read before it is written), and
+            # runhub then stops the whole hub.
+            SWEEP_INTERVAL="3600",
             PYTHONUNBUFFERED="1",
         )
         self.port = free_port()
