@@ -15,20 +15,8 @@ from typing import Any, TypeVar
 import httpx
 
 from taskhub_client import _core
-from taskhub_client._core import (
-    Close,
-    Core,
-    Emit,
-    Outcome,
-    Read,
-    Send,
-    Sleep,
-    Step,
-    Steps,
-    client_headers,
-    event_params,
-    list_filters,
-)
+from taskhub_client._core import Core, client_headers, event_params, list_filters
+from taskhub_client._steps import Close, Emit, Outcome, Read, Send, Sleep, Step, Steps, returning
 from taskhub_client.models import BatchItem, Event, HistoryEntry, LogEntry, Stats, Task
 
 T = TypeVar("T")
@@ -104,7 +92,7 @@ class AsyncClient:
             return Outcome(error=exc)
 
     async def _run(self, steps: Steps[T]) -> T:
-        async with aclosing(self._drive(_core.returning(steps))) as values:
+        async with aclosing(self._drive(returning(steps))) as values:
             return await anext(values)
 
     # --- the API (documented on Client) ------------------------------------------------------------

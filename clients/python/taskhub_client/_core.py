@@ -20,13 +20,14 @@ from __future__ import annotations
 import math
 import random
 import uuid
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
 
+from taskhub_client._steps import Close, Emit, Read, Send, Sleep, Steps
 from taskhub_client._version import __version__
 from taskhub_client.errors import HubUnavailable, ServerError, TaskhubError, WaitTimeout, error_from_response
 from taskhub_client.errors import retry_after as retry_after_of
@@ -40,63 +41,6 @@ MAX_RETRY_AFTER = 60.0  # a longer Retry-After is raised to the caller rather th
 LONG_POLL_MAX = 20  # seconds asked of the hub per long-poll (below any proxy's idle timeout)
 STREAM_READ_TIMEOUT = 90.0  # silence on an event stream longer than this reconnects it
 LOG_PAGE_MAX = 1000  # GET /tasks/{id}/logs caps `limit` here
-
-
-# --- steps: what an operation asks its client to do -------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send `request`; the reply is the httpx.Response (its body read unless `stream`; a streamed
-    error answer is read too), or the httpx.TransportError thrown into the operation."""
-
-    request: httpx.Request
-    stream: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Read:
-    """The next chunk of a streamed response's body: bytes, b"" at its end, or a TransportError."""
-
-    response: httpx.Response
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    response: httpx.Response
-
-
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Emit:
-    """An item for the caller of an iterating operation (list, logs, events)."""
-
-    value: Any
-
-
-Step = Send | Read | Close | Sleep | Emit
-Steps = Generator[Step, Any, T]
-
-
-@dataclass(slots=True)
-class Outcome:
-    """A performed step's result, to resume the operation with."""
-
-    value: Any = None
-    error: BaseException | None = None
-
-    def resume(self, steps: Steps[Any]) -> Step:
-        return steps.send(self.value) if self.error is None else steps.throw(self.error)
-
-
-def returning(steps: Steps[T]) -> Steps[None]:
-    """An operation that returns a value, as one that emits it: the clients drive only the latter."""
-    value = yield from steps
-    yield Emit(value)
 
 
 # --- requests ---------------------------------------------------------------------------------

@@ -14,20 +14,8 @@ from typing import Any, TypeVar
 import httpx
 
 from taskhub_client import _core
-from taskhub_client._core import (
-    Close,
-    Core,
-    Emit,
-    Outcome,
-    Read,
-    Send,
-    Sleep,
-    Step,
-    Steps,
-    client_headers,
-    event_params,
-    list_filters,
-)
+from taskhub_client._core import Core, client_headers, event_params, list_filters
+from taskhub_client._steps import Close, Emit, Outcome, Read, Send, Sleep, Step, Steps, returning
 from taskhub_client.models import BatchItem, Event, HistoryEntry, LogEntry, Stats, Task
 
 T = TypeVar("T")
@@ -103,7 +91,7 @@ class Client:
             return Outcome(error=exc)
 
     def _run(self, steps: Steps[T]) -> T:
-        with closing(self._drive(_core.returning(steps))) as values:
+        with closing(self._drive(returning(steps))) as values:
             return next(values)  # type: ignore[no-any-return]
 
     # --- the API ---------------------------------------------------------------------------------

@@ -20,9 +20,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
+import pytest
 
 from taskhub_client.sse import SSEDecoder
 
@@ -40,6 +41,14 @@ def hub_python() -> str:
             f"or set TASKHUB_HUB_PYTHON): {probe.stderr.strip()[-300:]}"
         )
     return python
+
+
+def missing_feature(reason: str) -> NoReturn:
+    """Skip a test of a hub feature not landed yet; with TASKHUB_SDK_REQUIRE_HUB_FEATURES=1 (once
+    it has landed), fail instead."""
+    if os.environ.get("TASKHUB_SDK_REQUIRE_HUB_FEATURES") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def free_port() -> int:

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from taskhub_client._core import Core, Emit, Send, Sleep, Steps
+from taskhub_client._core import Core
+from taskhub_client._steps import Emit, Send, Sleep, Steps
 
 PENDING = {"id": 1, "name": "n", "taskType": "T", "status": "PENDING"}
 DONE = {**PENDING, "status": "COMPLETED"}
