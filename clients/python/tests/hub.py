@@ -135,17 +135,25 @@ class Hub:
             return False
 
     def stop(self) -> None:
+        # runhub starts web, worker and beat in sessions of their own and stops them itself
+        # (SIGKILL after 15 s): give it the time, then kill whatever of this hub outlived it.
+        children = [child for proc in self._procs for child in _children(proc.pid)]
         for proc in self._procs:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
         for proc in self._procs:
             try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:  # its data is thrown away: no need for a slow shutdown
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
+        mine = f"SQLITE_PATH={self.env['SQLITE_PATH']}".encode()
+        for pid in children:
+            with contextlib.suppress(OSError):  # gone already, or a pid reused by someone else's process
+                if mine in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    os.kill(pid, signal.SIGKILL)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.workdir.glob("*.log"))
@@ -157,6 +165,15 @@ class Hub:
 
     def unit(self, unit_id: str, unit_type: str) -> Unit:
         return Unit(self, unit_id, unit_type)
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError):
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+    return children
 
 
 def _port_open(port: int) -> bool:
