@@ -8,8 +8,11 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import beat_init, worker_ready
+from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "taskhub.settings")
+# `filesystem://` (the embedded default's broker) with atomic message files: see taskhub/broker.py.
+TRANSPORT_ALIASES["filesystem"] = "taskhub.broker:Transport"
 
 app = Celery("taskhub")
 app.config_from_object("django.conf:settings", namespace="CELERY")
