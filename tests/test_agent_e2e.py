@@ -7,15 +7,10 @@ Each test uses its own task type, so the tests share one hub without seeing each
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,134 +20,44 @@ from typing import Any
 import pytest
 import requests
 
+import testkit.hub
+from testkit.hub import embedded_env, unit_argv, unit_env
+from testkit.processes import Process
+from testkit.waiting import wait_for
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT_TIMEOUT = 3.0
 SWEEP_INTERVAL = 1.0
-# Anything that could point the hub at a shared database, cache or broker stays out.
-SCRUBBED_PREFIXES = ("DB_", "REDIS_", "CELERY_", "SQLITE_", "TASKHUB_", "DJANGO_", "UNIT_", "TASK_", "API_")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    """Child processes (any depth), from /proc: runhub starts its children in new sessions."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        children = [child for child, parent in parents.items() if parent == current]
-        found.extend(children)
-        frontier.extend(children)
-    return found
 
 
 def hub_env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
-    env.update(
-        # Empty, not unset: a developer's .env must not fill these in either.
-        DB_HOST="",
-        REDIS_HOST="",
-        CELERY_BROKER_URL="",
-        SQLITE_PATH=str(tmp / "hub.sqlite3"),
-        VAR_DIR=str(tmp / "var"),
-        LOG_DIR=str(tmp / "logs"),
-        APP_ENV="development",
+    return embedded_env(
+        tmp,
         DEBUG="false",  # runhub serves with gunicorn, as in production
         UNIT_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT),
         SWEEP_INTERVAL=str(SWEEP_INTERVAL),
         TASK_RETRY_BACKOFF_BASE="1",
         WEB_CONCURRENCY="2",
         ALLOWED_HOSTS="127.0.0.1,localhost",
-        PYTHONUNBUFFERED="1",
     )
-    return env
 
 
-class Hub:
+class Hub(testkit.hub.Hub):
     def __init__(self, tmp: Path) -> None:
+        super().__init__(
+            tmp, env=hub_env(tmp), scopes="tasks:read,tasks:write,units:read,units:register", log_name="hub.log"
+        )
         self.tmp = tmp
-        self.env = hub_env(tmp)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.key = ""
-        self.proc: subprocess.Popen[bytes] | None = None
         self.units: list[Unit] = []
 
-    def manage(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120
-        )
-        assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
-
-    def start(self) -> None:
-        self.manage("migrate", "--noinput", "-v0")
-        self.manage("setup_beat")
-        self.key = self.manage(
-            "create_api_key", "e2e", "--scopes", "tasks:read,tasks:write,units:read,units:register"
-        ).splitlines()[-1]
-        with (self.tmp / "hub.log").open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "manage.py", "runhub", "--port", str(self.port)],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-        def healthy() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, f"the hub exited:\n{self.log()}"
-            try:
-                return requests.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(healthy, 40, "the hub to answer /health")
-
-    def stop(self) -> None:
+    def stop(self, grace: float = 5) -> None:
         for unit in self.units:
             unit.kill()
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        children = descendants(self.proc.pid)
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            # Its data is thrown away: no need to sit through a slow Celery warm shutdown.
-            self.proc.kill()
-        for pid in children:  # anything runhub has not stopped yet
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        super().stop(grace)
 
     def log(self) -> str:
-        path = self.tmp / "hub.log"
-        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+        return self.output()[-5000:]
 
     def report_requests(self, unit_id: str) -> dict[str, int]:
         """The hub's access log: how many report requests this unit sent, batched or per attempt."""
@@ -219,41 +124,30 @@ class Unit:
         self, hub: Hub, unit_id: str, unit_type: str, capacity: int, extra: dict[str, str], log_name: str = ""
     ) -> None:
         self.unit_id = unit_id
-        self.log_path = hub.tmp / f"{log_name or unit_id}.log"  # a second process under one id: its own log
-        script = shutil.which("taskhub-unit", path=str(Path(sys.executable).parent))
-        command = [script] if script else [sys.executable, "-m", "taskhub_unit"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
-        env.update(
-            TASKHUB_SERVER=hub.url,
-            TASKHUB_ENROLL_KEY=hub.key,  # from the environment, as docs/agent.md recommends
-            TASKHUB_UNIT_ID=unit_id,
-            TASKHUB_UNIT_TYPE=unit_type,
-            TASKHUB_CAPACITY=str(capacity),
-            TASKHUB_HANDLER="sleep",
-            TASKHUB_POLL_INTERVAL="0.2",
-            TASKHUB_RETRY_MAX="1",
-            PYTHONUNBUFFERED="1",
-            **extra,
+        env = unit_env(
+            hub.url, hub.key, unit_id, unit_type, capacity, TASKHUB_POLL_INTERVAL="0.2", TASKHUB_RETRY_MAX="1", **extra
         )
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # A second process under one id: its own log.
+        self.process = Process(unit_id, unit_argv(), env=env, log_path=hub.tmp / f"{log_name or unit_id}.log").start()
+        self.proc = self.process.popen
+        self.log_path = self.process.log_path
 
     def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
+        self.process.signal(signum)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.process.running:
+            self.process.signal(signal.SIGCONT)
+            self.process.signal(signal.SIGKILL)
+            self.process.wait(10)
 
     def stop(self, timeout: float = 20) -> int:
         """SIGTERM, and the exit code once it has drained."""
         self.signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        return self.process.wait(timeout)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.process.output()
 
     def log_matches(self, pattern: str) -> Callable[[], bool]:
         return lambda: re.search(pattern, self.log()) is not None
