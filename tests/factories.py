@@ -1,4 +1,11 @@
-"""Test data, made through the same services the product uses."""
+"""Test data, made through the same services the product uses.
+
+A leased task (RUNNING on a unit at attempt 1) comes from the claim itself: `leased_task` and
+`leased_tasks` here, through the claim function; the `leased` fixture (tests/conftest.py), through
+POST /execution-units/{id}/claim for the API tests, which need the unit's token. Only the scale tests
+write RUNNING rows directly (`running_in_bulk`): claiming 10,000 tasks would cost them more than
+what they measure.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ from taskhub.apikeys.services import api_key_create
 from taskhub.apikeys.tokens import digest, new_unit_token
 from tasks.actors import Actor
 from tasks.models import Task
+from tasks.scheduling.claim import claim_tasks
+from tasks.states import TaskStatus
 from tasks.transitions import create_task
 from units.models import ExecutionUnit, UnitStatus
 
@@ -51,4 +60,52 @@ def unit(
         registered_at=now,
         status=status,
         owner=owner,
+    )
+
+
+def leased_tasks(
+    unit_or_id: ExecutionUnit | str | None = None, n: int = 1, *, now: datetime | None = None, **fields: Any
+) -> list[Task]:
+    """`n` new tasks leased to a unit by the claim (attempt 1, RUNNING since `now`), by id. The unit:
+    `unit_or_id`, or a new one made at `now` under that id (or any id), of the tasks' type and with
+    room for them. The tasks rank above every other task of the tests (priority 1000), so they are
+    the ones claimed; AssertionError if the claim took any other."""
+    now = now or timezone.now()
+    if not isinstance(unit_or_id, ExecutionUnit):
+        unit_type = fields.pop("task_type", "DATA_PROCESSING")
+        unit_or_id = unit(unit_or_id, unit_type=unit_type, capacity=max(n, 5), now=now)
+    fields.setdefault("priority", 1000)
+    made = [task(task_type=unit_or_id.unit_type, now=now, **fields) for _ in range(n)]
+    claimed = claim_tasks(unit_or_id.pk, n, now=now)
+    assert sorted(t.pk for t in claimed) == [t.pk for t in made], "another task of this type was claimable"
+    return list(Task.objects.filter(pk__in=[t.pk for t in made]).order_by("id"))
+
+
+def leased_task(unit_or_id: ExecutionUnit | str | None = None, *, now: datetime | None = None, **fields: Any) -> Task:
+    """One task leased by the claim: see `leased_tasks`."""
+    (leased,) = leased_tasks(unit_or_id, 1, now=now, **fields)
+    return leased
+
+
+def running_in_bulk(unit_ids: list[str], n: int, *, now: datetime) -> list[Task]:
+    """`n` tasks RUNNING at attempt 1 on the given units in turn, since `now`: what the claim writes
+    to a task row with no timeout, in bulk and without the claim's history rows (for the sweeper's
+    scale tests)."""
+    return Task.objects.bulk_create(
+        [
+            Task(
+                name=f"t{i}",
+                task_type="DATA_PROCESSING",
+                status=TaskStatus.RUNNING,
+                attempt=1,
+                max_retries=3,
+                unit_id=unit_ids[i % len(unit_ids)],
+                available_at=now,
+                started_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+            for i in range(n)
+        ],
+        batch_size=2000,
     )

@@ -115,23 +115,7 @@ def _sweep(_: int, out: Any) -> None:
 def test_concurrent_sweepers_fail_each_task_over_exactly_once():
     now = timezone.now()
     units = [factories.unit(f"dead-{i}", now=now).pk for i in range(200)]
-    Task.objects.bulk_create(
-        [
-            Task(
-                name=f"t{i}",
-                task_type="DATA_PROCESSING",
-                status=TaskStatus.RUNNING,
-                attempt=1,
-                max_retries=3,
-                unit_id=units[i % 200],
-                available_at=now,
-                created_at=now,
-                updated_at=now,
-            )
-            for i in range(3000)
-        ],
-        batch_size=1000,
-    )
+    factories.running_in_bulk(units, 3000, now=now)
     results = _run_in_processes(_sweep, [(i,) for i in range(4)])
     assert [e for _, errs in results for e in errs] == []
     assert sum(r["failedOver"] for r, _ in results) == 3000

@@ -154,9 +154,7 @@ def test_the_claim_clears_a_lease_left_on_a_pending_task():
 def test_a_task_whose_unit_row_was_deleted_without_deregistering_fails_over_at_the_next_sweep():
     """A plain delete of the unit (the ORM, a shell) leaves its task RUNNING with no unit (SET_NULL)
     and no lease; nobody can report on it any more (the unit's token went with the row)."""
-    factories.unit("u-gone", now=T0)
-    task = factories.task(now=T0)
-    claim_tasks("u-gone", 1, now=T0)
+    task = factories.leased_task("u-gone", now=T0)
     ExecutionUnit.objects.filter(pk="u-gone").delete()
     task.refresh_from_db()
     assert (task.status, task.unit_id, task.lease_expires_at) == (S.RUNNING, None, None)
