@@ -10,6 +10,7 @@ what they measure.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from taskhub.apikeys.models import ALL_SCOPES, ApiKey
 from taskhub.apikeys.services import api_key_create
 from taskhub.apikeys.tokens import digest, new_unit_token
 from tasks.actors import Actor
-from tasks.models import Task
+from tasks.models import Task, TaskStatusHistory
 from tasks.scheduling.claim import claim_tasks
 from tasks.states import TaskStatus
 from tasks.transitions import create_task
@@ -87,25 +88,43 @@ def leased_task(unit_or_id: ExecutionUnit | str | None = None, *, now: datetime 
     return leased
 
 
+def tasks_in_bulk(
+    n: int, *, now: datetime, row: Callable[[int], dict[str, Any]] | None = None, batch_size: int = 2000, **fields: Any
+) -> list[Task]:
+    """`n` task rows in bulk inserts, for the tests that need thousands: created at `now`, with
+    `fields` on every row and `row(i)` on the i-th. No history rows (see `lapsed_orphans`)."""
+    every = {
+        "task_type": "DATA_PROCESSING",
+        "max_retries": 3,
+        "available_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+    rows = [{"name": f"t{i}", **every, **fields, **(row(i) if row else {})} for i in range(n)]
+    return Task.objects.bulk_create([Task(**values) for values in rows], batch_size=batch_size)
+
+
 def running_in_bulk(unit_ids: list[str], n: int, *, now: datetime) -> list[Task]:
     """`n` tasks RUNNING at attempt 1 on the given units in turn, since `now`: what the claim writes
     to a task row with no timeout, in bulk and without the claim's history rows (for the sweeper's
     scale tests)."""
-    return Task.objects.bulk_create(
-        [
-            Task(
-                name=f"t{i}",
-                task_type="DATA_PROCESSING",
-                status=TaskStatus.RUNNING,
-                attempt=1,
-                max_retries=3,
-                unit_id=unit_ids[i % len(unit_ids)],
-                available_at=now,
-                started_at=now,
-                created_at=now,
-                updated_at=now,
-            )
-            for i in range(n)
-        ],
-        batch_size=2000,
+    return tasks_in_bulk(
+        n,
+        now=now,
+        status=TaskStatus.RUNNING,
+        attempt=1,
+        started_at=now,
+        row=lambda i: {"unit_id": unit_ids[i % len(unit_ids)]},
     )
+
+
+def lapsed_orphans(n: int, at: datetime, actor: str = "key:many") -> list[int]:
+    """`n` RUNNING tasks that no unit holds, their lease run out at `at`, each with the history row
+    of its start by `actor`: made in bulk, for the tests that need thousands."""
+    tasks = tasks_in_bulk(
+        n, now=at, status=TaskStatus.RUNNING, attempt=1, lease_expires_at=at, row=lambda i: {"name": f"orphan {i}"}
+    )
+    started = {"from_status": TaskStatus.PENDING, "to_status": TaskStatus.RUNNING, "attempt": 1, "created_at": at}
+    history = [TaskStatusHistory(task_id=t.pk, actor_type="api_key", actor=actor, **started) for t in tasks]
+    TaskStatusHistory.objects.bulk_create(history, batch_size=2000)
+    return [t.pk for t in tasks]

@@ -169,39 +169,8 @@ def test_a_task_whose_unit_row_was_deleted_without_deregistering_fails_over_at_t
     assert _last(task.pk).reason == "its unit u-gone was removed without deregistering; no unit holds it"
 
 
-def lapsed_orphans(n: int, at: datetime, actor: str = "key:many") -> list[int]:
-    """`n` RUNNING tasks that no unit holds, their lease run out at `at`, each with the history row
-    of its start by `actor`: made in bulk, for the tests that need thousands."""
-    tasks = Task.objects.bulk_create(
-        [
-            Task(
-                name=f"orphan {i}",
-                task_type="DATA_PROCESSING",
-                status=S.RUNNING,
-                attempt=1,
-                max_retries=3,
-                available_at=at,
-                lease_expires_at=at,
-                created_at=at,
-                updated_at=at,
-            )
-            for i in range(n)
-        ],
-        batch_size=2000,
-    )
-    TaskStatusHistory.objects.bulk_create(
-        [
-            TaskStatusHistory(task_id=t.pk, from_status=S.PENDING, to_status=S.RUNNING, actor_type="api_key",
-                              actor=actor, attempt=1, created_at=at)
-            for t in tasks
-        ],
-        batch_size=2000,
-    )  # fmt: skip
-    return [t.pk for t in tasks]
-
-
 def test_the_sweeper_takes_back_10000_tasks_no_unit_holds_in_bounded_queries(django_assert_max_num_queries):
-    lapsed_orphans(10_000, T0 + timedelta(seconds=TIMEOUT))
+    factories.lapsed_orphans(10_000, T0 + timedelta(seconds=TIMEOUT))
     fields = [f for f in TaskStatusHistory._meta.concrete_fields if not f.primary_key]
     history_batch = min(1000, connection.ops.bulk_batch_size(fields, []) or 1000)
     # Per sweep chunk (one transaction) of 1000 tasks: the unit poll, the lease poll, the history read
