@@ -241,7 +241,9 @@ def test_a_frozen_unit_comes_back_to_refused_reports_and_aborts(hub: Hub) -> Non
         pattern = rf"task {task['id']} attempt {task['attempt']}: (report refused by the hub|hub says abort)"
         wait_for(frozen.log_matches(pattern), 15, f"s1 to drop task {task['id']}")
     wait_for(lambda: hub.unit_status("e2e-s1") == "ONLINE", 10, "s1 to be ONLINE again")
-    time.sleep(1.0)  # room for any late report to (wrongly) land
+    assert frozen.proc.poll() is None, "s1 should survive and keep working"
+    # Stopped (drained), s1 has sent all it ever will: any late report has (wrongly) landed by now.
+    assert (frozen.stop(), other.stop()) == (0, 0)
     for task_id in ids:
         (done,) = completions(hub, task_id)  # exactly one COMPLETED
         assert done["unitId"] == "e2e-s2"
@@ -255,8 +257,6 @@ def test_a_frozen_unit_comes_back_to_refused_reports_and_aborts(hub: Hub) -> Non
         ]
         assert late == [], "the hub stored logs of a fenced attempt"
         assert hub.api("GET", f"/tasks/{task_id}")["result"]["unit"] == "e2e-s2"
-    assert frozen.proc.poll() is None, "s1 should survive and keep working"
-    assert (frozen.stop(), other.stop()) == (0, 0)
 
 
 def test_sigterm_drains_running_tasks_then_exits_zero(hub: Hub) -> None:
@@ -264,7 +264,7 @@ def test_sigterm_drains_running_tasks_then_exits_zero(hub: Hub) -> None:
     ids = hub.submit("E2E_TERM", 3, seconds=1.5, steps=3)
     wait_for(lambda: len(running_on(hub, "E2E_TERM", "e2e-d1")) == 3, 20, "d1 to run all three")
     unit.signal(signal.SIGTERM)
-    time.sleep(0.2)
+    wait_for(unit.log_matches("draining"), 10, "d1 to start draining")
     later = hub.submit("E2E_TERM", 2, seconds=0.1)
     assert unit.proc.wait(20) == 0, unit.log()
     for task_id in ids:
