@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from testkit.hub import Hub, HubError, embedded_env, unit_argv, unit_env
 from testkit.processes import Process
 from testkit.waiting import TimedOut
@@ -119,29 +117,18 @@ class Demo:
             self.say("hub stopped")
 
     # --- API ---
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        response = requests.request(
-            method,
-            f"{self.url}/api/v1{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {self.hub.key}"},
-            timeout=10,
-        )
-        response.raise_for_status()
-        return response.json()
-
     def tasks(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         page = 1
         while True:
-            body = self.api("GET", f"/tasks?taskType={TASK_TYPE}&limit=100&page={page}&ordering=id")
+            body = self.hub.api("GET", f"/tasks?taskType={TASK_TYPE}&limit=100&page={page}&ordering=id")
             rows.extend(body["items"])
             if page >= body["totalPages"]:
                 return rows
             page += 1
 
     def unit_status(self, unit_id: str) -> str:
-        return str(self.api("GET", f"/execution-units/{unit_id}")["status"])
+        return str(self.hub.api("GET", f"/execution-units/{unit_id}")["status"])
 
     # --- the show ---
     def run(self) -> int:
@@ -151,7 +138,7 @@ class Demo:
         rng = random.Random(4)
         for n in range(1, self.count + 1):
             config = {"seconds": round(rng.uniform(0.8, 2.0), 1), "steps": 5}
-            self.api("POST", "/tasks", {"name": f"demo task {n}", "taskType": TASK_TYPE, "config": config})
+            self.hub.api("POST", "/tasks", {"name": f"demo task {n}", "taskType": TASK_TYPE, "config": config})
         self.say(f"submitted {self.count} {TASK_TYPE} tasks (0.8-2s of work each, progress in 5 steps)")
         deadline = time.monotonic() + 120
         while True:
@@ -217,7 +204,7 @@ class Demo:
         by_unit = {u: sum(r["unitId"] == u for r in rows) for u in UNITS}
         moved = [r for r in rows if r["failoverCount"] > 0]
         once = all(
-            sum(h["toStatus"] == "COMPLETED" for h in self.api("GET", f"/tasks/{r['id']}/history")["items"]) == 1
+            sum(h["toStatus"] == "COMPLETED" for h in self.hub.api("GET", f"/tasks/{r['id']}/history")["items"]) == 1
             for r in moved
         )
         self.say(f"{BOLD}all {self.count} tasks completed{RESET}")

@@ -198,6 +198,13 @@ class Hub:
     def manage(self, *args: str) -> str:
         return manage(self.env, *args, timeout=120)
 
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        """The JSON answer to one call with the hub's API key; HubError unless it is a 2xx."""
+        status, answer = call(self.base, method, path, self.key, body)
+        if not 200 <= status < 300:
+            raise HubError(f"{method} {path}: {status} {answer}")
+        return answer
+
     def start(self, timeout: float = 90) -> Hub:
         migrate(self.env)
         self.key = create_api_key(self.env, self.key_name, self.scopes)

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 import testkit.hub
-from testkit.hub import embedded_env, unit_argv, unit_env
+from testkit.hub import call, embedded_env, unit_argv, unit_env
 from testkit.processes import Process
 from testkit.waiting import wait_for
 
@@ -70,17 +69,6 @@ class Hub(testkit.hub.Hub):
         return counts
 
     # --- API ---
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        response = requests.request(
-            method,
-            f"{self.url}/api/v1{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {self.key}"},
-            timeout=10,
-        )
-        assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
-        return response.json()
-
     def submit(self, task_type: str, count: int, **config: Any) -> list[int]:
         return [
             self.api("POST", "/tasks", {"name": f"{task_type.lower()}-{n}", "taskType": task_type, "config": config})[
@@ -101,10 +89,8 @@ class Hub(testkit.hub.Hub):
         return len(rows) == count and all(row["status"] == "COMPLETED" for row in rows)
 
     def unit(self, unit_id: str) -> dict[str, Any] | None:
-        response = requests.get(
-            f"{self.url}/api/v1/execution-units/{unit_id}", headers={"Authorization": f"Bearer {self.key}"}, timeout=10
-        )
-        return dict(response.json()) if response.status_code == 200 else None
+        status, body = call(self.base, "GET", f"/execution-units/{unit_id}", self.key)
+        return dict(body) if status == 200 else None
 
     def unit_status(self, unit_id: str) -> str | None:
         unit = self.unit(unit_id)
