@@ -73,18 +73,6 @@ def _client(http: Http, index: int, arg: Any, deadline: float) -> dict[str, Any]
     return {"rescued": done}
 
 
-def _wait_for_log(stack: Stack, name: str, text: str, timeout: float) -> None:
-    path = stack.procs[name].log_path
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in path.read_text(errors="replace"):
-            return
-        if stack.procs[name].popen.poll() is not None:
-            break
-        time.sleep(0.2)
-    raise RuntimeError(f"{name} did not log {text!r} within {timeout:.0f}s; see {path}")
-
-
 def run(
     stack: Stack,
     owner_id: int,
@@ -103,8 +91,8 @@ def run(
     rescuer_ids = [f"rescuer-{i}" for i in range(rescuers)]
     stack.start_celery(beat=True)
     try:
-        _wait_for_log(stack, "worker", " ready.", 90)
-        _wait_for_log(stack, "beat", "Sending due task taskhub: sweep_heartbeats", 90)
+        stack.procs["worker"].wait_for_line(" ready.", 90)
+        stack.procs["beat"].wait_for_line("Sending due task taskhub: sweep_heartbeats", 90)
         # Units are made only now: the sweeper is running, and they must not look silent already.
         conn = db.connect(autocommit=False)
         try:

@@ -504,9 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                 with contextlib.suppress(Exception):
                     db.drop()
             with contextlib.suppress(Exception):
-                from bench.stack import flush_redis_db
-
-                flush_redis_db(stack.redis_url)
+                stack.flush_redis()
     prune_run_dirs(profile.name)
     meta["lockErrorsInServerLogs"] = lock_errors_in_logs(logs)
     meta["seconds"] = round(time.monotonic() - started, 1)

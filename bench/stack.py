@@ -8,21 +8,22 @@ process-group id, nothing else.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import MySQLdb
+
+from testkit import services
+from testkit.hub import create_api_key, gunicorn_argv, manage, wait_healthy
+from testkit.ports import free_port
+from testkit.processes import Process, children
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -65,43 +66,17 @@ class Db:
         return conn
 
     def create(self) -> None:
-        conn = self.connect(database=False)
-        try:
-            cur = conn.cursor()
-            cur.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
-            cur.execute(f"CREATE DATABASE `{self.name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-        finally:
-            conn.close()
+        services.recreate_database(**self._server, name=self.name)
 
     def drop(self) -> None:
-        conn = self.connect(database=False)
-        try:
-            conn.cursor().execute(f"DROP DATABASE IF EXISTS `{self.name}`")
-        finally:
-            conn.close()
+        services.drop_database(**self._server, name=self.name)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    @property
+    def _server(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port, "user": self.user, "password": self.password}
 
 
 # --- /proc accounting -------------------------------------------------------------------------
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(entry.name))
-    return out
 
 
 def cpu_seconds(pid: int) -> float:
@@ -167,21 +142,6 @@ class CpuMeter:
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes]
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def tree(self) -> list[int]:
-        return [self.pid, *children_of(self.pid)]
-
-
-@dataclass
 class Stack:
     """One profile's database, Redis DB, settings and processes."""
 
@@ -189,7 +149,7 @@ class Stack:
     redis_db: int
     run_dir: Path
     knobs: dict[str, str] = field(default_factory=dict)
-    procs: dict[str, Proc] = field(default_factory=dict)
+    procs: dict[str, Process] = field(default_factory=dict)
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(48))
     web_port: int = 0
     # The tree the processes run from: another checkout of taskhub for A/B comparisons.
@@ -241,24 +201,18 @@ class Stack:
         return f"redis://{env['REDIS_HOST']}:{env['REDIS_PORT']}/{self.redis_db}"
 
     def manage(self, *args: str, timeout: float = 300) -> str:
-        result = subprocess.run(
-            [PYTHON, "manage.py", *args],
-            cwd=self.app_dir,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if result.returncode:
-            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-        return result.stdout
+        return manage(self.env(), *args, cwd=self.app_dir, timeout=timeout)
 
     def setup(self) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "var").mkdir(parents=True, exist_ok=True)
         self.db.create()
         self.manage("migrate", "--noinput", "-v0")
-        flush_redis_db(self.redis_url)
+        self.flush_redis()
+
+    def flush_redis(self) -> None:
+        env = self.env()
+        services.flush_redis_db(host=env["REDIS_HOST"], port=int(env["REDIS_PORT"]), db=self.redis_db)
 
     def probe(self, module: str, timeout: float = 600) -> Any:
         """Run `python -m module` with this stack's environment; return the JSON of its last line."""
@@ -270,54 +224,31 @@ class Stack:
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     def api_key(self, name: str, scopes: str) -> str:
-        return self.manage("create_api_key", name, "--scopes", scopes).strip().splitlines()[-1].strip()
+        return create_api_key(self.env(), name, scopes, cwd=self.app_dir)
 
-    def start(self, name: str, argv: list[str], **extra_env: str) -> Proc:
+    def start(self, name: str, argv: list[str], **extra_env: str) -> Process:
         log_path = self.run_dir / "logs" / f"{name}.out"
-        log_file = log_path.open("ab")
-        popen = subprocess.Popen(
-            argv,
-            cwd=self.app_dir,
-            env=self.env(**extra_env),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        proc = Proc(name, popen, log_path, log_file)
+        proc = Process(name, argv, env=self.env(**extra_env), log_path=log_path, cwd=self.app_dir).start()
         self.procs[name] = proc
         return proc
 
-    def start_web(self, *, workers: int, threads: int, extra: list[str] | None = None) -> Proc:
+    def start_web(self, *, workers: int, threads: int, extra: list[str] | None = None) -> Process:
         self.web_port = free_port()
-        argv = [PYTHON, "-m", "gunicorn", "--config", "taskhub/gunicorn.conf.py", *(extra or [])]
         proc = self.start(
             "web",
-            argv,
+            gunicorn_argv(extra=extra or []),
             HOST="127.0.0.1",
             PORT=str(self.web_port),
             WEB_CONCURRENCY=str(workers),
             GUNICORN_THREADS=str(threads),
             GUNICORN_ACCESS_LOG="off",
         )
-        deadline = time.monotonic() + 60
         url = f"http://127.0.0.1:{self.web_port}/api/v1/health"
-        while True:
-            if proc.popen.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {proc.popen.returncode}; see {proc.log_path}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200 and len(children_of(proc.pid)) >= workers:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not become healthy in 60 s; see {proc.log_path}")
-            time.sleep(0.2)
+        wait_healthy(url, proc, timeout=60, ready=lambda: len(children(proc.pid)) >= workers)
         return proc
 
     def web_workers(self) -> list[int]:
-        return children_of(self.procs["web"].pid)
+        return children(self.procs["web"].pid)
 
     def start_celery(self, *, beat: bool) -> None:
         self.start(
@@ -339,18 +270,8 @@ class Stack:
 
     def stop(self, name: str, timeout: float = 15) -> None:
         proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        if proc.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.popen.wait(timeout=10)
-        proc.log_file.close()
+        if proc is not None:
+            proc.stop(grace=timeout)
 
     def stop_all(self) -> None:
         for name in list(self.procs):
@@ -362,13 +283,3 @@ class Stack:
             if path.is_file():
                 parts.append(path.read_text(errors="replace"))
         return "\n".join(parts)
-
-
-def flush_redis_db(url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaos import services
 from chaos.hub import Hub, Unit
 from chaos.proxy import ReportProxy
+from testkit import services
 
 KINDS = ("kill-unit", "zombie-unit", "restart-web", "resend-reports", "restart-mariadb", "restart-redis")
 SERVICE_KINDS = ("restart-mariadb", "restart-redis")

@@ -26,10 +26,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from chaos import services
 from chaos.faults import KINDS, SERVICE_KINDS, FaultLog, Injector
 from chaos.hub import PY, ROOT, Hub, api, unit_fleet
 from chaos.proxy import ReportProxy
+from testkit import services
+from testkit.ports import free_port
 
 TASK_TYPE = "CHAOS"
 ACCESS_LINE = re.compile(r" (?:GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) \S+ (\d{3}) ")
@@ -262,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         password=env["DB_PASSWORD"],
         name=args.db_name,
     )
-    services.flush_redis_db(redis_port, args.redis_db)
-    hub = Hub(env=env, workdir=workdir, port=services.free_port())
+    services.flush_redis_db(host=env["REDIS_HOST"], port=redis_port, db=args.redis_db)
+    hub = Hub(env=env, workdir=workdir, port=free_port())
     key = hub.prepare()
     proxy = ReportProxy(hub.port)
     faults = FaultLog()

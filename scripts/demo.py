@@ -15,26 +15,24 @@ summary says where it is. Takes about 20 seconds.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import requests
+from testkit.hub import Hub, HubError, embedded_env, unit_argv, unit_env
+from testkit.processes import Process
+from testkit.waiting import TimedOut
 
-ROOT = Path(__file__).resolve().parent.parent
 TASK_TYPE = "DEMO"
 UNITS = ("demo-unit-1", "demo-unit-2")
 HEARTBEAT_TIMEOUT = "3"
 SWEEP_INTERVAL = "1"
-SCRUBBED = ("DB_", "REDIS_", "CELERY_", "SQLITE_", "TASKHUB_", "DJANGO_", "UNIT_", "TASK_", "API_")
+SCOPES = "tasks:read,tasks:write,units:read,units:register"
 TTY = sys.stdout.isatty()
 BOLD, DIM, RED, GREEN, YELLOW, RESET = (
     ("\033[1m", "\033[2m", "\033[31m", "\033[32m", "\033[33m", "\033[0m") if TTY else ("",) * 6
@@ -47,35 +45,23 @@ class Demo:
         self.count = tasks
         self.keep = keep
         self.started = time.monotonic()
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.key = ""
-        self.hub: subprocess.Popen[bytes] | None = None
-        self.units: dict[str, subprocess.Popen[bytes]] = {}
+        env = embedded_env(
+            workdir,
+            SQLITE_PATH=str(workdir / "demo.sqlite3"),
+            DEBUG="false",
+            ALLOWED_HOSTS="127.0.0.1,localhost",
+            UNIT_HEARTBEAT_TIMEOUT=HEARTBEAT_TIMEOUT,
+            SWEEP_INTERVAL=SWEEP_INTERVAL,
+        )
+        self.hub = Hub(workdir, env=env, key_name="demo", scopes=SCOPES, log_name="hub.log")
+        self.url = self.hub.url
+        self.units: dict[str, Process] = {}
         self.status_shown = False
         self.last_status = ("", 0.0)
         self.marks: dict[str, float] = {}  # event -> seconds after the kill
         self.killed_at: float | None = None
         self.held: dict[int, int] = {}  # task id -> the attempt the killed unit held
         self.announced: set[tuple[int, str]] = set()
-        base = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
-        self.hub_env = {
-            **base,
-            # Empty rather than unset, so a developer's .env cannot point the demo at real services.
-            "DB_HOST": "",
-            "REDIS_HOST": "",
-            "CELERY_BROKER_URL": "",
-            "SQLITE_PATH": str(workdir / "demo.sqlite3"),
-            "VAR_DIR": str(workdir / "var"),
-            "LOG_DIR": str(workdir / "logs"),
-            "APP_ENV": "development",
-            "DEBUG": "false",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "UNIT_HEARTBEAT_TIMEOUT": HEARTBEAT_TIMEOUT,
-            "SWEEP_INTERVAL": SWEEP_INTERVAL,
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.unit_env = {**base, "PYTHONUNBUFFERED": "1"}
 
     # --- output ---
     def elapsed(self) -> float:
@@ -99,115 +85,50 @@ class Demo:
                 self.last_status = (text, time.monotonic())
 
     # --- processes ---
-    def manage(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=self.hub_env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if done.returncode:
-            raise SystemExit(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
-        return done.stdout
-
     def start_hub(self) -> None:
         self.say(
             f"setting up a throwaway hub in {self.workdir} (SQLite, filesystem broker; "
             f"{'kept' if self.keep else 'deleted at exit unless --keep'})"
         )
-        self.manage("migrate", "--noinput", "-v0")
-        self.manage("setup_beat")
-        scopes = "tasks:read,tasks:write,units:read,units:register"
-        self.key = self.manage("create_api_key", "demo", "--scopes", scopes).splitlines()[-1].strip()
-        self.say(f"created API key 'demo' ({scopes})")
-        with (self.workdir / "hub.log").open("wb") as log:
-            self.hub = subprocess.Popen(
-                [sys.executable, "manage.py", "runhub", "--port", str(self.port)],
-                cwd=ROOT,
-                env=self.hub_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 40
-        while True:
-            if self.hub.poll() is not None:
-                raise SystemExit(f"the hub exited; see {self.workdir / 'hub.log'}")
-            try:
-                if requests.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the hub did not come up within 40s")
-            time.sleep(0.2)
+        try:
+            self.hub.start(timeout=40)
+        except (HubError, TimedOut) as exc:
+            raise SystemExit(f"the hub did not come up: {exc}; see {self.hub.log_path}") from None
+        self.say(f"created API key 'demo' ({SCOPES})")
         self.say(
             f"hub up at {BOLD}{self.url}{RESET}: web + Celery worker + beat "
             f"(heartbeat timeout {HEARTBEAT_TIMEOUT}s, sweeper every {SWEEP_INTERVAL}s)"
         )
 
     def start_unit(self, unit_id: str) -> None:
-        script = shutil.which("taskhub-unit", path=str(Path(sys.executable).parent))
-        command = [script] if script else [sys.executable, "-m", "taskhub_unit"]
-        env = {
-            **self.unit_env,
-            "TASKHUB_SERVER": self.url,
-            "TASKHUB_ENROLL_KEY": self.key,
-            "TASKHUB_UNIT_ID": unit_id,
-            "TASKHUB_UNIT_TYPE": TASK_TYPE,
-            "TASKHUB_CAPACITY": "5",
-            "TASKHUB_HANDLER": "sleep",
-            "TASKHUB_POLL_INTERVAL": "0.3",
-        }
-        with (self.workdir / f"{unit_id}.log").open("wb") as log:
-            self.units[unit_id] = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        env = unit_env(self.url, self.hub.key, unit_id, TASK_TYPE, 5, TASKHUB_POLL_INTERVAL="0.3")
+        log_path = self.workdir / f"{unit_id}.log"
+        self.units[unit_id] = Process(unit_id, unit_argv(), env=env, log_path=log_path).start()
         self.say(f"started {BOLD}{unit_id}{RESET}: taskhub-unit --type {TASK_TYPE} --capacity 5 --handler sleep")
 
     def stop(self) -> None:
-        for unit_id, proc in self.units.items():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    code = proc.wait(15)
-                    self.say(f"{unit_id} drained and exited with {code}")
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        if self.hub is not None and self.hub.poll() is None:
+        for unit_id, unit in self.units.items():
+            if unit.running:
+                code = unit.stop(grace=15)
+                self.say(f"{unit_id} drained and exited with {code}" if code == 0 else f"{unit_id} stopped ({code})")
+        if self.hub.process.running:
             self.say("stopping the hub")
-            self.hub.send_signal(signal.SIGTERM)
-            try:
-                self.hub.wait(5)
-            except subprocess.TimeoutExpired:
-                # Its data is thrown away: no need to sit through a slow Celery warm shutdown. A
-                # second SIGTERM makes runhub kill its children at once (and wait for them).
-                self.hub.send_signal(signal.SIGTERM)
-                self.hub.wait(15)
+            self.hub.stop()
             self.say("hub stopped")
 
     # --- API ---
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        response = requests.request(
-            method, f"{self.url}/api/v1{path}", json=body, headers={"Authorization": f"Bearer {self.key}"}, timeout=10
-        )
-        response.raise_for_status()
-        return response.json()
-
     def tasks(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         page = 1
         while True:
-            body = self.api("GET", f"/tasks?taskType={TASK_TYPE}&limit=100&page={page}&ordering=id")
+            body = self.hub.api("GET", f"/tasks?taskType={TASK_TYPE}&limit=100&page={page}&ordering=id")
             rows.extend(body["items"])
             if page >= body["totalPages"]:
                 return rows
             page += 1
 
     def unit_status(self, unit_id: str) -> str:
-        return str(self.api("GET", f"/execution-units/{unit_id}")["status"])
+        return str(self.hub.api("GET", f"/execution-units/{unit_id}")["status"])
 
     # --- the show ---
     def run(self) -> int:
@@ -217,7 +138,7 @@ class Demo:
         rng = random.Random(4)
         for n in range(1, self.count + 1):
             config = {"seconds": round(rng.uniform(0.8, 2.0), 1), "steps": 5}
-            self.api("POST", "/tasks", {"name": f"demo task {n}", "taskType": TASK_TYPE, "config": config})
+            self.hub.api("POST", "/tasks", {"name": f"demo task {n}", "taskType": TASK_TYPE, "config": config})
         self.say(f"submitted {self.count} {TASK_TYPE} tasks (0.8-2s of work each, progress in 5 steps)")
         deadline = time.monotonic() + 120
         while True:
@@ -238,7 +159,7 @@ class Demo:
     def _kill_victim(self, rows: list[dict[str, Any]]) -> None:
         victim = UNITS[0]
         self.held = {r["id"]: r["attempt"] for r in rows if r["status"] == "RUNNING" and r["unitId"] == victim}
-        self.units[victim].send_signal(signal.SIGKILL)
+        self.units[victim].signal(signal.SIGKILL)
         self.killed_at = time.monotonic()
         listed = " ".join(f"#{i}" for i in sorted(self.held))
         self.say(f"{RED}{BOLD}SIGKILL {victim}{RESET} while it runs {len(self.held)} task(s): {listed}")
@@ -283,7 +204,7 @@ class Demo:
         by_unit = {u: sum(r["unitId"] == u for r in rows) for u in UNITS}
         moved = [r for r in rows if r["failoverCount"] > 0]
         once = all(
-            sum(h["toStatus"] == "COMPLETED" for h in self.api("GET", f"/tasks/{r['id']}/history")["items"]) == 1
+            sum(h["toStatus"] == "COMPLETED" for h in self.hub.api("GET", f"/tasks/{r['id']}/history")["items"]) == 1
             for r in moved
         )
         self.say(f"{BOLD}all {self.count} tasks completed{RESET}")
@@ -304,12 +225,6 @@ class Demo:
         else:
             print("  files            deleted at exit (make demo DEMO_ARGS=--keep keeps them)")
         return 0 if ok else 1
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> int:

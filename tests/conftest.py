@@ -122,5 +122,27 @@ def register_unit(client_a: JsonClient) -> Callable[..., tuple[JsonClient, dict[
 
 
 @pytest.fixture
+def leased(
+    client_a: JsonClient, register_unit: Callable[..., tuple[JsonClient, dict[str, Any]]]
+) -> Callable[..., tuple[JsonClient, list[dict[str, Any]]]]:
+    """The API's leased tasks: register a unit, create `n` tasks of its type with client A's key
+    (POST /tasks/batch; `extra` goes into each) and let the unit claim them (POST .../claim).
+    Returns (unit client, the claimed tasks by id)."""
+
+    def make(
+        n: int = 1, unit_id: str = "worker-001", unit_type: str = "DATA_PROCESSING", **extra: Any
+    ) -> tuple[JsonClient, list[dict[str, Any]]]:
+        unit, _ = register_unit(unit_id, unit_type, capacity=100)
+        body = {"tasks": [{"name": f"r{i}", "taskType": unit_type, **extra} for i in range(n)]}
+        created = client_a.post("/api/v1/tasks/batch", body)
+        assert created.status_code == 201, created.content
+        claimed = unit.post(f"/api/v1/execution-units/{unit_id}/claim", {"max": n}).json()["items"]
+        assert len(claimed) == n, claimed
+        return unit, sorted(claimed, key=lambda t: t["id"])
+
+    return make
+
+
+@pytest.fixture
 def on_mysql() -> bool:
     return connection.vendor == "mysql"

@@ -7,13 +7,11 @@ from typing import Any
 
 from django.contrib.auth.models import Group, User
 from django.contrib.messages import get_messages
-from django.utils import timezone
 
 from taskhub.console.roles import OPERATORS, VIEWERS, sync_roles
 from tasks import transitions
 from tasks.actors import Actor
 from tasks.models import Task
-from tasks.scheduling.claim import claim_tasks
 from tasks.services import task_append_logs
 from tests import factories
 from units.models import ExecutionUnit
@@ -39,24 +37,14 @@ def viewer(username: str = "viewer") -> User:
     return staff(username, VIEWERS)
 
 
-def running_task(unit: ExecutionUnit, *, now: datetime | None = None, **fields: Any) -> Task:
-    """A task of the unit's type, claimed by it (only this task is claimable at that moment)."""
-    now = now or timezone.now()
-    fields.setdefault("priority", 1000)  # above every other task of the tests, so this one is claimed
-    task = factories.task(task_type=unit.unit_type, now=now, **fields)
-    claimed = claim_tasks(unit.pk, 1, now=now)
-    assert [t.pk for t in claimed] == [task.pk], "another task of this type was claimable"
-    return Task.objects.get(pk=task.pk)
-
-
 def failed_task(unit: ExecutionUnit, *, error: str = "boom", now: datetime | None = None, **fields: Any) -> Task:
-    task = running_task(unit, now=now, **fields)
+    task = factories.leased_task(unit, now=now, **fields)
     transitions.fail_attempt(task.pk, unit_id=unit.pk, attempt=task.attempt, error=error, retryable=False, now=now)
     return Task.objects.get(pk=task.pk)
 
 
 def completed_task(unit: ExecutionUnit, *, now: datetime | None = None, **fields: Any) -> Task:
-    task = running_task(unit, now=now, **fields)
+    task = factories.leased_task(unit, now=now, **fields)
     transitions.complete_attempt(task.pk, unit_id=unit.pk, attempt=task.attempt, result={"ok": True}, now=now)
     return Task.objects.get(pk=task.pk)
 

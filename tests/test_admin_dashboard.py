@@ -20,7 +20,7 @@ from tasks.models import Task
 from tasks.scheduling.failover import fail_over_tasks
 from tasks.states import TaskStatus
 from tests import factories
-from tests.console_support import completed_task, failed_task, operator, running_task, staff, viewer
+from tests.console_support import completed_task, failed_task, operator, staff, viewer
 from units.models import UnitStatus
 
 pytestmark = pytest.mark.django_db
@@ -38,7 +38,7 @@ def test_dashboard_numbers_match_the_database(op_client: Client) -> None:
     unit = factories.unit("dash-unit", capacity=4)
     factories.unit("dash-off", status=UnitStatus.OFFLINE, capacity=9)
     factories.unit("dash-drain", status=UnitStatus.MAINTENANCE, capacity=2)
-    running_task(unit)
+    factories.leased_task(unit)
     failed_task(unit)
     completed_task(unit)
     factories.task()
@@ -58,7 +58,7 @@ def test_throughput_counts_completions_failures_and_failovers_per_minute_over_th
         completed_task(unit, now=now - timedelta(minutes=5))
     completed_task(unit, now=now)
     failed_task(unit, now=now - timedelta(minutes=2), error="kaput")
-    lost = running_task(unit, now=now - timedelta(minutes=1))
+    lost = factories.leased_task(unit, now=now - timedelta(minutes=1))
     with transaction.atomic():  # its callers hold the unit rows locked
         fail_over_tasks(Q(pk=lost.pk), reason="unit lost", actor=Actor.system("test"), now=now - timedelta(minutes=1))
 

@@ -25,7 +25,6 @@ from tests.console_support import (
     log_lines,
     messages_of,
     operator,
-    running_task,
     staff,
     viewer,
 )
@@ -88,7 +87,7 @@ def test_changelist_query_count_does_not_grow_with_rows(op_client: Client, djang
 
 def test_changelist_shows_the_operator_columns(op_client: Client) -> None:
     unit = factories.unit("col-unit")
-    task = running_task(unit, name="visible columns")
+    task = factories.leased_task(unit, name="visible columns")
     Task.objects.filter(pk=task.pk).update(progress=40)
     body = op_client.get(LIST).content.decode()
     row = body[body.index("visible columns") - 600 :]
@@ -102,7 +101,7 @@ def test_changelist_shows_the_operator_columns(op_client: Client) -> None:
 
 def test_changelist_filters_by_status_type_unit_and_date_and_searches_id_and_name(op_client: Client) -> None:
     unit = factories.unit("filter-unit", unit_type="EMAIL")
-    emailed = running_task(unit, name="send newsletter")
+    emailed = factories.leased_task(unit, name="send newsletter")
     other = factories.task(name="crunch numbers", task_type="DATA_PROCESSING")
     old = factories.task(name="ancient", now=timezone.now() - timedelta(days=40))
 
@@ -137,7 +136,7 @@ def test_changelist_count_is_capped_not_counted_in_full(op_client: Client, monke
 
 def test_task_page_shows_history_newest_first_with_actor_and_reason_and_logs(op_client: Client) -> None:
     unit = factories.unit("page-unit")
-    task = running_task(unit, name="with history")
+    task = factories.leased_task(unit, name="with history")
     log_lines(task, ("INFO", "starting up"), ("WARN", "disk nearly full"), ("ERROR", "gave up: disk full"))
     transitions.fail_attempt(task.pk, unit_id=unit.pk, attempt=1, error="disk full", retryable=False)
     body = op_client.get(page(task.pk)).content.decode()
@@ -159,7 +158,7 @@ def test_task_page_shows_history_newest_first_with_actor_and_reason_and_logs(op_
 
 def test_task_page_pages_its_logs(op_client: Client) -> None:
     unit = factories.unit("paging-unit")
-    task = running_task(unit)
+    task = factories.leased_task(unit)
     log_lines(task, *[("INFO", f"line {i:03d}") for i in range(120)])
     first = op_client.get(page(task.pk)).content.decode()
     assert "line 119" in first and "line 069" not in first and "page 1 of 3" in first
@@ -169,7 +168,7 @@ def test_task_page_pages_its_logs(op_client: Client) -> None:
 
 def test_attempt_log_view_shows_only_that_attempt_in_order_and_as_text(op_client: Client) -> None:
     unit = factories.unit("attempt-unit")
-    task = running_task(unit)
+    task = factories.leased_task(unit)
     log_lines(task, ("INFO", "first attempt says hi"), ("ERROR", "first attempt dies"))
     transitions.fail_attempt(task.pk, unit_id=unit.pk, attempt=1, error="x", retryable=False)
     transitions.retry_task(task.pk, actor=Actor.system("test"))
@@ -213,7 +212,7 @@ def test_retry_action_retries_failed_tasks_names_the_operator_and_says_why_other
 
 def test_pause_resume_and_cancel_actions_go_through_the_transitions(op_client: Client) -> None:
     unit = factories.unit("pause-unit")
-    running = running_task(unit)
+    running = factories.leased_task(unit)
     act(op_client, "pause_tasks", running.pk)
     running.refresh_from_db()
     assert running.status == S.PAUSED and running.pending_command == ControlCommand.PAUSE
@@ -243,7 +242,7 @@ def test_resume_never_retries_a_failed_task(op_client: Client) -> None:
 def test_requeue_action_takes_back_a_task_no_live_unit_holds_naming_the_operator(op_client: Client) -> None:
     orphan = factories.task()
     transitions.change_status(orphan.pk, S.RUNNING, actor=Actor.api_key("seed"))  # no unit holds it
-    held = running_task(factories.unit("requeue-unit"))
+    held = factories.leased_task(factories.unit("requeue-unit"))
     waiting = factories.task()
     response = act(op_client, "requeue_tasks", orphan.pk, held.pk, waiting.pk)
     msgs = messages_of(response)
@@ -269,7 +268,7 @@ def test_requeue_action_takes_back_a_task_no_live_unit_holds_naming_the_operator
 def test_task_page_offers_requeue_only_for_a_running_task_no_live_unit_holds(op_client: Client) -> None:
     orphan = factories.task()
     transitions.change_status(orphan.pk, S.RUNNING, actor=Actor.api_key("seed"))
-    held = running_task(factories.unit("button-unit"))
+    held = factories.leased_task(factories.unit("button-unit"))
     button = 'value="requeue_tasks"'
     orphan_page = op_client.get(page(orphan.pk)).content.decode()
     assert button in orphan_page and "no unit holds it: back to PENDING at" in orphan_page
@@ -297,7 +296,7 @@ def test_editing_changes_only_what_the_state_allows_and_never_the_status(op_clie
     task.refresh_from_db()
     assert (task.name, task.priority, task.status) == ("renamed", 9, S.PENDING)
 
-    running = running_task(factories.unit("edit-unit"))
+    running = factories.leased_task(factories.unit("edit-unit"))
     body = op_client.get(page(running.pk)).content.decode()
     assert 'name="priority"' in body and 'name="config"' not in body  # RUNNING: config is fixed
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from tasks.models import Task, TaskStatusHistory
 from tasks.states import TaskStatus
 from tests import factories
-from tests.console_support import messages_of, operator, running_task, viewer
+from tests.console_support import messages_of, operator, viewer
 from units.models import ExecutionUnit, UnitStatus
 
 pytestmark = pytest.mark.django_db
@@ -34,8 +34,8 @@ def act(client: Client, action: str, *pks: str) -> Any:
 
 def test_list_shows_status_load_and_heartbeat_age_without_a_query_per_unit(op_client: Client) -> None:
     busy = factories.unit("load-unit", capacity=4)
-    running_task(busy)
-    running_task(busy)
+    factories.leased_task(busy)
+    factories.leased_task(busy)
     late = factories.unit("late-unit", now=timezone.now() - timedelta(minutes=5))
     op_client.get(LIST)
     with CaptureQueriesContext(connection) as few:
@@ -112,7 +112,7 @@ def test_resume_lifts_the_drain_of_an_offline_unit_so_it_claims_when_back(op_cli
 
 def test_deregister_fails_the_units_tasks_over_and_deletes_it(op_client: Client) -> None:
     unit = factories.unit("leaving", capacity=3)
-    tasks = [running_task(unit), running_task(unit)]
+    tasks = [factories.leased_task(unit), factories.leased_task(unit)]
     msgs = messages_of(act(op_client, "deregister_units", unit.pk))
     assert "Deregistered 1 unit. 2 running tasks failed over." in msgs
     assert not ExecutionUnit.objects.filter(pk=unit.pk).exists()

@@ -7,15 +7,10 @@ Each test uses its own task type, so the tests share one hub without seeing each
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -23,136 +18,45 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
+
+import testkit.hub
+from testkit.hub import call, embedded_env, unit_argv, unit_env
+from testkit.processes import Process
+from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT_TIMEOUT = 3.0
 SWEEP_INTERVAL = 1.0
-# Anything that could point the hub at a shared database, cache or broker stays out.
-SCRUBBED_PREFIXES = ("DB_", "REDIS_", "CELERY_", "SQLITE_", "TASKHUB_", "DJANGO_", "UNIT_", "TASK_", "API_")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    """Child processes (any depth), from /proc: runhub starts its children in new sessions."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        children = [child for child, parent in parents.items() if parent == current]
-        found.extend(children)
-        frontier.extend(children)
-    return found
 
 
 def hub_env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
-    env.update(
-        # Empty, not unset: a developer's .env must not fill these in either.
-        DB_HOST="",
-        REDIS_HOST="",
-        CELERY_BROKER_URL="",
-        SQLITE_PATH=str(tmp / "hub.sqlite3"),
-        VAR_DIR=str(tmp / "var"),
-        LOG_DIR=str(tmp / "logs"),
-        APP_ENV="development",
+    return embedded_env(
+        tmp,
         DEBUG="false",  # runhub serves with gunicorn, as in production
         UNIT_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT),
         SWEEP_INTERVAL=str(SWEEP_INTERVAL),
         TASK_RETRY_BACKOFF_BASE="1",
         WEB_CONCURRENCY="2",
         ALLOWED_HOSTS="127.0.0.1,localhost",
-        PYTHONUNBUFFERED="1",
     )
-    return env
 
 
-class Hub:
+class Hub(testkit.hub.Hub):
     def __init__(self, tmp: Path) -> None:
+        super().__init__(
+            tmp, env=hub_env(tmp), scopes="tasks:read,tasks:write,units:read,units:register", log_name="hub.log"
+        )
         self.tmp = tmp
-        self.env = hub_env(tmp)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.key = ""
-        self.proc: subprocess.Popen[bytes] | None = None
         self.units: list[Unit] = []
 
-    def manage(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120
-        )
-        assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
-
-    def start(self) -> None:
-        self.manage("migrate", "--noinput", "-v0")
-        self.manage("setup_beat")
-        self.key = self.manage(
-            "create_api_key", "e2e", "--scopes", "tasks:read,tasks:write,units:read,units:register"
-        ).splitlines()[-1]
-        with (self.tmp / "hub.log").open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "manage.py", "runhub", "--port", str(self.port)],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-        def healthy() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, f"the hub exited:\n{self.log()}"
-            try:
-                return requests.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(healthy, 40, "the hub to answer /health")
-
-    def stop(self) -> None:
+    def stop(self, grace: float = 5) -> None:
         for unit in self.units:
             unit.kill()
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        children = descendants(self.proc.pid)
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            # Its data is thrown away: no need to sit through a slow Celery warm shutdown.
-            self.proc.kill()
-        for pid in children:  # anything runhub has not stopped yet
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        super().stop(grace)
 
     def log(self) -> str:
-        path = self.tmp / "hub.log"
-        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+        return self.output()[-5000:]
 
     def report_requests(self, unit_id: str) -> dict[str, int]:
         """The hub's access log: how many report requests this unit sent, batched or per attempt."""
@@ -165,17 +69,6 @@ class Hub:
         return counts
 
     # --- API ---
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        response = requests.request(
-            method,
-            f"{self.url}/api/v1{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {self.key}"},
-            timeout=10,
-        )
-        assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
-        return response.json()
-
     def submit(self, task_type: str, count: int, **config: Any) -> list[int]:
         return [
             self.api("POST", "/tasks", {"name": f"{task_type.lower()}-{n}", "taskType": task_type, "config": config})[
@@ -196,10 +89,8 @@ class Hub:
         return len(rows) == count and all(row["status"] == "COMPLETED" for row in rows)
 
     def unit(self, unit_id: str) -> dict[str, Any] | None:
-        response = requests.get(
-            f"{self.url}/api/v1/execution-units/{unit_id}", headers={"Authorization": f"Bearer {self.key}"}, timeout=10
-        )
-        return dict(response.json()) if response.status_code == 200 else None
+        status, body = call(self.base, "GET", f"/execution-units/{unit_id}", self.key)
+        return dict(body) if status == 200 else None
 
     def unit_status(self, unit_id: str) -> str | None:
         unit = self.unit(unit_id)
@@ -219,41 +110,30 @@ class Unit:
         self, hub: Hub, unit_id: str, unit_type: str, capacity: int, extra: dict[str, str], log_name: str = ""
     ) -> None:
         self.unit_id = unit_id
-        self.log_path = hub.tmp / f"{log_name or unit_id}.log"  # a second process under one id: its own log
-        script = shutil.which("taskhub-unit", path=str(Path(sys.executable).parent))
-        command = [script] if script else [sys.executable, "-m", "taskhub_unit"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
-        env.update(
-            TASKHUB_SERVER=hub.url,
-            TASKHUB_ENROLL_KEY=hub.key,  # from the environment, as docs/agent.md recommends
-            TASKHUB_UNIT_ID=unit_id,
-            TASKHUB_UNIT_TYPE=unit_type,
-            TASKHUB_CAPACITY=str(capacity),
-            TASKHUB_HANDLER="sleep",
-            TASKHUB_POLL_INTERVAL="0.2",
-            TASKHUB_RETRY_MAX="1",
-            PYTHONUNBUFFERED="1",
-            **extra,
+        env = unit_env(
+            hub.url, hub.key, unit_id, unit_type, capacity, TASKHUB_POLL_INTERVAL="0.2", TASKHUB_RETRY_MAX="1", **extra
         )
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # A second process under one id: its own log.
+        self.process = Process(unit_id, unit_argv(), env=env, log_path=hub.tmp / f"{log_name or unit_id}.log").start()
+        self.proc = self.process.popen
+        self.log_path = self.process.log_path
 
     def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
+        self.process.signal(signum)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.process.running:
+            self.process.signal(signal.SIGCONT)
+            self.process.signal(signal.SIGKILL)
+            self.process.wait(10)
 
     def stop(self, timeout: float = 20) -> int:
         """SIGTERM, and the exit code once it has drained."""
         self.signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        return self.process.wait(timeout)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.process.output()
 
     def log_matches(self, pattern: str) -> Callable[[], bool]:
         return lambda: re.search(pattern, self.log()) is not None
@@ -347,7 +227,9 @@ def test_a_frozen_unit_comes_back_to_refused_reports_and_aborts(hub: Hub) -> Non
         pattern = rf"task {task['id']} attempt {task['attempt']}: (report refused by the hub|hub says abort)"
         wait_for(frozen.log_matches(pattern), 15, f"s1 to drop task {task['id']}")
     wait_for(lambda: hub.unit_status("e2e-s1") == "ONLINE", 10, "s1 to be ONLINE again")
-    time.sleep(1.0)  # room for any late report to (wrongly) land
+    assert frozen.proc.poll() is None, "s1 should survive and keep working"
+    # Stopped (drained), s1 has sent all it ever will: any late report has (wrongly) landed by now.
+    assert (frozen.stop(), other.stop()) == (0, 0)
     for task_id in ids:
         (done,) = completions(hub, task_id)  # exactly one COMPLETED
         assert done["unitId"] == "e2e-s2"
@@ -361,8 +243,6 @@ def test_a_frozen_unit_comes_back_to_refused_reports_and_aborts(hub: Hub) -> Non
         ]
         assert late == [], "the hub stored logs of a fenced attempt"
         assert hub.api("GET", f"/tasks/{task_id}")["result"]["unit"] == "e2e-s2"
-    assert frozen.proc.poll() is None, "s1 should survive and keep working"
-    assert (frozen.stop(), other.stop()) == (0, 0)
 
 
 def test_sigterm_drains_running_tasks_then_exits_zero(hub: Hub) -> None:
@@ -370,7 +250,7 @@ def test_sigterm_drains_running_tasks_then_exits_zero(hub: Hub) -> None:
     ids = hub.submit("E2E_TERM", 3, seconds=1.5, steps=3)
     wait_for(lambda: len(running_on(hub, "E2E_TERM", "e2e-d1")) == 3, 20, "d1 to run all three")
     unit.signal(signal.SIGTERM)
-    time.sleep(0.2)
+    wait_for(unit.log_matches("draining"), 10, "d1 to start draining")
     later = hub.submit("E2E_TERM", 2, seconds=0.1)
     assert unit.proc.wait(20) == 0, unit.log()
     for task_id in ids:

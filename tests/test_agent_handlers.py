@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,8 @@ from taskhub_unit import NonRetryableError, TaskContext, cli
 from taskhub_unit.agent import Agent, UnitInUse
 from taskhub_unit.cli import build_parser, main
 from taskhub_unit.handlers import data_processing, echo, resolve_handler, sleep
+from testkit.ports import free_port
+from testkit.waiting import wait_for
 
 
 def context(config: dict[str, Any], data_dir: Path | None = None, attempt: int = 1) -> TaskContext:
@@ -253,9 +253,7 @@ def test_the_agent_imports_no_django() -> None:
 
 
 def test_sigterm_stops_a_unit_that_never_reached_the_hub(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed once we leave: nothing listens there
+    port = free_port()  # nothing listens there
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKHUB_")}
     env.update(TASKHUB_ENROLL_KEY="thk_never_logged", PYTHONUNBUFFERED="1")
     log_path = tmp_path / "unit.log"
@@ -267,9 +265,7 @@ def test_sigterm_stops_a_unit_that_never_reached_the_hub(tmp_path: Path) -> None
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 20
-        while "cannot reach the hub" not in log_path.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: "cannot reach the hub" in log_path.read_text(), 20, "the unit to say it cannot reach the hub")
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
     finally:

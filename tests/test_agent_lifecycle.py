@@ -17,8 +17,9 @@ from taskhub_unit.agent import Agent, AgentConfig, UnitInUse
 from taskhub_unit.handlers import sleep
 from taskhub_unit.runs import Run, RunTable
 from taskhub_unit.status import StatusLine
+from testkit.waiting import wait_for
 from tests import test_agent_runtime as runtime
-from tests.test_agent_runtime import FakeClock, FakeHub, status, wait_for
+from tests.test_agent_runtime import FakeClock, FakeHub, status
 
 hub = runtime.hub  # the same fixtures: every test against a hub with and without /tasks/reports
 start = runtime.start
@@ -148,8 +149,9 @@ def test_an_operators_drain_is_named_once_and_claims_wait_for_a_resume(
     hub.status = "MAINTENANCE"
     hub.drain = {"drainedBy": "operator", "drainedByActor": "user:alice", "drainedAt": "2026-03-04T05:06:07Z"}
     task_id = hub.add(seconds=0.01, steps=1)
-    start()
-    wait_for(lambda: len(hub.heartbeats()) >= 3, what="heartbeats")
+    clock = FakeClock()
+    unit = start(clock=clock)
+    unit.tick_until(clock, lambda: len(hub.heartbeats()) >= 3, "heartbeats")
     assert status(hub, task_id) == "PENDING"
     note = (
         "this unit was drained by operator user:alice at 2026-03-04T05:06:07Z; claiming nothing until an "
@@ -158,7 +160,7 @@ def test_an_operators_drain_is_named_once_and_claims_wait_for_a_resume(
     assert caplog.text.count(note) == 1
     assert "the hub put this unit in MAINTENANCE" not in caplog.text
     hub.status, hub.drain = "ONLINE", dict.fromkeys(hub.drain)
-    wait_for(lambda: status(hub, task_id) == "COMPLETED", what="a claim once resumed")
+    unit.tick_until(clock, lambda: status(hub, task_id) == "COMPLETED", "a claim once resumed")
     assert "unit is ONLINE again: claiming" in caplog.text
 
 

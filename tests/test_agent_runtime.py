@@ -19,6 +19,7 @@ from taskhub_unit import NonRetryableError, TaskContext
 from taskhub_unit.agent import Agent, AgentConfig, RegistrationRefused
 from taskhub_unit.client import Backoff, HubClient
 from taskhub_unit.handlers import sleep
+from testkit.waiting import wait_for
 
 ENROLL = "thk_enroll"
 Fault = Callable[[str, str, Any], Any]
@@ -59,6 +60,7 @@ class FakeHub:
         self.instance: str | None = None  # the instance registered as the unit
         self.instance_live = True  # it heartbeated within the timeout (tests flip this)
         self.drain: dict[str, Any] = {"drainedBy": None, "drainedByActor": None, "drainedAt": None}
+        self.peak_running = 0  # the most tasks RUNNING at once (only a claim adds to them)
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
 
@@ -178,6 +180,8 @@ class FakeHub:
             if task["status"] == "PENDING" and len(claimed) < wanted:
                 task["status"], task["attempt"] = "RUNNING", task["attempt"] + 1
                 claimed.append({k: task[k] for k in ("id", "name", "taskType", "config", "attempt", "timeoutSeconds")})
+        running = sum(task["status"] == "RUNNING" for task in self.tasks.values())
+        self.peak_running = max(self.peak_running, running)
         return Response(200, {key: claimed, "unitStatus": self.status})
 
     def _report(self, task_id: int, what: str, body: dict[str, Any], logs: list[Any] | None = None) -> Response:
@@ -231,16 +235,6 @@ class FakeHub:
         return [c[2] for c in self.calls if c[1].endswith("/heartbeat")]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class FakeClock:
     """The agent's clock, moved by the test: periodic work happens without waiting for it."""
 
@@ -275,8 +269,24 @@ class Running:
         clock.advance(seconds)
         self.agent.runs.changed.set()
 
-    def drain(self, timeout: float = 5.0) -> int | None:
+    def tick_until(self, clock: FakeClock, condition: Callable[[], Any], what: str) -> Any:
+        """Move the agent's clock on a second at a time until `condition()` holds: periodic work
+        (heartbeats, claims, timeouts) comes without waiting for it."""
+
+        def ticked() -> Any:
+            self.tick(clock, 1)
+            return condition()
+
+        return wait_for(ticked, what=what)
+
+    def drain(self, timeout: float = 5.0, clock: FakeClock | None = None) -> int | None:
+        """Ask the agent to drain and wait for it to stop. With `clock` (the agent's), move it past
+        the drain deadline once the drain has begun: what still runs is given back."""
         self.agent.request_drain()
+        if clock is not None:
+            # The drain begins with telling the hub (PATCH MAINTENANCE); its deadline is set then.
+            wait_for(lambda: any(method == "PATCH" for method, _, _ in self.hub.calls), what="the drain to begin")
+            self.tick(clock, self.agent.config.drain_timeout + 1)
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the agent did not stop"
         return self.exit_code
@@ -354,12 +364,8 @@ def test_never_runs_more_than_its_capacity(hub: FakeHub, start: Callable[..., Ru
     for _ in range(6):
         hub.add(seconds=0.1, steps=1)
     start(capacity=2)
-    peak = 0
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(t["status"] != "COMPLETED" for t in hub.tasks.values()):
-        with hub.lock:
-            peak = max(peak, sum(t["status"] == "RUNNING" for t in hub.tasks.values()))
-        time.sleep(0.005)
+    wait_for(lambda: all(t["status"] == "COMPLETED" for t in hub.tasks.values()), what="all tasks completed")
+    peak = hub.peak_running
     assert peak == 2
     claims = [c[2]["max"] for c in hub.calls if c[1].endswith("/claim")]
     assert max(claims) <= 2
@@ -367,8 +373,11 @@ def test_never_runs_more_than_its_capacity(hub: FakeHub, start: Callable[..., Ru
 
 def test_heartbeats_list_every_attempt_the_unit_holds(hub: FakeHub, start: Callable[..., Running]) -> None:
     first, second = hub.add(seconds=0.5, steps=5), hub.add(seconds=0.5, steps=5)
-    start()
-    listed = wait_for(lambda: next((b["tasks"] for b in hub.heartbeats() if len(b["tasks"]) == 2), None))
+    clock = FakeClock()
+    unit = start(clock=clock)
+    listed = unit.tick_until(
+        clock, lambda: next((b["tasks"] for b in hub.heartbeats() if len(b["tasks"]) == 2), None), "a heartbeat"
+    )
     assert {(t["id"], t["attempt"]) for t in listed} == {(first, 1), (second, 1)}
     assert status(hub, first) == "RUNNING"  # listed leases are not failed over
 
@@ -423,7 +432,8 @@ def test_cancel_command_stops_the_handler_and_nothing_more_is_reported(
     before = len(hub.sent)
     hub.cancel(task_id)
     assert stopped.wait(5), "the handler was not told"
-    time.sleep(0.2)
+    wait_for(lambda: unit.agent.runs.busy() == 0, what="the handler to return")
+    unit.drain()  # the reporter has stopped: whatever the agent would send is sent
     assert [c for c in hub.calls_for(task_id, before) if c[1] in ("complete", "fail")] == []
     assert unit.agent.runs.counts["dropped"] == 1
 
@@ -440,7 +450,8 @@ def test_a_refused_report_drops_the_attempt_for_good(hub: FakeHub, start: Callab
         hub.status = "MAINTENANCE"  # so the unit claims nothing more
         changed_at = len(hub.sent)
     wait_for(lambda: unit.agent.runs.counts["dropped"] == 1, what="the attempt dropped")
-    time.sleep(0.5)  # the handler finishes meanwhile
+    wait_for(lambda: unit.agent.runs.busy() == 0, what="the handler to return")
+    unit.drain()  # the reporter has stopped: whatever the agent would send is sent
     reports = hub.calls_for(task_id, changed_at)
     assert len(reports) == 1, reports  # the refused one, then nothing
     assert hub.tasks[task_id]["reports"] == []
@@ -477,12 +488,13 @@ def test_a_result_is_kept_until_the_hub_accepts_it(hub: FakeHub, start: Callable
 def test_maintenance_claims_nothing(hub: FakeHub, start: Callable[..., Running]) -> None:
     hub.status = "MAINTENANCE"
     task_id = hub.add()
-    unit = start()
-    wait_for(lambda: len(hub.heartbeats()) >= 3, what="heartbeats")
+    clock = FakeClock()
+    unit = start(clock=clock)
+    unit.tick_until(clock, lambda: len(hub.heartbeats()) >= 3, what="heartbeats")
     assert status(hub, task_id) == "PENDING"
     assert unit.agent.status == "MAINTENANCE"
     hub.status = "ONLINE"
-    wait_for(lambda: status(hub, task_id) != "PENDING", what="a claim once ONLINE again")
+    unit.tick_until(clock, lambda: status(hub, task_id) != "PENDING", what="a claim once ONLINE again")
 
 
 def test_drain_finishes_running_tasks_reports_them_and_claims_nothing_more(
@@ -499,9 +511,10 @@ def test_drain_finishes_running_tasks_reports_them_and_claims_nothing_more(
 
 def test_drain_gives_back_what_does_not_finish_in_the_grace_period(hub: FakeHub, start: Callable[..., Running]) -> None:
     slow, quick = hub.add(seconds=30, steps=30), hub.add(seconds=0.01, steps=1)
-    unit = start(capacity=2, drain_timeout=0.3)
+    clock = FakeClock()
+    unit = start(capacity=2, drain_timeout=0.3, clock=clock)
     wait_for(lambda: status(hub, quick) == "COMPLETED" and status(hub, slow) == "RUNNING")
-    assert unit.drain() == 0
+    assert unit.drain(clock=clock) == 0
     # The last heartbeat did not list it, so the hub failed it over at once.
     assert status(hub, slow) == "PENDING"
     assert hub.heartbeats()[-1]["tasks"] == []
@@ -541,7 +554,8 @@ def test_a_bad_enroll_key_is_refused_at_once(hub: FakeHub, start: Callable[..., 
 
 def test_a_task_past_its_timeout_is_stopped_and_failed_retryable(hub: FakeHub, start: Callable[..., Running]) -> None:
     task_id = hub.add(seconds=30, steps=30, timeoutSeconds=0.2)
-    start()
-    wait_for(lambda: status(hub, task_id) == "FAILED")
+    clock = FakeClock()
+    unit = start(clock=clock)
+    unit.tick_until(clock, lambda: status(hub, task_id) == "FAILED", "the timeout on the agent's clock")
     what, body = hub.tasks[task_id]["reports"][0]
     assert what == "fail" and body["retryable"] is True and "timed out" in body["error"]

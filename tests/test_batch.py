@@ -152,21 +152,6 @@ def test_batch_create_runs_a_bounded_number_of_statements(client_a: JsonClient) 
 # --- POST /tasks/reports ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def leased(client_a: JsonClient, register_unit: Callable[..., Any]) -> Callable[..., tuple[JsonClient, list[Any]]]:
-    """Register a unit, create `n` tasks of its type and let it claim them: (unit, claimed tasks)."""
-
-    def make(n: int, unit_id: str = "worker-001", unit_type: str = "DATA_PROCESSING", **extra: Any) -> Any:
-        unit, _ = register_unit(unit_id, unit_type, capacity=100)
-        body = {"tasks": [{"name": f"r{i}", "taskType": unit_type, **extra} for i in range(n)]}
-        assert client_a.post(BATCH, body).status_code == 201
-        claimed = unit.post(f"{API}/execution-units/{unit_id}/claim", {"max": n}).json()["items"]
-        assert len(claimed) == n
-        return unit, sorted(claimed, key=lambda t: t["id"])
-
-    return make
-
-
 def _stale() -> float:
     return REGISTRY.get_sample_value("taskhub_stale_reports_refused_total") or 0.0
 

@@ -22,7 +22,7 @@ from tasks import transitions
 from tasks.models import Task
 from tasks.states import TaskStatus
 from tests import factories
-from tests.console_support import PASSWORD, completed_task, failed_task, log_lines, operator, running_task, viewer
+from tests.console_support import PASSWORD, completed_task, failed_task, log_lines, operator, viewer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -70,13 +70,13 @@ def world(transactional_db: None) -> dict[str, Any]:
     op, look = operator("op"), viewer("viewer")
     unit = factories.unit("worker-001", capacity=10)
     email = factories.unit("mailer-01", unit_type="EMAIL", capacity=4)
-    broken = running_task(unit, name="nightly report")
+    broken = factories.leased_task(unit, name="nightly report")
     log_lines(broken, ("INFO", "loading data.csv"), ("WARN", "3 rows skipped"), ("ERROR", "disk full"))
     transitions.fail_attempt(broken.pk, unit_id=unit.pk, attempt=broken.attempt, error="disk full", retryable=False)
     other_failure = failed_task(email, error="smtp refused", name="welcome mail")
     for i in range(3):
         completed_task(unit, name=f"import batch {i}")
-    running_task(unit, name="long crunch")
+    factories.leased_task(unit, name="long crunch")
     factories.task(name="waiting job")
     return {"operator": op, "viewer": look, "failed": broken, "other_failure": other_failure}
 

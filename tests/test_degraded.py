@@ -36,6 +36,11 @@ from django.utils import timezone
 from taskhub.api.throttling import PrincipalRateThrottle
 from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
 from tasks.scheduling.jobs import fail_timeouts, move_due_retries, sweep_heartbeats
+from testkit import services
+from testkit.hub import create_api_key, gunicorn_argv, migrate, wait_healthy
+from testkit.ports import free_port
+from testkit.processes import Process
+from testkit.waiting import wait_for
 from tests.conftest import JsonClient
 from units.models import ExecutionUnit
 
@@ -282,89 +287,26 @@ def test_with_the_database_down_every_operation_is_503_and_recovers_by_itself(sc
 # --- real outages (CI, or TASKHUB_DEGRADED_REAL=1) ---------------------------------------------
 
 
-def _mariadb_up() -> bool:
-    return subprocess.run(["mysqladmin", "--protocol=socket", "-uroot", "ping"], capture_output=True).returncode == 0
-
-
-def stop_mariadb() -> None:
-    subprocess.run(["mysqladmin", "--protocol=socket", "-uroot", "shutdown"], check=True, timeout=120)
-    deadline = time.monotonic() + 60
-    while _mariadb_up() and time.monotonic() < deadline:
-        time.sleep(0.2)
-
-
-def start_mariadb() -> None:
-    """Start MariaDB as .ci/services.sh does, and wait until it answers."""
-    if _mariadb_up():
-        return
-    Path("/run/mysqld").mkdir(parents=True, exist_ok=True)
-    subprocess.run(["chown", "mysql:mysql", "/run/mysqld"], check=False)
-    subprocess.run(
-        ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"],
-        check=True,
-        timeout=60,
-    )
-    deadline = time.monotonic() + 120
-    while not _mariadb_up():
-        assert time.monotonic() < deadline, "MariaDB did not come back"
-        time.sleep(0.3)
-
-
-REDIS_NO_DISK = ("--save", "", "--appendonly", "no")
-GUNICORN_OPTS = ("--workers", "2", "--threads", "4", "--timeout", "60", "--graceful-timeout", "5")
-
-
 def _redis_port() -> int:
     return int(django_settings.REDIS_PORT)
-
-
-def _redis_up() -> bool:
-    return (
-        subprocess.run(["redis-cli", "-p", str(_redis_port()), "ping"], capture_output=True, text=True).stdout.strip()
-        == "PONG"
-    )
-
-
-def stop_redis() -> None:
-    subprocess.run(["redis-cli", "-p", str(_redis_port()), "shutdown", "nosave"], capture_output=True, timeout=30)
-    deadline = time.monotonic() + 30
-    while _redis_up() and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
-def start_redis() -> None:
-    if _redis_up():
-        return
-    subprocess.run(
-        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(_redis_port()), *REDIS_NO_DISK],
-        check=True,
-        timeout=30,
-    )
-    deadline = time.monotonic() + 30
-    while not _redis_up():
-        assert time.monotonic() < deadline, "Redis did not come back"
-        time.sleep(0.1)
 
 
 @real_outage
 @pytest.mark.redis
 @pytest.mark.django_db
 def test_with_redis_really_stopped_the_api_serves_and_health_says_so(client_a: JsonClient, api: Any) -> None:
-    assert _redis_up()
+    assert services.redis_up(_redis_port())
     try:
-        stop_redis()
-        assert not _redis_up()
+        services.stop_redis(_redis_port())
+        assert not services.redis_up(_redis_port())
         assert [client_a.post(f"{API}/tasks", TASK).status_code for _ in range(3)] == [201] * 3
         assert client_a.get(f"{API}/tasks").json()["total"] == 3
         assert api.get(f"{API}/health/redis").status_code == 503
         assert api.get(f"{API}/health").status_code == 503
         assert api.get(f"{API}/health/database").status_code == 200
     finally:
-        start_redis()
-    deadline = time.monotonic() + 30
-    while api.get(f"{API}/health/redis").status_code != 200:
-        assert time.monotonic() < deadline, "health/redis did not recover"
-        time.sleep(0.5)
+        services.start_redis(_redis_port())
+    wait_for(lambda: api.get(f"{API}/health/redis").status_code == 200, 30, "health/redis to recover", interval=0.5)
     assert client_a.get(f"{API}/tasks").status_code == 200
 
 
@@ -390,63 +332,29 @@ def _hub_env(database: str) -> dict[str, str]:
 @pytest.fixture
 def mariadb_hub(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
     """gunicorn on its own MariaDB database (never the test database this process holds)."""
-    import socket
-
-    import requests
-
     database = "taskhub_degraded"
     env = _hub_env(database)
-    mysql = ["mysql", "-h", env["DB_HOST"], "-P", env["DB_PORT"], "-u", env["DB_USERNAME"], f"-p{env['DB_PASSWORD']}"]
-    subprocess.run(
-        [*mysql, "-e", f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database} CHARACTER SET utf8mb4"],
-        check=True,
-        timeout=60,
-    )
-    manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True, timeout=300)
-    key = subprocess.run(
-        [*manage, "create_api_key", "degraded", "--scopes", "tasks:read,tasks:write,units:register"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=60,
-        capture_output=True,
-        text=True,
-    ).stdout.split()[-1]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "taskhub.wsgi:application", "--bind", f"127.0.0.1:{port}", *GUNICORN_OPTS],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    server: dict[str, Any] = {
+        "host": env["DB_HOST"],
+        "port": int(env["DB_PORT"]),
+        "user": env["DB_USERNAME"],
+        "password": env["DB_PASSWORD"],
+    }
+    services.recreate_database(**server, name=database)
+    migrate(env, beat=False)
+    key = create_api_key(env, "degraded", "tasks:read,tasks:write,units:register")
+    port = free_port()
+    web = Process("gunicorn", gunicorn_argv(port), env=env, log_path=tmp_path / "gunicorn.log")
     base = f"http://127.0.0.1:{port}{API}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/health/database", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            time.sleep(0.3)
+        web.start()
+        wait_healthy(f"{base}/health/database", web, timeout=60)
         yield base, key, env
     finally:
-        start_mariadb()  # whatever happened, the database is up again when the test ends
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        subprocess.run([*mysql, "-e", f"DROP DATABASE IF EXISTS {database}"], timeout=60)
+        services.start_mariadb()  # whatever happened, the database is up again when the test ends
+        web.stop(grace=20)
+        print(web.output()[-3000:])
+        services.drop_database(**server, name=database)
 
 
 @real_outage
@@ -486,17 +394,15 @@ def test_with_mariadb_really_stopped_the_api_is_503_then_recovers_with_nothing_h
     worker.start()
     try:
         time.sleep(1.0)
-        stop_mariadb()
+        services.stop_mariadb()
         time.sleep(2.0)
         down = requests.get(f"{base}/tasks", headers=headers, timeout=15)
         _assert_503_requests(down)
         assert requests.get(f"{base}/health/database", timeout=15).status_code == 503
     finally:
-        start_mariadb()
-    deadline = time.monotonic() + 60
-    while requests.get(f"{base}/tasks", headers=headers, timeout=15).status_code != 200:
-        assert time.monotonic() < deadline, "the API did not recover by itself"
-        time.sleep(0.5)
+        services.start_mariadb()
+    recovered = lambda: requests.get(f"{base}/tasks", headers=headers, timeout=15).status_code == 200  # noqa: E731
+    wait_for(recovered, 60, "the API to recover by itself", interval=0.5)
     time.sleep(1.0)
     stop.set()
     worker.join(timeout=30)

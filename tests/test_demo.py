@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_process import ROOT, SCRUBBED_PREFIXES
+from testkit.hub import ROOT, SCRUBBED_PREFIXES
 
 pytestmark = pytest.mark.slow
 

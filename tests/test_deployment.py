@@ -12,11 +12,8 @@ import importlib.util
 import os
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,6 +22,11 @@ from typing import Any
 
 import pytest
 import yaml
+
+from testkit.hub import gunicorn_argv
+from testkit.ports import free_port
+from testkit.processes import Process
+from testkit.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -159,12 +161,6 @@ def _healthcheck_module() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- docker-compose.yml ----------------------------------------------------------------------
@@ -433,18 +429,10 @@ def test_healthcheck_probes_with_a_host_the_app_allows(allowed_hosts, host):
 
 @pytest.mark.slow
 def test_production_gunicorn_serves_health_and_static_files_as_the_image_runs_it(tmp_path):
-    env = _production_env(tmp_path, HOST="127.0.0.1", PORT=str(_free_port()), WEB_CONCURRENCY="1")
+    env = _production_env(tmp_path, HOST="127.0.0.1", PORT=str(free_port()), WEB_CONCURRENCY="1")
     collected = _manage(env, "collectstatic", "--noinput", "-v0")
     assert collected.returncode == 0, collected.stderr
-    log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "taskhub/gunicorn.conf.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    web = Process("gunicorn", gunicorn_argv(), env=env, log_path=tmp_path / "gunicorn.log").start()
 
     def healthcheck(**overrides: str) -> int:
         return subprocess.run(
@@ -460,25 +448,19 @@ def test_production_gunicorn_serves_health_and_static_files_as_the_image_runs_it
         except urllib.error.HTTPError as error:
             return error.code
 
+    def passes() -> bool:
+        assert web.running, "gunicorn exited"
+        return healthcheck() == 0
+
     try:
-        deadline = time.monotonic() + 60
-        while healthcheck() != 0:
-            assert proc.poll() is None, "gunicorn exited"
-            assert time.monotonic() < deadline, "the health check never passed"
-            time.sleep(0.3)
+        wait_for(passes, 60, "the health check to pass", interval=0.3)
         proxied = {"Host": "taskhub.example.com", "X-Forwarded-Proto": "https"}
         assert get("/static/admin/css/base.css", proxied) == 200  # WhiteNoise, from STATIC_ROOT
         assert get("/api/v1/health", {"Host": "taskhub.example.com"}) == 301  # plain HTTP goes to HTTPS
         assert healthcheck(ALLOWED_HOSTS="other.example") == 1  # a Host the server refuses is unhealthy
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-        print((tmp_path / "gunicorn.log").read_text()[-3000:])
+        web.stop(grace=30)
+        print(web.output()[-3000:])
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

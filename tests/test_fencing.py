@@ -12,10 +12,9 @@ TASK = {"name": "t", "taskType": "DATA_PROCESSING", "priority": 1, "config": {}}
 
 
 @pytest.fixture
-def leased(client_a, register_unit):
-    unit, _ = register_unit("u1")
-    client_a.post("/api/v1/tasks", TASK)
-    task = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["items"][0]
+def leased(leased):
+    """One task leased to unit u1 (conftest's `leased`, narrowed): (unit client, the task)."""
+    unit, (task,) = leased(1, "u1")
     return unit, task
 
 

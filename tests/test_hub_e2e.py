@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_process import ROOT, Hub, alive, call, descendants, free_port, hub_env, port_open, running_hub, wait_for
+from testkit.hub import ROOT, Hub, call, embedded_env, running_hub
+from testkit.ports import free_port, port_open
+from testkit.processes import alive, descendants
+from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +157,7 @@ def test_a_busy_port_is_refused_at_once_naming_it_and_how_to_choose_another(tmp_
         done = subprocess.run(
             [sys.executable, "manage.py", "runhub", "--port", str(port)],
             cwd=ROOT,
-            env=hub_env(tmp_path),
+            env=embedded_env(tmp_path),
             capture_output=True,
             text=True,
             timeout=120,

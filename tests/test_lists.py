@@ -168,24 +168,17 @@ ROWS = 20_000
 
 
 def _bulk(owner: Any, n: int) -> None:
-    now = timezone.now()
-    Task.objects.bulk_create(
-        [
-            Task(
-                name=f"bench task {i}",
-                task_type=f"T{i % 5}",
-                config={"inputFile": "data.csv", "outputFormat": "json"},
-                priority=i % 7,
-                max_retries=3,
-                status=STATUSES[i % len(STATUSES)],
-                available_at=now,
-                created_at=now,
-                updated_at=now,
-                owner=owner,
-            )
-            for i in range(n)
-        ],
-        batch_size=2000,
+    factories.tasks_in_bulk(
+        n,
+        now=timezone.now(),
+        owner=owner,
+        config={"inputFile": "data.csv", "outputFormat": "json"},
+        row=lambda i: {
+            "name": f"bench task {i}",
+            "task_type": f"T{i % 5}",
+            "priority": i % 7,
+            "status": STATUSES[i % len(STATUSES)],
+        },
     )
 
 

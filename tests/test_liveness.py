@@ -11,7 +11,6 @@ from django.utils import timezone
 from tasks.models import Task, TaskStatusHistory
 from tasks.scheduling.claim import claim_tasks
 from tasks.scheduling.jobs import sweep_heartbeats
-from tasks.states import TaskStatus
 from tests import factories
 from units.models import ExecutionUnit
 from units.services import unit_heartbeat
@@ -24,16 +23,9 @@ def t0():
     return timezone.now()
 
 
-def _leased(unit_id: str, t0, n: int = 1, capacity: int = 5):
-    unit = factories.unit(unit_id, capacity=capacity, now=t0)
-    tasks = [factories.task(now=t0 - timedelta(seconds=1)) for _ in range(n)]
-    claim_tasks(unit.pk, n, now=t0)
-    return unit, [Task.objects.get(pk=t.pk) for t in tasks]
-
-
 def test_silent_unit_goes_offline_and_its_tasks_fail_over_with_history(t0, settings):
     settings.UNIT_HEARTBEAT_TIMEOUT = 30
-    _, (task,) = _leased("u1", t0)
+    (task,) = factories.leased_tasks("u1", now=t0)
     assert sweep_heartbeats(t0 + timedelta(seconds=29))["unitsOffline"] == 0
     result = sweep_heartbeats(t0 + timedelta(seconds=31))
     assert result == {"unitsOffline": 1, "failedOver": 1, "poisoned": 0, "orphans": 0}
@@ -53,7 +45,7 @@ def test_silent_unit_goes_offline_and_its_tasks_fail_over_with_history(t0, setti
 def test_failed_over_task_is_reclaimable_within_timeout_plus_sweep_interval(t0, settings):
     """I5: the sweeper runs every SWEEP_INTERVAL; at the first run after the timeout the task is free."""
     settings.UNIT_HEARTBEAT_TIMEOUT, settings.SWEEP_INTERVAL = 30, 5
-    _leased("u1", t0)
+    factories.leased_tasks("u1", now=t0)
     other = factories.unit("u2", now=t0)
     sweep_at = t0 + timedelta(seconds=30 + 5)
     unit_heartbeat("u2", current_load=0, metadata=None, tasks=[], now=sweep_at)
@@ -64,7 +56,7 @@ def test_failed_over_task_is_reclaimable_within_timeout_plus_sweep_interval(t0, 
 def test_heartbeating_unit_keeps_its_task_forever(t0, settings):
     """I6."""
     settings.UNIT_HEARTBEAT_TIMEOUT = 30
-    _, (task,) = _leased("u1", t0)
+    (task,) = factories.leased_tasks("u1", now=t0)
     for minute in range(1, 11):
         now = t0 + timedelta(seconds=20 * minute)
         unit_heartbeat("u1", current_load=1, metadata=None, tasks=[{"id": task.pk, "attempt": 1}], now=now)
@@ -75,7 +67,7 @@ def test_heartbeating_unit_keeps_its_task_forever(t0, settings):
 
 def test_task_the_unit_stops_listing_fails_over_at_once(t0, settings):
     settings.UNIT_HEARTBEAT_INTERVAL = 2
-    _, (kept, dropped) = _leased("u1", t0, n=2)
+    kept, dropped = factories.leased_tasks("u1", 2, now=t0)
     reply = unit_heartbeat(
         "u1",
         current_load=1,
@@ -94,7 +86,7 @@ def test_task_the_unit_stops_listing_fails_over_at_once(t0, settings):
 def test_a_lease_younger_than_the_grace_survives_a_list_sent_before_the_claim_reply(t0, settings):
     """The unit's heartbeat thread may send its list while a claim reply is still in flight."""
     settings.UNIT_HEARTBEAT_INTERVAL = 2
-    _, (task,) = _leased("u1", t0)
+    (task,) = factories.leased_tasks("u1", now=t0)
     reply = unit_heartbeat("u1", current_load=0, metadata=None, tasks=[], now=t0 + timedelta(seconds=1))
     assert reply["failedOver"] == [] and reply["runningTasks"] == 1
     assert Task.objects.get(pk=task.pk).status == "RUNNING"
@@ -103,7 +95,7 @@ def test_a_lease_younger_than_the_grace_survives_a_list_sent_before_the_claim_re
 
 
 def test_heartbeat_records_progress_of_many_tasks_in_one_update(t0, django_assert_max_num_queries):
-    _, tasks = _leased("u1", t0, n=5, capacity=5)
+    tasks = factories.leased_tasks("u1", 5, now=t0)
     listed = [{"id": t.pk, "attempt": 1, "progress": 10 * i} for i, t in enumerate(tasks)]
     with django_assert_max_num_queries(8):
         unit_heartbeat("u1", current_load=5, metadata={"cpu": 1}, tasks=listed, now=t0 + timedelta(seconds=1))
@@ -112,7 +104,7 @@ def test_heartbeat_records_progress_of_many_tasks_in_one_update(t0, django_asser
 
 def test_listed_stale_attempt_gets_an_abort_command(t0, settings):
     settings.UNIT_HEARTBEAT_TIMEOUT = 30
-    _, (task,) = _leased("u1", t0)
+    (task,) = factories.leased_tasks("u1", now=t0)
     sweep_heartbeats(t0 + timedelta(seconds=31))  # u1 lost it
     factories.unit("u2", now=t0 + timedelta(seconds=31))
     claim_tasks("u2", 1, now=t0 + timedelta(seconds=31))  # attempt 2 on u2
@@ -161,23 +153,7 @@ def test_failover_cap_fails_the_task_as_poison(t0, settings):
 def test_sweeper_fails_over_10000_tasks_of_1000_units_in_bounded_queries(t0, settings, django_assert_max_num_queries):
     settings.UNIT_HEARTBEAT_TIMEOUT = 30
     units = [factories.unit(f"dead-{i}", now=t0).pk for i in range(1000)]
-    tasks = Task.objects.bulk_create(
-        [
-            Task(
-                name=f"t{i}",
-                task_type="DATA_PROCESSING",
-                status=TaskStatus.RUNNING,
-                attempt=1,
-                max_retries=3,
-                unit_id=units[i % 1000],
-                available_at=t0,
-                created_at=t0,
-                updated_at=t0,
-            )
-            for i in range(10_000)
-        ],
-        batch_size=2000,
-    )
+    tasks = factories.running_in_bulk(units, 10_000, now=t0)
     assert len(tasks) == 10_000
     # Bounded by chunks, not tasks: per 500 units a select, an update and a task select, and the two
     # polls for tasks no unit holds (a third chunk finds nothing: the three polls); per 1000 tasks
@@ -220,20 +196,16 @@ def test_maintenance_drains_keeps_running_tasks_and_claims_nothing(client_a, reg
     assert ExecutionUnit.objects.get(pk="u1").status == "ONLINE"
 
 
-def test_deregister_fails_the_units_tasks_over(client_a, register_unit):
-    unit, _ = register_unit("u1")
-    client_a.post("/api/v1/tasks", {"name": "t", "taskType": "DATA_PROCESSING", "config": {}})
-    held = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["items"][0]
+def test_deregister_fails_the_units_tasks_over(client_a, leased):
+    unit, (held,) = leased(1, "u1")
     assert client_a.delete("/api/v1/execution-units/u1").status_code == 204
     task = Task.objects.get(pk=held["id"])
     assert task.status == "PENDING" and task.unit_id is None
     assert unit.post("/api/v1/execution-units/u1/heartbeat", {"currentLoad": 0}).status_code == 401
 
 
-def test_reregistration_fails_over_the_previous_incarnations_tasks(client_a, register_unit):
-    unit, _ = register_unit("u1")
-    client_a.post("/api/v1/tasks", {"name": "t", "taskType": "DATA_PROCESSING", "config": {}})
-    held = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["items"][0]
+def test_reregistration_fails_over_the_previous_incarnations_tasks(leased, register_unit):
+    _, (held,) = leased(1, "u1")
     register_unit("u1")
     assert Task.objects.get(pk=held["id"]).status == "PENDING"
 

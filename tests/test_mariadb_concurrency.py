@@ -19,7 +19,6 @@ from tasks.models import Task, TaskStatusHistory
 from tasks.scheduling.claim import claimable
 from tasks.states import TaskStatus
 from tests import factories
-from tests.test_orphans import lapsed_orphans
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.django_db(transaction=True)]
 PROCESSES = 8
@@ -115,23 +114,7 @@ def _sweep(_: int, out: Any) -> None:
 def test_concurrent_sweepers_fail_each_task_over_exactly_once():
     now = timezone.now()
     units = [factories.unit(f"dead-{i}", now=now).pk for i in range(200)]
-    Task.objects.bulk_create(
-        [
-            Task(
-                name=f"t{i}",
-                task_type="DATA_PROCESSING",
-                status=TaskStatus.RUNNING,
-                attempt=1,
-                max_retries=3,
-                unit_id=units[i % 200],
-                available_at=now,
-                created_at=now,
-                updated_at=now,
-            )
-            for i in range(3000)
-        ],
-        batch_size=1000,
-    )
+    factories.running_in_bulk(units, 3000, now=now)
     results = _run_in_processes(_sweep, [(i,) for i in range(4)])
     assert [e for _, errs in results for e in errs] == []
     assert sum(r["failedOver"] for r, _ in results) == 3000
@@ -160,7 +143,7 @@ def _assert_failed_over_once(ids: list[int]) -> None:
 
 def test_concurrent_sweepers_take_each_task_no_unit_holds_back_exactly_once():
     now = timezone.now()
-    ids = lapsed_orphans(3000, now)
+    ids = factories.lapsed_orphans(3000, now)
     results = _run_in_processes(_sweep, [(i,) for i in range(4)])
     assert [e for _, errs in results for e in errs] == []
     assert sum(r["orphans"] for r, _ in results) == 3000
@@ -174,7 +157,7 @@ def test_a_second_sweeper_skips_the_task_the_first_one_holds_and_it_is_failed_ov
     from tasks.scheduling.jobs import _sweep_chunk, sweep_heartbeats
 
     now = timezone.now()
-    ids = lapsed_orphans(1, now)
+    ids = factories.lapsed_orphans(1, now)
     seen: dict[str, Any] = {}
 
     def second_sweeper() -> None:
@@ -207,21 +190,14 @@ def test_the_lease_polls_read_their_indexes():
             return {}
         return {"unit_id": unit.pk}
 
-    Task.objects.bulk_create(
-        [
-            Task(
-                name=f"t{i}",
-                task_type="DATA_PROCESSING",
-                max_retries=3,
-                status=[TaskStatus.PENDING, TaskStatus.COMPLETED, TaskStatus.RUNNING][i % 3],
-                available_at=now,
-                created_at=now,
-                updated_at=now,
-                **(leased(i) if i % 3 == 2 else {}),
-            )
-            for i in range(9000)
-        ],
+    factories.tasks_in_bulk(
+        9000,
+        now=now,
         batch_size=3000,
+        row=lambda i: {
+            "status": [TaskStatus.PENDING, TaskStatus.COMPLETED, TaskStatus.RUNNING][i % 3],
+            **(leased(i) if i % 3 == 2 else {}),
+        },
     )
     running = Task.objects.select_for_update(skip_locked=True).filter(status=TaskStatus.RUNNING)
     polls = {

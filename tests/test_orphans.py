@@ -154,9 +154,7 @@ def test_the_claim_clears_a_lease_left_on_a_pending_task():
 def test_a_task_whose_unit_row_was_deleted_without_deregistering_fails_over_at_the_next_sweep():
     """A plain delete of the unit (the ORM, a shell) leaves its task RUNNING with no unit (SET_NULL)
     and no lease; nobody can report on it any more (the unit's token went with the row)."""
-    factories.unit("u-gone", now=T0)
-    task = factories.task(now=T0)
-    claim_tasks("u-gone", 1, now=T0)
+    task = factories.leased_task("u-gone", now=T0)
     ExecutionUnit.objects.filter(pk="u-gone").delete()
     task.refresh_from_db()
     assert (task.status, task.unit_id, task.lease_expires_at) == (S.RUNNING, None, None)
@@ -171,39 +169,8 @@ def test_a_task_whose_unit_row_was_deleted_without_deregistering_fails_over_at_t
     assert _last(task.pk).reason == "its unit u-gone was removed without deregistering; no unit holds it"
 
 
-def lapsed_orphans(n: int, at: datetime, actor: str = "key:many") -> list[int]:
-    """`n` RUNNING tasks that no unit holds, their lease run out at `at`, each with the history row
-    of its start by `actor`: made in bulk, for the tests that need thousands."""
-    tasks = Task.objects.bulk_create(
-        [
-            Task(
-                name=f"orphan {i}",
-                task_type="DATA_PROCESSING",
-                status=S.RUNNING,
-                attempt=1,
-                max_retries=3,
-                available_at=at,
-                lease_expires_at=at,
-                created_at=at,
-                updated_at=at,
-            )
-            for i in range(n)
-        ],
-        batch_size=2000,
-    )
-    TaskStatusHistory.objects.bulk_create(
-        [
-            TaskStatusHistory(task_id=t.pk, from_status=S.PENDING, to_status=S.RUNNING, actor_type="api_key",
-                              actor=actor, attempt=1, created_at=at)
-            for t in tasks
-        ],
-        batch_size=2000,
-    )  # fmt: skip
-    return [t.pk for t in tasks]
-
-
 def test_the_sweeper_takes_back_10000_tasks_no_unit_holds_in_bounded_queries(django_assert_max_num_queries):
-    lapsed_orphans(10_000, T0 + timedelta(seconds=TIMEOUT))
+    factories.lapsed_orphans(10_000, T0 + timedelta(seconds=TIMEOUT))
     fields = [f for f in TaskStatusHistory._meta.concrete_fields if not f.primary_key]
     history_batch = min(1000, connection.ops.bulk_batch_size(fields, []) or 1000)
     # Per sweep chunk (one transaction) of 1000 tasks: the unit poll, the lease poll, the history read

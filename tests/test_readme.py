@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from taskhub.apikeys.models import ALL_SCOPES
-from tests.hub_process import ROOT, Hub, call, running_hub, wait_for
+from testkit.hub import ROOT, Hub, call, running_hub
+from testkit.waiting import wait_for
 
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"^```bash\n(.*?)^```", README, re.MULTILINE | re.DOTALL)

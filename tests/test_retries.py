@@ -73,24 +73,18 @@ def test_retryable_failure_waits_then_returns_to_pending(settings):
 
 
 def test_non_retryable_failure_stays_failed():
-    task = factories.task()
     unit = factories.unit()
     now = timezone.now()
-    claim_tasks(unit.pk, 1, now=now)
+    task = factories.leased_task(unit, now=now)
     _fail_once(task.pk, unit.pk, now, retryable=False)
     task.refresh_from_db()
     assert task.status == "FAILED" and task.next_retry_at is None and task.retry_count == 0
 
 
-def test_manual_retry_and_bulk_redrive(client_a, register_unit):
-    unit, _ = register_unit("u1", capacity=10)
-    ids = [
-        client_a.post(
-            "/api/v1/tasks", {"name": f"t{i}", "taskType": "DATA_PROCESSING", "config": {}, "maxRetries": 0}
-        ).json()["id"]
-        for i in range(4)
-    ]
-    for t in unit.post("/api/v1/execution-units/u1/claim", {"max": 10}).json()["items"]:
+def test_manual_retry_and_bulk_redrive(client_a, leased):
+    unit, claimed = leased(4, "u1", maxRetries=0)
+    ids = [t["id"] for t in claimed]
+    for t in claimed:
         unit.post(f"/api/v1/tasks/{t['id']}/fail", {"attempt": t["attempt"], "error": "bad", "retryable": True})
     assert set(Task.objects.values_list("status", flat=True)) == {"FAILED"}
     assert client_a.get("/api/v1/tasks/stats").json()["dead"] == 4
@@ -107,10 +101,9 @@ def test_manual_retry_and_bulk_redrive(client_a, register_unit):
 
 
 def test_redrive_touches_only_the_callers_tasks(client_a, client_b):
-    task = factories.task(owner=ApiKey.objects.get(name="client-a"))
     unit = factories.unit()
     now = timezone.now()
-    claim_tasks(unit.pk, 1, now=now)
+    task = factories.leased_task(unit, now=now, owner=ApiKey.objects.get(name="client-a"))
     _fail_once(task.pk, unit.pk, now, retryable=False)
     assert client_b.post("/api/v1/tasks/redrive", {}).json()["retried"] == []
     assert Task.objects.get(pk=task.pk).status == "FAILED"
@@ -119,9 +112,7 @@ def test_redrive_touches_only_the_callers_tasks(client_a, client_b):
 def test_running_task_past_its_timeout_fails_retryably():
     with time_machine.travel("2026-03-01 00:00:00Z", tick=False):
         now = timezone.now()
-        task = factories.task(timeout_seconds=60, max_retries=2)
-        unit = factories.unit()
-        claim_tasks(unit.pk, 1, now=now)
+        task = factories.leased_task(now=now, timeout_seconds=60, max_retries=2)
         assert fail_timeouts(now + timedelta(seconds=59)) == {"timedOut": 0}
         assert fail_timeouts(now + timedelta(seconds=61)) == {"timedOut": 1}
     task.refresh_from_db()
@@ -135,8 +126,7 @@ def test_running_task_past_its_timeout_fails_retryably():
 def test_jobs_are_idempotent():
     with time_machine.travel("2026-03-01 00:00:00Z", tick=False):
         now = timezone.now()
-        factories.task(timeout_seconds=1)
-        claim_tasks(factories.unit().pk, 1, now=now)
+        factories.leased_task(now=now, timeout_seconds=1)
         later = now + timedelta(seconds=5)
         assert fail_timeouts(later) == {"timedOut": 1}
         assert fail_timeouts(later) == {"timedOut": 0}

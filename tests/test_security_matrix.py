@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from taskhub.apikeys.models import ALL_SCOPES, ApiKey
 from taskhub.apikeys.services import api_key_revoke
 from taskhub.apikeys.tokens import digest
 from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
+from testkit.waiting import wait_for
 from tests.conftest import JsonClient
 from units.models import ExecutionUnit
 
@@ -635,10 +635,12 @@ def test_the_unit_agent_never_logs_its_token_or_enroll_key(
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         task = _ok(client.post(f"{API}/tasks", {"name": "echo", "taskType": "SEC_AGENT", "config": {"x": 1}}), 201)
-        deadline = time.monotonic() + 60
-        while Task.objects.get(pk=task["id"]).status != "COMPLETED":
-            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()[-3000:]
-            time.sleep(0.2)
+
+        def completed() -> bool:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            return Task.objects.get(pk=task["id"]).status == "COMPLETED"
+
+        wait_for(completed, 60, "the agent to complete the task", interval=0.2)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

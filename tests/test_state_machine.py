@@ -66,13 +66,7 @@ def test_put_status_allows_exactly_the_table(client_a, source, target):
 
 @pytest.mark.parametrize("target", S.values)
 def test_put_status_on_a_task_a_live_unit_holds_allows_exactly_the_table(client_a, target):
-    from django.utils import timezone
-
-    from tasks.scheduling.claim import claim_tasks
-
-    factories.unit("u-held")
-    task = factories.task()
-    claim_tasks("u-held", 1, now=timezone.now())
+    task = factories.leased_task("u-held")
     _put_status_allows_exactly_the_table(client_a, task, S.RUNNING, target, held=True)
 
 
@@ -121,12 +115,7 @@ def test_every_change_writes_one_history_row_with_actor_and_attempt():
 
 def test_pause_of_running_task_keeps_the_chain_and_fences_the_unit():
     unit = factories.unit("u-pause")
-    task = factories.task()
-    from django.utils import timezone
-
-    from tasks.scheduling.claim import claim_tasks
-
-    claim_tasks(unit.pk, 1, now=timezone.now())
+    task = factories.leased_task(unit)
     transitions.pause_task(task.pk, actor=Actor.operator("op"))
     task.refresh_from_db()
     assert task.status == "PAUSED" and task.pending_command == "pause"
