@@ -195,7 +195,7 @@ class Unit:
     def claim(self, count: int = 1) -> list[dict[str, Any]]:
         reply = self.http.post(f"/execution-units/{self.unit_id}/claim", json={"max": count})
         assert reply.status_code == 200, reply.text
-        return list(reply.json()["tasks"])
+        return list(reply.json()["items"])
 
     def report(self, task: dict[str, Any], outcome: str, **body: Any) -> None:
         reply = self.http.post(f"/tasks/{task['id']}/{outcome}", json={"attempt": task["attempt"], **body})
