@@ -81,7 +81,7 @@ def test_a_units_own_drain_is_cleared_when_it_registers_again_and_it_claims(clie
     assert (again["status"], again["drainedBy"], again["drainedAt"]) == ("ONLINE", None, None)
     assert again["clearedDrainAt"] == drained_at
     submit(client_a)
-    assert len(claim(unit, "second").json()["tasks"]) == 1
+    assert len(claim(unit, "second").json()["items"]) == 1
 
 
 def test_an_operators_drain_is_kept_across_registrations_until_resumed(client_a: JsonClient) -> None:
@@ -93,10 +93,10 @@ def test_an_operators_drain_is_kept_across_registrations_until_resumed(client_a:
     assert (again["status"], again["drainedBy"], again["drainedByActor"]) == ("MAINTENANCE", "operator", "key:client-a")
     assert again["clearedDrainAt"] is None
     submit(client_a)
-    assert claim(unit, "second").json()["tasks"] == []
+    assert claim(unit, "second").json()["items"] == []
     resumed = client_a.patch("/api/v1/execution-units/u1", {"status": "ONLINE"}).json()
     assert (resumed["status"], resumed["drainedBy"], resumed["drainedAt"]) == ("ONLINE", None, None)
-    assert len(claim(unit, "second").json()["tasks"]) == 1
+    assert len(claim(unit, "second").json()["items"]) == 1
 
 
 def test_an_operator_draining_a_unit_that_drains_itself_makes_the_drain_theirs(client_a: JsonClient) -> None:
@@ -142,7 +142,7 @@ def test_drains_recorded_before_this_migration_count_as_an_operators() -> None:
 def test_a_second_live_instance_is_refused_and_nothing_changes(client_a: JsonClient) -> None:
     unit, _ = registered(client_a, "first")
     submit(client_a)
-    (held,) = claim(unit, "first").json()["tasks"]
+    (held,) = claim(unit, "first").json()["items"]
     before = ExecutionUnit.objects.get(pk="u1")
     refused = register(client_a, "second")
     assert refused.status_code == 409
@@ -169,7 +169,7 @@ def test_the_same_instance_registers_again_freely(client_a: JsonClient) -> None:
 def test_replace_takes_over_at_once_and_the_old_process_is_refused(client_a: JsonClient) -> None:
     old, _ = registered(client_a, "first")
     submit(client_a)
-    (held,) = claim(old, "first").json()["tasks"]
+    (held,) = claim(old, "first").json()["items"]
     new, body = registered(client_a, "second", replace=True)
     assert body["instanceId"] == "second"
     task = Task.objects.get(pk=held["id"])
