@@ -18,11 +18,11 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from taskhub.errors import DomainError, NotFound
+from taskhub.base.actors import Actor
+from taskhub.base.dbretry import retry_on_lock_error
+from taskhub.base.errors import DomainError, NotFound
 from tasks import services, transitions
-from tasks.actors import Actor
 from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
-from tasks.scheduling.dbretry import retry_on_lock_error
 from tasks.states import TaskStatus
 
 S = TaskStatus

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.db import models
 
-from tasks.states import ActorType, TaskStatus
+from taskhub.base.actors import ActorType
+from tasks.states import TaskStatus
 
 
 class ControlCommand(models.TextChoices):

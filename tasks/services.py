@@ -12,8 +12,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from taskhub.errors import Conflict, NotFound
-from tasks.actors import Actor
+from taskhub.base.actors import Actor
+from taskhub.base.errors import Conflict, NotFound
 from tasks.models import Task, TaskExecutionLog
 from tasks.states import TaskStatus
 from tasks.transitions import create_task, create_tasks, lock_live_attempt, renew_lease
@@ -237,21 +237,3 @@ def task_append_logs(
         if actor.unit_id is None and task.lease_expires_at is not None:
             renew_lease(task.pk, now)
     return len(entries)
-
-
-def task_stats(queryset: QuerySet[Task]) -> dict[str, Any]:
-    """Counts by status (one grouped query on the status index) plus the retry/dead split."""
-    by_status = {s: 0 for s in S.values}
-    for row in queryset.order_by().values("status").annotate(n=Count("id")):
-        by_status[row["status"]] = row["n"]
-    waiting_retry = queryset.filter(status=S.FAILED, next_retry_at__isnull=False).count()
-    by_type: dict[str, dict[str, int]] = {}
-    for row in queryset.order_by().values("task_type", "status").annotate(n=Count("id")):
-        by_type.setdefault(row["task_type"], {})[row["status"]] = row["n"]
-    return {
-        "total": sum(by_status.values()),
-        "byStatus": by_status,
-        "byType": by_type,
-        "waitingRetry": waiting_retry,
-        "dead": by_status[S.FAILED] - waiting_retry,
-    }

@@ -50,10 +50,3 @@ def allowed_targets(source: str, *, system: bool = False, held: bool = True) -> 
     return sorted(
         t for t in TRANSITIONS.get(source, frozenset()) if can_transition(source, t, system=system, held=held)
     )
-
-
-class ActorType(models.TextChoices):
-    OPERATOR = "operator"
-    API_KEY = "api_key"
-    UNIT = "unit"
-    SYSTEM = "system"

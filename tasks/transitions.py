@@ -9,7 +9,8 @@ based moves for the jobs live in `tasks.scheduling` and use `record_history_bulk
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,17 +19,24 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from taskhub import metrics
-from taskhub.errors import Conflict, NotFound
-from tasks.actors import Actor
+from taskhub.base import metrics
+from taskhub.base.actors import Actor
+from taskhub.base.errors import Conflict, NotFound
+from taskhub.base.sql import insert_rows
+from tasks import sql
 from tasks.backoff import retry_delay
 from tasks.models import ControlCommand, Task, TaskStatusHistory
 from tasks.states import SYSTEM_ONLY, TaskStatus, allowed_targets, can_transition
-from units.models import ExecutionUnit, UnitStatus
 
 S = TaskStatus
-# Units that may still be running what they hold (MAINTENANCE drains: it keeps its tasks).
-LIVE_UNIT_STATUSES = (UnitStatus.ONLINE, UnitStatus.BUSY, UnitStatus.MAINTENANCE)
+# Whether a unit (by id) may still be running what it holds: the units' question, asked by the
+# layer above (which sees both) and passed down, since tasks never import units.
+LiveUnit = Callable[[str], bool]
+
+
+def assume_live(unit_id: str) -> bool:
+    """The cautious answer for a caller that did not ask the units: the holder may be live."""
+    return True
 
 
 class IllegalTransition(Conflict):
@@ -52,14 +60,10 @@ class IllegalTransition(Conflict):
         super().__init__(message, details=details)
 
 
-def held_by_live_unit(task: Task) -> bool:
+def held_by_live_unit(task: Task, live_unit: LiveUnit = assume_live) -> bool:
     """Whether a live unit holds this RUNNING task (it heartbeats, so it may be running it): then
-    only the hub may take it back. One query, asked only about a RUNNING task with a unit."""
-    return (
-        task.status == S.RUNNING
-        and task.unit_id is not None
-        and ExecutionUnit.objects.filter(pk=task.unit_id, status__in=LIVE_UNIT_STATUSES).exists()
-    )
+    only the hub may take it back. `live_unit` is asked only about a RUNNING task with a unit."""
+    return task.status == S.RUNNING and task.unit_id is not None and live_unit(task.unit_id)
 
 
 def _lock(task_id: int, queryset: QuerySet[Task] | None = None) -> Task:
@@ -107,7 +111,14 @@ def record_history_bulk(rows: Sequence[TaskStatusHistory]) -> None:
 
 
 def _apply(
-    task: Task, target: str, *, actor: Actor, reason: str, now: datetime, fields: Iterable[str] = ()
+    task: Task,
+    target: str,
+    *,
+    actor: Actor,
+    reason: str,
+    now: datetime,
+    fields: Iterable[str] = (),
+    live_unit: LiveUnit = assume_live,
 ) -> tuple[set[str], TaskStatusHistory]:
     """Check the table and apply `target`'s entry effects in memory. Returns the fields to save
     and the history row to write; the caller holds the lock and saves (`_save`, or `save_reported`
@@ -116,7 +127,7 @@ def _apply(
     if not can_transition(source, target, system=actor.is_system):
         # Only a move the table refuses while a unit holds the task asks who holds it (a query):
         # units' reports and the other moves read nothing more.
-        held = held_by_live_unit(task)
+        held = held_by_live_unit(task, live_unit)
         if not can_transition(source, target, system=actor.is_system, held=held):
             raise IllegalTransition(task, target, system=actor.is_system, held=held)
     changed = set(fields) | enter_state(task, target, now)
@@ -132,9 +143,18 @@ def _save(task: Task, move: tuple[set[str], TaskStatusHistory]) -> Task:
     return task
 
 
-def _move(task: Task, target: str, *, actor: Actor, reason: str, now: datetime, fields: Iterable[str] = ()) -> Task:
+def _move(
+    task: Task,
+    target: str,
+    *,
+    actor: Actor,
+    reason: str,
+    now: datetime,
+    fields: Iterable[str] = (),
+    live_unit: LiveUnit = assume_live,
+) -> Task:
     """Check the table, apply `target`'s entry effects, save, write history. Caller holds the lock."""
-    return _save(task, _apply(task, target, actor=actor, reason=reason, now=now, fields=fields))
+    return _save(task, _apply(task, target, actor=actor, reason=reason, now=now, fields=fields, live_unit=live_unit))
 
 
 MAX_GROUPED_UPDATES = 4
@@ -250,6 +270,37 @@ def create_tasks(rows: Sequence[dict[str, Any]], *, actor: Actor, now: datetime 
     return tasks
 
 
+# --- The claim's lease ------------------------------------------------------------------------
+
+
+def lease_to_unit(unit_pk: str, unit_type: str, wanted: int, now: datetime) -> list[Task]:
+    """PENDING -> RUNNING for up to `wanted` claimable tasks of `unit_type`, leased to the unit (the
+    claim; the caller holds the unit row lock). The locked rows are what the unit gets back: the
+    entry effects of RUNNING (`enter_state`) are applied to them in memory, and one UPDATE per
+    distinct timeout (the only per-row value besides the attempt increment) writes the same values;
+    one INSERT writes their history rows."""
+    tasks = sql.lock_claimable(unit_type, now, wanted) if wanted > 0 else []
+    groups: dict[int | None, list[Task]] = defaultdict(list)
+    changed: set[str] = set()
+    for task in tasks:
+        task.unit_id = unit_pk
+        task.status = S.RUNNING
+        task.updated_at = now
+        changed = enter_state(task, S.RUNNING, now)
+        groups[task.timeout_seconds].append(task)
+    for group in groups.values():
+        sql.update_claimed(group, sorted(changed - {"attempt"}), unit_pk, now)
+    actor = Actor.unit(unit_pk)
+    insert_rows(
+        TaskStatusHistory,
+        [
+            new_history(task.pk, task.attempt, unit_pk, S.PENDING, S.RUNNING, actor=actor, reason="claimed", now=now)
+            for task in tasks
+        ],
+    )
+    return tasks
+
+
 # --- Operator / client transitions --------------------------------------------------------
 
 
@@ -261,6 +312,7 @@ def change_status(
     reason: str = "",
     now: datetime | None = None,
     queryset: QuerySet[Task] | None = None,
+    live_unit: LiveUnit = assume_live,
 ) -> Task:
     """`PUT /tasks/{id}/status`: dispatch to the transition that means `target`."""
     actions: dict[str, Any] = {
@@ -272,15 +324,21 @@ def change_status(
     }
     action = actions.get(target)
     if action is not None:
-        return action(task_id, actor=actor, reason=reason, now=now, queryset=queryset)
+        return action(task_id, actor=actor, reason=reason, now=now, queryset=queryset, live_unit=live_unit)
     if target == S.PENDING:
-        return reopen_task(task_id, actor=actor, reason=reason, now=now, queryset=queryset)
+        return reopen_task(task_id, actor=actor, reason=reason, now=now, queryset=queryset, live_unit=live_unit)
     raise Conflict(f"Unknown status {target}")
 
 
 @transaction.atomic
 def start_task(
-    task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
+    task_id: int,
+    *,
+    actor: Actor,
+    reason: str = "",
+    now: datetime | None = None,
+    queryset: QuerySet[Task] | None = None,
+    live_unit: LiveUnit = assume_live,
 ) -> Task:
     """PENDING -> RUNNING by a client (the seed's `PUT status RUNNING`), held by no unit: it gets a
     lease of its own (`enter_state`), renewed by the client's log lines; when it runs out, the
@@ -291,12 +349,20 @@ def start_task(
         # Its last holder, if any, does not hold it now. (A start the table refuses must not forget
         # the holder: the 409 tells whether a live unit holds the task.)
         task.unit = None
-    return _move(task, S.RUNNING, actor=actor, reason=reason or "started", now=now, fields={"unit"})
+    return _move(
+        task, S.RUNNING, actor=actor, reason=reason or "started", now=now, fields={"unit"}, live_unit=live_unit
+    )
 
 
 @transaction.atomic
 def pause_task(
-    task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
+    task_id: int,
+    *,
+    actor: Actor,
+    reason: str = "",
+    now: datetime | None = None,
+    queryset: QuerySet[Task] | None = None,
+    live_unit: LiveUnit = assume_live,
 ) -> Task:
     """Pause. A RUNNING task is first taken back from its unit (RUNNING -> PENDING, which fences
     the attempt and queues a `pause` command for the unit), then paused: two rows, one chain."""
@@ -311,18 +377,27 @@ def pause_task(
             now=now,
             fields=fields,
             reason=f"pause requested by {actor.label}",
+            live_unit=live_unit,
         )
-    return _move(task, S.PAUSED, actor=actor, reason=reason or "paused", now=now)
+    return _move(task, S.PAUSED, actor=actor, reason=reason or "paused", now=now, live_unit=live_unit)
 
 
 @transaction.atomic
 def cancel_task(
-    task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
+    task_id: int,
+    *,
+    actor: Actor,
+    reason: str = "",
+    now: datetime | None = None,
+    queryset: QuerySet[Task] | None = None,
+    live_unit: LiveUnit = assume_live,
 ) -> Task:
     now = now or timezone.now()
     task = _lock(task_id, queryset)
     fields = _release_from_unit(task, ControlCommand.CANCEL)
-    return _move(task, S.CANCELLED, actor=actor, reason=reason or "cancelled", now=now, fields=fields)
+    return _move(
+        task, S.CANCELLED, actor=actor, reason=reason or "cancelled", now=now, fields=fields, live_unit=live_unit
+    )
 
 
 @transaction.atomic
@@ -334,6 +409,7 @@ def complete_task(
     now: datetime | None = None,
     queryset: QuerySet[Task] | None = None,
     result: Any = None,
+    live_unit: LiveUnit = assume_live,
 ) -> Task:
     """RUNNING -> COMPLETED by a client or operator (units report through `complete_attempt`)."""
     now = now or timezone.now()
@@ -342,45 +418,77 @@ def complete_task(
     task.progress = 100
     task.result = result
     return _move(
-        task, S.COMPLETED, actor=actor, reason=reason or "completed", now=now, fields=fields | {"progress", "result"}
+        task,
+        S.COMPLETED,
+        actor=actor,
+        reason=reason or "completed",
+        now=now,
+        fields=fields | {"progress", "result"},
+        live_unit=live_unit,
     )
 
 
 @transaction.atomic
 def fail_task(
-    task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
+    task_id: int,
+    *,
+    actor: Actor,
+    reason: str = "",
+    now: datetime | None = None,
+    queryset: QuerySet[Task] | None = None,
+    live_unit: LiveUnit = assume_live,
 ) -> Task:
     """RUNNING/PAUSED -> FAILED by a client or operator: final, no automatic retry."""
     now = now or timezone.now()
     task = _lock(task_id, queryset)
     fields = _release_from_unit(task, ControlCommand.ABORT)
     task.error = reason or task.error or "failed by request"
-    return _move(task, S.FAILED, actor=actor, reason=reason or "failed", now=now, fields=fields | {"error"})
+    return _move(
+        task, S.FAILED, actor=actor, reason=reason or "failed", now=now, fields=fields | {"error"}, live_unit=live_unit
+    )
 
 
 @transaction.atomic
 def reopen_task(
-    task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
+    task_id: int,
+    *,
+    actor: Actor,
+    reason: str = "",
+    now: datetime | None = None,
+    queryset: QuerySet[Task] | None = None,
+    live_unit: LiveUnit = assume_live,
 ) -> Task:
     """-> PENDING: resume a PAUSED task, retry a FAILED one by hand, or requeue a RUNNING one that
     no live unit holds (the table refuses it while one does)."""
     now = now or timezone.now()
     task = _lock(task_id, queryset)
     if task.status == S.FAILED:
-        return _retry_locked(task, actor=actor, reason=reason, now=now)
+        return _retry_locked(task, actor=actor, reason=reason, now=now, live_unit=live_unit)
     if task.status == S.RUNNING:
         # Not a failover (no unit lost it; someone decided): the failover budget is left as it is.
         # A unit that held it and comes back is told to abort (the attempt is no longer live).
         fields = _release_from_unit(task, ControlCommand.ABORT)
         return _move(
-            task, S.PENDING, actor=actor, reason=reason or "requeued: no live unit held it", now=now, fields=fields
+            task,
+            S.PENDING,
+            actor=actor,
+            reason=reason or "requeued: no live unit held it",
+            now=now,
+            fields=fields,
+            live_unit=live_unit,
         )
-    return _move(task, S.PENDING, actor=actor, reason=reason or "resumed", now=now)
+    return _move(task, S.PENDING, actor=actor, reason=reason or "resumed", now=now, live_unit=live_unit)
 
 
 @transaction.atomic
 def retry_task(
-    task_id: int, *, actor: Actor, reason: str = "", now: datetime | None = None, queryset: QuerySet[Task] | None = None
+    task_id: int,
+    *,
+    actor: Actor,
+    reason: str = "",
+    now: datetime | None = None,
+    queryset: QuerySet[Task] | None = None,
+    live_unit: LiveUnit = assume_live,
 ) -> Task:
     """Manual retry (and bulk redrive) of a FAILED task: back to PENDING with a fresh budget."""
     now = now or timezone.now()
@@ -390,10 +498,10 @@ def retry_task(
             f"Task {task_id} is {task.status}; only FAILED tasks can be retried",
             details={"currentStatus": task.status, "allowedStatuses": [S.FAILED]},
         )
-    return _retry_locked(task, actor=actor, reason=reason, now=now)
+    return _retry_locked(task, actor=actor, reason=reason, now=now, live_unit=live_unit)
 
 
-def _retry_locked(task: Task, *, actor: Actor, reason: str, now: datetime) -> Task:
+def _retry_locked(task: Task, *, actor: Actor, reason: str, now: datetime, live_unit: LiveUnit) -> Task:
     # A retry by hand is a decision to try again: it resets the automatic budgets.
     task.retry_count = 0
     task.failover_count = 0
@@ -404,6 +512,7 @@ def _retry_locked(task: Task, *, actor: Actor, reason: str, now: datetime) -> Ta
         reason=reason or "retried by hand",
         now=now,
         fields={"retry_count", "failover_count"},
+        live_unit=live_unit,
     )
 
 

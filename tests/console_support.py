@@ -9,13 +9,13 @@ from django.contrib.auth.models import Group, User
 from django.contrib.messages import get_messages
 from django.utils import timezone
 
+from taskhub.base.actors import Actor
 from taskhub.console.roles import OPERATORS, VIEWERS, sync_roles
 from tasks import transitions
-from tasks.actors import Actor
 from tasks.models import Task
-from tasks.scheduling.claim import claim_tasks
 from tasks.services import task_append_logs
 from tests import factories
+from units.claim import claim_tasks
 from units.models import ExecutionUnit
 
 PASSWORD = "console-pass-123"

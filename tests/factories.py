@@ -11,7 +11,7 @@ from django.utils import timezone
 from taskhub.apikeys.models import ALL_SCOPES, ApiKey
 from taskhub.apikeys.services import api_key_create
 from taskhub.apikeys.tokens import digest, new_unit_token
-from tasks.actors import Actor
+from taskhub.base.actors import Actor
 from tasks.models import Task
 from tasks.transitions import create_task
 from units.models import ExecutionUnit, UnitStatus

@@ -13,11 +13,11 @@ from django.test import Client
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from taskhub.base.actors import Actor
 from taskhub.console.dashboard import dashboard_data, throughput
 from taskhub.console.roles import OPERATOR_PERMISSIONS, OPERATORS, VIEWER_PERMISSIONS, VIEWERS, sync_roles
-from tasks.actors import Actor
+from tasks.failover import fail_over_tasks
 from tasks.models import Task
-from tasks.scheduling.failover import fail_over_tasks
 from tasks.states import TaskStatus
 from tests import factories
 from tests.console_support import completed_task, failed_task, operator, running_task, staff, viewer
@@ -74,7 +74,7 @@ def test_throughput_counts_completions_failures_and_failovers_per_minute_over_th
 
 def test_a_requeue_by_a_person_is_not_a_failover_but_the_sweepers_take_back_of_a_task_nobody_holds_is() -> None:
     from tasks import transitions
-    from tasks.scheduling.jobs import sweep_heartbeats
+    from units.sweeper import sweep_heartbeats
 
     now = timezone.now().replace(second=30, microsecond=0)
     requeued, lapsed = factories.task(now=now), factories.task(now=now)

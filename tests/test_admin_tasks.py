@@ -12,11 +12,10 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from taskhub.base.actors import Actor
 from taskhub.console.paging import CappedCountPaginator
 from tasks import transitions
-from tasks.actors import Actor
 from tasks.models import ControlCommand, Task, TaskStatusHistory
-from tasks.scheduling.claim import claim_tasks
 from tasks.states import TaskStatus
 from tests import factories
 from tests.console_support import (
@@ -29,6 +28,7 @@ from tests.console_support import (
     staff,
     viewer,
 )
+from units.claim import claim_tasks
 
 pytestmark = pytest.mark.django_db
 S = TaskStatus

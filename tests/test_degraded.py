@@ -34,10 +34,11 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from taskhub.api.throttling import PrincipalRateThrottle
+from tasks.jobs import fail_timeouts, move_due_retries
 from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
-from tasks.scheduling.jobs import fail_timeouts, move_due_retries, sweep_heartbeats
 from tests.conftest import JsonClient
 from units.models import ExecutionUnit
+from units.sweeper import sweep_heartbeats
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v1"

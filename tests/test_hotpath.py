@@ -12,14 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework import serializers
 
-from taskhub.api.throttling import COUNTER_VERSION, PrincipalRateThrottle
-from taskhub.api.views import validated
-from taskhub.rowload import fetch_models
-from tasks.models import Task
-from tasks.scheduling.claim import claim_tasks, claimable
-from tests import factories
-from units.models import ExecutionUnit
-from units.serializers import (
+from taskhub.api.serializers.units import (
     ClaimedTaskSerializer,
     HeartbeatReplySerializer,
     HeartbeatSerializer,
@@ -27,6 +20,14 @@ from units.serializers import (
     heartbeat_reply,
     plain_heartbeat,
 )
+from taskhub.api.throttling import COUNTER_VERSION, PrincipalRateThrottle
+from taskhub.api.validation import validated
+from taskhub.base.rowload import fetch_models
+from tasks.models import Task
+from tasks.sql import claimable
+from tests import factories
+from units.claim import claim_tasks
+from units.models import ExecutionUnit
 from units.services import unit_heartbeat
 
 pytestmark = pytest.mark.django_db

@@ -9,12 +9,12 @@ from django.db.models import Count
 from django.utils import timezone
 
 from tasks.models import Task, TaskStatusHistory
-from tasks.scheduling.claim import claim_tasks
-from tasks.scheduling.jobs import sweep_heartbeats
 from tasks.states import TaskStatus
 from tests import factories
+from units.claim import claim_tasks
 from units.models import ExecutionUnit
 from units.services import unit_heartbeat
+from units.sweeper import sweep_heartbeats
 
 pytestmark = pytest.mark.django_db
 

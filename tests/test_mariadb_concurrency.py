@@ -16,7 +16,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from tasks.models import Task, TaskStatusHistory
-from tasks.scheduling.claim import claimable
+from tasks.sql import claimable
 from tasks.states import TaskStatus
 from tests import factories
 from tests.test_orphans import lapsed_orphans
@@ -27,8 +27,8 @@ TASKS = 2000
 
 
 def _claim_until_empty(unit_id: str, out: Any) -> None:
-    from tasks.scheduling.claim import claim_tasks
     from tasks.transitions import complete_attempt
+    from units.claim import claim_tasks
 
     claimed: list[int] = []
     errors: list[str] = []
@@ -99,7 +99,7 @@ def test_eight_processes_claim_thousands_of_tasks_each_exactly_once():
 
 
 def _sweep(_: int, out: Any) -> None:
-    from tasks.scheduling.jobs import sweep_heartbeats
+    from units.sweeper import sweep_heartbeats
 
     errors: list[str] = []
     result: dict[str, int] = {}
@@ -171,7 +171,7 @@ def test_concurrent_sweepers_take_each_task_no_unit_holds_back_exactly_once():
 def test_a_second_sweeper_skips_the_task_the_first_one_holds_and_it_is_failed_over_once():
     """Two connections: while the first sweeper's transaction holds the task, the second neither
     waits for it nor takes it (SKIP LOCKED); after the first commits there is nothing left to do."""
-    from tasks.scheduling.jobs import _sweep_chunk, sweep_heartbeats
+    from units.sweeper import _sweep_chunk, sweep_heartbeats
 
     now = timezone.now()
     ids = lapsed_orphans(1, now)
@@ -279,7 +279,7 @@ def test_claim_query_uses_the_claim_index_without_filesort():
 
 def _claim_and_report_in_batches(unit_id: str, out: Any) -> None:
     from tasks.batch import report_attempts
-    from tasks.scheduling.claim import claim_tasks
+    from units.claim import claim_tasks
 
     done: list[int] = []
     errors: list[str] = []
@@ -378,7 +378,7 @@ def test_two_batches_over_the_same_rows_in_opposite_orders_never_deadlock():
 
 def _submit_keyed_batch(owner_id: int, out: Any) -> None:
     from taskhub.apikeys.models import ApiKey
-    from tasks.actors import Actor
+    from taskhub.base.actors import Actor
     from tasks.services import task_submit_batch
 
     ids: list[int] = []

@@ -33,17 +33,18 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from taskhub.errors import Conflict
+from taskhub.base.actors import Actor
+from taskhub.base.errors import Conflict
 from tasks import transitions
-from tasks.actors import Actor
+from tasks.jobs import fail_timeouts, move_due_retries
 from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
-from tasks.scheduling.claim import claim_tasks
-from tasks.scheduling.jobs import fail_timeouts, move_due_retries, sweep_heartbeats
 from tasks.services import task_append_logs
 from tasks.states import TERMINAL, TaskStatus, can_transition
 from tests import factories
+from units.claim import claim_tasks
 from units.models import ExecutionUnit, UnitStatus
 from units.services import list_grace, unit_heartbeat, unit_register
+from units.sweeper import sweep_heartbeats
 
 S = TaskStatus
 pytestmark = pytest.mark.django_db

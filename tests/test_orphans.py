@@ -13,13 +13,13 @@ from django.db import connection
 from django.utils import timezone
 
 from tasks.models import Task, TaskStatusHistory
-from tasks.scheduling.claim import claim_tasks
-from tasks.scheduling.jobs import sweep_heartbeats
 from tasks.states import TaskStatus
 from tests import factories
 from tests.test_seed_examples import CREATE_BODY, STATUS_BODY
+from units.claim import claim_tasks
 from units.models import ExecutionUnit, UnitStatus
 from units.services import unit_heartbeat
+from units.sweeper import sweep_heartbeats
 
 pytestmark = pytest.mark.django_db
 S = TaskStatus

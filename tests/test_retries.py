@@ -12,11 +12,11 @@ from django.utils import timezone
 
 from taskhub.apikeys.models import ApiKey
 from tasks.backoff import retry_delay
+from tasks.jobs import fail_timeouts, move_due_retries
 from tasks.models import Task, TaskStatusHistory
-from tasks.scheduling.claim import claim_tasks
-from tasks.scheduling.jobs import fail_timeouts, move_due_retries
 from tasks.transitions import fail_attempt
 from tests import factories
+from units.claim import claim_tasks
 
 pytestmark = pytest.mark.django_db
 

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from taskhub.errors import Conflict
+from taskhub.base.actors import Actor
+from taskhub.base.errors import Conflict
 from tasks import transitions
-from tasks.actors import Actor
 from tasks.models import Task, TaskStatusHistory
 from tasks.states import TERMINAL, TRANSITIONS, TaskStatus, allowed_targets, can_transition
 from tests import factories
@@ -68,7 +68,7 @@ def test_put_status_allows_exactly_the_table(client_a, source, target):
 def test_put_status_on_a_task_a_live_unit_holds_allows_exactly_the_table(client_a, target):
     from django.utils import timezone
 
-    from tasks.scheduling.claim import claim_tasks
+    from units.claim import claim_tasks
 
     factories.unit("u-held")
     task = factories.task()
@@ -124,7 +124,7 @@ def test_pause_of_running_task_keeps_the_chain_and_fences_the_unit():
     task = factories.task()
     from django.utils import timezone
 
-    from tasks.scheduling.claim import claim_tasks
+    from units.claim import claim_tasks
 
     claim_tasks(unit.pk, 1, now=timezone.now())
     transitions.pause_task(task.pk, actor=Actor.operator("op"))
@@ -154,9 +154,8 @@ def test_no_module_outside_transitions_and_scheduling_writes_status():
     root = pathlib.Path(__file__).resolve().parent.parent
     allowed = {
         "tasks/transitions.py",
-        "tasks/scheduling/failover.py",
-        "tasks/scheduling/claim.py",
-        "tasks/scheduling/jobs.py",
+        "tasks/failover.py",
+        "tasks/jobs.py",
     }
     offenders = []
     pattern = re.compile(r"(\.update\([^)]*\bstatus=S\.|task\.status\s*=[^=])")

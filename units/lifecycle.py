@@ -20,9 +20,8 @@ from typing import Any
 
 from django.conf import settings
 
-from taskhub.errors import Conflict
-from tasks.actors import Actor
-from tasks.states import ActorType
+from taskhub.base.actors import Actor, ActorType
+from taskhub.base.errors import Conflict
 from units.models import DrainedBy, ExecutionUnit, UnitStatus
 
 

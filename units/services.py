@@ -2,67 +2,31 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from taskhub.apikeys.tokens import digest, new_unit_token
-from taskhub.errors import Forbidden, NotFound
-from taskhub.rowload import fetch_models
-from tasks.actors import Actor
+from taskhub.base.actors import Actor
+from taskhub.base.dbretry import retry_on_lock_error
+from taskhub.base.errors import Forbidden, NotFound
+from taskhub.base.sql import aware, db_datetime
+from tasks.failover import fail_over_tasks
 from tasks.models import ControlCommand, Task
-from tasks.scheduling.dbretry import retry_on_lock_error
-from tasks.scheduling.failover import fail_over_tasks
 from tasks.states import TaskStatus
-from units import lifecycle
+from units import lifecycle, sql
 from units.models import ExecutionUnit, UnitStatus
 
 S = TaskStatus
 
 
-def lock_unit_row(unit_id: str) -> ExecutionUnit | None:
-    """`SELECT ... FOR UPDATE` of one unit by primary key (None if there is none); inside a
-    transaction. Plain SQL: every heartbeat and every claim takes this lock, and the ORM spends
-    more CPU building the statement (~0.3 ms) than the database spends on it. SQLite has no
-    FOR UPDATE; its IMMEDIATE transactions hold the write lock already, as with select_for_update."""
-    assert transaction.get_connection().in_atomic_block
-    qn = connection.ops.quote_name
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    sql = f"SELECT * FROM {qn(ExecutionUnit._meta.db_table)} WHERE {qn('id')} = %s{lock}"
-    return next(iter(fetch_models(ExecutionUnit, sql, [unit_id])), None)
-
-
-def lock_unit_columns(unit_id: str, columns: tuple[str, ...]) -> tuple[Any, ...] | None:
-    """`lock_unit_row` for the hot paths (heartbeat, claim): the same lock, but only `columns`, as
-    the database driver returns them (no model instance, no converters: a JSON column comes back
-    as its text, a datetime naive). None if there is no such unit."""
-    assert transaction.get_connection().in_atomic_block
-    qn = connection.ops.quote_name
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    names = ", ".join(qn(c) for c in columns)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {names} FROM {qn(ExecutionUnit._meta.db_table)} WHERE {qn('id')} = %s{lock}", [unit_id])
-        row = cursor.fetchone()
-    return tuple(row) if row is not None else None
-
-
-def db_datetime(value: datetime) -> Any:
-    """A datetime as the ORM would send it to this database (naive UTC for MySQL and SQLite)."""
-    return connection.ops.adapt_datetimefield_value(value)
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """A datetime column as `lock_unit_columns` returns it (naive UTC), made aware."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 def _lock_unit(unit_id: str, queryset: QuerySet[ExecutionUnit] | None = None) -> ExecutionUnit:
     locked = queryset.select_for_update() if queryset is not None else None
-    unit = lock_unit_row(unit_id) if locked is None else locked.filter(pk=unit_id).first()
+    unit = sql.lock_unit_row(unit_id) if locked is None else locked.filter(pk=unit_id).first()
     if unit is None:
         raise NotFound(f"Execution unit {unit_id} not found")
     return unit
@@ -141,7 +105,7 @@ def unit_heartbeat(
     # The hot path of every unit, in plain SQL (the ORM spent more CPU building these statements
     # than the database spends answering them): the unit row lock, one read of the leases, the
     # progress that changed, the unit UPDATE.
-    locked = lock_unit_columns(
+    locked = sql.lock_unit_columns(
         unit_id,
         ("id", "status", "capacity", "metadata", "instance_id", "drained_by", "drained_by_actor", "drained_at"),
     )
@@ -202,7 +166,7 @@ def unit_heartbeat(
         unit_status = UnitStatus.MAINTENANCE
     else:
         unit_status = UnitStatus.BUSY if running >= capacity else UnitStatus.ONLINE
-    _save_heartbeat(unit_id, now, current_load, unit_status, metadata, stored_metadata)
+    sql.save_heartbeat(unit_id, now, current_load, unit_status, metadata, stored_metadata)
     claiming = unit_status in (UnitStatus.ONLINE, UnitStatus.BUSY)
     return {
         "unitId": unit_id,
@@ -238,31 +202,6 @@ def _leases(unit_id: str, *, with_commands: bool, grace_start: datetime) -> list
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [(tid, att, st, progress, bool(young)) for tid, att, st, progress, young in cursor.fetchall()]
-
-
-def _save_heartbeat(
-    unit_id: str,
-    now: datetime,
-    current_load: int,
-    status: str,
-    metadata: dict[str, Any] | None,
-    stored_metadata: Any,
-) -> None:
-    """The unit UPDATE of a heartbeat, in one plain statement. Metadata is written only when its
-    JSON differs from the stored text (agents resend the same metadata on every heartbeat)."""
-    qn = connection.ops.quote_name
-    stamp = db_datetime(now)
-    sets = [f"{qn('last_heartbeat_at')} = %s", f"{qn('current_load')} = %s", f"{qn('status')} = %s"]
-    params: list[Any] = [stamp, current_load, str(status)]
-    if metadata is not None:
-        text = ExecutionUnit._meta.get_field("metadata").get_db_prep_save(metadata, connection)
-        if text != stored_metadata:
-            sets.append(f"{qn('metadata')} = %s")
-            params.append(text)
-    sets.append(f"{qn('updated_at')} = %s")
-    params += [stamp, unit_id]
-    with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {qn(ExecutionUnit._meta.db_table)} SET {', '.join(sets)} WHERE {qn('id')} = %s", params)
 
 
 def list_grace() -> float:
@@ -327,13 +266,6 @@ def _command(task_id: int, attempt: int, command: str, task: Task | None) -> dic
     return {"taskId": task_id, "attempt": attempt, "command": command, "reason": why}
 
 
-def unit_claim(unit_id: str, max_tasks: int, now: datetime | None = None) -> tuple[list[Task], str]:
-    from tasks.scheduling.claim import claim_tasks_with_status
-
-    now = now or timezone.now()
-    return claim_tasks_with_status(unit_id, max_tasks, now=now)
-
-
 @transaction.atomic
 def unit_update(
     unit_id: str, changes: dict[str, Any], *, queryset: QuerySet[ExecutionUnit], actor: Actor
@@ -369,32 +301,3 @@ def unit_delete(unit_id: str, *, queryset: QuerySet[ExecutionUnit], actor: Actor
     )
     unit.delete()
     return counts
-
-
-def unit_stats(queryset: QuerySet[ExecutionUnit]) -> dict[str, Any]:
-    by_status = {s: 0 for s in UnitStatus.values}
-    capacity = 0
-    for row in queryset.order_by().values("status").annotate(n=Count("id"), cap=Sum("capacity")):
-        by_status[row["status"]] = row["n"]
-        if row["status"] in (UnitStatus.ONLINE, UnitStatus.BUSY):
-            capacity += row["cap"] or 0
-    running = Task.objects.filter(
-        status=S.RUNNING, unit__in=queryset.filter(status__in=[UnitStatus.ONLINE, UnitStatus.BUSY])
-    ).count()
-    return {
-        "total": sum(by_status.values()),
-        "byStatus": by_status,
-        "onlineCapacity": capacity,
-        "runningTasks": running,
-        "utilisation": round(running / capacity, 4) if capacity else 0.0,
-    }
-
-
-def visible_units(principal: Any) -> QuerySet[ExecutionUnit]:
-    """Operators see all units; an API key the units it registered; a unit only itself."""
-    qs = ExecutionUnit.objects.all()
-    if principal.is_operator:
-        return qs
-    if principal.unit is not None:
-        return qs.filter(pk=principal.unit.pk)
-    return qs.filter(owner=principal.api_key)

@@ -15,7 +15,7 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponseRedirect
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from taskhub.errors import DomainError
+from taskhub.base.errors import DomainError
 
 # "Select all N" across pages can name millions of rows; an action touches at most this many.
 MAX_ROWS_PER_ACTION = 1000

@@ -16,8 +16,9 @@ from django.db.models.functions import TruncMinute
 from django.urls import reverse
 from django.utils import timezone
 
+from taskhub.base.actors import ActorType
 from tasks.models import Task, TaskStatusHistory
-from tasks.states import ActorType, TaskStatus
+from tasks.states import TaskStatus
 from units.models import ExecutionUnit, UnitStatus
 
 S = TaskStatus

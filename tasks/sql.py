@@ -1,0 +1,82 @@
+"""The tasks table's statements on the hot paths, in plain SQL (see taskhub.base.sql for why).
+
+The services that use these (the claim's lease, a heartbeat's read of its leases, reports) read as
+decisions; what each statement does is said here once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import connection
+
+from taskhub.base.rowload import fetch_models
+from taskhub.base.sql import db_datetime, execute, model_field, prepared, qn, scalar
+from tasks.models import Task
+from tasks.states import TaskStatus
+
+S = TaskStatus
+TABLE = Task._meta.db_table
+
+
+def claimable(task_type: str, now: datetime):  # type: ignore[no-untyped-def]
+    """PENDING tasks of `task_type` due by `now`, most urgent first: the claim's query, served by
+    `task_claim_idx (status, task_type, priority DESC, id)` with no filesort."""
+    return Task.objects.filter(status=S.PENDING, task_type=task_type, available_at__lte=now).order_by("-priority", "id")
+
+
+_TYPE_MARK = "\x00claim task type"
+_NOW_MARK = datetime(2001, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
+_statements: dict[tuple[str, int], tuple[str, list[Any]]] = {}
+
+
+def claim_statement(task_type: str, now: datetime, limit: int) -> tuple[str, list[Any]]:
+    """The SQL the ORM compiles for `claimable(task_type, now).select_for_update(skip_locked=True)
+    [:limit]`, compiled once per (database, limit): its text does not depend on the type or the
+    time, whose parameters are found by compiling with marker values (compiling cost more CPU than
+    MariaDB spends running it)."""
+    key = (connection.alias, limit)
+    if key not in _statements:
+        query = claimable(_TYPE_MARK, _NOW_MARK).select_for_update(skip_locked=True)[:limit].query
+        sql, params = query.get_compiler(connection.alias).as_sql()
+        if list(params).count(_TYPE_MARK) != 1 or list(params).count(db_datetime(_NOW_MARK)) != 1:
+            raise AssertionError(f"unexpected parameters of the claim query: {params}")
+        _statements[key] = (sql, list(params))
+    sql, template = _statements[key]
+    stamp, marked_now = db_datetime(now), db_datetime(_NOW_MARK)
+    return sql, [task_type if p == _TYPE_MARK else stamp if p == marked_now else p for p in template]
+
+
+def lock_claimable(task_type: str, now: datetime, limit: int) -> list[Task]:
+    """Whole rows, locked (SKIP LOCKED: concurrent claimers take others): what the unit gets back."""
+    sql, params = claim_statement(task_type, now, limit)
+    return fetch_models(Task, sql, params)
+
+
+def running_count(unit_id: str) -> int:
+    """Tasks RUNNING on the unit (a range of task_unit_status_idx)."""
+    return int(
+        scalar(
+            f"SELECT COUNT(*) FROM {qn(TABLE)} WHERE {qn('unit_id')} = %s AND {qn('status')} = %s",
+            [unit_id, S.RUNNING.value],
+        )
+    )
+
+
+def update_claimed(group: list[Task], names: list[str], unit_pk: str, now: datetime) -> None:
+    """UPDATE of claimed rows that share their values: `names` as the rows now hold them, status
+    RUNNING, the unit, updated_at, attempt + 1."""
+    memo: dict[tuple[str, Any], Any] = {}
+    fields = [model_field(Task, name) for name in names]
+    sets = [f"{qn(f.column)} = %s" for f in fields]
+    params = [prepared(f, getattr(group[0], f.attname), memo) for f in fields]
+    for name, value in (("status", S.RUNNING.value), ("unit", unit_pk), ("updated_at", now)):
+        field = model_field(Task, name)
+        sets.append(f"{qn(field.column)} = %s")
+        params.append(prepared(field, value, memo))
+    attempt = qn(model_field(Task, "attempt").column)
+    sets.append(f"{attempt} = {attempt} + 1")
+    ids = [t.pk for t in group]
+    marks = ", ".join(["%s"] * len(ids))
+    execute(f"UPDATE {qn(TABLE)} SET {', '.join(sets)} WHERE {qn(Task._meta.pk.column)} IN ({marks})", [*params, *ids])
