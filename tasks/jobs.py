@@ -11,16 +11,13 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import transaction
 
-from taskhub.base import metrics
-from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
 from tasks.models import Task, TaskExecutionLog
-from tasks.states import TaskStatus, can_transition
-from tasks.transitions import fail_locked_for_timeout, new_history, record_history_bulk
+from tasks.states import TaskStatus
+from tasks.transitions import bulk, reports
 
 S = TaskStatus
 BATCH = 1000
-assert can_transition(S.FAILED, S.PENDING, system=True)
 
 
 MAX_BATCHES = 100  # per run; a backlog larger than this waits for the next run
@@ -45,44 +42,11 @@ def move_due_retries(now: datetime) -> dict[str, int]:
 @retry_on_lock_error()
 @transaction.atomic
 def _retry_batch(now: datetime) -> int:
-    rows = list(
-        Task.objects.select_for_update(skip_locked=True)
-        .filter(status=S.FAILED, next_retry_at__lte=now)
-        .order_by("next_retry_at")
-        .values_list("id", "attempt", "unit_id", "retry_count", "max_retries")[:BATCH]
-    )
-    if not rows:
-        return 0
-    ids = [r[0] for r in rows]
-    Task.objects.filter(id__in=ids, status=S.FAILED).update(
-        status=S.PENDING,
-        next_retry_at=None,
-        available_at=now,
-        finished_at=None,
-        updated_at=now,
-    )
-    actor = Actor.system("move_due_retries")
-    record_history_bulk(
-        [
-            new_history(
-                task_id,
-                attempt,
-                unit_id,
-                S.FAILED,
-                S.PENDING,
-                actor=actor,
-                now=now,
-                reason=f"automatic retry {retries}/{max_retries} after backoff",
-            )
-            for task_id, attempt, unit_id, retries, max_retries in rows
-        ]
-    )
-    metrics.record_retries(len(rows))
-    return len(rows)
+    return bulk.retry_due(now, BATCH)
 
 
 def fail_timeouts(now: datetime) -> dict[str, int]:
-    """RUNNING tasks past timeoutSeconds fail (retryable)."""
+    """RUNNING tasks past timeoutSeconds fail (retryable), as a unit's failure report fails them."""
     return {"timedOut": _drain(_timeout_batch, now)}
 
 
@@ -94,10 +58,7 @@ def _timeout_batch(now: datetime) -> int:
         .filter(status=S.RUNNING, timeout_at__lte=now)
         .order_by("timeout_at")[:BATCH]
     )
-    for task in tasks:
-        task.pending_command = "abort"
-        task.save(update_fields=["pending_command"])
-        fail_locked_for_timeout(task, now=now)
+    reports.fail_timed_out(tasks, now=now)
     return len(tasks)
 
 

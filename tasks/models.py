@@ -3,13 +3,9 @@ from __future__ import annotations
 from django.db import models
 
 from taskhub.base.actors import ActorType
-from tasks.states import TaskStatus
+from tasks.states import ControlCommand, ReasonCode, TaskStatus
 
-
-class ControlCommand(models.TextChoices):
-    CANCEL = "cancel"
-    PAUSE = "pause"
-    ABORT = "abort"
+__all__ = ["ControlCommand", "LogLevel", "Task", "TaskExecutionLog", "TaskStatusHistory"]
 
 
 class Task(models.Model):
@@ -113,6 +109,8 @@ class TaskStatusHistory(models.Model):
     from_status = models.CharField(max_length=16, choices=TaskStatus.choices, null=True, blank=True)
     to_status = models.CharField(max_length=16, choices=TaskStatus.choices)
     reason = models.TextField(blank=True, default="")
+    # What the reason says, for code to read (the dashboard's series, tools): see ReasonCode.
+    reason_code = models.CharField(max_length=16, choices=ReasonCode.choices, blank=True, default="", db_default="")
     actor_type = models.CharField(max_length=16, choices=ActorType.choices)
     actor = models.CharField(max_length=150)
     unit_id = models.CharField(max_length=64, null=True, blank=True)

@@ -64,17 +64,15 @@ def running_count(unit_id: str) -> int:
     )
 
 
-def update_claimed(group: list[Task], names: list[str], unit_pk: str, now: datetime) -> None:
-    """UPDATE of claimed rows that share their values: `names` as the rows now hold them, status
-    RUNNING, the unit, updated_at, attempt + 1."""
+def update_claimed(group: list[Task], names: list[str], unit_pk: str) -> None:
+    """UPDATE of claimed rows that share their values: `names` (the entry into RUNNING's fields but
+    the attempt) as the rows now hold them, the unit, and attempt + 1."""
     memo: dict[tuple[str, Any], Any] = {}
     fields = [model_field(Task, name) for name in names]
     sets = [f"{qn(f.column)} = %s" for f in fields]
     params = [prepared(f, getattr(group[0], f.attname), memo) for f in fields]
-    for name, value in (("status", S.RUNNING.value), ("unit", unit_pk), ("updated_at", now)):
-        field = model_field(Task, name)
-        sets.append(f"{qn(field.column)} = %s")
-        params.append(prepared(field, value, memo))
+    sets.append(f"{qn(model_field(Task, 'unit').column)} = %s")
+    params.append(unit_pk)
     attempt = qn(model_field(Task, "attempt").column)
     sets.append(f"{attempt} = {attempt} + 1")
     ids = [t.pk for t in group]

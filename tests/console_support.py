@@ -11,9 +11,9 @@ from django.utils import timezone
 
 from taskhub.base.actors import Actor
 from taskhub.console.roles import OPERATORS, VIEWERS, sync_roles
-from tasks import transitions
 from tasks.models import Task
 from tasks.services import task_append_logs
+from tasks.transitions import reports
 from tests import factories
 from units.claim import claim_tasks
 from units.models import ExecutionUnit
@@ -51,13 +51,13 @@ def running_task(unit: ExecutionUnit, *, now: datetime | None = None, **fields: 
 
 def failed_task(unit: ExecutionUnit, *, error: str = "boom", now: datetime | None = None, **fields: Any) -> Task:
     task = running_task(unit, now=now, **fields)
-    transitions.fail_attempt(task.pk, unit_id=unit.pk, attempt=task.attempt, error=error, retryable=False, now=now)
+    reports.fail_attempt(task.pk, unit_id=unit.pk, attempt=task.attempt, error=error, retryable=False, now=now)
     return Task.objects.get(pk=task.pk)
 
 
 def completed_task(unit: ExecutionUnit, *, now: datetime | None = None, **fields: Any) -> Task:
     task = running_task(unit, now=now, **fields)
-    transitions.complete_attempt(task.pk, unit_id=unit.pk, attempt=task.attempt, result={"ok": True}, now=now)
+    reports.complete_attempt(task.pk, unit_id=unit.pk, attempt=task.attempt, result={"ok": True}, now=now)
     return Task.objects.get(pk=task.pk)
 
 

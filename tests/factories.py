@@ -13,7 +13,7 @@ from taskhub.apikeys.services import api_key_create
 from taskhub.apikeys.tokens import digest, new_unit_token
 from taskhub.base.actors import Actor
 from tasks.models import Task
-from tasks.transitions import create_task
+from tasks.transitions.creation import create_task
 from units.models import ExecutionUnit, UnitStatus
 
 _seq = itertools.count(1)

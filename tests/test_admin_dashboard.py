@@ -16,9 +16,9 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from taskhub.base.actors import Actor
 from taskhub.console.dashboard import dashboard_data, throughput
 from taskhub.console.roles import OPERATOR_PERMISSIONS, OPERATORS, VIEWER_PERMISSIONS, VIEWERS, sync_roles
-from tasks.failover import fail_over_tasks
 from tasks.models import Task
 from tasks.states import TaskStatus
+from tasks.transitions.bulk import fail_over_tasks
 from tests import factories
 from tests.console_support import completed_task, failed_task, operator, running_task, staff, viewer
 from units.models import UnitStatus
@@ -73,14 +73,14 @@ def test_throughput_counts_completions_failures_and_failovers_per_minute_over_th
 
 
 def test_a_requeue_by_a_person_is_not_a_failover_but_the_sweepers_take_back_of_a_task_nobody_holds_is() -> None:
-    from tasks import transitions
+    from tasks.transitions import verbs
     from units.sweeper import sweep_heartbeats
 
     now = timezone.now().replace(second=30, microsecond=0)
     requeued, lapsed = factories.task(now=now), factories.task(now=now)
     for task in (requeued, lapsed):
-        transitions.change_status(task.pk, S.RUNNING, actor=Actor.api_key("seed"), now=now)
-    transitions.change_status(requeued.pk, S.PENDING, actor=Actor.operator("op"), now=now)
+        verbs.change_status(task.pk, S.RUNNING, actor=Actor.api_key("seed"), now=now)
+    verbs.change_status(requeued.pk, S.PENDING, actor=Actor.operator("op"), now=now)
     sweep_heartbeats(now + timedelta(minutes=1))
     assert Task.objects.get(pk=lapsed.pk).status == S.PENDING
     data = dashboard_data(now + timedelta(minutes=1))

@@ -14,9 +14,9 @@ from django.utils import timezone
 
 from taskhub.base.actors import Actor
 from taskhub.console.paging import CappedCountPaginator
-from tasks import transitions
 from tasks.models import ControlCommand, Task, TaskStatusHistory
 from tasks.states import TaskStatus
+from tasks.transitions import reports, verbs
 from tests import factories
 from tests.console_support import (
     completed_task,
@@ -139,7 +139,7 @@ def test_task_page_shows_history_newest_first_with_actor_and_reason_and_logs(op_
     unit = factories.unit("page-unit")
     task = running_task(unit, name="with history")
     log_lines(task, ("INFO", "starting up"), ("WARN", "disk nearly full"), ("ERROR", "gave up: disk full"))
-    transitions.fail_attempt(task.pk, unit_id=unit.pk, attempt=1, error="disk full", retryable=False)
+    reports.fail_attempt(task.pk, unit_id=unit.pk, attempt=1, error="disk full", retryable=False)
     body = op_client.get(page(task.pk)).content.decode()
 
     history = body[body.index('id="th-history"') : body.index('id="th-logs"')]
@@ -171,8 +171,8 @@ def test_attempt_log_view_shows_only_that_attempt_in_order_and_as_text(op_client
     unit = factories.unit("attempt-unit")
     task = running_task(unit)
     log_lines(task, ("INFO", "first attempt says hi"), ("ERROR", "first attempt dies"))
-    transitions.fail_attempt(task.pk, unit_id=unit.pk, attempt=1, error="x", retryable=False)
-    transitions.retry_task(task.pk, actor=Actor.system("test"))
+    reports.fail_attempt(task.pk, unit_id=unit.pk, attempt=1, error="x", retryable=False)
+    verbs.retry_task(task.pk, actor=Actor.system("test"))
     claim_tasks(unit.pk, 1, now=timezone.now())
     log_lines(Task.objects.get(pk=task.pk), ("INFO", "second attempt line"))
 
@@ -242,7 +242,7 @@ def test_resume_never_retries_a_failed_task(op_client: Client) -> None:
 
 def test_requeue_action_takes_back_a_task_no_live_unit_holds_naming_the_operator(op_client: Client) -> None:
     orphan = factories.task()
-    transitions.change_status(orphan.pk, S.RUNNING, actor=Actor.api_key("seed"))  # no unit holds it
+    verbs.change_status(orphan.pk, S.RUNNING, actor=Actor.api_key("seed"))  # no unit holds it
     held = running_task(factories.unit("requeue-unit"))
     waiting = factories.task()
     response = act(op_client, "requeue_tasks", orphan.pk, held.pk, waiting.pk)
@@ -268,7 +268,7 @@ def test_requeue_action_takes_back_a_task_no_live_unit_holds_naming_the_operator
 
 def test_task_page_offers_requeue_only_for_a_running_task_no_live_unit_holds(op_client: Client) -> None:
     orphan = factories.task()
-    transitions.change_status(orphan.pk, S.RUNNING, actor=Actor.api_key("seed"))
+    verbs.change_status(orphan.pk, S.RUNNING, actor=Actor.api_key("seed"))
     held = running_task(factories.unit("button-unit"))
     button = 'value="requeue_tasks"'
     orphan_page = op_client.get(page(orphan.pk)).content.decode()

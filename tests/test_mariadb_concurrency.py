@@ -27,7 +27,7 @@ TASKS = 2000
 
 
 def _claim_until_empty(unit_id: str, out: Any) -> None:
-    from tasks.transitions import complete_attempt
+    from tasks.transitions.reports import complete_attempt
     from units.claim import claim_tasks
 
     claimed: list[int] = []
@@ -278,7 +278,7 @@ def test_claim_query_uses_the_claim_index_without_filesort():
 
 
 def _claim_and_report_in_batches(unit_id: str, out: Any) -> None:
-    from tasks.batch import report_attempts
+    from tasks.transitions.reports import report_attempts
     from units.claim import claim_tasks
 
     done: list[int] = []
@@ -343,7 +343,7 @@ def test_units_claiming_and_reporting_in_batches_at_once_finish_each_task_exactl
 
 
 def _progress_rounds(order: str, task_ids: list[int], out: Any) -> None:
-    from tasks import batch
+    from tasks.transitions import reports as unit_reports
 
     errors: list[str] = []
     try:
@@ -351,7 +351,7 @@ def _progress_rounds(order: str, task_ids: list[int], out: Any) -> None:
         for n in range(30):
             reports = [{"taskId": tid, "attempt": 1, "outcome": "progress", "progress": n} for tid in ids]
             # Without the lock-error retry: a deadlock between the two would reach us here.
-            for item in batch._report.__wrapped__("progress-unit", reports, timezone.now()):  # type: ignore[attr-defined]
+            for item in unit_reports._report.__wrapped__("progress-unit", reports, timezone.now()):  # type: ignore[attr-defined]
                 assert item["accepted"], item
     except Exception:
         errors.append(traceback.format_exc())

@@ -19,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from taskhub.base.errors import Conflict
 from taskhub.jobs.runner import run_job
-from tasks import transitions
 from tasks.jobs import move_due_retries
 from tasks.models import Task
 from tasks.states import TaskStatus
+from tasks.transitions import reports
 from tests import factories
 from units.claim import claim_tasks_with_status
 from units.models import UnitStatus
@@ -104,13 +104,13 @@ def test_failovers_retries_stale_reports_and_job_durations_are_counted(django_ca
 
     # A report for the attempt that was just taken away is refused (409) and counted.
     with pytest.raises(Conflict):
-        transitions.complete_attempt(claimed[0].pk, unit_id=unit.pk, attempt=claimed[0].attempt, result={})
+        reports.complete_attempt(claimed[0].pk, unit_id=unit.pk, attempt=claimed[0].attempt, result={})
 
     retry_unit = factories.unit("retry-unit", capacity=5, unit_type="EMAIL")
     task = factories.task(max_retries=2, task_type="EMAIL")
     with django_capture_on_commit_callbacks(execute=True):
         [leased], _ = claim_tasks_with_status(retry_unit.pk, 1, now=timezone.now())
-        transitions.fail_attempt(task.pk, unit_id=retry_unit.pk, attempt=leased.attempt, error="x", retryable=True)
+        reports.fail_attempt(task.pk, unit_id=retry_unit.pk, attempt=leased.attempt, error="x", retryable=True)
         moved = move_due_retries(now + timedelta(hours=1))
     assert moved == {"retried": 1}
     after = scrape()

@@ -252,7 +252,7 @@ def test_put_pending_on_a_task_a_live_unit_holds_is_409_saying_why_and_what_to_d
     assert response.status_code == 409
     error = response.json()
     assert error["code"] == "illegal_transition"
-    assert error["details"]["allowedTargets"] == ["CANCELLED", "COMPLETED", "FAILED"]
+    assert error["details"]["allowedTargets"] == ["CANCELLED", "COMPLETED", "FAILED", "PAUSED"]
     assert error["details"]["unitId"] == "worker-001"
     assert "Unit worker-001 holds it and is live" in error["message"]
     assert "stops heartbeating (for 30s)" in error["message"]
@@ -266,7 +266,7 @@ def test_a_refused_move_of_a_task_no_unit_holds_lists_pending_among_the_allowed_
     body = _started(client_a)
     response = client_a.put(f"/api/v1/tasks/{body['id']}/status", {"status": "RUNNING"})
     assert response.status_code == 409
-    assert response.json()["details"]["allowedTargets"] == ["CANCELLED", "COMPLETED", "FAILED", "PENDING"]
+    assert response.json()["details"]["allowedTargets"] == ["CANCELLED", "COMPLETED", "FAILED", "PAUSED", "PENDING"]
     assert "unitId" not in response.json()["details"]
 
 
@@ -286,3 +286,17 @@ def test_requeue_needs_the_write_scope_and_the_tasks_owner(client_a, client_b, m
     assert reader.put(f"/api/v1/tasks/{body['id']}/status", {"status": "PENDING"}).status_code == 403
     assert client_b.put(f"/api/v1/tasks/{body['id']}/status", {"status": "PENDING"}).status_code == 404
     assert Task.objects.get(pk=body["id"]).status == S.RUNNING
+
+
+def test_a_failover_honours_the_tasks_scheduled_at(client_a):
+    """Back to PENDING by the sweeper, as by any entry into PENDING: claimable from its schedule."""
+    later = T0 + timedelta(hours=2)
+    with time_machine.travel(T0, tick=False):
+        created = client_a.post(
+            "/api/v1/tasks", {"name": "t", "taskType": "DATA_PROCESSING", "scheduledAt": later.isoformat()}
+        ).json()
+        assert client_a.put(f"/api/v1/tasks/{created['id']}/status", {"status": "RUNNING"}).status_code == 200
+    assert sweep_heartbeats(T0 + timedelta(seconds=TIMEOUT + 1))["orphans"] == 1
+    stored = Task.objects.get(pk=created["id"])
+    assert (stored.status, stored.available_at) == (S.PENDING, later)
+    assert _last(created["id"]).reason_code == "failover"

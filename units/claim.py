@@ -1,7 +1,7 @@
 """The claim: a unit leases up to `max` PENDING tasks of its type, within its free capacity.
 
 The unit row lock (units.sql) serialises one unit's claims, so its capacity count is exact; the
-tasks are taken by `tasks.transitions.lease_to_unit` (one locked read with SKIP LOCKED: concurrent
+tasks are taken by `tasks.transitions.bulk.lease_to_unit` (one locked read with SKIP LOCKED: concurrent
 claimers skip each other's rows instead of waiting), and the unit's status follows its load.
 """
 
@@ -16,7 +16,7 @@ from taskhub.base.dbretry import retry_on_lock_error
 from taskhub.base.errors import NotFound
 from tasks.models import Task
 from tasks.selectors import running_on
-from tasks.transitions import lease_to_unit
+from tasks.transitions.bulk import lease_to_unit
 from units import sql
 from units.models import UnitStatus
 

@@ -15,9 +15,9 @@ from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
 from taskhub.base.errors import Forbidden, NotFound
 from taskhub.base.sql import aware, db_datetime
-from tasks.failover import fail_over_tasks
 from tasks.models import ControlCommand, Task
 from tasks.states import TaskStatus
+from tasks.transitions.bulk import fail_over_tasks
 from units import lifecycle, sql
 from units.models import ExecutionUnit, UnitStatus
 

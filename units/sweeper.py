@@ -15,7 +15,7 @@ from django.db.models import Q
 
 from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
-from tasks.failover import fail_over_orphans, fail_over_tasks
+from tasks.transitions.bulk import fail_over_orphans, fail_over_tasks
 from units.models import ExecutionUnit, UnitStatus
 from units.selectors import LIVE_UNIT_STATUSES
 

@@ -16,18 +16,14 @@ from django.db.models.functions import TruncMinute
 from django.urls import reverse
 from django.utils import timezone
 
-from taskhub.base.actors import ActorType
 from tasks.models import Task, TaskStatusHistory
-from tasks.states import TaskStatus
+from tasks.states import ReasonCode, TaskStatus
 from units.models import ExecutionUnit, UnitStatus
 
 S = TaskStatus
 WINDOW_MINUTES = 60
 RECENT_FAILURES = 10
 LIVE_UNITS = (UnitStatus.ONLINE, UnitStatus.BUSY)
-# RUNNING -> PENDING by the system is a failover, except the first half of pausing a running task
-# (a client's or an operator's requeue of a task no unit holds is not: nobody lost it).
-PAUSE_ACTOR = "job:pause-request"
 
 
 def _history_floor_id(since: datetime) -> int:
@@ -46,9 +42,9 @@ def throughput(now: datetime, minutes: int = WINDOW_MINUTES) -> dict[str, Any]:
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - timedelta(minutes=minutes)
     floor = _history_floor_id(start)
-    events = Q(to_status__in=[S.COMPLETED, S.FAILED]) | (
-        Q(from_status=S.RUNNING, to_status=S.PENDING, actor_type=ActorType.SYSTEM) & ~Q(actor=PAUSE_ACTOR)
-    )
+    # A failover is a take-back from a unit that lost the task: not the first half of a pause, nor
+    # a requeue someone asked for (nobody lost it). The reason code says which.
+    events = Q(to_status__in=[S.COMPLETED, S.FAILED]) | Q(reason_code=ReasonCode.FAILOVER)
     rows = (
         TaskStatusHistory.objects.filter(events, id__gt=floor, created_at__gte=start, created_at__lt=end)
         .annotate(minute=TruncMinute("created_at"))

@@ -33,10 +33,11 @@ from taskhub.api.serializers.tasks import (
     TaskUpdateSerializer,
 )
 from taskhub.api.validation import query_params, validated
-from taskhub.base.errors import Conflict, NotFound
-from tasks import batch, services, transitions
+from taskhub.base.errors import NotFound
+from tasks import services
 from tasks.models import Task
 from tasks.selectors import task_stats, visible_tasks
+from tasks.transitions import reports, verbs
 from units.selectors import is_live
 
 TaskPage = page_serializer("TaskPage", TaskSerializer)
@@ -220,7 +221,7 @@ class TaskViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["post"])
     def reports(self, request: Request) -> Response:
         body = validated(ReportBatchSerializer, request.data)
-        return Response({"items": batch.report_attempts(self._unit_id(request), body["reports"])})
+        return Response({"items": reports.report_attempts(self._unit_id(request), body["reports"])})
 
     @extend_schema(responses=TaskSerializer, summary="Get a task")
     def retrieve(self, request: Request, pk: str) -> Response:
@@ -254,7 +255,7 @@ class TaskViewSet(viewsets.ViewSet):
     def set_status(self, request: Request, pk: str) -> Response:
         body = validated(StatusChangeSerializer, request.data)
         principal = principal_of(request)
-        task = transitions.change_status(
+        task = verbs.change_status(
             int(pk),
             body["status"],
             actor=principal.actor,
@@ -267,7 +268,7 @@ class TaskViewSet(viewsets.ViewSet):
     @extend_schema(request=None, responses=TaskSerializer, summary="Retry a FAILED task by hand")
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
-        task = transitions.retry_task(int(pk), actor=principal_of(request).actor, queryset=self._tasks(request))
+        task = verbs.retry_task(int(pk), actor=principal_of(request).actor, queryset=self._tasks(request))
         return Response(TaskSerializer(task).data)
 
     @extend_schema(
@@ -284,22 +285,15 @@ class TaskViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["post"])
     def redrive(self, request: Request) -> Response:
         body = validated(RedriveSerializer, request.data)
-        principal = principal_of(request)
-        qs = self._tasks(request).filter(status="FAILED")
-        if "ids" in body:
-            qs = qs.filter(pk__in=body["ids"])
-        if "taskType" in body:
-            qs = qs.filter(task_type=body["taskType"])
-        retried, skipped = [], {}
-        for task_id in qs.order_by("id").values_list("id", flat=True)[: body["limit"]]:
-            try:
-                transitions.retry_task(
-                    task_id, actor=principal.actor, reason=body["reason"] or "redrive", queryset=self._tasks(request)
-                )
-                retried.append(task_id)
-            except Conflict as exc:
-                skipped[str(task_id)] = exc.message
-        return Response({"retried": retried, "skipped": skipped})
+        result = verbs.redrive(
+            self._tasks(request),
+            actor=principal_of(request).actor,
+            ids=body.get("ids"),
+            task_type=body.get("taskType"),
+            limit=body["limit"],
+            reason=body["reason"],
+        )
+        return Response(result)
 
     @extend_schema(responses=HistoryList, summary="Status history, oldest first")
     @action(detail=True, methods=["get"])
@@ -343,14 +337,14 @@ class TaskViewSet(viewsets.ViewSet):
     def progress(self, request: Request, pk: str) -> Response:
         body = validated(ProgressSerializer, request.data)
         unit_id = self._unit_id(request)
-        task = transitions.report_progress(int(pk), unit_id=unit_id, attempt=body["attempt"], progress=body["progress"])
+        task = reports.report_progress(int(pk), unit_id=unit_id, attempt=body["attempt"], progress=body["progress"])
         return Response({"taskId": task.pk, "attempt": task.attempt, "status": task.status, "accepted": True})
 
     @extend_schema(request=CompleteSerializer, responses=AcceptedBody, summary="Report a result (unit)")
     @action(detail=True, methods=["post"])
     def complete(self, request: Request, pk: str) -> Response:
         body = validated(CompleteSerializer, request.data)
-        task, accepted = transitions.complete_attempt(
+        task, accepted = reports.complete_attempt(
             int(pk), unit_id=self._unit_id(request), attempt=body["attempt"], result=body["result"]
         )
         return Response({"taskId": task.pk, "attempt": body["attempt"], "status": task.status, "accepted": accepted})
@@ -359,7 +353,7 @@ class TaskViewSet(viewsets.ViewSet):
     @action(detail=True, methods=["post"])
     def fail(self, request: Request, pk: str) -> Response:
         body = validated(FailSerializer, request.data)
-        task, accepted = transitions.fail_attempt(
+        task, accepted = reports.fail_attempt(
             int(pk),
             unit_id=self._unit_id(request),
             attempt=body["attempt"],

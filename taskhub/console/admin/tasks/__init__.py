@@ -25,7 +25,7 @@ from taskhub.console.admin.tasks.page import TaskPage
 from taskhub.console.paging import CappedCountPaginator
 from taskhub.console.permissions import OPERATE_TASKS
 from tasks.models import Task
-from tasks.services import EDITABLE_FIELDS
+from tasks.states import EDITABLE_FIELDS
 
 
 @admin.register(Task)
@@ -55,7 +55,6 @@ class TaskAdmin(TaskColumns, TaskSearch, TaskEditing, TaskActions, TaskPage, adm
     search_fields = ("name",)
     search_help_text = "A task id (42 or #42) or part of its name."
     ordering = ("-id",)
-    actions = ["retry_tasks", "cancel_tasks", "pause_tasks", "resume_tasks", "requeue_tasks"]
     fieldsets = (
         (None, {"fields": ("id", "name", "task_type", "status_col", "priority", "owner", "unit_col")}),
         (

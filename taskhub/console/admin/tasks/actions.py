@@ -1,4 +1,6 @@
-"""The operator's actions on tasks (the list's bulk actions and the task page's buttons)."""
+"""The operator's actions on tasks: the console's verbs of `tasks.states.VERBS`, as the list's bulk
+actions and the task page's buttons. Each calls the verb's one implementation for one task and many
+(`tasks.transitions.verbs.act`), with the operator as the history rows' actor."""
 
 from __future__ import annotations
 
@@ -11,123 +13,87 @@ from django.http import HttpRequest, HttpResponse
 
 from taskhub.base.actors import Actor
 from taskhub.base.errors import DomainError, NotFound
-from taskhub.console.actions import Outcome, back_to_next, run_each, selected_pks
-from tasks import transitions
+from taskhub.console.actions import Outcome, back_to_next, run_all, selected_pks
 from tasks.models import Task
-from tasks.states import TERMINAL, TaskStatus
+from tasks.states import TERMINAL, VERBS, Verb, can_move
+from tasks.transitions import verbs
+from tasks.transitions.core import held_by_live_unit
 from units.selectors import is_live
 
-S = TaskStatus
 ACTION_REASON = "from the operator console"
+# The console's words for its verbs, in the order the task page shows its buttons.
+LABELS: dict[str, tuple[str, str]] = {  # verb: (button, bulk action)
+    "retry": ("Retry", "Retry (redrive) selected failed tasks"),
+    "pause": ("Pause", "Pause selected tasks"),
+    "resume": ("Resume", "Resume selected paused tasks"),
+    "requeue": ("Requeue", "Requeue (take back from its unit)"),
+    "cancel": ("Cancel", "Cancel selected tasks"),
+}
+CONSOLE_VERBS = [verb for verb in VERBS.values() if verb.console]
+assert set(LABELS) == {verb.name for verb in CONSOLE_VERBS}, "a console verb without words, or words without one"
+
+
+def action_name(verb: Verb) -> str:
+    return f"{verb.name}_tasks"
+
+
+def _bulk_action(verb: Verb) -> Callable[..., HttpResponse | None]:
+    def action(modeladmin: TaskActions, request: HttpRequest, queryset: QuerySet[Task]) -> HttpResponse | None:
+        return modeladmin.act(request, queryset, verb)
+
+    action.__name__ = action_name(verb)
+    return admin.action(description=LABELS[verb.name][1], permissions=["operate"])(action)
 
 
 class TaskActions(admin.ModelAdmin):
     """Part of TaskAdmin (taskhub.console.admin.tasks)."""
 
-    def _act(
-        self,
-        request: HttpRequest,
-        queryset: QuerySet[Task],
-        verb: str,
-        apply: Callable[[int, Actor], Any],
-        explain: Callable[[int, DomainError], str],
-    ) -> HttpResponse | None:
+    actions = [_bulk_action(verb) for verb in CONSOLE_VERBS]
+
+    def act(self, request: HttpRequest, queryset: QuerySet[Task], verb: Verb) -> HttpResponse | None:
         actor = Actor.operator(request.user.get_username())
 
-        def one(pk: int) -> None:
-            apply(pk, actor)
-            return None
+        def apply(pks: list[Any]) -> tuple[list[Any], dict[Any, DomainError]]:
+            moved, refused = verbs.act(pks, verb, actor=actor, reason=f"{verb.past} {ACTION_REASON}", live_unit=is_live)
+            return [task.pk for task in moved], refused
 
-        outcome = run_each(selected_pks(queryset), Outcome(verb, "task", "tasks"), one, explain)
+        outcome = run_all(
+            selected_pks(queryset), Outcome(verb.past.capitalize(), "task", "tasks"), apply, explain(verb)
+        )
         outcome.report(request)
         return back_to_next(request)
 
-    @admin.action(description="Retry (redrive) selected failed tasks", permissions=["operate"])
-    def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> HttpResponse | None:
-        return self._act(
-            request,
-            queryset,
-            "Retried",
-            lambda pk, actor: transitions.retry_task(pk, actor=actor, reason=f"retried {ACTION_REASON}"),
-            _explain("retried", only=S.FAILED),
-        )
 
-    @admin.action(description="Cancel selected tasks", permissions=["operate"])
-    def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> HttpResponse | None:
-        return self._act(
-            request,
-            queryset,
-            "Cancelled",
-            lambda pk, actor: transitions.cancel_task(
-                pk, actor=actor, reason=f"cancelled {ACTION_REASON}", live_unit=is_live
-            ),
-            _explain("cancelled"),
-        )
-
-    @admin.action(description="Pause selected tasks", permissions=["operate"])
-    def pause_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> HttpResponse | None:
-        return self._act(
-            request,
-            queryset,
-            "Paused",
-            lambda pk, actor: transitions.pause_task(
-                pk, actor=actor, reason=f"paused {ACTION_REASON}", live_unit=is_live
-            ),
-            _explain("paused"),
-        )
-
-    @admin.action(description="Resume selected paused tasks", permissions=["operate"])
-    def resume_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> HttpResponse | None:
-        # reopen_task also retries FAILED tasks; limiting its lock to PAUSED rows keeps "resume"
-        # from doing that, even if the task failed since the page was shown.
-        paused = Task.objects.filter(status=S.PAUSED)
-        return self._act(
-            request,
-            queryset,
-            "Resumed",
-            lambda pk, actor: transitions.reopen_task(
-                pk, actor=actor, reason=f"resumed {ACTION_REASON}", queryset=paused, live_unit=is_live
-            ),
-            _explain("resumed", only=S.PAUSED),
-        )
-
-    @admin.action(description="Requeue (take back from its unit)", permissions=["operate"])
-    def requeue_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> HttpResponse | None:
-        # The same move as a client's PUT status PENDING, limited to RUNNING rows so that it never
-        # resumes or retries a task that moved on since the page was shown.
-        running = Task.objects.filter(status=S.RUNNING)
-        return self._act(
-            request,
-            queryset,
-            "Requeued",
-            lambda pk, actor: transitions.reopen_task(
-                pk, actor=actor, reason=f"requeued {ACTION_REASON}", queryset=running, live_unit=is_live
-            ),
-            _explain_requeue,
-        )
+def buttons(task: Task) -> list[tuple[str, str]]:
+    """The console's verbs that make sense for this task now, as (action name, button label):
+    those the tables allow from its status (asking the units whether a live one holds it)."""
+    held = held_by_live_unit(task, is_live)
+    shown = [VERBS[name] for name in LABELS]
+    return [
+        (action_name(verb), LABELS[verb.name][0])
+        for verb in shown
+        if task.status in verb.sources and can_move(task.status, verb.target, held=held)
+    ]
 
 
-def _explain_requeue(pk: int, exc: DomainError) -> str:
-    if exc.details.get("unitId"):  # refused: a live unit holds it (see transitions.IllegalTransition)
-        return "a live unit holds them: cancel or pause them, or deregister the unit"
-    return _explain("requeued", only=S.RUNNING)(pk, exc)
-
-
-def _explain(verb: str, *, only: str | None = None) -> Callable[[int, DomainError], str]:
+def explain(verb: Verb) -> Callable[[int, DomainError], str]:
     """Why a task was not changed, phrased so that tasks refused for one cause group together."""
+    only = next(iter(verb.sources)) if len(verb.sources) == 1 else None
 
-    def explain(pk: int, exc: DomainError) -> str:
+    def why(pk: int, exc: DomainError) -> str:
+        if exc.details.get("unitId"):  # refused: a live unit holds it (see transitions.core.IllegalTransition)
+            return "a live unit holds them: cancel or pause them, or deregister the unit"
         current = exc.details.get("currentStatus")
         if isinstance(exc, NotFound):
             current = Task.objects.filter(pk=pk).values_list("status", flat=True).first()
             if current is None:
                 return "deleted meanwhile"
         if only is not None:
-            return f"only {only} tasks can be {verb}, these are {current}"
+            return f"only {only} tasks can be {verb.past}, these are {current}"
         if current in TERMINAL:
             return f"{current} is a final state"
-        if current is not None and exc.details.get("requestedStatus") == current:
+        if current is not None and current == exc.details.get("requestedStatus", getattr(exc, "requested", None)):
             return f"already {current}"
-        return f"a {current} task cannot be {verb}" if current else exc.message
+        return f"a {current} task cannot be {verb.past}" if current else exc.message
 
-    return explain
+    return why

@@ -10,7 +10,8 @@ from django.http import HttpRequest
 
 from taskhub.base.errors import DomainError
 from tasks.models import Task
-from tasks.services import EDITABLE_FIELDS, task_update
+from tasks.services import task_update
+from tasks.states import EDITABLE_FIELDS
 
 
 class TaskAdminForm(forms.ModelForm):

@@ -14,11 +14,10 @@ from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
+from taskhub.console.admin.tasks.actions import buttons
 from taskhub.console.permissions import OPERATE_TASKS
-from tasks import transitions
 from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
-from tasks.states import TERMINAL, TaskStatus, can_transition
-from units.selectors import is_live
+from tasks.states import TaskStatus
 
 S = TaskStatus
 HISTORY_SHOWN = 200
@@ -78,23 +77,8 @@ class TaskPage(admin.ModelAdmin):
         }
 
     def _task_actions(self, request: HttpRequest, task: Task) -> list[tuple[str, str]]:
-        """The actions that make sense for this task now, as (action name, button label)."""
-        if not request.user.has_perm(OPERATE_TASKS):
-            return []
-        out = []
-        if task.status == S.FAILED:
-            out.append(("retry_tasks", "Retry"))
-        if task.status in (S.PENDING, S.RUNNING):
-            out.append(("pause_tasks", "Pause"))
-        if task.status == S.PAUSED:
-            out.append(("resume_tasks", "Resume"))
-        if task.status == S.RUNNING and can_transition(
-            task.status, S.PENDING, held=transitions.held_by_live_unit(task, is_live)
-        ):
-            out.append(("requeue_tasks", "Requeue"))
-        if task.status not in TERMINAL:
-            out.append(("cancel_tasks", "Cancel"))
-        return out
+        """The buttons of the actions that make sense for this task now (action name, label)."""
+        return buttons(task) if request.user.has_perm(OPERATE_TASKS) else []
 
     def attempt_log_view(self, request: HttpRequest, object_id: str, attempt: int) -> HttpResponseBase:
         task = self.get_object(request, object_id)
