@@ -269,7 +269,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "TaskStatusEnum": "tasks.states.TaskStatus",
-        "UnitStatusEnum": "units.models.UnitStatus",
+        "UnitStatusEnum": "units.states.UnitStatus",
         "LogLevelEnum": "tasks.models.LogLevel",
     },
     "DISABLE_ERRORS_AND_WARNINGS": False,

@@ -31,6 +31,12 @@ def running_on(unit_id: str) -> int:
     return sql.running_count(unit_id)
 
 
+def running_count_by(field: str, **filters: Any) -> dict[Any, int]:
+    """RUNNING tasks matching `filters`, counted by `field` (one grouped query)."""
+    rows = Task.objects.filter(status=S.RUNNING, **filters).order_by().values(field).annotate(n=Count("id"))
+    return {row[field]: row["n"] for row in rows}
+
+
 def status_counts(queryset: QuerySet[Task] | None = None) -> dict[str, int]:
     """Tasks by status, every status present (0 if none): one grouped query on the status index."""
     counts = dict.fromkeys(S.values, 0)

@@ -147,3 +147,22 @@ def test_operators_edit_periodic_jobs_and_viewers_only_see_them() -> None:
     assert look.get("/admin/django_celery_beat/periodictask/").status_code == 200
     page = look.get(url)
     assert page.status_code == 200 and b'name="enabled"' not in page.content
+
+
+def test_tasks_running_on_a_draining_unit_count_as_running_but_not_against_online_capacity(
+    client_a, register_unit
+) -> None:
+    """One definition of a live unit (units.states.ALIVE): a draining unit still runs its tasks, so
+    the dashboard and the stats API count them; only units that claim offer capacity."""
+    online, draining = factories.unit("dash-online", capacity=4), factories.unit("dash-draining", capacity=6)
+    running_task(online)
+    running_task(draining)
+    factories.unit("dash-gone", status=UnitStatus.OFFLINE, capacity=9)
+    draining.status = UnitStatus.MAINTENANCE
+    draining.save(update_fields=["status"])
+    units = dashboard_data()["units"]
+    assert (units["running"], units["capacity"], units["utilisation"]) == (2, 4, 0.25)
+    client = Client()
+    client.force_login(operator())
+    stats = client.get("/api/v1/execution-units/stats").json()
+    assert (stats["runningTasks"], stats["onlineCapacity"], stats["utilisation"]) == (2, 4, 0.25)

@@ -18,7 +18,7 @@ from tasks.models import Task
 from tasks.selectors import running_on
 from tasks.transitions.bulk import lease_to_unit
 from units import sql
-from units.models import UnitStatus
+from units.states import CLAIMING, Cause, UnitStatus, check_move
 
 
 def claim_tasks(unit_id: str, max_tasks: int, *, now: datetime) -> list[Task]:
@@ -35,12 +35,12 @@ def claim_tasks_with_status(unit_id: str, max_tasks: int, *, now: datetime) -> t
     if locked is None:
         raise NotFound(f"Execution unit {unit_id} not found")
     unit_pk, unit_status, capacity, unit_type = locked
-    if unit_status in (UnitStatus.OFFLINE, UnitStatus.MAINTENANCE):
+    if unit_status not in CLAIMING:
         return [], unit_status
     running = running_on(unit_pk)
     tasks = lease_to_unit(unit_pk, unit_type, min(max_tasks, capacity - running), now)
     metrics.record_claim(unit_type, len(tasks))
     status = UnitStatus.BUSY if running + len(tasks) >= capacity else UnitStatus.ONLINE
     if status != unit_status:
-        sql.set_status(unit_pk, status)
+        sql.set_status(unit_pk, check_move(unit_status, status, Cause.CLAIM))
     return tasks, status

@@ -19,7 +19,8 @@ from tasks.models import ControlCommand, Task
 from tasks.states import TaskStatus
 from tasks.transitions.bulk import fail_over_tasks
 from units import lifecycle, sql
-from units.models import ExecutionUnit, UnitStatus
+from units.models import ExecutionUnit
+from units.states import CLAIMING, Cause, UnitStatus, check_move
 
 S = TaskStatus
 
@@ -66,7 +67,9 @@ def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = No
             lifecycle.refuse_another_live_instance(unit, fields["instance_id"], replace=replace, now=now)
             for name, value in fields.items():
                 setattr(unit, name, value)
+            before = unit.status
             cleared = lifecycle.drain_after_register(unit, now)
+            check_move(before, unit.status, Cause.REGISTER)
             unit.save()
             fail_over_tasks(
                 Q(unit_id=unit_id),
@@ -161,13 +164,14 @@ def unit_heartbeat(
         commands = _commands_for(unit_id, None)
         running = len(live)
     if stopping:
-        unit_status = UnitStatus.OFFLINE
+        status = UnitStatus.OFFLINE
     elif lifecycle.drain_of(unit_status, drained_by):  # also a drained unit back from OFFLINE
-        unit_status = UnitStatus.MAINTENANCE
+        status = UnitStatus.MAINTENANCE
     else:
-        unit_status = UnitStatus.BUSY if running >= capacity else UnitStatus.ONLINE
+        status = UnitStatus.BUSY if running >= capacity else UnitStatus.ONLINE
+    unit_status = check_move(unit_status, status, Cause.HEARTBEAT)
     sql.save_heartbeat(unit_id, now, current_load, unit_status, metadata, stored_metadata)
-    claiming = unit_status in (UnitStatus.ONLINE, UnitStatus.BUSY)
+    claiming = unit_status in CLAIMING
     return {
         "unitId": unit_id,
         "status": str(unit_status),
@@ -278,11 +282,11 @@ def unit_update(
     if status == UnitStatus.MAINTENANCE:
         lifecycle.record_drain(unit, actor, timezone.now())
         if unit.status != UnitStatus.OFFLINE:  # an OFFLINE unit comes back drained
-            unit.status = UnitStatus.MAINTENANCE
+            unit.status = check_move(unit.status, UnitStatus.MAINTENANCE, Cause.DRAIN)
     elif status == UnitStatus.ONLINE:
         lifecycle.clear_drain(unit)
         if unit.status == UnitStatus.MAINTENANCE:  # BUSY stays BUSY; OFFLINE comes back by heartbeating
-            unit.status = UnitStatus.ONLINE
+            unit.status = check_move(unit.status, UnitStatus.ONLINE, Cause.RESUME)
     for name, value in changes.items():
         setattr(unit, name, value)
     unit.save()

@@ -16,8 +16,8 @@ from django.db.models import Q
 from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
 from tasks.transitions.bulk import fail_over_orphans, fail_over_tasks
-from units.models import ExecutionUnit, UnitStatus
-from units.selectors import LIVE_UNIT_STATUSES
+from units.models import ExecutionUnit
+from units.states import ALIVE, UnitStatus
 
 UNIT_CHUNK = 500
 BATCH = 1000
@@ -51,7 +51,7 @@ def _sweep_units(now: datetime) -> dict[str, int]:
     # hold it waits, then finds itself OFFLINE and is told to abort the attempts it lost.
     dead = list(
         ExecutionUnit.objects.select_for_update(skip_locked=True)
-        .filter(status__in=LIVE_UNIT_STATUSES, last_heartbeat_at__lt=deadline)
+        .filter(status__in=ALIVE, last_heartbeat_at__lt=deadline)  # the units.states.MOVES of a sweep
         .order_by("last_heartbeat_at")
         .values_list("id", flat=True)[:UNIT_CHUNK]
     )

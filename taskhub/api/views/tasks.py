@@ -38,7 +38,7 @@ from tasks import services
 from tasks.models import Task
 from tasks.selectors import task_stats, visible_tasks
 from tasks.transitions import reports, verbs
-from units.selectors import is_live
+from units.selectors import is_alive
 
 TaskPage = page_serializer("TaskPage", TaskSerializer)
 LogPage = inline_serializer("LogPage", {"items": LogSerializer(many=True), "nextAfter": serializers.IntegerField()})
@@ -261,7 +261,7 @@ class TaskViewSet(viewsets.ViewSet):
             actor=principal.actor,
             reason=body["reason"],
             queryset=self._tasks(request),
-            live_unit=is_live,
+            live_unit=is_alive,
         )
         return Response(TaskSerializer(task).data)
 

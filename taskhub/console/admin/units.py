@@ -31,8 +31,9 @@ from taskhub.console.permissions import OPERATE_UNITS
 from tasks.models import Task
 from tasks.states import TaskStatus
 from units.lifecycle import drained_by
-from units.models import DrainedBy, ExecutionUnit, UnitStatus
+from units.models import ExecutionUnit
 from units.services import unit_delete, unit_update
+from units.states import CLAIMING, DrainedBy, UnitStatus
 
 EDITABLE = ("unit_name", "capacity", "endpoint")
 
@@ -193,8 +194,7 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
                 return "OFFLINE units come back by heartbeating or re-registering"
             return None  # an OFFLINE unit's drain is lifted: it claims once it is back
 
-        live = [UnitStatus.ONLINE, UnitStatus.BUSY]
-        already = selected_pks(queryset.filter(status__in=live))
+        already = selected_pks(queryset.filter(status__in=CLAIMING))
         outcome = self._act(queryset.exclude(pk__in=already), "Resumed", resume)
         for pk in already:
             outcome.skip(pk, "already online")

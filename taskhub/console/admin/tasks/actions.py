@@ -18,7 +18,7 @@ from tasks.models import Task
 from tasks.states import TERMINAL, VERBS, Verb, can_move
 from tasks.transitions import verbs
 from tasks.transitions.core import held_by_live_unit
-from units.selectors import is_live
+from units.selectors import is_alive
 
 ACTION_REASON = "from the operator console"
 # The console's words for its verbs, in the order the task page shows its buttons.
@@ -54,7 +54,9 @@ class TaskActions(admin.ModelAdmin):
         actor = Actor.operator(request.user.get_username())
 
         def apply(pks: list[Any]) -> tuple[list[Any], dict[Any, DomainError]]:
-            moved, refused = verbs.act(pks, verb, actor=actor, reason=f"{verb.past} {ACTION_REASON}", live_unit=is_live)
+            moved, refused = verbs.act(
+                pks, verb, actor=actor, reason=f"{verb.past} {ACTION_REASON}", live_unit=is_alive
+            )
             return [task.pk for task in moved], refused
 
         outcome = run_all(
@@ -67,7 +69,7 @@ class TaskActions(admin.ModelAdmin):
 def buttons(task: Task) -> list[tuple[str, str]]:
     """The console's verbs that make sense for this task now, as (action name, button label):
     those the tables allow from its status (asking the units whether a live one holds it)."""
-    held = held_by_live_unit(task, is_live)
+    held = held_by_live_unit(task, is_alive)
     shown = [VERBS[name] for name in LABELS]
     return [
         (action_name(verb), LABELS[verb.name][0])
