@@ -9,6 +9,7 @@ from django.db.models import Count, QuerySet
 
 from taskhub.base.viewer import Viewer
 from tasks import sql
+from tasks.fencing import live_lease
 from tasks.models import Task
 from tasks.states import TaskStatus
 
@@ -22,7 +23,7 @@ def visible_tasks(viewer: Viewer) -> QuerySet[Task]:
     if viewer.is_operator:
         return qs
     if viewer.unit_id is not None:
-        return qs.filter(unit_id=viewer.unit_id, status=S.RUNNING)
+        return qs.filter(**live_lease(viewer.unit_id))
     return qs.filter(owner_id=viewer.api_key_id)
 
 

@@ -1,4 +1,5 @@
-"""Execution-unit writes: register, heartbeat, edit, drain, deregister."""
+"""Execution-unit writes: register, heartbeat, edit, drain, deregister. The unit row is written here
+(its hot-path statements in units.sql); task rows only through the tasks package."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -14,8 +15,8 @@ from taskhub.apikeys.tokens import digest, new_unit_token
 from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
 from taskhub.base.errors import Forbidden, NotFound
-from taskhub.base.sql import aware, db_datetime
-from tasks.models import ControlCommand, Task
+from taskhub.base.sql import aware
+from tasks import heartbeat
 from tasks.states import TaskStatus
 from tasks.transitions.bulk import fail_over_tasks
 from units import lifecycle, sql
@@ -123,7 +124,7 @@ def unit_heartbeat(
     # list, the same read finds the commands stored for tasks this unit held last (their rows sit
     # beside its leases): the UPDATE that clears the acted-on ones below then runs only when there
     # are some, instead of on every heartbeat.
-    rows = _leases(unit_id, with_commands=tasks is not None, grace_start=now - timedelta(seconds=list_grace()))
+    rows = heartbeat.leases(unit_id, with_commands=tasks is not None, grace_start=now - timedelta(seconds=list_grace()))
     live = [(tid, att, young) for tid, att, status, _, young in rows if status == S.RUNNING]
     if tasks is not None:
         listed = {t["id"]: t for t in tasks}
@@ -141,7 +142,7 @@ def unit_heartbeat(
             )
             failed_over = lost
         stored = {tid: progress for tid, _, status, progress, _ in rows if status == S.RUNNING}
-        _record_progress(
+        heartbeat.record_progress(
             unit_id,
             {
                 tid: listed[tid]["progress"]
@@ -151,17 +152,15 @@ def unit_heartbeat(
         )
         live_set = held | young
         stale = {t["id"]: t["attempt"] for t in tasks if (t["id"], t["attempt"]) not in live_set}
-        commands = _commands_for(unit_id, stale)
+        commands = heartbeat.commands_for(unit_id, stale)
         # The unit no longer lists these: it has acted on their commands (the tasks failed over
         # just now are unlisted too). The UPDATE re-checks every condition on the rows it changes.
         acted = ({tid for tid, _, status, _, _ in rows if status != S.RUNNING} | set(lost)) - set(stale)
         if acted:
-            Task.objects.filter(id__in=sorted(acted), unit_id=unit_id).exclude(status=S.RUNNING).exclude(
-                pending_command=""
-            ).update(pending_command="")
+            heartbeat.clear_acted_commands(unit_id, acted)
         running = len(live_set)
     else:
-        commands = _commands_for(unit_id, None)
+        commands = heartbeat.commands_for(unit_id, None)
         running = len(live)
     if stopping:
         status = UnitStatus.OFFLINE
@@ -186,88 +185,8 @@ def unit_heartbeat(
     }
 
 
-def _leases(unit_id: str, *, with_commands: bool, grace_start: datetime) -> list[tuple[int, int, str, int, bool]]:
-    """(id, attempt, status, progress, started after grace_start) of the unit's RUNNING tasks and,
-    `with_commands`, of its other tasks that still carry a stored command. Two ranges of
-    task_unit_status_idx / the (unit, pending_command) index; plain SQL, the comparison with the
-    grace done by the database (no datetime conversion here)."""
-    qn = connection.ops.quote_name
-    table = qn(Task._meta.db_table)
-    unit, status, command = qn("unit_id"), qn("status"), qn("pending_command")
-    where = f"({unit} = %s AND {status} = %s)"
-    params: list[Any] = [db_datetime(grace_start), unit_id, S.RUNNING.value]
-    if with_commands:
-        where += f" OR ({unit} = %s AND {command} <> '')"
-        params.append(unit_id)
-    sql = (
-        f"SELECT {qn('id')}, {qn('attempt')}, {status}, {qn('progress')}, "
-        f"CASE WHEN {qn('started_at')} > %s THEN 1 ELSE 0 END FROM {table} WHERE {where}"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [(tid, att, st, progress, bool(young)) for tid, att, st, progress, young in cursor.fetchall()]
-
-
 def list_grace() -> float:
     return min(settings.UNIT_HEARTBEAT_INTERVAL, 5.0)
-
-
-def _record_progress(unit_id: str, progress: dict[int, int]) -> None:
-    """Progress of the listed live tasks, in one UPDATE, for those whose value changed (the agent
-    also reports progress on its own, so a heartbeat mostly repeats stored values).
-
-    Plain SQL on purpose: building this CASE through the ORM costs ~1 ms of CPU for five tasks,
-    more than the rest of the heartbeat's statements together. Fenced like the ORM form was."""
-    if not progress:
-        return
-    qn = connection.ops.quote_name
-    ids = sorted(progress)
-    marks = ", ".join(["%s"] * len(ids))
-    sql = (
-        f"UPDATE {qn(Task._meta.db_table)} SET {qn('progress')} = CASE {qn('id')} "
-        + " ".join(["WHEN %s THEN %s"] * len(ids))
-        + f" ELSE {qn('progress')} END WHERE {qn('id')} IN ({marks}) AND {qn('unit_id')} = %s AND {qn('status')} = %s"
-    )
-    params: list[Any] = [value for tid in ids for value in (tid, progress[tid])]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, *ids, unit_id, S.RUNNING.value])
-
-
-def _commands_for(unit_id: str, stale: dict[int, int] | None) -> list[dict[str, Any]]:
-    """Commands for attempts the unit should stop. `stale` maps listed task id -> attempt; None
-    (no list sent) means: the stored commands of tasks this unit held last."""
-    if stale is None:
-        rows = Task.objects.filter(unit_id=unit_id).exclude(status=S.RUNNING).exclude(pending_command="")
-        return [
-            _command(t.pk, t.attempt, t.pending_command, t)
-            for t in rows.only("id", "attempt", "pending_command", "status")
-        ]
-    if not stale:
-        return []
-    found = {
-        t.pk: t
-        for t in Task.objects.filter(id__in=list(stale)).only("id", "attempt", "pending_command", "status", "unit_id")
-    }
-    out = []
-    for task_id, attempt in sorted(stale.items()):
-        task = found.get(task_id)
-        held_last = task is not None and task.unit_id == unit_id and task.attempt == attempt
-        command = (
-            task.pending_command if held_last and task is not None and task.pending_command else ControlCommand.ABORT
-        )
-        out.append(_command(task_id, attempt, command, task if held_last else None))
-    return out
-
-
-def _command(task_id: int, attempt: int, command: str, task: Task | None) -> dict[str, Any]:
-    reasons: dict[str, str] = {
-        ControlCommand.CANCEL: "task was cancelled",
-        ControlCommand.PAUSE: "task was paused",
-    }
-    why = reasons.get(command, "attempt is no longer live (failed over, finished or reassigned)")
-    if task is not None and command == ControlCommand.ABORT:
-        why = f"attempt is no longer live (task is {task.status})"
-    return {"taskId": task_id, "attempt": attempt, "command": command, "reason": why}
 
 
 @transaction.atomic

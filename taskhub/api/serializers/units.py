@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -203,6 +204,41 @@ _LOAD_RANGE = _bounds(_LOAD)
 _INSTANCE = HeartbeatSerializer._declared_fields["instanceId"]
 assert isinstance(_INSTANCE, serializers.RegexField)
 _INSTANCE_ID = re.compile(NAME_PATTERN.removeprefix("^").removesuffix("+$") + f"{{1,{_INSTANCE.max_length}}}")
+_STOPPING = HeartbeatSerializer._declared_fields["stopping"].default
+
+# What plain_heartbeat reads, as the serializers declare it: body key -> validated key, and which
+# task keys it requires. Checked at import, so a field added to (or renamed in) a serializer and
+# not here stops the hub at start-up instead of being dropped by the fast path.
+PLAIN_FIELDS = {
+    "currentLoad": "current_load",
+    "metadata": "metadata",
+    "tasks": "tasks",
+    "instanceId": "instance_id",
+    "stopping": "stopping",
+}
+PLAIN_TASK_FIELDS = {"id": "id", "attempt": "attempt", "progress": "progress"}
+PLAIN_REQUIRED: dict[type[serializers.Serializer], set[str]] = {
+    HeartbeatSerializer: set(),
+    HeartbeatTaskSerializer: {"id", "attempt"},
+}
+
+
+def check_plain_heartbeat() -> None:
+    problems = []
+    for serializer, plain in ((HeartbeatSerializer, PLAIN_FIELDS), (HeartbeatTaskSerializer, PLAIN_TASK_FIELDS)):
+        declared = serializer._declared_fields
+        named = {name: field.source or name for name, field in declared.items()}
+        required = {name for name, field in declared.items() if field.required}
+        if named != plain or required != PLAIN_REQUIRED[serializer]:
+            problems.append(
+                f"{serializer.__name__} declares {named} (required: {sorted(required)}); plain_heartbeat "
+                f"reads {plain} (required: {sorted(PLAIN_REQUIRED[serializer])})"
+            )
+    if problems:
+        raise ImproperlyConfigured("the lean heartbeat validator drifted from its serializer: " + "; ".join(problems))
+
+
+check_plain_heartbeat()
 
 
 def _int_in(value: Any, bounds: tuple[int, int]) -> bool:
@@ -256,7 +292,7 @@ def plain_heartbeat(data: Any) -> dict[str, Any] | None:
         if type(instance) is not str or not _INSTANCE_ID.fullmatch(instance):
             return None
         body["instance_id"] = instance
-    stopping = data.get("stopping", False)
+    stopping = data.get("stopping", _STOPPING)
     if type(stopping) is not bool:
         return None
     body["stopping"] = stopping
