@@ -1,8 +1,11 @@
-"""Reads of tasks: which rows a caller may see (the one place the visibility rule lives) and the
-counts by status that the stats API, the dashboard and `/metrics` all show."""
+"""Reads of tasks: which rows a caller may see (the one place the visibility rule lives), the counts
+by status that the stats API, the dashboard and `/metrics` all show, and the filtering and search
+of the API's list and the console's."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db.models import Count, QuerySet
@@ -61,3 +64,56 @@ def task_stats(queryset: QuerySet[Task]) -> dict[str, Any]:
         "waitingRetry": waiting_retry,
         "dead": by_status[S.FAILED] - waiting_retry,
     }
+
+
+# --- list filtering and search: the API's list and the console's ---------------------------------
+
+MAX_TASK_ID = 2**63 - 1  # BIGINT: a longer run of digits names no task
+
+
+@dataclass(frozen=True)
+class TaskFilters:
+    status: str | None = None
+    task_type: str | None = None
+    unit_id: str | None = None
+    priority: int | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    search: str | None = None
+
+
+def filter_tasks(qs: QuerySet[Task], filters: TaskFilters, *, search_window: int) -> tuple[QuerySet[Task], bool]:
+    """A list's filters, then its search (`search_tasks`). Also says whether a name search was cut to
+    the newest `search_window` rows."""
+    exact = {
+        "status": filters.status,
+        "task_type": filters.task_type,
+        "unit_id": filters.unit_id,
+        "priority": filters.priority,
+        "created_at__gte": filters.created_after,
+        "created_at__lt": filters.created_before,
+    }
+    qs = qs.filter(**{lookup: value for lookup, value in exact.items() if value is not None})
+    if filters.search is None:
+        return qs, False
+    return search_tasks(qs, filters.search, window=search_window)
+
+
+def search_tasks(qs: QuerySet[Task], term: str, *, window: int) -> tuple[QuerySet[Task], bool]:
+    """A term of digits is a task id, answered by the primary key (`name LIKE '%x%' OR id = x` read
+    every row of the caller's: 1.7 s at 1M rows). Any other term: names containing it
+    (case-insensitive) among the newest `window` rows of `qs`, since no index answers a substring.
+    Returns the rows and whether older ones were left out."""
+    if term.isascii() and term.isdigit():
+        return (qs.filter(pk=int(term)) if int(term) <= MAX_TASK_ID else qs.none()), False
+    qs, windowed = _newest(qs, window)
+    return qs.filter(name__icontains=term), windowed
+
+
+def _newest(qs: QuerySet[Task], window: int) -> tuple[QuerySet[Task], bool]:
+    """The newest `window` rows of `qs`, and whether older rows were left out: one read of
+    `window + 1` ids to find the edge, then at most `window` rows."""
+    ids = list(qs.order_by("-id").values_list("id", flat=True)[window - 1 : window + 1])
+    if len(ids) < 2:  # `window` rows or fewer: nothing left out
+        return qs, False
+    return qs.filter(id__gte=ids[0]), True

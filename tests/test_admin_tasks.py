@@ -82,7 +82,8 @@ def test_changelist_query_count_does_not_grow_with_rows(op_client: Client, djang
     assert response.status_code == 200
     assert response.content.count(b'class="action-checkbox"') == 50
     assert len(big) == len(small), [q["sql"] for q in big.captured_queries]
-    with django_assert_max_num_queries(8):
+    # 9: a name search first finds the edge of its window (at most API_SEARCH_WINDOW + 1 ids).
+    with django_assert_max_num_queries(9):
         op_client.get(LIST + "?status__exact=RUNNING&task_type=DATA_PROCESSING&q=bulk")
 
 
@@ -331,3 +332,27 @@ def test_tasks_cannot_be_added_or_deleted_in_the_admin(op_client: Client) -> Non
     assert op_client.get("/admin/tasks/task/add/").status_code == 403
     assert op_client.get(f"/admin/tasks/task/{task.pk}/delete/").status_code == 403
     assert b"delete_selected" not in op_client.get(LIST).content
+
+
+def test_the_search_for_an_id_is_a_primary_key_lookup_not_a_scan_of_names(op_client: Client) -> None:
+    """The console searches as the API does (tasks.selectors.search_tasks): digits name a task id,
+    answered by the primary key; `id = x OR name LIKE '%x%'` read every row (1.7 s at 1M rows)."""
+    task = factories.task(name="needle")
+    factories.task(name=f"has {task.pk} in its name")
+    op_client.get(LIST)  # warm per-process caches
+    with CaptureQueriesContext(connection) as queries:
+        response = op_client.get(f"{LIST}?q={task.pk}")
+    assert response.status_code == 200
+    assert {int(pk) for pk in re.findall(rb'name="_selected_action" value="(\d+)"', response.content)} == {task.pk}
+    reads = [q["sql"] for q in queries.captured_queries if Task._meta.db_table in q["sql"] and "SELECT" in q["sql"]]
+    assert reads and not [sql for sql in reads if "LIKE" in sql.upper()], reads
+
+
+def test_a_name_search_looks_at_the_newest_window_and_says_so(op_client: Client, settings: Any) -> None:
+    settings.API_SEARCH_WINDOW = 3
+    old = factories.task(name="report old")
+    newer = [factories.task(name=f"report {i}") for i in range(3)]
+    response = op_client.get(f"{LIST}?q=report")
+    shown = {int(pk) for pk in re.findall(rb'name="_selected_action" value="(\d+)"', response.content)}
+    assert shown == {t.pk for t in newer} and old.pk not in shown
+    assert any("newest 3 tasks" in m for m in messages_of(response))

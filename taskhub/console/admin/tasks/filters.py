@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
-from django.db.models import Q, QuerySet
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from tasks.models import Task
+from tasks.selectors import search_tasks
 from units.models import ExecutionUnit
 
 
@@ -35,7 +37,16 @@ class TaskSearch(admin.ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Task], search_term: str
     ) -> tuple[QuerySet[Task], bool]:
+        """The API's search (tasks.selectors.search_tasks): an id (42 or #42) by the primary key, a
+        name among the newest API_SEARCH_WINDOW tasks the filters leave (the page says so)."""
         term = search_term.strip().lstrip("#")
-        if term.isdigit():
-            return queryset.filter(Q(pk=int(term)) | Q(name__icontains=term)), False
-        return super().get_search_results(request, queryset, search_term)
+        if not term:
+            return queryset, False
+        found, windowed = search_tasks(queryset, term, window=settings.API_SEARCH_WINDOW)
+        if windowed:
+            messages.info(
+                request,
+                f"Searched the names of the newest {settings.API_SEARCH_WINDOW} tasks that match the filters; "
+                "narrow them (status, type, unit, date) to search older ones.",
+            )
+        return found, False
