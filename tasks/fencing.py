@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import F
+
 from taskhub.base import metrics
 from taskhub.base.errors import Conflict
 from taskhub.base.sql import model_field, qn
@@ -19,9 +21,10 @@ from tasks.states import ControlCommand, TaskStatus
 S = TaskStatus
 
 
-def live_lease(unit_id: str, attempt: int | None = None) -> dict[str, Any]:
+def live_lease(unit_id: str | F, attempt: int | None = None) -> dict[str, Any]:
     """The fencing rule as filter arguments. Without `attempt`: the unit's leases, whatever their
-    attempt (a heartbeat's read of what it holds)."""
+    attempt (a heartbeat's read of what it holds). `unit_id` may name the unit by an expression
+    (OuterRef("pk") in a subquery of units)."""
     lease: dict[str, Any] = {"status": S.RUNNING, "unit_id": unit_id}
     return lease if attempt is None else lease | {"attempt": attempt}
 

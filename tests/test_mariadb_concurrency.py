@@ -403,3 +403,84 @@ def test_clients_racing_the_same_keyed_batch_create_each_task_once():
     assert [e for _, errs in results for e in errs] == []
     assert Task.objects.count() == 100 and TaskStatusHistory.objects.count() == 100
     assert all(ids == results[0][0] for ids, _ in results)  # every racer got the same tasks, in order
+
+
+def test_a_task_row_locked_while_its_unit_goes_offline_fails_over_at_the_next_sweep(settings):
+    """The sweeper marks a silent unit OFFLINE while another transaction holds one of its RUNNING
+    tasks (a progress report, an edit): SKIP LOCKED passes the task over, and the next sweep must
+    take it back (I1/I5: no task stays RUNNING on an OFFLINE unit)."""
+    from tests.console_support import running_task
+    from units.models import ExecutionUnit
+    from units.sweeper import sweep_heartbeats
+
+    settings.UNIT_HEARTBEAT_TIMEOUT = 30
+    t0 = timezone.now()
+    unit = factories.unit("silent", now=t0)
+    task = running_task(unit, now=t0)
+    locked, release, seen = threading.Event(), threading.Event(), {}
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                Task.objects.select_for_update().get(pk=task.pk)
+                locked.set()
+                release.wait(timeout=60)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert locked.wait(timeout=30)
+    try:
+        seen["first"] = sweep_heartbeats(t0 + timedelta(seconds=31))
+    finally:
+        release.set()
+        thread.join(timeout=60)
+    assert seen["first"]["unitsOffline"] == 1 and seen["first"]["failedOver"] == 0
+    assert ExecutionUnit.objects.get(pk=unit.pk).status == "OFFLINE"  # and the task still RUNNING on it
+    assert Task.objects.get(pk=task.pk).status == "RUNNING"
+    assert sweep_heartbeats(t0 + timedelta(seconds=32))["failedOver"] == 1
+    assert Task.objects.get(pk=task.pk).status == "PENDING"
+
+
+def test_the_poll_for_tasks_left_on_lost_units_reads_the_unit_and_lease_indexes():
+    from django.db.models import Exists, OuterRef
+
+    from tasks.fencing import live_lease
+    from units.models import ExecutionUnit
+    from units.states import ALIVE
+
+    now = timezone.now()
+    for i in range(300):
+        factories.unit(f"poll-{i}", status="OFFLINE" if i % 3 else "ONLINE")
+    Task.objects.bulk_create(
+        [
+            Task(
+                name=f"t{i}",
+                task_type="DATA_PROCESSING",
+                max_retries=3,
+                status=TaskStatus.RUNNING if i % 2 else TaskStatus.COMPLETED,
+                unit_id=f"poll-{i % 300}",
+                available_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+            for i in range(6000)
+        ],
+        batch_size=3000,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE TABLE execution_units")
+        cursor.fetchall()
+    poll = (
+        ExecutionUnit.objects.select_for_update(skip_locked=True)
+        .exclude(status__in=ALIVE)
+        .filter(Exists(Task.objects.filter(**live_lease(OuterRef("pk")))))
+        .order_by()
+        .values_list("id", flat=True)[:500]
+    )
+    plan = _plan(poll)
+    print("EXPLAIN left-behind poll:", plan)
+    # The OFFLINE units by their status index, then each one's leases by (unit, status): a semi-join.
+    assert [row["key"] for row in plan] == ["unit_liveness_idx", "task_unit_status_idx"], plan
+    assert "filesort" not in " ".join(row["Extra"] or "" for row in plan).lower(), plan

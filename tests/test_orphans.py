@@ -206,12 +206,12 @@ def test_the_sweeper_takes_back_10000_tasks_no_unit_holds_in_bounded_queries(dja
     lapsed_orphans(10_000, T0 + timedelta(seconds=TIMEOUT))
     fields = [f for f in TaskStatusHistory._meta.concrete_fields if not f.primary_key]
     history_batch = min(1000, connection.ops.bulk_batch_size(fields, []) or 1000)
-    # Per sweep chunk (one transaction) of 1000 tasks: the unit poll, the lease poll, the history read
-    # of who started them, the failover's lock and UPDATE, its history inserts, and the two
-    # savepoints of the test's own transaction; an 11th chunk finds nothing (the unit poll and both
-    # task polls).
-    per_chunk = 1 + 4 + -(-1000 // history_batch) + 2
-    bound = 10 * per_chunk + 3 + 2
+    # Per sweep chunk (one transaction) of 1000 tasks: the unit poll, the poll for tasks left on units
+    # no longer alive, the lease poll, the history read of who started them, the failover's lock and
+    # UPDATE, its history inserts, and the two savepoints of the test's own transaction; an 11th chunk
+    # finds nothing (the unit poll, the left-behind poll and both task polls).
+    per_chunk = 2 + 4 + -(-1000 // history_batch) + 2
+    bound = 10 * per_chunk + 4 + 2
     with django_assert_max_num_queries(bound) as ctx:
         result = sweep_heartbeats(T0 + timedelta(seconds=TIMEOUT + 1))
     assert result == {"unitsOffline": 0, "failedOver": 10_000, "poisoned": 0, "orphans": 10_000}

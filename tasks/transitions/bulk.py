@@ -132,28 +132,23 @@ def fail_over_tasks(
     return counts
 
 
-def fail_over_orphans(now: datetime, limit: int, *, actor: Actor, lost_units: Q | None = None) -> dict[str, int]:
-    """Fail over up to `limit` RUNNING tasks that no live unit holds and nobody reports on: those
-    whose lease ran out (started with PUT status: `Task.lease_expires_at`), those whose unit row was
-    deleted without a deregistration (SET_NULL left them neither a unit nor a lease), and, with
-    `lost_units` (a filter the units give: their unit is no longer live), those left on a lost unit
-    (a failover that found the row locked skips it). A poll each, on its index; the rows stay locked
-    (SKIP LOCKED: a second sweeper takes others)."""
+def fail_over_orphans(now: datetime, limit: int, *, actor: Actor) -> dict[str, int]:
+    """Fail over up to `limit` RUNNING tasks that no unit holds and nobody reports on: those whose
+    lease ran out (started with PUT status: `Task.lease_expires_at`), and those whose unit row was
+    deleted without a deregistration (SET_NULL left them neither a unit nor a lease). Two polls,
+    each on its index; the rows stay locked (SKIP LOCKED: a second sweeper takes others)."""
     running = Task.objects.select_for_update(skip_locked=True).filter(status=S.RUNNING)
     # Past the lease, not at it: like a unit, a task is lost when silent for more than the timeout.
     polls = [
         running.filter(lease_expires_at__lt=now).order_by("lease_expires_at"),
         running.filter(unit__isnull=True, lease_expires_at__isnull=True).order_by("id"),
     ]
-    if lost_units is not None:
-        polls.append(running.filter(lost_units))
-    holders: dict[int, str | None] = {}
+    ids: list[int] = []
     for poll in polls:
-        if len(holders) < limit:
-            holders |= dict(poll.values_list("id", "unit_id")[: limit - len(holders)])
-    if not holders:
+        if len(ids) < limit:
+            ids += poll.values_list("id", flat=True)[: limit - len(ids)]
+    if not ids:
         return {}
-    ids = list(holders)
     # Who put each task in RUNNING (its newest RUNNING history row) says why nobody reports on it.
     started = {
         task_id: (actor_type, starter, unit_id)
@@ -167,9 +162,7 @@ def fail_over_orphans(now: datetime, limit: int, *, actor: Actor, lost_units: Q 
     reasons = {}
     for task_id in ids:
         actor_type, starter, unit_id = started.get(task_id, ("", "someone", None))
-        if holders[task_id] is not None:
-            reasons[task_id] = f"its unit {holders[task_id]} is no longer live; no unit holds it"
-        elif actor_type == ActorType.UNIT:
+        if actor_type == ActorType.UNIT:
             reasons[task_id] = f"its unit {unit_id} was removed without deregistering; no unit holds it"
         else:
             reasons[task_id] = f"started by {starter} without a unit; nobody reported on it for {timeout:g}s"
