@@ -87,7 +87,7 @@ class Task(models.Model):
             # status filter: read in order. No status column, so status changes never touch it.
             models.Index(fields=["owner", "priority", "id"], name="task_owner_prio_idx"),
             # A heartbeat's read of the unit's leases also finds the stored commands of the tasks it
-            # held last (units/services.py:_leases): a tiny range instead of all its past tasks.
+            # held last (tasks/sql.py:unit_leases): a tiny range instead of all its past tasks.
             models.Index(fields=["unit", "pending_command"], name="task_unit_command_idx"),
             models.Index(fields=["status", "id"], name="task_status_id_idx"),
             models.Index(fields=["created_at"], name="task_created_idx"),

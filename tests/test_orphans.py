@@ -140,7 +140,7 @@ def test_a_claimed_task_is_never_taken_back_by_the_lease_path_while_its_unit_hea
 
 
 def test_the_claim_clears_a_lease_left_on_a_pending_task():
-    """The claim writes what enter_state sets in plain SQL: the lease is among those fields."""
+    """The claim writes what entering RUNNING sets (tasks.entry) in plain SQL: the lease is among those fields."""
     task = factories.task(now=T0)
     Task.objects.filter(pk=task.pk).update(lease_expires_at=T0)  # as a writer that forgot it would leave it
     factories.unit("u1", now=T0)
