@@ -145,25 +145,19 @@ def act(
     return [move.task for move in moves], refused
 
 
-def act_on_one(task_id: int, choose: Verb | Choice, **kwargs: Any) -> Task:
-    moved, refused = act([task_id], choose, **kwargs)
+def act_on_one(task_id: int, choose: Verb | Choice, **options: Any) -> Task:
+    """`act` on one task (options as `act`'s): the task moved, or its refusal raised."""
+    moved, refused = act([task_id], choose, **options)
     if refused:
         raise refused[task_id]
     return moved[0]
 
 
 def change_status(
-    task_id: int,
-    target: str,
-    *,
-    actor: Actor,
-    reason: str = "",
-    now: datetime | None = None,
-    queryset: QuerySet[Task] | None = None,
-    live_unit: LiveUnit = assume_live,
+    task_id: int, target: str, *, actor: Actor, live_unit: LiveUnit = assume_live, **options: Any
 ) -> Task:
     """`PUT /tasks/{id}/status`: the verb the task's current status and `target` mean; a pair the
-    tables do not have is a 409 naming the allowed targets."""
+    tables do not have is a 409 naming the allowed targets. Options as `act`'s."""
 
     def verb_of(task: Task) -> Verb:
         verb = VERB_FOR.get((task.status, target))
@@ -172,26 +166,17 @@ def change_status(
             raise IllegalTransition(task, target, system=actor.is_system, held=held)
         return verb
 
-    return act_on_one(task_id, verb_of, actor=actor, reason=reason, now=now, queryset=queryset, live_unit=live_unit)
+    return act_on_one(task_id, verb_of, actor=actor, live_unit=live_unit, **options)
 
 
 def _verb_function(verb: Verb) -> Callable[..., Task]:
-    def run(
-        task_id: int,
-        *,
-        actor: Actor,
-        reason: str = "",
-        now: datetime | None = None,
-        queryset: QuerySet[Task] | None = None,
-        live_unit: LiveUnit = assume_live,
-        **extra: Any,
-    ) -> Task:
-        return act_on_one(
-            task_id, verb, actor=actor, reason=reason, now=now, queryset=queryset, live_unit=live_unit, **extra
-        )
+    def run(task_id: int, **options: Any) -> Task:
+        return act_on_one(task_id, verb, **options)
 
     run.__name__ = run.__qualname__ = f"{verb.name}_task"
-    run.__doc__ = f"{verb.name.capitalize()} one task ({', '.join(sorted(verb.sources))} -> {verb.target})."
+    run.__doc__ = (
+        f"{verb.name.capitalize()} one task ({', '.join(sorted(verb.sources))} -> {verb.target}); options as `act`'s."
+    )
     return run
 
 
