@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework import serializers
 
-from taskhub.api.serializers import units
-from taskhub.api.serializers.units import HeartbeatSerializer, HeartbeatTaskSerializer, plain_heartbeat
+from taskhub.api.serializers import heartbeat
+from taskhub.api.serializers.heartbeat import HeartbeatSerializer, HeartbeatTaskSerializer, plain_heartbeat
 from taskhub.api.validation import validated
 
 EDGES = [0, 1, 5, 100, 101, 1_000_000, 1_000_001, 2**31 - 1, 2**31, 2**63 - 1, 2**63, -1]
@@ -56,9 +56,9 @@ def test_for_any_body_plain_is_none_or_the_serializers_answer_and_none_whenever_
 
 
 def test_the_fields_plain_reads_are_the_serializers() -> None:
-    units.check_plain_heartbeat()  # as at import
-    assert set(units.PLAIN_FIELDS) == set(HeartbeatSerializer._declared_fields)
-    assert set(units.PLAIN_TASK_FIELDS) == set(HeartbeatTaskSerializer._declared_fields)
+    heartbeat.check_plain_heartbeat()  # as at import
+    assert set(heartbeat.PLAIN_FIELDS) == set(HeartbeatSerializer._declared_fields)
+    assert set(heartbeat.PLAIN_TASK_FIELDS) == set(HeartbeatTaskSerializer._declared_fields)
 
 
 def test_a_field_the_serializer_and_plain_disagree_on_stops_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,7 +66,7 @@ def test_a_field_the_serializer_and_plain_disagree_on_stops_the_check(monkeypatc
         added = {**HeartbeatSerializer._declared_fields, "cpu": serializers.FloatField(required=False)}
         patch.setattr(HeartbeatSerializer, "_declared_fields", added)
         with pytest.raises(ImproperlyConfigured, match="drifted from its serializer: HeartbeatSerializer"):
-            units.check_plain_heartbeat()
+            heartbeat.check_plain_heartbeat()
     with monkeypatch.context() as patch:
         now_required = {
             **HeartbeatTaskSerializer._declared_fields,
@@ -74,5 +74,5 @@ def test_a_field_the_serializer_and_plain_disagree_on_stops_the_check(monkeypatc
         }
         patch.setattr(HeartbeatTaskSerializer, "_declared_fields", now_required)
         with pytest.raises(ImproperlyConfigured, match="HeartbeatTaskSerializer"):
-            units.check_plain_heartbeat()
-    units.check_plain_heartbeat()
+            heartbeat.check_plain_heartbeat()
+    heartbeat.check_plain_heartbeat()

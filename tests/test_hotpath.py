@@ -12,14 +12,13 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework import serializers
 
-from taskhub.api.serializers.units import (
-    ClaimedTaskSerializer,
+from taskhub.api.serializers.heartbeat import (
     HeartbeatReplySerializer,
     HeartbeatSerializer,
-    claimed_tasks,
     heartbeat_reply,
     plain_heartbeat,
 )
+from taskhub.api.serializers.units import ClaimedTaskSerializer, claimed_tasks
 from taskhub.api.throttling import COUNTER_VERSION, PrincipalRateThrottle
 from taskhub.api.validation import validated
 from taskhub.base.rowload import fetch_models

@@ -33,3 +33,20 @@ def check_json_size(value: Any, limit: int, what: str) -> Any:
     if len(json.dumps(value, ensure_ascii=False).encode("utf-8")) > limit:
         raise serializers.ValidationError(f"{what} must be at most {limit} bytes as JSON")
     return value
+
+
+MAX_METADATA_BYTES = 16_384
+
+
+def check_metadata(value: dict[str, Any]) -> None:
+    """A unit's metadata: at most MAX_METADATA_BYTES as JSON (register, heartbeat, edit)."""
+    if len(json.dumps(value, ensure_ascii=False).encode("utf-8")) > MAX_METADATA_BYTES:
+        raise serializers.ValidationError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+
+
+_DATETIME = serializers.DateTimeField()
+
+
+def datetime_or_none(value: datetime | None) -> str | None:
+    """A datetime as the API writes it everywhere else (DRF's DateTimeField), or None."""
+    return None if value is None else str(_DATETIME.to_representation(value))

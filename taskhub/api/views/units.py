@@ -12,20 +12,22 @@ from rest_framework.response import Response
 from taskhub.api.errors import ErrorSerializer
 from taskhub.api.pagination import page_serializer, paginate
 from taskhub.api.principals import principal_of
+from taskhub.api.serializers.fields import datetime_or_none
+from taskhub.api.serializers.heartbeat import (
+    HeartbeatReplySerializer,
+    HeartbeatSerializer,
+    heartbeat_reply,
+    plain_heartbeat,
+)
 from taskhub.api.serializers.units import (
     ClaimReplySerializer,
     ClaimSerializer,
-    HeartbeatReplySerializer,
-    HeartbeatSerializer,
     RegisteredSerializer,
     RegisterSerializer,
     UnitListQuerySerializer,
     UnitSerializer,
     UnitUpdateSerializer,
     claimed_tasks,
-    datetime_or_none,
-    heartbeat_reply,
-    plain_heartbeat,
 )
 from taskhub.api.validation import query_params, validated
 from taskhub.base.errors import Forbidden, NotFound
