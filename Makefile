@@ -72,6 +72,7 @@ lint: $(DEV)
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/mypy .
+	@$(VENV)/bin/lint-imports --no-cache
 
 format: $(DEV)
 	@$(VENV)/bin/ruff format .

@@ -137,14 +137,15 @@ def insert_tasks(
     first, last = ids[0], ids[-1]
     if history:
         cur.execute(
-            "INSERT INTO task_status_history (task_id, from_status, to_status, reason, actor_type, actor, "
-            "unit_id, attempt, created_at) SELECT id, NULL, 'PENDING', 'created', 'system', 'system:bench', "
+            "INSERT INTO task_status_history (task_id, from_status, to_status, reason, reason_code, actor_type, "
+            "actor, unit_id, attempt, created_at) SELECT id, NULL, 'PENDING', 'created', 'created', 'system', "
+            "'system:bench', "
             "NULL, 0, created_at FROM tasks WHERE id BETWEEN %s AND %s",
             (first, last),
         )
         cur.execute(
-            "INSERT INTO task_status_history (task_id, from_status, to_status, reason, actor_type, actor, "
-            "unit_id, attempt, created_at) SELECT id, 'PENDING', 'RUNNING', 'claimed', 'unit', "
+            "INSERT INTO task_status_history (task_id, from_status, to_status, reason, reason_code, actor_type, "
+            "actor, unit_id, attempt, created_at) SELECT id, 'PENDING', 'RUNNING', 'claimed', 'claimed', 'unit', "
             "CONCAT('unit:', unit_id), unit_id, 1, started_at FROM tasks WHERE id BETWEEN %s AND %s "
             "AND status='RUNNING'",
             (first, last),

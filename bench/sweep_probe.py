@@ -17,7 +17,7 @@ def main() -> None:
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
-    from tasks.scheduling.jobs import sweep_heartbeats
+    from units.sweeper import sweep_heartbeats
 
     now = timezone.now()
     connection.ensure_connection()

@@ -16,7 +16,7 @@ TRANSPORT_ALIASES["filesystem"] = "taskhub.broker:Transport"
 
 app = Celery("taskhub")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.imports = ("tasks.celery_jobs",)
+app.conf.imports = ("taskhub.jobs.celery_tasks",)
 
 # `manage.py runhub` waits for these marks before it says the hub is ready: the worker once it
 # consumes from the broker, beat once it has read the schedule.

@@ -68,9 +68,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "taskhub.metrics.PrometheusMiddleware",
-    "taskhub.middleware.AccessLogMiddleware",
-    "taskhub.middleware.BodyLimitMiddleware",
+    "taskhub.api.metrics.PrometheusMiddleware",
+    "taskhub.api.middleware.AccessLogMiddleware",
+    "taskhub.api.middleware.BodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -231,7 +231,7 @@ API_SEARCH_WINDOW = env_int("API_SEARCH_WINDOW", 5_000, minimum=1)
 API_THROTTLE_CLIENT = env_str("API_THROTTLE_CLIENT", "6000/min")
 API_THROTTLE_UNIT = env_str("API_THROTTLE_UNIT", "6000/min")
 API_THROTTLE_ANON = env_str("API_THROTTLE_ANON", "600/min")
-METRICS_TOKEN = env_str("METRICS_TOKEN")  # Bearer token /metrics requires (see taskhub/metrics.py)
+METRICS_TOKEN = env_str("METRICS_TOKEN")  # Bearer token /metrics requires (see taskhub/api/metrics.py)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -269,7 +269,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "TaskStatusEnum": "tasks.states.TaskStatus",
-        "UnitStatusEnum": "units.models.UnitStatus",
+        "UnitStatusEnum": "units.states.UnitStatus",
         "LogLevelEnum": "tasks.models.LogLevel",
     },
     "DISABLE_ERRORS_AND_WARNINGS": False,
@@ -359,7 +359,7 @@ LOGGING = {
     "root": {"handlers": ["app", "error"] + ([] if TESTING else ["console"]), "level": LOG_LEVEL},
     "loggers": {
         # Our own loggers keep LOG_LEVEL where the root is quieter: `make run` starts Celery at WARNING,
-        # and a job that changed something still says so (tasks/scheduling/runner.py).
+        # and a job that changed something still says so (taskhub/jobs/runner.py).
         "taskhub": {"level": LOG_LEVEL},
         "taskhub.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
         # One line per 4xx/5xx on the console: django.request's, through the root. Django's own console

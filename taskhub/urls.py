@@ -9,8 +9,9 @@ from rest_framework.routers import SimpleRouter
 from taskhub.api import health
 from taskhub.api.errors import handler404 as handler404_view
 from taskhub.api.index import ApiIndexView, ApiIndexWithoutSlashView, favicon
-from tasks.views import TaskViewSet
-from units.views import UnitViewSet
+from taskhub.api.metrics import metrics_view
+from taskhub.api.views.tasks import TaskViewSet
+from taskhub.api.views.units import UnitViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("tasks", TaskViewSet, basename="task")
@@ -49,7 +50,7 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("api-docs", PublicSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("admin/", admin.site.urls),
-    path("metrics", include("taskhub.console.urls")),
+    path("metrics", metrics_view, name="metrics"),
     # A browser pointed at the bare address lands in the docs (public), not on a 404.
     path("", RedirectView.as_view(pattern_name="api-docs"), name="home"),
     path("favicon.ico", favicon),

@@ -2,13 +2,10 @@ from __future__ import annotations
 
 from django.db import models
 
-from tasks.states import ActorType, TaskStatus
+from taskhub.base.actors import ActorType
+from tasks.states import ControlCommand, ReasonCode, TaskStatus
 
-
-class ControlCommand(models.TextChoices):
-    CANCEL = "cancel"
-    PAUSE = "pause"
-    ABORT = "abort"
+__all__ = ["ControlCommand", "LogLevel", "Task", "TaskExecutionLog", "TaskStatusHistory"]
 
 
 class Task(models.Model):
@@ -90,7 +87,7 @@ class Task(models.Model):
             # status filter: read in order. No status column, so status changes never touch it.
             models.Index(fields=["owner", "priority", "id"], name="task_owner_prio_idx"),
             # A heartbeat's read of the unit's leases also finds the stored commands of the tasks it
-            # held last (units/services.py:_leases): a tiny range instead of all its past tasks.
+            # held last (tasks/sql.py:unit_leases): a tiny range instead of all its past tasks.
             models.Index(fields=["unit", "pending_command"], name="task_unit_command_idx"),
             models.Index(fields=["status", "id"], name="task_status_id_idx"),
             models.Index(fields=["created_at"], name="task_created_idx"),
@@ -112,6 +109,8 @@ class TaskStatusHistory(models.Model):
     from_status = models.CharField(max_length=16, choices=TaskStatus.choices, null=True, blank=True)
     to_status = models.CharField(max_length=16, choices=TaskStatus.choices)
     reason = models.TextField(blank=True, default="")
+    # What the reason says, for code to read (the dashboard's series, tools): see ReasonCode.
+    reason_code = models.CharField(max_length=16, choices=ReasonCode.choices, blank=True, default="", db_default="")
     actor_type = models.CharField(max_length=16, choices=ActorType.choices)
     actor = models.CharField(max_length=150)
     unit_id = models.CharField(max_length=64, null=True, blank=True)

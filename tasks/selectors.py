@@ -1,20 +1,119 @@
-"""Which rows a caller may see: the one place the visibility rule lives."""
+"""Reads of tasks: which rows a caller may see (the one place the visibility rule lives), the counts
+by status that the stats API, the dashboard and `/metrics` all show, and the filtering and search
+of the API's list and the console's."""
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from taskhub.api.principals import Principal
+from django.db.models import Count, QuerySet
+
+from taskhub.base.viewer import Viewer
+from tasks import sql
+from tasks.fencing import live_lease
 from tasks.models import Task
 from tasks.states import TaskStatus
 
+S = TaskStatus
 
-def visible_tasks(principal: Principal) -> QuerySet[Task]:
+
+def visible_tasks(viewer: Viewer) -> QuerySet[Task]:
     """Operators see every task; an API key sees the tasks it created; a unit sees only the tasks
     currently leased to it (RUNNING with its id)."""
     qs = Task.objects.all()
-    if principal.is_operator:
+    if viewer.is_operator:
         return qs
-    if principal.unit is not None:
-        return qs.filter(unit_id=principal.unit.pk, status=TaskStatus.RUNNING)
-    return qs.filter(owner=principal.api_key)
+    if viewer.unit_id is not None:
+        return qs.filter(**live_lease(viewer.unit_id))
+    return qs.filter(owner_id=viewer.api_key_id)
+
+
+def running_on(unit_id: str) -> int:
+    """Tasks RUNNING on the unit (the claim's count of its load, under the unit row lock)."""
+    return sql.running_count(unit_id)
+
+
+def running_count_by(field: str, **filters: Any) -> dict[Any, int]:
+    """RUNNING tasks matching `filters`, counted by `field` (one grouped query)."""
+    rows = Task.objects.filter(status=S.RUNNING, **filters).order_by().values(field).annotate(n=Count("id"))
+    return {row[field]: row["n"] for row in rows}
+
+
+def status_counts(queryset: QuerySet[Task] | None = None) -> dict[str, int]:
+    """Tasks by status, every status present (0 if none): one grouped query on the status index."""
+    counts = dict.fromkeys(S.values, 0)
+    qs = Task.objects.all() if queryset is None else queryset
+    for row in qs.order_by().values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    return counts
+
+
+def task_stats(queryset: QuerySet[Task]) -> dict[str, Any]:
+    """`GET /tasks/stats`: counts by status plus by type and the retry/dead split."""
+    by_status = status_counts(queryset)
+    waiting_retry = queryset.filter(status=S.FAILED, next_retry_at__isnull=False).count()
+    by_type: dict[str, dict[str, int]] = {}
+    for row in queryset.order_by().values("task_type", "status").annotate(n=Count("id")):
+        by_type.setdefault(row["task_type"], {})[row["status"]] = row["n"]
+    return {
+        "total": sum(by_status.values()),
+        "byStatus": by_status,
+        "byType": by_type,
+        "waitingRetry": waiting_retry,
+        "dead": by_status[S.FAILED] - waiting_retry,
+    }
+
+
+# --- list filtering and search: the API's list and the console's ---------------------------------
+
+MAX_TASK_ID = 2**63 - 1  # BIGINT: a longer run of digits names no task
+
+
+@dataclass(frozen=True)
+class TaskFilters:
+    status: str | None = None
+    task_type: str | None = None
+    unit_id: str | None = None
+    priority: int | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    search: str | None = None
+
+
+def filter_tasks(qs: QuerySet[Task], filters: TaskFilters, *, search_window: int) -> tuple[QuerySet[Task], bool]:
+    """A list's filters, then its search (`search_tasks`). Also says whether a name search was cut to
+    the newest `search_window` rows."""
+    exact = {
+        "status": filters.status,
+        "task_type": filters.task_type,
+        "unit_id": filters.unit_id,
+        "priority": filters.priority,
+        "created_at__gte": filters.created_after,
+        "created_at__lt": filters.created_before,
+    }
+    qs = qs.filter(**{lookup: value for lookup, value in exact.items() if value is not None})
+    if filters.search is None:
+        return qs, False
+    return search_tasks(qs, filters.search, window=search_window)
+
+
+def search_tasks(qs: QuerySet[Task], term: str, *, window: int) -> tuple[QuerySet[Task], bool]:
+    """A term of digits is a task id, answered by the primary key (`name LIKE '%x%' OR id = x` read
+    every row of the caller's: 1.7 s at 1M rows). Any other term: names containing it
+    (case-insensitive) among the newest `window` rows of `qs`, since no index answers a substring.
+    Returns the rows and whether older ones were left out."""
+    if term.isascii() and term.isdigit():
+        return (qs.filter(pk=int(term)) if int(term) <= MAX_TASK_ID else qs.none()), False
+    qs, windowed = _newest(qs, window)
+    return qs.filter(name__icontains=term), windowed
+
+
+def _newest(qs: QuerySet[Task], window: int) -> tuple[QuerySet[Task], bool]:
+    """The newest `window` rows of `qs`, and whether older rows were left out: one read of
+    `window + 1` ids to find the edge, then at most `window` rows."""
+    ids = list(qs.order_by("-id").values_list("id", flat=True)[window - 1 : window + 1])
+    if len(ids) < 2:  # `window` rows or fewer: nothing left out
+        return qs, False
+    return qs.filter(id__gte=ids[0]), True

@@ -1,4 +1,5 @@
-"""Task writes that are not status changes: edit, delete, logs. Status lives in transitions."""
+"""Task writes that are not status changes: submit (idempotent), edit, delete, append logs.
+Status lives in tasks.transitions."""
 
 from __future__ import annotations
 
@@ -7,29 +8,21 @@ import json
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from taskhub.errors import Conflict, NotFound
-from tasks.actors import Actor
+from taskhub.base.actors import Actor
+from taskhub.base.errors import Conflict, NotFound
+from tasks import logs
+from tasks.entry import AVAILABLE_AT
 from tasks.models import Task, TaskExecutionLog
-from tasks.states import TaskStatus
-from tasks.transitions import create_task, create_tasks, lock_live_attempt, renew_lease
+from tasks.states import EDITABLE_FIELDS, TaskStatus
+from tasks.transitions.creation import create_task, create_tasks
+from tasks.transitions.reports import lock_live_attempt, renew_lease
 
 S = TaskStatus
 
-# Which fields may change in which state. Config and schedule only before the work starts again.
-_ALL_EDITABLE = frozenset({"name", "priority", "config", "max_retries", "timeout_seconds", "scheduled_at"})
-EDITABLE_FIELDS: dict[str, frozenset[str]] = {
-    S.PENDING: _ALL_EDITABLE,
-    S.PAUSED: _ALL_EDITABLE,
-    S.FAILED: _ALL_EDITABLE,
-    S.RUNNING: frozenset({"name", "priority", "max_retries"}),
-    S.COMPLETED: frozenset({"name"}),
-    S.CANCELLED: frozenset({"name"}),
-}
 CAMEL = {
     "task_type": "taskType",
     "max_retries": "maxRetries",
@@ -156,8 +149,8 @@ def task_update(
     fields = set(changes) | {"updated_at"}
     task.updated_at = now
     if "scheduled_at" in changes and task.status == S.PENDING:
-        task.available_at = max(now, task.scheduled_at) if task.scheduled_at else now
-        fields.add("available_at")
+        AVAILABLE_AT.apply(task, now)  # what entering PENDING would make it, from the new schedule
+        fields.add(AVAILABLE_AT.field)
     task.save(update_fields=sorted(fields))
     return task
 
@@ -174,41 +167,6 @@ def task_delete(task_id: int, *, queryset: QuerySet[Task]) -> None:
             details={"status": task.status},
         )
     task.delete()
-
-
-def stored_log_counts(task_ids: list[int]) -> dict[int, int]:
-    """Log lines stored per task, one grouped query (for the cap)."""
-    if not task_ids:
-        return {}
-    rows = TaskExecutionLog.objects.filter(task_id__in=task_ids).order_by().values("task_id").annotate(n=Count("id"))
-    return {row["task_id"]: row["n"] for row in rows}
-
-
-def check_log_room(task_id: int, stored: int, adding: int) -> None:
-    """The per-task log cap: refuse the whole set of lines that would pass it."""
-    if settings.TASK_MAX_LOG_ENTRIES - stored < adding:
-        raise Conflict(
-            f"Task {task_id} has reached its log cap of {settings.TASK_MAX_LOG_ENTRIES} entries",
-            details={"stored": stored, "cap": settings.TASK_MAX_LOG_ENTRIES},
-        )
-
-
-def log_rows(
-    task_id: int, attempt: int, entries: list[dict[str, Any]], *, actor: Actor, now: datetime
-) -> list[TaskExecutionLog]:
-    return [
-        TaskExecutionLog(
-            task_id=task_id,
-            attempt=attempt,
-            level=e["level"],
-            message=e["message"],
-            timestamp=e.get("timestamp") or now,
-            unit_id=actor.unit_id,
-            source=actor.label,
-            created_at=now,
-        )
-        for e in entries
-    ]
 
 
 def task_append_logs(
@@ -231,27 +189,9 @@ def task_append_logs(
             task = queryset.filter(pk=task_id).first()  # type: ignore[assignment]
             if task is None:
                 raise NotFound(f"Task {task_id} not found")
-        check_log_room(task_id, stored_log_counts([task_id]).get(task_id, 0), len(entries))
-        rows = log_rows(task.pk, task.attempt if attempt is None else attempt, entries, actor=actor, now=now)
+        logs.check_log_room(task_id, logs.stored_log_counts([task_id]).get(task_id, 0), len(entries))
+        rows = logs.log_rows(task.pk, task.attempt if attempt is None else attempt, entries, actor=actor, now=now)
         TaskExecutionLog.objects.bulk_create(rows)
         if actor.unit_id is None and task.lease_expires_at is not None:
             renew_lease(task.pk, now)
     return len(entries)
-
-
-def task_stats(queryset: QuerySet[Task]) -> dict[str, Any]:
-    """Counts by status (one grouped query on the status index) plus the retry/dead split."""
-    by_status = {s: 0 for s in S.values}
-    for row in queryset.order_by().values("status").annotate(n=Count("id")):
-        by_status[row["status"]] = row["n"]
-    waiting_retry = queryset.filter(status=S.FAILED, next_retry_at__isnull=False).count()
-    by_type: dict[str, dict[str, int]] = {}
-    for row in queryset.order_by().values("task_type", "status").annotate(n=Count("id")):
-        by_type.setdefault(row["task_type"], {})[row["status"]] = row["n"]
-    return {
-        "total": sum(by_status.values()),
-        "byStatus": by_status,
-        "byType": by_type,
-        "waitingRetry": waiting_retry,
-        "dead": by_status[S.FAILED] - waiting_retry,
-    }

@@ -8,11 +8,11 @@ from typing import Any
 from django.contrib.auth.models import Group, User
 from django.contrib.messages import get_messages
 
+from taskhub.base.actors import Actor
 from taskhub.console.roles import OPERATORS, VIEWERS, sync_roles
-from tasks import transitions
-from tasks.actors import Actor
 from tasks.models import Task
 from tasks.services import task_append_logs
+from tasks.transitions import reports
 from tests import factories
 from units.models import ExecutionUnit
 
@@ -39,13 +39,13 @@ def viewer(username: str = "viewer") -> User:
 
 def failed_task(unit: ExecutionUnit, *, error: str = "boom", now: datetime | None = None, **fields: Any) -> Task:
     task = factories.leased_task(unit, now=now, **fields)
-    transitions.fail_attempt(task.pk, unit_id=unit.pk, attempt=task.attempt, error=error, retryable=False, now=now)
+    reports.fail_attempt(task.pk, unit_id=unit.pk, attempt=task.attempt, error=error, retryable=False, now=now)
     return Task.objects.get(pk=task.pk)
 
 
 def completed_task(unit: ExecutionUnit, *, now: datetime | None = None, **fields: Any) -> Task:
     task = factories.leased_task(unit, now=now, **fields)
-    transitions.complete_attempt(task.pk, unit_id=unit.pk, attempt=task.attempt, result={"ok": True}, now=now)
+    reports.complete_attempt(task.pk, unit_id=unit.pk, attempt=task.attempt, result={"ok": True}, now=now)
     return Task.objects.get(pk=task.pk)
 
 

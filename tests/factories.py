@@ -19,11 +19,11 @@ from django.utils import timezone
 from taskhub.apikeys.models import ALL_SCOPES, ApiKey
 from taskhub.apikeys.services import api_key_create
 from taskhub.apikeys.tokens import digest, new_unit_token
-from tasks.actors import Actor
+from taskhub.base.actors import Actor
 from tasks.models import Task, TaskStatusHistory
-from tasks.scheduling.claim import claim_tasks
 from tasks.states import TaskStatus
-from tasks.transitions import create_task
+from tasks.transitions.creation import create_task
+from units.claim import claim_tasks
 from units.models import ExecutionUnit, UnitStatus
 
 _seq = itertools.count(1)

@@ -13,12 +13,12 @@ from django.test import Client
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from taskhub.base.actors import Actor
 from taskhub.console.dashboard import dashboard_data, throughput
 from taskhub.console.roles import OPERATOR_PERMISSIONS, OPERATORS, VIEWER_PERMISSIONS, VIEWERS, sync_roles
-from tasks.actors import Actor
 from tasks.models import Task
-from tasks.scheduling.failover import fail_over_tasks
 from tasks.states import TaskStatus
+from tasks.transitions.bulk import fail_over_tasks
 from tests import factories
 from tests.console_support import completed_task, failed_task, operator, staff, viewer
 from units.models import UnitStatus
@@ -73,14 +73,14 @@ def test_throughput_counts_completions_failures_and_failovers_per_minute_over_th
 
 
 def test_a_requeue_by_a_person_is_not_a_failover_but_the_sweepers_take_back_of_a_task_nobody_holds_is() -> None:
-    from tasks import transitions
-    from tasks.scheduling.jobs import sweep_heartbeats
+    from tasks.transitions import verbs
+    from units.sweeper import sweep_heartbeats
 
     now = timezone.now().replace(second=30, microsecond=0)
     requeued, lapsed = factories.task(now=now), factories.task(now=now)
     for task in (requeued, lapsed):
-        transitions.change_status(task.pk, S.RUNNING, actor=Actor.api_key("seed"), now=now)
-    transitions.change_status(requeued.pk, S.PENDING, actor=Actor.operator("op"), now=now)
+        verbs.change_status(task.pk, S.RUNNING, actor=Actor.api_key("seed"), now=now)
+    verbs.change_status(requeued.pk, S.PENDING, actor=Actor.operator("op"), now=now)
     sweep_heartbeats(now + timedelta(minutes=1))
     assert Task.objects.get(pk=lapsed.pk).status == S.PENDING
     data = dashboard_data(now + timedelta(minutes=1))
@@ -147,3 +147,22 @@ def test_operators_edit_periodic_jobs_and_viewers_only_see_them() -> None:
     assert look.get("/admin/django_celery_beat/periodictask/").status_code == 200
     page = look.get(url)
     assert page.status_code == 200 and b'name="enabled"' not in page.content
+
+
+def test_tasks_running_on_a_draining_unit_count_as_running_but_not_against_online_capacity(
+    client_a, register_unit
+) -> None:
+    """One definition of a live unit (units.states.ALIVE): a draining unit still runs its tasks, so
+    the dashboard and the stats API count them; only units that claim offer capacity."""
+    online, draining = factories.unit("dash-online", capacity=4), factories.unit("dash-draining", capacity=6)
+    factories.leased_task(online)
+    factories.leased_task(draining)
+    factories.unit("dash-gone", status=UnitStatus.OFFLINE, capacity=9)
+    draining.status = UnitStatus.MAINTENANCE
+    draining.save(update_fields=["status"])
+    units = dashboard_data()["units"]
+    assert (units["running"], units["capacity"], units["utilisation"]) == (2, 4, 0.25)
+    client = Client()
+    client.force_login(operator())
+    stats = client.get("/api/v1/execution-units/stats").json()
+    assert (stats["runningTasks"], stats["onlineCapacity"], stats["utilisation"]) == (2, 4, 0.25)

@@ -12,12 +12,11 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from taskhub.base.actors import Actor
 from taskhub.console.paging import CappedCountPaginator
-from tasks import transitions
-from tasks.actors import Actor
 from tasks.models import ControlCommand, Task, TaskStatusHistory
-from tasks.scheduling.claim import claim_tasks
 from tasks.states import TaskStatus
+from tasks.transitions import reports, verbs
 from tests import factories
 from tests.console_support import (
     completed_task,
@@ -28,6 +27,7 @@ from tests.console_support import (
     staff,
     viewer,
 )
+from units.claim import claim_tasks
 
 pytestmark = pytest.mark.django_db
 S = TaskStatus
@@ -81,7 +81,8 @@ def test_changelist_query_count_does_not_grow_with_rows(op_client: Client, djang
     assert response.status_code == 200
     assert response.content.count(b'class="action-checkbox"') == 50
     assert len(big) == len(small), [q["sql"] for q in big.captured_queries]
-    with django_assert_max_num_queries(8):
+    # 9: a name search first finds the edge of its window (at most API_SEARCH_WINDOW + 1 ids).
+    with django_assert_max_num_queries(9):
         op_client.get(LIST + "?status__exact=RUNNING&task_type=DATA_PROCESSING&q=bulk")
 
 
@@ -138,7 +139,7 @@ def test_task_page_shows_history_newest_first_with_actor_and_reason_and_logs(op_
     unit = factories.unit("page-unit")
     task = factories.leased_task(unit, name="with history")
     log_lines(task, ("INFO", "starting up"), ("WARN", "disk nearly full"), ("ERROR", "gave up: disk full"))
-    transitions.fail_attempt(task.pk, unit_id=unit.pk, attempt=1, error="disk full", retryable=False)
+    reports.fail_attempt(task.pk, unit_id=unit.pk, attempt=1, error="disk full", retryable=False)
     body = op_client.get(page(task.pk)).content.decode()
 
     history = body[body.index('id="th-history"') : body.index('id="th-logs"')]
@@ -170,8 +171,8 @@ def test_attempt_log_view_shows_only_that_attempt_in_order_and_as_text(op_client
     unit = factories.unit("attempt-unit")
     task = factories.leased_task(unit)
     log_lines(task, ("INFO", "first attempt says hi"), ("ERROR", "first attempt dies"))
-    transitions.fail_attempt(task.pk, unit_id=unit.pk, attempt=1, error="x", retryable=False)
-    transitions.retry_task(task.pk, actor=Actor.system("test"))
+    reports.fail_attempt(task.pk, unit_id=unit.pk, attempt=1, error="x", retryable=False)
+    verbs.retry_task(task.pk, actor=Actor.system("test"))
     claim_tasks(unit.pk, 1, now=timezone.now())
     log_lines(Task.objects.get(pk=task.pk), ("INFO", "second attempt line"))
 
@@ -241,7 +242,7 @@ def test_resume_never_retries_a_failed_task(op_client: Client) -> None:
 
 def test_requeue_action_takes_back_a_task_no_live_unit_holds_naming_the_operator(op_client: Client) -> None:
     orphan = factories.task()
-    transitions.change_status(orphan.pk, S.RUNNING, actor=Actor.api_key("seed"))  # no unit holds it
+    verbs.change_status(orphan.pk, S.RUNNING, actor=Actor.api_key("seed"))  # no unit holds it
     held = factories.leased_task(factories.unit("requeue-unit"))
     waiting = factories.task()
     response = act(op_client, "requeue_tasks", orphan.pk, held.pk, waiting.pk)
@@ -267,7 +268,7 @@ def test_requeue_action_takes_back_a_task_no_live_unit_holds_naming_the_operator
 
 def test_task_page_offers_requeue_only_for_a_running_task_no_live_unit_holds(op_client: Client) -> None:
     orphan = factories.task()
-    transitions.change_status(orphan.pk, S.RUNNING, actor=Actor.api_key("seed"))
+    verbs.change_status(orphan.pk, S.RUNNING, actor=Actor.api_key("seed"))
     held = factories.leased_task(factories.unit("button-unit"))
     button = 'value="requeue_tasks"'
     orphan_page = op_client.get(page(orphan.pk)).content.decode()
@@ -330,3 +331,27 @@ def test_tasks_cannot_be_added_or_deleted_in_the_admin(op_client: Client) -> Non
     assert op_client.get("/admin/tasks/task/add/").status_code == 403
     assert op_client.get(f"/admin/tasks/task/{task.pk}/delete/").status_code == 403
     assert b"delete_selected" not in op_client.get(LIST).content
+
+
+def test_the_search_for_an_id_is_a_primary_key_lookup_not_a_scan_of_names(op_client: Client) -> None:
+    """The console searches as the API does (tasks.selectors.search_tasks): digits name a task id,
+    answered by the primary key; `id = x OR name LIKE '%x%'` read every row (1.7 s at 1M rows)."""
+    task = factories.task(name="needle")
+    factories.task(name=f"has {task.pk} in its name")
+    op_client.get(LIST)  # warm per-process caches
+    with CaptureQueriesContext(connection) as queries:
+        response = op_client.get(f"{LIST}?q={task.pk}")
+    assert response.status_code == 200
+    assert {int(pk) for pk in re.findall(rb'name="_selected_action" value="(\d+)"', response.content)} == {task.pk}
+    reads = [q["sql"] for q in queries.captured_queries if Task._meta.db_table in q["sql"] and "SELECT" in q["sql"]]
+    assert reads and not [sql for sql in reads if "LIKE" in sql.upper()], reads
+
+
+def test_a_name_search_looks_at_the_newest_window_and_says_so(op_client: Client, settings: Any) -> None:
+    settings.API_SEARCH_WINDOW = 3
+    old = factories.task(name="report old")
+    newer = [factories.task(name=f"report {i}") for i in range(3)]
+    response = op_client.get(f"{LIST}?q=report")
+    shown = {int(pk) for pk in re.findall(rb'name="_selected_action" value="(\d+)"', response.content)}
+    assert shown == {t.pk for t in newer} and old.pk not in shown
+    assert any("newest 3 tasks" in m for m in messages_of(response))

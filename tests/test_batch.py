@@ -14,8 +14,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from tasks import transitions
 from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
+from tasks.transitions import core
 from tests.conftest import JsonClient
 
 pytestmark = pytest.mark.django_db
@@ -309,7 +309,7 @@ def test_report_batch_runs_a_bounded_number_of_statements(leased: Callable[..., 
     # Rows with different values: one UPDATE per group of equal values, or one CASE UPDATE past the
     # limit (retry times differ row by row), never one per row.
     mixed = count(tasks[16:30], ["complete", "fail", "progress"])
-    assert mixed <= alike + transitions.MAX_GROUPED_UPDATES - 1, (mixed, alike)
+    assert mixed <= alike + core.MAX_GROUPED_UPDATES - 1, (mixed, alike)
     assert TaskExecutionLog.objects.count() == 30
     assert Task.objects.filter(status="FAILED", next_retry_at__isnull=False).count() == 5
     assert Task.objects.filter(status="RUNNING", progress=5).count() == 4

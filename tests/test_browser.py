@@ -18,9 +18,9 @@ import pytest
 from django.conf import settings
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tasks import transitions
 from tasks.models import Task
 from tasks.states import TaskStatus
+from tasks.transitions import reports
 from tests import factories
 from tests.console_support import PASSWORD, completed_task, failed_task, log_lines, operator, viewer
 
@@ -72,7 +72,7 @@ def world(transactional_db: None) -> dict[str, Any]:
     email = factories.unit("mailer-01", unit_type="EMAIL", capacity=4)
     broken = factories.leased_task(unit, name="nightly report")
     log_lines(broken, ("INFO", "loading data.csv"), ("WARN", "3 rows skipped"), ("ERROR", "disk full"))
-    transitions.fail_attempt(broken.pk, unit_id=unit.pk, attempt=broken.attempt, error="disk full", retryable=False)
+    reports.fail_attempt(broken.pk, unit_id=unit.pk, attempt=broken.attempt, error="disk full", retryable=False)
     other_failure = failed_task(email, error="smtp refused", name="welcome mail")
     for i in range(3):
         completed_task(unit, name=f"import batch {i}")

@@ -9,8 +9,8 @@ import time_machine
 from django.utils import timezone
 
 from tasks.models import Task, TaskStatusHistory
-from tasks.scheduling.claim import claim_tasks
 from tests import factories
+from units.claim import claim_tasks
 from units.models import ExecutionUnit
 
 pytestmark = pytest.mark.django_db

@@ -34,8 +34,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from taskhub.api.throttling import PrincipalRateThrottle
+from tasks.jobs import fail_timeouts, move_due_retries
 from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
-from tasks.scheduling.jobs import fail_timeouts, move_due_retries, sweep_heartbeats
 from testkit import services
 from testkit.hub import create_api_key, gunicorn_argv, migrate, wait_healthy
 from testkit.ports import free_port
@@ -43,6 +43,7 @@ from testkit.processes import Process
 from testkit.waiting import wait_for
 from tests.conftest import JsonClient
 from units.models import ExecutionUnit
+from units.sweeper import sweep_heartbeats
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v1"

@@ -130,3 +130,25 @@ def test_pause_of_running_task_is_delivered_without_a_task_list(leased, client_a
     # Once the unit stops listing the task, the command is acknowledged and not repeated.
     unit.post("/api/v1/execution-units/u1/heartbeat", {"currentLoad": 0, "tasks": []})
     assert unit.post("/api/v1/execution-units/u1/heartbeat", {"currentLoad": 0}).json()["commands"] == []
+
+
+def test_the_fencing_rule_is_one_mapping_and_its_sql_form_selects_what_its_filter_form_does():
+    from django.db import connection
+
+    from taskhub.base.sql import qn
+    from tasks.fencing import lease_sql, live_lease
+    from tests import factories
+    from tests.console_support import running_task
+
+    first, second = factories.unit("fence-a"), factories.unit("fence-b")
+    leased = [running_task(first), running_task(second)]
+    factories.task()  # PENDING, no unit
+    Task.objects.filter(pk=leased[1].pk).update(attempt=2)
+    for unit_id, attempt in (("fence-a", None), ("fence-a", 1), ("fence-a", 2), ("fence-b", 2), ("nobody", None)):
+        condition, params = lease_sql(unit_id, attempt)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {qn('id')} FROM {qn(Task._meta.db_table)} WHERE {condition}", params)
+            by_sql = sorted(row[0] for row in cursor.fetchall())
+        by_filter = sorted(Task.objects.filter(**live_lease(unit_id, attempt)).values_list("id", flat=True))
+        assert by_sql == by_filter, (unit_id, attempt)
+    assert sorted(Task.objects.filter(**live_lease("fence-a")).values_list("id", flat=True)) == [leased[0].pk]

@@ -12,21 +12,21 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework import serializers
 
-from taskhub.api.throttling import COUNTER_VERSION, PrincipalRateThrottle
-from taskhub.api.views import validated
-from taskhub.rowload import fetch_models
-from tasks.models import Task
-from tasks.scheduling.claim import claim_tasks, claimable
-from tests import factories
-from units.models import ExecutionUnit
-from units.serializers import (
-    ClaimedTaskSerializer,
+from taskhub.api.serializers.heartbeat import (
     HeartbeatReplySerializer,
     HeartbeatSerializer,
-    claimed_tasks,
     heartbeat_reply,
     plain_heartbeat,
 )
+from taskhub.api.serializers.units import ClaimedTaskSerializer, claimed_tasks
+from taskhub.api.throttling import COUNTER_VERSION, PrincipalRateThrottle
+from taskhub.api.validation import validated
+from taskhub.base.rowload import fetch_models
+from tasks.models import Task
+from tasks.sql import claimable
+from tests import factories
+from units.claim import claim_tasks
+from units.models import ExecutionUnit
 from units.services import unit_heartbeat
 
 pytestmark = pytest.mark.django_db
@@ -166,14 +166,19 @@ def test_fetch_models_equals_the_orm_and_defers_what_it_does_not_select() -> Non
     assert (part.config, part.created_at) == (orm.config, orm.created_at)
 
 
-def test_claim_runs_the_query_claimable_compiles() -> None:
+def test_claim_runs_exactly_the_statement_the_orm_compiles_for_claimable() -> None:
+    """The whole SELECT, parameters included: the plain-SQL claim is the ORM's query, compiled once."""
     unit = factories.unit(capacity=5)
     factories.task()
     now = timezone.now() + timedelta(seconds=1)
-    expected, _ = claimable(unit.unit_type, now).select_for_update(skip_locked=True)[:5].query.sql_with_params()
+    orm = claimable(unit.unit_type, now).select_for_update(skip_locked=True)[:5]
+    with transaction.atomic(), CaptureQueriesContext(connection) as compiled:
+        assert len(list(orm)) == 1
+    (expected,) = [q["sql"] for q in compiled.captured_queries if q["sql"].startswith("SELECT")]
     with CaptureQueriesContext(connection) as queries:
         assert len(claim_tasks(unit.pk, 5, now=now)) == 1
-    assert any(q["sql"].startswith(expected.split(" WHERE ")[0]) and "LIMIT 5" in q["sql"] for q in queries)
+    assert expected in [q["sql"] for q in queries.captured_queries]
+    assert expected.startswith("SELECT") and "LIMIT 5" in expected and unit.unit_type in expected
 
 
 def test_heartbeat_writes_metadata_only_when_it_changed() -> None:

@@ -9,11 +9,11 @@ from django.db.models import Count
 from django.utils import timezone
 
 from tasks.models import Task, TaskStatusHistory
-from tasks.scheduling.claim import claim_tasks
-from tasks.scheduling.jobs import sweep_heartbeats
 from tests import factories
+from units.claim import claim_tasks
 from units.models import ExecutionUnit
 from units.services import unit_heartbeat
+from units.sweeper import sweep_heartbeats
 
 pytestmark = pytest.mark.django_db
 
@@ -155,9 +155,10 @@ def test_sweeper_fails_over_10000_tasks_of_1000_units_in_bounded_queries(t0, set
     units = [factories.unit(f"dead-{i}", now=t0).pk for i in range(1000)]
     tasks = factories.running_in_bulk(units, 10_000, now=t0)
     assert len(tasks) == 10_000
-    # Bounded by chunks, not tasks: per 500 units a select, an update and a task select, and the two
-    # polls for tasks no unit holds (a third chunk finds nothing: the three polls); per 1000 tasks
-    # two updates; history inserts in the largest batches the backend takes.
+    # Bounded by chunks, not tasks: per 500 units a select, an update and a task select, the poll for
+    # tasks left on units no longer alive and the two polls for tasks no unit holds (a third chunk
+    # finds nothing: the four polls); per 1000 tasks two updates; history inserts in the largest
+    # batches the backend takes.
     from django.db import connection
 
     history_batch = min(
@@ -165,7 +166,7 @@ def test_sweeper_fails_over_10000_tasks_of_1000_units_in_bounded_queries(t0, set
         connection.ops.bulk_batch_size([f for f in TaskStatusHistory._meta.concrete_fields if not f.primary_key], [])
         or 1000,
     )
-    bound = 2 * 5 + 3 + 10 * 2 + -(-10_000 // history_batch) + 10  # + savepoints of the test transaction
+    bound = 2 * 6 + 4 + 10 * 2 + -(-10_000 // history_batch) + 10  # + savepoints of the test transaction
     with django_assert_max_num_queries(bound) as ctx:
         result = sweep_heartbeats(t0 + timedelta(seconds=31))
     assert result == {"unitsOffline": 1000, "failedOver": 10_000, "poisoned": 0, "orphans": 0}
@@ -240,3 +241,21 @@ def test_no_task_is_leased_twice_after_sweeps(t0, settings):
         .filter(n__gt=1)
     )
     assert list(dupes) == []
+
+
+def test_a_running_task_left_on_an_offline_unit_fails_over_at_the_next_sweep(t0, settings):
+    """What a sweep leaves when a task of the silent unit was row-locked (SKIP LOCKED) as it marked
+    the unit OFFLINE (tests/test_mariadb_concurrency.py makes it happen): the next sweep takes it
+    back, and tells the unit to abort should it come back."""
+    settings.UNIT_HEARTBEAT_TIMEOUT = 30
+    unit = factories.unit("left-behind", now=t0)
+    factories.task(now=t0 - timedelta(seconds=1))
+    (task,) = claim_tasks(unit.pk, 1, now=t0)
+    ExecutionUnit.objects.filter(pk=unit.pk).update(status="OFFLINE")
+    counts = sweep_heartbeats(t0 + timedelta(seconds=1))
+    assert (counts["unitsOffline"], counts["failedOver"], counts["orphans"]) == (0, 1, 1)
+    stored = Task.objects.get(pk=task.pk)
+    assert (stored.status, stored.pending_command, stored.failover_count) == ("PENDING", "abort", 1)
+    row = TaskStatusHistory.objects.filter(task_id=task.pk).latest("id")
+    assert (row.reason_code, row.actor, row.unit_id) == ("failover", "job:sweep_heartbeats", unit.pk)
+    assert sweep_heartbeats(t0 + timedelta(seconds=2))["failedOver"] == 0

@@ -16,7 +16,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from tasks.models import Task, TaskStatusHistory
-from tasks.scheduling.claim import claimable
+from tasks.sql import claimable
 from tasks.states import TaskStatus
 from tests import factories
 
@@ -26,8 +26,8 @@ TASKS = 2000
 
 
 def _claim_until_empty(unit_id: str, out: Any) -> None:
-    from tasks.scheduling.claim import claim_tasks
-    from tasks.transitions import complete_attempt
+    from tasks.transitions.reports import complete_attempt
+    from units.claim import claim_tasks
 
     claimed: list[int] = []
     errors: list[str] = []
@@ -98,7 +98,7 @@ def test_eight_processes_claim_thousands_of_tasks_each_exactly_once():
 
 
 def _sweep(_: int, out: Any) -> None:
-    from tasks.scheduling.jobs import sweep_heartbeats
+    from units.sweeper import sweep_heartbeats
 
     errors: list[str] = []
     result: dict[str, int] = {}
@@ -154,7 +154,7 @@ def test_concurrent_sweepers_take_each_task_no_unit_holds_back_exactly_once():
 def test_a_second_sweeper_skips_the_task_the_first_one_holds_and_it_is_failed_over_once():
     """Two connections: while the first sweeper's transaction holds the task, the second neither
     waits for it nor takes it (SKIP LOCKED); after the first commits there is nothing left to do."""
-    from tasks.scheduling.jobs import _sweep_chunk, sweep_heartbeats
+    from units.sweeper import _sweep_chunk, sweep_heartbeats
 
     now = timezone.now()
     ids = factories.lapsed_orphans(1, now)
@@ -254,8 +254,8 @@ def test_claim_query_uses_the_claim_index_without_filesort():
 
 
 def _claim_and_report_in_batches(unit_id: str, out: Any) -> None:
-    from tasks.batch import report_attempts
-    from tasks.scheduling.claim import claim_tasks
+    from tasks.transitions.reports import report_attempts
+    from units.claim import claim_tasks
 
     done: list[int] = []
     errors: list[str] = []
@@ -319,7 +319,7 @@ def test_units_claiming_and_reporting_in_batches_at_once_finish_each_task_exactl
 
 
 def _progress_rounds(order: str, task_ids: list[int], out: Any) -> None:
-    from tasks import batch
+    from tasks.transitions import reports as unit_reports
 
     errors: list[str] = []
     try:
@@ -327,7 +327,7 @@ def _progress_rounds(order: str, task_ids: list[int], out: Any) -> None:
         for n in range(30):
             reports = [{"taskId": tid, "attempt": 1, "outcome": "progress", "progress": n} for tid in ids]
             # Without the lock-error retry: a deadlock between the two would reach us here.
-            for item in batch._report.__wrapped__("progress-unit", reports, timezone.now()):  # type: ignore[attr-defined]
+            for item in unit_reports._report.__wrapped__("progress-unit", reports, timezone.now()):  # type: ignore[attr-defined]
                 assert item["accepted"], item
     except Exception:
         errors.append(traceback.format_exc())
@@ -354,7 +354,7 @@ def test_two_batches_over_the_same_rows_in_opposite_orders_never_deadlock():
 
 def _submit_keyed_batch(owner_id: int, out: Any) -> None:
     from taskhub.apikeys.models import ApiKey
-    from tasks.actors import Actor
+    from taskhub.base.actors import Actor
     from tasks.services import task_submit_batch
 
     ids: list[int] = []
@@ -379,3 +379,84 @@ def test_clients_racing_the_same_keyed_batch_create_each_task_once():
     assert [e for _, errs in results for e in errs] == []
     assert Task.objects.count() == 100 and TaskStatusHistory.objects.count() == 100
     assert all(ids == results[0][0] for ids, _ in results)  # every racer got the same tasks, in order
+
+
+def test_a_task_row_locked_while_its_unit_goes_offline_fails_over_at_the_next_sweep(settings):
+    """The sweeper marks a silent unit OFFLINE while another transaction holds one of its RUNNING
+    tasks (a progress report, an edit): SKIP LOCKED passes the task over, and the next sweep must
+    take it back (I1/I5: no task stays RUNNING on an OFFLINE unit)."""
+    from tests.console_support import running_task
+    from units.models import ExecutionUnit
+    from units.sweeper import sweep_heartbeats
+
+    settings.UNIT_HEARTBEAT_TIMEOUT = 30
+    t0 = timezone.now()
+    unit = factories.unit("silent", now=t0)
+    task = running_task(unit, now=t0)
+    locked, release, seen = threading.Event(), threading.Event(), {}
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                Task.objects.select_for_update().get(pk=task.pk)
+                locked.set()
+                release.wait(timeout=60)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert locked.wait(timeout=30)
+    try:
+        seen["first"] = sweep_heartbeats(t0 + timedelta(seconds=31))
+    finally:
+        release.set()
+        thread.join(timeout=60)
+    assert seen["first"]["unitsOffline"] == 1 and seen["first"]["failedOver"] == 0
+    assert ExecutionUnit.objects.get(pk=unit.pk).status == "OFFLINE"  # and the task still RUNNING on it
+    assert Task.objects.get(pk=task.pk).status == "RUNNING"
+    assert sweep_heartbeats(t0 + timedelta(seconds=32))["failedOver"] == 1
+    assert Task.objects.get(pk=task.pk).status == "PENDING"
+
+
+def test_the_poll_for_tasks_left_on_lost_units_reads_the_unit_and_lease_indexes():
+    from django.db.models import Exists, OuterRef
+
+    from tasks.fencing import live_lease
+    from units.models import ExecutionUnit
+    from units.states import ALIVE
+
+    now = timezone.now()
+    for i in range(300):
+        factories.unit(f"poll-{i}", status="OFFLINE" if i % 3 else "ONLINE")
+    Task.objects.bulk_create(
+        [
+            Task(
+                name=f"t{i}",
+                task_type="DATA_PROCESSING",
+                max_retries=3,
+                status=TaskStatus.RUNNING if i % 2 else TaskStatus.COMPLETED,
+                unit_id=f"poll-{i % 300}",
+                available_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+            for i in range(6000)
+        ],
+        batch_size=3000,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE TABLE execution_units")
+        cursor.fetchall()
+    poll = (
+        ExecutionUnit.objects.select_for_update(skip_locked=True)
+        .exclude(status__in=ALIVE)
+        .filter(Exists(Task.objects.filter(**live_lease(OuterRef("pk")))))
+        .order_by()
+        .values_list("id", flat=True)[:500]
+    )
+    plan = _plan(poll)
+    print("EXPLAIN left-behind poll:", plan)
+    # The OFFLINE units by their status index, then each one's leases by (unit, status): a semi-join.
+    assert [row["key"] for row in plan] == ["unit_liveness_idx", "task_unit_status_idx"], plan
+    assert "filesort" not in " ".join(row["Extra"] or "" for row in plan).lower(), plan

@@ -17,15 +17,15 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskhub.errors import Conflict
-from tasks import transitions
+from taskhub.base.errors import Conflict
+from taskhub.jobs.runner import run_job
+from tasks.jobs import move_due_retries
 from tasks.models import Task
-from tasks.scheduling.jobs import move_due_retries
-from tasks.scheduling.runner import run_job
 from tasks.states import TaskStatus
+from tasks.transitions import reports
 from tests import factories
+from units.claim import claim_tasks_with_status
 from units.models import UnitStatus
-from units.services import unit_claim
 
 pytestmark = pytest.mark.django_db
 BASE_DIR = Path(django_settings.BASE_DIR)
@@ -55,9 +55,9 @@ def test_a_claim_through_the_service_counts_and_the_status_gauges_match_the_data
     factories.unit("metrics-off", status=UnitStatus.OFFLINE)
     before = scrape()
     with django_capture_on_commit_callbacks(execute=True):
-        claimed, _ = unit_claim(unit.pk, 3)
+        claimed, _ = claim_tasks_with_status(unit.pk, 3, now=timezone.now())
     with django_capture_on_commit_callbacks(execute=True):
-        unit_claim("metrics-off", 1)  # OFFLINE: claims nothing, counts nothing
+        claim_tasks_with_status("metrics-off", 1, now=timezone.now())  # OFFLINE: claims nothing, counts nothing
     after = scrape()
     assert len(claimed) == 3
     delta = value(after, "taskhub_tasks_claimed_total", task_type="DATA_PROCESSING") - value(
@@ -83,7 +83,7 @@ def test_a_claim_that_rolls_back_counts_nothing() -> None:
     before = scrape()
     # pytest-django's `db` wraps the test in a transaction that never commits: on-commit hooks
     # never run, as after a rollback.
-    unit_claim(unit.pk, 1)
+    claim_tasks_with_status(unit.pk, 1, now=timezone.now())
     after = scrape()
     assert value(after, "taskhub_tasks_claimed_total", task_type="DATA_PROCESSING") == value(
         before, "taskhub_tasks_claimed_total", task_type="DATA_PROCESSING"
@@ -96,7 +96,7 @@ def test_failovers_retries_stale_reports_and_job_durations_are_counted(django_ca
     factories.task(now=now - timedelta(minutes=6))
     factories.task(now=now - timedelta(minutes=6))
     with django_capture_on_commit_callbacks(execute=True):
-        claimed, _ = unit_claim(unit.pk, 2, now=now - timedelta(minutes=5))
+        claimed, _ = claim_tasks_with_status(unit.pk, 2, now=now - timedelta(minutes=5))
     before = scrape()
     with django_capture_on_commit_callbacks(execute=True):
         result = run_job("sweep_heartbeats", now)
@@ -104,13 +104,13 @@ def test_failovers_retries_stale_reports_and_job_durations_are_counted(django_ca
 
     # A report for the attempt that was just taken away is refused (409) and counted.
     with pytest.raises(Conflict):
-        transitions.complete_attempt(claimed[0].pk, unit_id=unit.pk, attempt=claimed[0].attempt, result={})
+        reports.complete_attempt(claimed[0].pk, unit_id=unit.pk, attempt=claimed[0].attempt, result={})
 
     retry_unit = factories.unit("retry-unit", capacity=5, unit_type="EMAIL")
     task = factories.task(max_retries=2, task_type="EMAIL")
     with django_capture_on_commit_callbacks(execute=True):
-        [leased], _ = unit_claim(retry_unit.pk, 1)
-        transitions.fail_attempt(task.pk, unit_id=retry_unit.pk, attempt=leased.attempt, error="x", retryable=True)
+        [leased], _ = claim_tasks_with_status(retry_unit.pk, 1, now=timezone.now())
+        reports.fail_attempt(task.pk, unit_id=retry_unit.pk, attempt=leased.attempt, error="x", retryable=True)
         moved = move_due_retries(now + timedelta(hours=1))
     assert moved == {"retried": 1}
     after = scrape()
@@ -164,14 +164,18 @@ def test_several_worker_processes_are_summed_in_multiprocess_mode(tmp_path: Path
     worker = textwrap.dedent(
         """
         import django; django.setup()
-        from taskhub import metrics
+        from taskhub.base import metrics
         metrics.record_stale_report()
         metrics.record_stale_report()
         metrics.observe_job("sweep_heartbeats", 0.2)
         """
     )
-    reader = (
-        "import django; django.setup()\nfrom taskhub.metrics import render_process_metrics as r\nprint(r().decode())"
+    reader = textwrap.dedent(
+        """
+        import django; django.setup()
+        from taskhub.api.metrics import render_process_metrics
+        print(render_process_metrics().decode())
+        """
     )
     for _ in range(2):
         subprocess.run([sys.executable, "-c", worker], env=env, cwd=BASE_DIR, check=True, timeout=60)

@@ -33,17 +33,19 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from taskhub.errors import Conflict
-from tasks import transitions
-from tasks.actors import Actor
+from taskhub.base.actors import Actor
+from taskhub.base.errors import Conflict
+from tasks import fencing
+from tasks.jobs import fail_timeouts, move_due_retries
 from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
-from tasks.scheduling.claim import claim_tasks
-from tasks.scheduling.jobs import fail_timeouts, move_due_retries, sweep_heartbeats
 from tasks.services import task_append_logs
 from tasks.states import TERMINAL, TaskStatus, can_transition
+from tasks.transitions import core, creation, reports, verbs
 from tests import factories
+from units.claim import claim_tasks
 from units.models import ExecutionUnit, UnitStatus
 from units.services import list_grace, unit_heartbeat, unit_register
+from units.sweeper import sweep_heartbeats
 
 S = TaskStatus
 pytestmark = pytest.mark.django_db
@@ -183,7 +185,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     )
     def create(self, task_type: str, priority: int, max_retries: int, timeout: int | None) -> None:
         self.created += 1
-        task = transitions.create_task(
+        task = creation.create_task(
             actor=CLIENT,
             now=self.now,
             name=f"model {self.created}",
@@ -211,13 +213,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         }[op]
         before = self._snapshot()
         call = {
-            "cancel": lambda: transitions.change_status(t.id, S.CANCELLED, actor=CLIENT, now=self.now),
-            "pause": lambda: transitions.change_status(t.id, S.PAUSED, actor=CLIENT, now=self.now),
-            "resume": lambda: transitions.change_status(t.id, S.PENDING, actor=CLIENT, now=self.now),
-            "retry": lambda: transitions.retry_task(t.id, actor=CLIENT, now=self.now),
-            "complete": lambda: transitions.complete_task(t.id, actor=CLIENT, now=self.now, result={"by": "client"}),
-            "fail": lambda: transitions.change_status(t.id, S.FAILED, actor=CLIENT, reason="no", now=self.now),
-            "start": lambda: transitions.change_status(t.id, S.RUNNING, actor=CLIENT, now=self.now),
+            "cancel": lambda: verbs.change_status(t.id, S.CANCELLED, actor=CLIENT, now=self.now),
+            "pause": lambda: verbs.change_status(t.id, S.PAUSED, actor=CLIENT, now=self.now),
+            "resume": lambda: verbs.change_status(t.id, S.PENDING, actor=CLIENT, now=self.now),
+            "retry": lambda: verbs.retry_task(t.id, actor=CLIENT, now=self.now),
+            "complete": lambda: verbs.complete_task(t.id, actor=CLIENT, now=self.now, result={"by": "client"}),
+            "fail": lambda: verbs.change_status(t.id, S.FAILED, actor=CLIENT, reason="no", now=self.now),
+            "start": lambda: verbs.change_status(t.id, S.RUNNING, actor=CLIENT, now=self.now),
         }[op]
         if not allowed:
             with pytest.raises(Conflict):
@@ -268,7 +270,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def client_start(self, data: st.DataObject) -> None:
         pending = sorted(t.id for t in self.tasks.values() if t.status == S.PENDING)
         t = self.tasks[data.draw(st.sampled_from(pending), label="pending task")]
-        transitions.change_status(t.id, S.RUNNING, actor=CLIENT, now=self.now)
+        verbs.change_status(t.id, S.RUNNING, actor=CLIENT, now=self.now)
         self._started_by_client(t)
 
     @precondition(lambda self: any(t.status == S.RUNNING for t in self.tasks.values()))
@@ -279,11 +281,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         t = self.tasks[data.draw(st.sampled_from(running), label="running task")]
         before = self._snapshot()
         if t.unit is not None:  # every unit of the model that holds a task is live
-            with pytest.raises(transitions.IllegalTransition):
-                transitions.change_status(t.id, S.PENDING, actor=CLIENT, now=self.now)
+            with pytest.raises(core.IllegalTransition):
+                verbs.change_status(t.id, S.PENDING, actor=CLIENT, now=self.now)
             assert self._snapshot() == before, "a refused requeue changed something"
             return
-        transitions.change_status(t.id, S.PENDING, actor=CLIENT, now=self.now)
+        verbs.change_status(t.id, S.PENDING, actor=CLIENT, now=self.now)
         self._to_pending(t)  # not a failover: the budget stays
 
     @precondition(lambda self: self.tasks)
@@ -302,7 +304,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         """Bulk retry of the dead set, as `POST /tasks/redrive` does it."""
         failed = [t for t in self.tasks.values() if t.status == S.FAILED]
         for t in failed:
-            transitions.retry_task(t.id, actor=CLIENT, reason="redrive", now=self.now)
+            verbs.retry_task(t.id, actor=CLIENT, reason="redrive", now=self.now)
             t.retry_count = t.failover_count = 0
             self._to_pending(t)
 
@@ -418,15 +420,15 @@ class SchedulerMachine(RuleBasedStateMachine):
 
         def call() -> Any:
             if kind == "complete":
-                return transitions.complete_attempt(
+                return reports.complete_attempt(
                     task_id, unit_id=unit_id, attempt=attempt, result={"unit": unit_id}, now=self.now
                 )
             if kind in ("fail", "fail-final"):
-                return transitions.fail_attempt(
+                return reports.fail_attempt(
                     task_id, unit_id=unit_id, attempt=attempt, error="boom", retryable=kind == "fail", now=self.now
                 )
             if kind == "progress":
-                return transitions.report_progress(task_id, unit_id=unit_id, attempt=attempt, progress=50, now=self.now)
+                return reports.report_progress(task_id, unit_id=unit_id, attempt=attempt, progress=50, now=self.now)
             return task_append_logs(
                 task_id,
                 [{"level": "INFO", "message": "line"}],
@@ -448,7 +450,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert accepted is False
             assert self._snapshot() == before, "a repeated report changed something"
         elif not live:
-            with pytest.raises(transitions.StaleAttempt):
+            with pytest.raises(fencing.StaleAttempt):
                 call()
             assert self._snapshot() == before, "a stale report changed something"  # fencing
         else:

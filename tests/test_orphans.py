@@ -13,13 +13,13 @@ from django.db import connection
 from django.utils import timezone
 
 from tasks.models import Task, TaskStatusHistory
-from tasks.scheduling.claim import claim_tasks
-from tasks.scheduling.jobs import sweep_heartbeats
 from tasks.states import TaskStatus
 from tests import factories
 from tests.test_seed_examples import CREATE_BODY, STATUS_BODY
+from units.claim import claim_tasks
 from units.models import ExecutionUnit, UnitStatus
 from units.services import unit_heartbeat
+from units.sweeper import sweep_heartbeats
 
 pytestmark = pytest.mark.django_db
 S = TaskStatus
@@ -140,7 +140,7 @@ def test_a_claimed_task_is_never_taken_back_by_the_lease_path_while_its_unit_hea
 
 
 def test_the_claim_clears_a_lease_left_on_a_pending_task():
-    """The claim writes what enter_state sets in plain SQL: the lease is among those fields."""
+    """The claim writes what entering RUNNING sets (tasks.entry) in plain SQL: the lease is among those fields."""
     task = factories.task(now=T0)
     Task.objects.filter(pk=task.pk).update(lease_expires_at=T0)  # as a writer that forgot it would leave it
     factories.unit("u1", now=T0)
@@ -173,12 +173,12 @@ def test_the_sweeper_takes_back_10000_tasks_no_unit_holds_in_bounded_queries(dja
     factories.lapsed_orphans(10_000, T0 + timedelta(seconds=TIMEOUT))
     fields = [f for f in TaskStatusHistory._meta.concrete_fields if not f.primary_key]
     history_batch = min(1000, connection.ops.bulk_batch_size(fields, []) or 1000)
-    # Per sweep chunk (one transaction) of 1000 tasks: the unit poll, the lease poll, the history read
-    # of who started them, the failover's lock and UPDATE, its history inserts, and the two
-    # savepoints of the test's own transaction; an 11th chunk finds nothing (the unit poll and both
-    # task polls).
-    per_chunk = 1 + 4 + -(-1000 // history_batch) + 2
-    bound = 10 * per_chunk + 3 + 2
+    # Per sweep chunk (one transaction) of 1000 tasks: the unit poll, the poll for tasks left on units
+    # no longer alive, the lease poll, the history read of who started them, the failover's lock and
+    # UPDATE, its history inserts, and the two savepoints of the test's own transaction; an 11th chunk
+    # finds nothing (the unit poll, the left-behind poll and both task polls).
+    per_chunk = 2 + 4 + -(-1000 // history_batch) + 2
+    bound = 10 * per_chunk + 4 + 2
     with django_assert_max_num_queries(bound) as ctx:
         result = sweep_heartbeats(T0 + timedelta(seconds=TIMEOUT + 1))
     assert result == {"unitsOffline": 0, "failedOver": 10_000, "poisoned": 0, "orphans": 10_000}
@@ -219,7 +219,7 @@ def test_put_pending_on_a_task_a_live_unit_holds_is_409_saying_why_and_what_to_d
     assert response.status_code == 409
     error = response.json()
     assert error["code"] == "illegal_transition"
-    assert error["details"]["allowedTargets"] == ["CANCELLED", "COMPLETED", "FAILED"]
+    assert error["details"]["allowedTargets"] == ["CANCELLED", "COMPLETED", "FAILED", "PAUSED"]
     assert error["details"]["unitId"] == "worker-001"
     assert "Unit worker-001 holds it and is live" in error["message"]
     assert "stops heartbeating (for 30s)" in error["message"]
@@ -233,7 +233,7 @@ def test_a_refused_move_of_a_task_no_unit_holds_lists_pending_among_the_allowed_
     body = _started(client_a)
     response = client_a.put(f"/api/v1/tasks/{body['id']}/status", {"status": "RUNNING"})
     assert response.status_code == 409
-    assert response.json()["details"]["allowedTargets"] == ["CANCELLED", "COMPLETED", "FAILED", "PENDING"]
+    assert response.json()["details"]["allowedTargets"] == ["CANCELLED", "COMPLETED", "FAILED", "PAUSED", "PENDING"]
     assert "unitId" not in response.json()["details"]
 
 
@@ -253,3 +253,17 @@ def test_requeue_needs_the_write_scope_and_the_tasks_owner(client_a, client_b, m
     assert reader.put(f"/api/v1/tasks/{body['id']}/status", {"status": "PENDING"}).status_code == 403
     assert client_b.put(f"/api/v1/tasks/{body['id']}/status", {"status": "PENDING"}).status_code == 404
     assert Task.objects.get(pk=body["id"]).status == S.RUNNING
+
+
+def test_a_failover_honours_the_tasks_scheduled_at(client_a):
+    """Back to PENDING by the sweeper, as by any entry into PENDING: claimable from its schedule."""
+    later = T0 + timedelta(hours=2)
+    with time_machine.travel(T0, tick=False):
+        created = client_a.post(
+            "/api/v1/tasks", {"name": "t", "taskType": "DATA_PROCESSING", "scheduledAt": later.isoformat()}
+        ).json()
+        assert client_a.put(f"/api/v1/tasks/{created['id']}/status", {"status": "RUNNING"}).status_code == 200
+    assert sweep_heartbeats(T0 + timedelta(seconds=TIMEOUT + 1))["orphans"] == 1
+    stored = Task.objects.get(pk=created["id"])
+    assert (stored.status, stored.available_at) == (S.PENDING, later)
+    assert _last(created["id"]).reason_code == "failover"

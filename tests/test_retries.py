@@ -12,11 +12,11 @@ from django.utils import timezone
 
 from taskhub.apikeys.models import ApiKey
 from tasks.backoff import retry_delay
+from tasks.jobs import fail_timeouts, move_due_retries
 from tasks.models import Task, TaskStatusHistory
-from tasks.scheduling.claim import claim_tasks
-from tasks.scheduling.jobs import fail_timeouts, move_due_retries
-from tasks.transitions import fail_attempt
+from tasks.transitions.reports import fail_attempt
 from tests import factories
+from units.claim import claim_tasks
 
 pytestmark = pytest.mark.django_db
 
@@ -134,3 +134,37 @@ def test_jobs_are_idempotent():
         assert due is not None
         assert move_due_retries(due) == {"retried": 1}
         assert move_due_retries(due) == {"retried": 0}
+
+
+def test_the_retry_mover_honours_a_scheduled_at_patched_onto_a_failed_task(client_a, register_unit, settings):
+    """The rule of every entry into PENDING (claimable from max(now, scheduledAt)) holds for the
+    retry mover too: a retry waiting on a FAILED task rescheduled to tomorrow runs tomorrow."""
+    settings.TASK_RETRY_BACKOFF_BASE, settings.TASK_RETRY_BACKOFF_MAX = 10, 10
+    t0 = timezone.now().replace(microsecond=0)
+    tomorrow = t0 + timedelta(days=1)
+    with time_machine.travel(t0, tick=False):
+        register_unit("worker-001")
+        created = client_a.post("/api/v1/tasks", {"name": "t", "taskType": "DATA_PROCESSING", "config": {}}).json()
+        (task,) = claim_tasks("worker-001", 1, now=t0)
+        fail_attempt(task.pk, unit_id="worker-001", attempt=task.attempt, error="boom", retryable=True, now=t0)
+        patched = client_a.patch(f"/api/v1/tasks/{created['id']}", {"scheduledAt": tomorrow.isoformat()})
+        assert patched.status_code == 200, patched.content
+    assert move_due_retries(t0 + timedelta(seconds=11)) == {"retried": 1}
+    stored = Task.objects.get(pk=created["id"])
+    assert (stored.status, stored.available_at) == ("PENDING", tomorrow)
+    assert claim_tasks("worker-001", 1, now=t0 + timedelta(seconds=12)) == []
+    assert [t.pk for t in claim_tasks("worker-001", 1, now=tomorrow)] == [created["id"]]
+
+
+def test_timeouts_fail_many_tasks_in_a_bounded_number_of_statements(django_assert_max_num_queries):
+    """One write for the batch (the path of a unit's failure reports), not a save or two per task."""
+    unit = factories.unit(capacity=100)
+    for _ in range(40):
+        factories.task(timeout_seconds=1, max_retries=1)
+    now = timezone.now()
+    assert len(claim_tasks(unit.pk, 40, now=now)) == 40
+    with django_assert_max_num_queries(8):
+        assert fail_timeouts(now + timedelta(seconds=2)) == {"timedOut": 40}
+    assert set(Task.objects.values_list("status", "pending_command")) == {("FAILED", "abort")}
+    codes = set(TaskStatusHistory.objects.filter(to_status="FAILED").values_list("reason_code", flat=True))
+    assert codes == {"timed_out"}

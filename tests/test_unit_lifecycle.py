@@ -18,10 +18,10 @@ from django.db import connections
 from django.utils import timezone
 
 from tasks.models import Task, TaskStatusHistory
-from tasks.scheduling.jobs import sweep_heartbeats
 from tests import factories
 from tests.conftest import JsonClient
 from units.models import DrainedBy, ExecutionUnit, UnitStatus
+from units.sweeper import sweep_heartbeats
 
 pytestmark = pytest.mark.django_db
 REGISTER = "/api/v1/execution-units/register"

@@ -20,10 +20,10 @@ from typing import Any
 
 from django.conf import settings
 
-from taskhub.errors import Conflict
-from tasks.actors import Actor
-from tasks.states import ActorType
-from units.models import DrainedBy, ExecutionUnit, UnitStatus
+from taskhub.base.actors import Actor, ActorType
+from taskhub.base.errors import Conflict
+from units.models import ExecutionUnit
+from units.states import ALIVE, DrainedBy, UnitStatus
 
 
 class UnitInUse(Conflict):
@@ -35,9 +35,9 @@ class UnitReplaced(Conflict):
 
 
 def is_live(status: str, last_heartbeat_at: datetime, now: datetime) -> bool:
-    return status != UnitStatus.OFFLINE and now - last_heartbeat_at <= timedelta(
-        seconds=settings.UNIT_HEARTBEAT_TIMEOUT
-    )
+    """Whether the process registered as the unit is live: the unit is alive and has heartbeated
+    within UNIT_HEARTBEAT_TIMEOUT."""
+    return status in ALIVE and now - last_heartbeat_at <= timedelta(seconds=settings.UNIT_HEARTBEAT_TIMEOUT)
 
 
 def refuse_another_live_instance(unit: ExecutionUnit, instance_id: str, *, replace: bool, now: datetime) -> None:

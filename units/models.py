@@ -2,20 +2,9 @@ from __future__ import annotations
 
 from django.db import models
 
+from units.states import DrainedBy, UnitStatus
 
-class UnitStatus(models.TextChoices):
-    ONLINE = "ONLINE"
-    BUSY = "BUSY"  # online, no free capacity
-    MAINTENANCE = "MAINTENANCE"  # draining: claims nothing, keeps its running tasks
-    OFFLINE = "OFFLINE"  # silent past UNIT_HEARTBEAT_TIMEOUT (or stopped); must heartbeat/re-register to claim
-
-
-class DrainedBy(models.TextChoices):
-    """Who put a unit in MAINTENANCE. The unit's own drain (its process shutting down) ends when it
-    registers again; an operator's (a user or an API key) lasts until an operator resumes it."""
-
-    SELF = "self"
-    OPERATOR = "operator"
+__all__ = ["DrainedBy", "ExecutionUnit", "UnitStatus"]
 
 
 class ExecutionUnit(models.Model):

@@ -1,68 +1,34 @@
-"""Execution-unit writes: register, heartbeat, edit, drain, deregister."""
+"""Execution-unit writes: register, heartbeat, edit, drain, deregister. The unit row is written here
+(its hot-path statements in units.sql); task rows only through the tasks package."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db import IntegrityError, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from taskhub.apikeys.tokens import digest, new_unit_token
-from taskhub.errors import Forbidden, NotFound
-from taskhub.rowload import fetch_models
-from tasks.actors import Actor
-from tasks.models import ControlCommand, Task
-from tasks.scheduling.dbretry import retry_on_lock_error
-from tasks.scheduling.failover import fail_over_tasks
+from taskhub.base.actors import Actor
+from taskhub.base.dbretry import retry_on_lock_error
+from taskhub.base.errors import Forbidden, NotFound
+from taskhub.base.sql import aware
+from tasks import heartbeat
 from tasks.states import TaskStatus
-from units import lifecycle
-from units.models import ExecutionUnit, UnitStatus
+from tasks.transitions.bulk import fail_over_tasks
+from units import lifecycle, sql
+from units.models import ExecutionUnit
+from units.states import CLAIMING, Cause, UnitStatus, check_move
 
 S = TaskStatus
 
 
-def lock_unit_row(unit_id: str) -> ExecutionUnit | None:
-    """`SELECT ... FOR UPDATE` of one unit by primary key (None if there is none); inside a
-    transaction. Plain SQL: every heartbeat and every claim takes this lock, and the ORM spends
-    more CPU building the statement (~0.3 ms) than the database spends on it. SQLite has no
-    FOR UPDATE; its IMMEDIATE transactions hold the write lock already, as with select_for_update."""
-    assert transaction.get_connection().in_atomic_block
-    qn = connection.ops.quote_name
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    sql = f"SELECT * FROM {qn(ExecutionUnit._meta.db_table)} WHERE {qn('id')} = %s{lock}"
-    return next(iter(fetch_models(ExecutionUnit, sql, [unit_id])), None)
-
-
-def lock_unit_columns(unit_id: str, columns: tuple[str, ...]) -> tuple[Any, ...] | None:
-    """`lock_unit_row` for the hot paths (heartbeat, claim): the same lock, but only `columns`, as
-    the database driver returns them (no model instance, no converters: a JSON column comes back
-    as its text, a datetime naive). None if there is no such unit."""
-    assert transaction.get_connection().in_atomic_block
-    qn = connection.ops.quote_name
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    names = ", ".join(qn(c) for c in columns)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {names} FROM {qn(ExecutionUnit._meta.db_table)} WHERE {qn('id')} = %s{lock}", [unit_id])
-        row = cursor.fetchone()
-    return tuple(row) if row is not None else None
-
-
-def db_datetime(value: datetime) -> Any:
-    """A datetime as the ORM would send it to this database (naive UTC for MySQL and SQLite)."""
-    return connection.ops.adapt_datetimefield_value(value)
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """A datetime column as `lock_unit_columns` returns it (naive UTC), made aware."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 def _lock_unit(unit_id: str, queryset: QuerySet[ExecutionUnit] | None = None) -> ExecutionUnit:
     locked = queryset.select_for_update() if queryset is not None else None
-    unit = lock_unit_row(unit_id) if locked is None else locked.filter(pk=unit_id).first()
+    unit = sql.lock_unit_row(unit_id) if locked is None else locked.filter(pk=unit_id).first()
     if unit is None:
         raise NotFound(f"Execution unit {unit_id} not found")
     return unit
@@ -102,7 +68,9 @@ def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = No
             lifecycle.refuse_another_live_instance(unit, fields["instance_id"], replace=replace, now=now)
             for name, value in fields.items():
                 setattr(unit, name, value)
+            before = unit.status
             cleared = lifecycle.drain_after_register(unit, now)
+            check_move(before, unit.status, Cause.REGISTER)
             unit.save()
             fail_over_tasks(
                 Q(unit_id=unit_id),
@@ -141,7 +109,7 @@ def unit_heartbeat(
     # The hot path of every unit, in plain SQL (the ORM spent more CPU building these statements
     # than the database spends answering them): the unit row lock, one read of the leases, the
     # progress that changed, the unit UPDATE.
-    locked = lock_unit_columns(
+    locked = sql.lock_unit_columns(
         unit_id,
         ("id", "status", "capacity", "metadata", "instance_id", "drained_by", "drained_by_actor", "drained_at"),
     )
@@ -156,7 +124,7 @@ def unit_heartbeat(
     # list, the same read finds the commands stored for tasks this unit held last (their rows sit
     # beside its leases): the UPDATE that clears the acted-on ones below then runs only when there
     # are some, instead of on every heartbeat.
-    rows = _leases(unit_id, with_commands=tasks is not None, grace_start=now - timedelta(seconds=list_grace()))
+    rows = heartbeat.leases(unit_id, with_commands=tasks is not None, grace_start=now - timedelta(seconds=list_grace()))
     live = [(tid, att, young) for tid, att, status, _, young in rows if status == S.RUNNING]
     if tasks is not None:
         listed = {t["id"]: t for t in tasks}
@@ -174,7 +142,7 @@ def unit_heartbeat(
             )
             failed_over = lost
         stored = {tid: progress for tid, _, status, progress, _ in rows if status == S.RUNNING}
-        _record_progress(
+        heartbeat.record_progress(
             unit_id,
             {
                 tid: listed[tid]["progress"]
@@ -184,26 +152,25 @@ def unit_heartbeat(
         )
         live_set = held | young
         stale = {t["id"]: t["attempt"] for t in tasks if (t["id"], t["attempt"]) not in live_set}
-        commands = _commands_for(unit_id, stale)
+        commands = heartbeat.commands_for(unit_id, stale)
         # The unit no longer lists these: it has acted on their commands (the tasks failed over
         # just now are unlisted too). The UPDATE re-checks every condition on the rows it changes.
         acted = ({tid for tid, _, status, _, _ in rows if status != S.RUNNING} | set(lost)) - set(stale)
         if acted:
-            Task.objects.filter(id__in=sorted(acted), unit_id=unit_id).exclude(status=S.RUNNING).exclude(
-                pending_command=""
-            ).update(pending_command="")
+            heartbeat.clear_acted_commands(unit_id, acted)
         running = len(live_set)
     else:
-        commands = _commands_for(unit_id, None)
+        commands = heartbeat.commands_for(unit_id, None)
         running = len(live)
     if stopping:
-        unit_status = UnitStatus.OFFLINE
+        status = UnitStatus.OFFLINE
     elif lifecycle.drain_of(unit_status, drained_by):  # also a drained unit back from OFFLINE
-        unit_status = UnitStatus.MAINTENANCE
+        status = UnitStatus.MAINTENANCE
     else:
-        unit_status = UnitStatus.BUSY if running >= capacity else UnitStatus.ONLINE
-    _save_heartbeat(unit_id, now, current_load, unit_status, metadata, stored_metadata)
-    claiming = unit_status in (UnitStatus.ONLINE, UnitStatus.BUSY)
+        status = UnitStatus.BUSY if running >= capacity else UnitStatus.ONLINE
+    unit_status = check_move(unit_status, status, Cause.HEARTBEAT)
+    sql.save_heartbeat(unit_id, now, current_load, unit_status, metadata, stored_metadata)
+    claiming = unit_status in CLAIMING
     return {
         "unitId": unit_id,
         "status": str(unit_status),
@@ -218,120 +185,8 @@ def unit_heartbeat(
     }
 
 
-def _leases(unit_id: str, *, with_commands: bool, grace_start: datetime) -> list[tuple[int, int, str, int, bool]]:
-    """(id, attempt, status, progress, started after grace_start) of the unit's RUNNING tasks and,
-    `with_commands`, of its other tasks that still carry a stored command. Two ranges of
-    task_unit_status_idx / the (unit, pending_command) index; plain SQL, the comparison with the
-    grace done by the database (no datetime conversion here)."""
-    qn = connection.ops.quote_name
-    table = qn(Task._meta.db_table)
-    unit, status, command = qn("unit_id"), qn("status"), qn("pending_command")
-    where = f"({unit} = %s AND {status} = %s)"
-    params: list[Any] = [db_datetime(grace_start), unit_id, S.RUNNING.value]
-    if with_commands:
-        where += f" OR ({unit} = %s AND {command} <> '')"
-        params.append(unit_id)
-    sql = (
-        f"SELECT {qn('id')}, {qn('attempt')}, {status}, {qn('progress')}, "
-        f"CASE WHEN {qn('started_at')} > %s THEN 1 ELSE 0 END FROM {table} WHERE {where}"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [(tid, att, st, progress, bool(young)) for tid, att, st, progress, young in cursor.fetchall()]
-
-
-def _save_heartbeat(
-    unit_id: str,
-    now: datetime,
-    current_load: int,
-    status: str,
-    metadata: dict[str, Any] | None,
-    stored_metadata: Any,
-) -> None:
-    """The unit UPDATE of a heartbeat, in one plain statement. Metadata is written only when its
-    JSON differs from the stored text (agents resend the same metadata on every heartbeat)."""
-    qn = connection.ops.quote_name
-    stamp = db_datetime(now)
-    sets = [f"{qn('last_heartbeat_at')} = %s", f"{qn('current_load')} = %s", f"{qn('status')} = %s"]
-    params: list[Any] = [stamp, current_load, str(status)]
-    if metadata is not None:
-        text = ExecutionUnit._meta.get_field("metadata").get_db_prep_save(metadata, connection)
-        if text != stored_metadata:
-            sets.append(f"{qn('metadata')} = %s")
-            params.append(text)
-    sets.append(f"{qn('updated_at')} = %s")
-    params += [stamp, unit_id]
-    with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {qn(ExecutionUnit._meta.db_table)} SET {', '.join(sets)} WHERE {qn('id')} = %s", params)
-
-
 def list_grace() -> float:
     return min(settings.UNIT_HEARTBEAT_INTERVAL, 5.0)
-
-
-def _record_progress(unit_id: str, progress: dict[int, int]) -> None:
-    """Progress of the listed live tasks, in one UPDATE, for those whose value changed (the agent
-    also reports progress on its own, so a heartbeat mostly repeats stored values).
-
-    Plain SQL on purpose: building this CASE through the ORM costs ~1 ms of CPU for five tasks,
-    more than the rest of the heartbeat's statements together. Fenced like the ORM form was."""
-    if not progress:
-        return
-    qn = connection.ops.quote_name
-    ids = sorted(progress)
-    marks = ", ".join(["%s"] * len(ids))
-    sql = (
-        f"UPDATE {qn(Task._meta.db_table)} SET {qn('progress')} = CASE {qn('id')} "
-        + " ".join(["WHEN %s THEN %s"] * len(ids))
-        + f" ELSE {qn('progress')} END WHERE {qn('id')} IN ({marks}) AND {qn('unit_id')} = %s AND {qn('status')} = %s"
-    )
-    params: list[Any] = [value for tid in ids for value in (tid, progress[tid])]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, *ids, unit_id, S.RUNNING.value])
-
-
-def _commands_for(unit_id: str, stale: dict[int, int] | None) -> list[dict[str, Any]]:
-    """Commands for attempts the unit should stop. `stale` maps listed task id -> attempt; None
-    (no list sent) means: the stored commands of tasks this unit held last."""
-    if stale is None:
-        rows = Task.objects.filter(unit_id=unit_id).exclude(status=S.RUNNING).exclude(pending_command="")
-        return [
-            _command(t.pk, t.attempt, t.pending_command, t)
-            for t in rows.only("id", "attempt", "pending_command", "status")
-        ]
-    if not stale:
-        return []
-    found = {
-        t.pk: t
-        for t in Task.objects.filter(id__in=list(stale)).only("id", "attempt", "pending_command", "status", "unit_id")
-    }
-    out = []
-    for task_id, attempt in sorted(stale.items()):
-        task = found.get(task_id)
-        held_last = task is not None and task.unit_id == unit_id and task.attempt == attempt
-        command = (
-            task.pending_command if held_last and task is not None and task.pending_command else ControlCommand.ABORT
-        )
-        out.append(_command(task_id, attempt, command, task if held_last else None))
-    return out
-
-
-def _command(task_id: int, attempt: int, command: str, task: Task | None) -> dict[str, Any]:
-    reasons: dict[str, str] = {
-        ControlCommand.CANCEL: "task was cancelled",
-        ControlCommand.PAUSE: "task was paused",
-    }
-    why = reasons.get(command, "attempt is no longer live (failed over, finished or reassigned)")
-    if task is not None and command == ControlCommand.ABORT:
-        why = f"attempt is no longer live (task is {task.status})"
-    return {"taskId": task_id, "attempt": attempt, "command": command, "reason": why}
-
-
-def unit_claim(unit_id: str, max_tasks: int, now: datetime | None = None) -> tuple[list[Task], str]:
-    from tasks.scheduling.claim import claim_tasks_with_status
-
-    now = now or timezone.now()
-    return claim_tasks_with_status(unit_id, max_tasks, now=now)
 
 
 @transaction.atomic
@@ -346,11 +201,11 @@ def unit_update(
     if status == UnitStatus.MAINTENANCE:
         lifecycle.record_drain(unit, actor, timezone.now())
         if unit.status != UnitStatus.OFFLINE:  # an OFFLINE unit comes back drained
-            unit.status = UnitStatus.MAINTENANCE
+            unit.status = check_move(unit.status, UnitStatus.MAINTENANCE, Cause.DRAIN)
     elif status == UnitStatus.ONLINE:
         lifecycle.clear_drain(unit)
         if unit.status == UnitStatus.MAINTENANCE:  # BUSY stays BUSY; OFFLINE comes back by heartbeating
-            unit.status = UnitStatus.ONLINE
+            unit.status = check_move(unit.status, UnitStatus.ONLINE, Cause.RESUME)
     for name, value in changes.items():
         setattr(unit, name, value)
     unit.save()
@@ -369,32 +224,3 @@ def unit_delete(unit_id: str, *, queryset: QuerySet[ExecutionUnit], actor: Actor
     )
     unit.delete()
     return counts
-
-
-def unit_stats(queryset: QuerySet[ExecutionUnit]) -> dict[str, Any]:
-    by_status = {s: 0 for s in UnitStatus.values}
-    capacity = 0
-    for row in queryset.order_by().values("status").annotate(n=Count("id"), cap=Sum("capacity")):
-        by_status[row["status"]] = row["n"]
-        if row["status"] in (UnitStatus.ONLINE, UnitStatus.BUSY):
-            capacity += row["cap"] or 0
-    running = Task.objects.filter(
-        status=S.RUNNING, unit__in=queryset.filter(status__in=[UnitStatus.ONLINE, UnitStatus.BUSY])
-    ).count()
-    return {
-        "total": sum(by_status.values()),
-        "byStatus": by_status,
-        "onlineCapacity": capacity,
-        "runningTasks": running,
-        "utilisation": round(running / capacity, 4) if capacity else 0.0,
-    }
-
-
-def visible_units(principal: Any) -> QuerySet[ExecutionUnit]:
-    """Operators see all units; an API key the units it registered; a unit only itself."""
-    qs = ExecutionUnit.objects.all()
-    if principal.is_operator:
-        return qs
-    if principal.unit is not None:
-        return qs.filter(pk=principal.unit.pk)
-    return qs.filter(owner=principal.api_key)

@@ -12,7 +12,7 @@ from taskhub.api.principals import Principal
 from taskhub.apikeys.models import ApiKey
 from taskhub.apikeys.services import api_key_touch
 from taskhub.apikeys.tokens import UNIT_TOKEN_PREFIX, digest
-from taskhub.rowload import fetch_models
+from taskhub.base.rowload import fetch_models
 from units.models import ExecutionUnit
 
 MAX_TOKEN_LENGTH = 256

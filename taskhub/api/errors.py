@@ -18,7 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 
-from taskhub.errors import DomainError
+from taskhub.base.errors import DomainError
 
 logger = logging.getLogger("taskhub.api")
 

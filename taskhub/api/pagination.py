@@ -12,7 +12,7 @@ from django.db.models import Model, QuerySet
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
-from taskhub.errors import InvalidInput
+from taskhub.base.errors import InvalidInput
 
 
 def encode_cursor(last_id: int) -> str:

@@ -1,12 +1,16 @@
-"""Who is calling: an operator (Django staff user), an API client (key) or an execution unit."""
+"""Who is calling: an operator (Django staff user), an API client (key) or an execution unit.
+
+A Principal is the `Viewer` the selectors take (taskhub.base.viewer)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from rest_framework.request import Request
+
 from taskhub.apikeys.models import ALL_SCOPES
-from tasks.actors import Actor
+from taskhub.base.actors import Actor
 
 # API scope -> the permission a staff user needs for it (see taskhub.console.roles).
 OPERATOR_SCOPE_PERMISSIONS = {
@@ -44,6 +48,14 @@ class Principal:
         return self.kind == "unit"
 
     @property
+    def unit_id(self) -> str | None:
+        return None if self.unit is None else str(self.unit.pk)
+
+    @property
+    def api_key_id(self) -> int | None:
+        return None if self.api_key is None else int(self.api_key.pk)
+
+    @property
     def throttle_ident(self) -> str:
         if self.unit is not None:
             return f"unit:{self.unit.pk}"
@@ -67,3 +79,9 @@ class Principal:
         """A staff user's scopes follow the console roles: viewers read, operators act."""
         granted = {scope for scope, perm in OPERATOR_SCOPE_PERMISSIONS.items() if user.has_perm(perm)}
         return cls("operator", Actor.operator(user.get_username()), frozenset(granted), user=user)
+
+
+def principal_of(request: Request) -> Principal:
+    principal = request.user
+    assert isinstance(principal, Principal)  # guaranteed by HasScope
+    return principal

@@ -69,7 +69,7 @@ class AutoSchema(BaseAutoSchema):
 class LogWriteScheme(OpenApiSerializerExtension):
     """Log lines: a batch (`entries`, 1-500) or one line (`message`), exactly one of the two."""
 
-    target_class = "tasks.serializers.LogWriteSerializer"
+    target_class = "taskhub.api.serializers.tasks.LogWriteSerializer"
 
     def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
         schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
@@ -82,7 +82,7 @@ class LogWriteScheme(OpenApiSerializerExtension):
 class EndpointFieldScheme(OpenApiSerializerFieldExtension):
     """An execution unit's endpoint: an http(s) URL with a host and a valid port (or blank)."""
 
-    target_class = "units.serializers.EndpointField"
+    target_class = "taskhub.api.serializers.units.EndpointField"
 
     def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
         return {"type": "string", "maxLength": 500, "pattern": HTTP_URL}

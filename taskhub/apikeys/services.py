@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from taskhub.apikeys.models import ALL_SCOPES, ApiKey
 from taskhub.apikeys.tokens import digest, new_api_key
-from taskhub.errors import InvalidInput
+from taskhub.base.errors import InvalidInput
 
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 

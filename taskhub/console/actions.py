@@ -1,8 +1,8 @@
-"""Bulk admin actions that go through the services one row at a time and say what they did.
+"""Bulk admin actions that go through the services and say what they did.
 
-Each row is its own transaction (the transition functions lock and check it), so one refusal
-never undoes the others. The message says how many changed and, grouped by cause, why the rest
-did not.
+A refusal of one row never undoes the others: `run_each` gives each row its own call (and
+transaction); `run_all` hands all rows to a service that refuses row by row (the task verbs). The
+message says how many changed and, grouped by cause, why the rest did not.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponseRedirect
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from taskhub.errors import DomainError
+from taskhub.base.errors import DomainError
 
 # "Select all N" across pages can name millions of rows; an action touches at most this many.
 MAX_ROWS_PER_ACTION = 1000
@@ -55,6 +55,13 @@ class Outcome:
             )
 
 
+def _bounded(pks: Iterable[Any], outcome: Outcome) -> list[Any]:
+    pks = list(pks)
+    if len(pks) > MAX_ROWS_PER_ACTION:
+        pks, outcome.truncated = pks[:MAX_ROWS_PER_ACTION], True
+    return pks
+
+
 def run_each(
     pks: Iterable[Any],
     outcome: Outcome,
@@ -63,10 +70,7 @@ def run_each(
 ) -> Outcome:
     """`apply(pk)` changes one row and returns None, or a reason it did nothing; a DomainError it
     raises (a refused transition) becomes a skip explained by `explain(pk, exc)`."""
-    pks = list(pks)
-    if len(pks) > MAX_ROWS_PER_ACTION:
-        pks, outcome.truncated = pks[:MAX_ROWS_PER_ACTION], True
-    for pk in pks:
+    for pk in _bounded(pks, outcome):
         try:
             why = apply(pk)
         except DomainError as exc:
@@ -76,6 +80,21 @@ def run_each(
             outcome.changed.append(pk)
         else:
             outcome.skip(pk, why)
+    return outcome
+
+
+def run_all(
+    pks: Iterable[Any],
+    outcome: Outcome,
+    apply: Callable[[list[Any]], tuple[list[Any], dict[Any, DomainError]]],
+    explain: Callable[[Any, DomainError], str],
+) -> Outcome:
+    """`apply(pks)` changes the rows it can in one call (one implementation for one row and many)
+    and returns those it changed and, for the others, the DomainError that refused each."""
+    changed, refused = apply(_bounded(pks, outcome))
+    outcome.changed += changed
+    for pk, exc in refused.items():
+        outcome.skip(pk, explain(pk, exc))
     return outcome
 
 

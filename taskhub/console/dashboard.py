@@ -1,9 +1,9 @@
 """The operator dashboard: what the hub is doing now, and over the last hour.
 
 Every number comes from a handful of grouped queries (about six per refresh, however large the
-tables): tasks by status, units by status with capacity, tasks running on live units, and the last
-hour's history (completions, failures, failovers per minute) read through a primary-key range so
-it never scans the whole history table.
+tables): tasks by status, units by status with capacity, tasks running on alive units (the same
+selectors as the stats API and /metrics), and the last hour's history (completions, failures,
+failovers per minute) read through a primary-key range so it never scans the whole history table.
 """
 
 from __future__ import annotations
@@ -11,22 +11,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q
 from django.db.models.functions import TruncMinute
 from django.urls import reverse
 from django.utils import timezone
 
-from tasks.models import Task, TaskStatusHistory
-from tasks.states import ActorType, TaskStatus
-from units.models import ExecutionUnit, UnitStatus
+from tasks.models import TaskStatusHistory
+from tasks.selectors import status_counts
+from tasks.states import ReasonCode, TaskStatus
+from units.selectors import unit_load
+from units.states import CLAIMING, UnitStatus
 
 S = TaskStatus
 WINDOW_MINUTES = 60
 RECENT_FAILURES = 10
-LIVE_UNITS = (UnitStatus.ONLINE, UnitStatus.BUSY)
-# RUNNING -> PENDING by the system is a failover, except the first half of pausing a running task
-# (a client's or an operator's requeue of a task no unit holds is not: nobody lost it).
-PAUSE_ACTOR = "job:pause-request"
 
 
 def _history_floor_id(since: datetime) -> int:
@@ -45,9 +43,9 @@ def throughput(now: datetime, minutes: int = WINDOW_MINUTES) -> dict[str, Any]:
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - timedelta(minutes=minutes)
     floor = _history_floor_id(start)
-    events = Q(to_status__in=[S.COMPLETED, S.FAILED]) | (
-        Q(from_status=S.RUNNING, to_status=S.PENDING, actor_type=ActorType.SYSTEM) & ~Q(actor=PAUSE_ACTOR)
-    )
+    # A failover is a take-back from a unit that lost the task: not the first half of a pause, nor
+    # a requeue someone asked for (nobody lost it). The reason code says which.
+    events = Q(to_status__in=[S.COMPLETED, S.FAILED]) | Q(reason_code=ReasonCode.FAILOVER)
     rows = (
         TaskStatusHistory.objects.filter(events, id__gt=floor, created_at__gte=start, created_at__lt=end)
         .annotate(minute=TruncMinute("created_at"))
@@ -70,30 +68,17 @@ def throughput(now: datetime, minutes: int = WINDOW_MINUTES) -> dict[str, Any]:
     }
 
 
-def task_counts() -> dict[str, int]:
-    counts = dict.fromkeys(S.values, 0)
-    for row in Task.objects.order_by().values("status").annotate(n=Count("id")):
-        counts[row["status"]] = row["n"]
-    return counts
-
-
 def unit_counts() -> dict[str, Any]:
-    by_status = dict.fromkeys(UnitStatus.values, 0)
-    capacity = 0
-    for row in ExecutionUnit.objects.order_by().values("status").annotate(n=Count("id"), cap=Sum("capacity")):
-        by_status[row["status"]] = row["n"]
-        if row["status"] in LIVE_UNITS:
-            capacity += row["cap"] or 0
-    running = Task.objects.filter(status=S.RUNNING, unit__status__in=LIVE_UNITS).count()
-    online = by_status[UnitStatus.ONLINE] + by_status[UnitStatus.BUSY]
+    load = unit_load()
+    by_status = {s: c.units for s, c in load.by_status.items()}
     return {
         "byStatus": by_status,
-        "online": online,
+        "online": sum(by_status[s] for s in CLAIMING),
         "offline": by_status[UnitStatus.OFFLINE],
         "maintenance": by_status[UnitStatus.MAINTENANCE],
-        "capacity": capacity,
-        "running": running,
-        "utilisation": round(running / capacity, 4) if capacity else 0.0,
+        "capacity": load.capacity,
+        "running": load.running,
+        "utilisation": load.utilisation,
     }
 
 
@@ -122,7 +107,7 @@ def recent_failures(floor_id: int, limit: int = RECENT_FAILURES) -> list[dict[st
 
 def dashboard_data(now: datetime | None = None) -> dict[str, Any]:
     now = now or timezone.now()
-    tasks = task_counts()
+    tasks = status_counts()
     flow = throughput(now)
     floor = flow.pop("floorId")
     return {

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from taskhub.apikeys.models import ALL_SCOPES
 from taskhub.apikeys.services import api_key_create
-from taskhub.errors import InvalidInput
+from taskhub.base.errors import InvalidInput
 
 
 class Command(BaseCommand):

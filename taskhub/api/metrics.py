@@ -1,0 +1,115 @@
+"""`/metrics` (Prometheus text): the event metrics of `taskhub.base.metrics`, and the state gauges
+(tasks and units by status) read from the database at scrape time by a custom collector, through
+the same status-count selectors as the stats API and the dashboard, so they are right whichever
+worker answers. Also the middleware that counts and times every request.
+
+Access: with `METRICS_TOKEN` set, a scrape must send `Authorization: Bearer <token>`; without it
+the endpoint is open, except with APP_ENV=production, where it is off (403) until a token is set.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from taskhub.api.errors import json_error
+from taskhub.base import metrics
+from tasks.selectors import status_counts
+from units.selectors import unit_status_counts
+
+logger = logging.getLogger("taskhub.metrics")
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class DatabaseCollector:
+    """Tasks and units by status, one grouped query each, every scrape."""
+
+    def collect(self) -> Iterator[Metric]:
+        tasks = GaugeMetricFamily("taskhub_tasks", "Tasks by status (read from the database)", labels=["status"])
+        units = GaugeMetricFamily(
+            "taskhub_units", "Execution units by status (read from the database)", labels=["status"]
+        )
+        capacity = GaugeMetricFamily(
+            "taskhub_units_capacity", "Summed capacity of execution units, by status", labels=["status"]
+        )
+        up = GaugeMetricFamily("taskhub_metrics_database_up", "1 if the state gauges could be read from the database")
+        try:
+            by_task = status_counts()
+            by_unit = unit_status_counts()
+        except DatabaseError:
+            logger.exception("metrics: could not read task and unit counts")
+            up.add_metric([], 0)
+            yield up
+            return
+        for status, n in by_task.items():
+            tasks.add_metric([status], n)
+        for status, row in by_unit.items():
+            units.add_metric([status], row.units)
+            capacity.add_metric([status], row.capacity)
+        up.add_metric([], 1)
+        yield from (tasks, units, capacity, up)
+
+
+def render_process_metrics() -> bytes:
+    """The event metrics: this process's, or every process's in multiprocess mode."""
+    if metrics.MULTIPROC_DIR:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=metrics.MULTIPROC_DIR)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def render_state_metrics() -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector())  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+def _refusal(request: HttpRequest) -> HttpResponse | None:
+    token = getattr(settings, "METRICS_TOKEN", "")
+    if token:
+        scheme, _, given = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+            return None
+        response = json_error(401, "not_authenticated", "Send 'Authorization: Bearer <METRICS_TOKEN>' to read metrics")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    if settings.PRODUCTION:
+        return json_error(403, "forbidden", "Metrics are off: set METRICS_TOKEN to enable /metrics")
+    return None
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    refused = _refusal(request)
+    if refused is not None:
+        return refused
+    if request.method not in ("GET", "HEAD"):
+        return HttpResponse("Use GET\n", status=405, content_type="text/plain", headers={"Allow": "GET, HEAD"})
+    return HttpResponse(render_process_metrics() + render_state_metrics(), content_type=CONTENT_TYPE_LATEST)
+
+
+class PrometheusMiddleware:
+    """Counts and times every request, labelled by route name (bounded), never by raw path."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = self.get_response(request)
+        elapsed = time.perf_counter() - started
+        match = getattr(request, "resolver_match", None)
+        view = (match.view_name if match is not None else "") or "<unmatched>"
+        method = request.method if request.method in _METHODS else "OTHER"
+        metrics.observe_request(method, view, response.status_code, elapsed)
+        return response

@@ -1,0 +1,346 @@
+"""Request and response bodies of the tasks API, camelCase as the seed shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from taskhub.api.serializers.fields import (
+    MAX_ATTEMPT,
+    MAX_CONFIG_BYTES,
+    MAX_ID,
+    MAX_LOG_BATCH,
+    MAX_LOG_MESSAGE,
+    MAX_RESULT_BYTES,
+    NAME_PATTERN,
+    BoundedDateTimeField,
+    check_json_size,
+)
+from tasks.models import LogLevel, Task, TaskExecutionLog, TaskStatusHistory
+from tasks.states import TaskStatus
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    taskType = serializers.CharField(source="task_type")
+    maxRetries = serializers.IntegerField(source="max_retries")
+    retryCount = serializers.IntegerField(source="retry_count")
+    failoverCount = serializers.IntegerField(source="failover_count")
+    timeoutSeconds = serializers.IntegerField(source="timeout_seconds", allow_null=True)
+    scheduledAt = serializers.DateTimeField(source="scheduled_at", allow_null=True)
+    nextRetryAt = serializers.DateTimeField(source="next_retry_at", allow_null=True)
+    leaseExpiresAt = serializers.DateTimeField(
+        source="lease_expires_at",
+        allow_null=True,
+        help_text="Set while RUNNING with no unit (started with PUT status): the hub puts the task back to "
+        "PENDING at this time (a failover) unless someone reports on it first; each POST of log lines "
+        "renews it by UNIT_HEARTBEAT_TIMEOUT. Null otherwise.",
+    )
+    unitId = serializers.CharField(source="unit_id", allow_null=True)
+    pendingCommand = serializers.CharField(source="pending_command")
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+    startedAt = serializers.DateTimeField(source="started_at", allow_null=True)
+    finishedAt = serializers.DateTimeField(source="finished_at", allow_null=True)
+    config = serializers.JSONField()
+    result = serializers.JSONField(allow_null=True)
+
+    class Meta:
+        model = Task
+        fields = [
+            "id",
+            "name",
+            "taskType",
+            "priority",
+            "config",
+            "status",
+            "attempt",
+            "progress",
+            "maxRetries",
+            "retryCount",
+            "failoverCount",
+            "timeoutSeconds",
+            "scheduledAt",
+            "nextRetryAt",
+            "leaseExpiresAt",
+            "unitId",
+            "pendingCommand",
+            "result",
+            "error",
+            "createdAt",
+            "updatedAt",
+            "startedAt",
+            "finishedAt",
+        ]
+        read_only_fields = fields
+
+
+class TaskCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=255, allow_blank=False)
+    taskType = serializers.RegexField(NAME_PATTERN, max_length=64, source="task_type")
+    priority = serializers.IntegerField(min_value=-1000, max_value=1000, default=0)
+    config = serializers.DictField(default=dict)
+    maxRetries = serializers.IntegerField(min_value=0, max_value=100, required=False, source="max_retries")
+    timeoutSeconds = serializers.IntegerField(
+        min_value=1, max_value=7 * 24 * 3600, required=False, allow_null=True, source="timeout_seconds"
+    )
+    scheduledAt = BoundedDateTimeField(required=False, allow_null=True, source="scheduled_at")
+
+    def validate_config(self, value: dict[str, Any]) -> dict[str, Any]:
+        return check_json_size(value, MAX_CONFIG_BYTES, "config")
+
+
+class TaskUpdateSerializer(TaskCreateSerializer):
+    """PATCH: every field optional; which may change depends on the task's state (the service)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("partial", True)
+        super().__init__(*args, **kwargs)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
+        if "status" in unknown:
+            raise serializers.ValidationError({"status": ["Change status with PUT /tasks/{id}/status"]})
+        if unknown:
+            field = sorted(unknown)[0]
+            raise serializers.ValidationError({field: ["Unknown or read-only field"]})
+        if not attrs:
+            raise serializers.ValidationError({"body": ["Nothing to update"]})
+        return attrs
+
+
+class StatusChangeSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=TaskStatus.choices)
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class TaskListQuerySerializer(serializers.Serializer):
+    ORDERINGS = ("id", "-id", "priority", "-priority", "createdAt", "-createdAt", "updatedAt", "-updatedAt")
+
+    page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1)
+    limit = serializers.IntegerField(
+        min_value=1, max_value=MAX_ID, default=10, help_text="Capped at API_PAGE_SIZE_MAX."
+    )
+    status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
+    taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
+    unitId = serializers.CharField(max_length=64, required=False)
+    priority = serializers.IntegerField(min_value=-1000, max_value=1000, required=False)
+    search = serializers.CharField(
+        max_length=255,
+        required=False,
+        help_text="Digits only: the task with that id. Otherwise: names containing the term (case-insensitive), "
+        "among the newest API_SEARCH_WINDOW (default 5,000) tasks that match the other filters.",
+    )
+    createdAfter = BoundedDateTimeField(required=False)
+    createdBefore = BoundedDateTimeField(required=False)
+    ordering = serializers.ChoiceField(
+        choices=ORDERINGS, default="-id", help_text="Ties are broken by id in the same direction."
+    )
+    cursor = serializers.CharField(
+        max_length=64,
+        required=False,
+        allow_blank=True,
+        help_text="Cursor mode for large tables: pass an empty cursor to start, then nextCursor. "
+        "Ordered by id descending; no total count.",
+    )
+
+    def validate_limit(self, value: int) -> int:
+        return min(value, settings.API_PAGE_SIZE_MAX)
+
+
+class LogEntrySerializer(serializers.Serializer):
+    level = serializers.ChoiceField(choices=LogLevel.choices, default=LogLevel.INFO)
+    message = serializers.CharField(max_length=MAX_LOG_MESSAGE, trim_whitespace=False)
+    timestamp = BoundedDateTimeField(required=False)
+
+
+class LogWriteSerializer(serializers.Serializer):
+    """One entry (`{level, message}`) or a batch (`{entries: [...]}`); units add `attempt`."""
+
+    attempt = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPT, required=False)
+    entries = LogEntrySerializer(many=True, required=False)
+    level = serializers.ChoiceField(choices=LogLevel.choices, required=False)
+    message = serializers.CharField(max_length=MAX_LOG_MESSAGE, required=False, trim_whitespace=False)
+    timestamp = BoundedDateTimeField(required=False)
+
+    def validate_entries(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not value:
+            raise serializers.ValidationError("must hold at least one entry")
+        if len(value) > MAX_LOG_BATCH:
+            raise serializers.ValidationError(f"at most {MAX_LOG_BATCH} entries per request")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "entries" in attrs:
+            if "message" in attrs:
+                raise serializers.ValidationError({"message": ["Send either entries or one message, not both"]})
+            return attrs
+        if "message" not in attrs:
+            raise serializers.ValidationError({"message": ["This field is required (or send entries)."]})
+        entry = {"level": attrs.pop("level", LogLevel.INFO), "message": attrs.pop("message")}
+        if "timestamp" in attrs:
+            entry["timestamp"] = attrs.pop("timestamp")
+        attrs["entries"] = [entry]
+        return attrs
+
+
+class LogSerializer(serializers.ModelSerializer):
+    taskId = serializers.IntegerField(source="task_id")
+    unitId = serializers.CharField(source="unit_id", allow_null=True)
+    createdAt = serializers.DateTimeField(source="created_at")
+
+    class Meta:
+        model = TaskExecutionLog
+        fields = ["id", "taskId", "attempt", "level", "message", "timestamp", "unitId", "source", "createdAt"]
+        read_only_fields = fields
+
+
+class LogQuerySerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(min_value=0, max_value=MAX_ATTEMPT, required=False)
+    level = serializers.ChoiceField(choices=LogLevel.choices, required=False)
+    after = serializers.IntegerField(
+        min_value=0, max_value=MAX_ID, default=0, help_text="Return entries with id greater than this."
+    )
+    limit = serializers.IntegerField(min_value=1, max_value=MAX_ID, default=100)
+
+    def validate_limit(self, value: int) -> int:
+        return min(value, 1000)
+
+
+class HistorySerializer(serializers.ModelSerializer):
+    fromStatus = serializers.CharField(source="from_status", allow_null=True)
+    toStatus = serializers.CharField(source="to_status")
+    actorType = serializers.CharField(source="actor_type")
+    unitId = serializers.CharField(source="unit_id", allow_null=True)
+    createdAt = serializers.DateTimeField(source="created_at")
+
+    class Meta:
+        model = TaskStatusHistory
+        fields = ["id", "fromStatus", "toStatus", "reason", "actorType", "actor", "unitId", "attempt", "createdAt"]
+        read_only_fields = fields
+
+
+class ProgressSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPT)
+    progress = serializers.IntegerField(min_value=0, max_value=100)
+
+
+class CompleteSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPT)
+    result = serializers.JSONField(required=False, allow_null=True, default=None)
+
+    def validate_result(self, value: Any) -> Any:
+        return check_json_size(value, MAX_RESULT_BYTES, "result")
+
+
+class FailSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPT)
+    error = serializers.CharField(max_length=10_000)
+    retryable = serializers.BooleanField(default=True)
+
+
+class RedriveSerializer(serializers.Serializer):
+    ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID), required=False, max_length=1000
+    )
+    taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
+    limit = serializers.IntegerField(min_value=1, max_value=1000, default=100)
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+# --- batch forms ------------------------------------------------------------------------------
+
+
+def _unique_items(items: list[dict[str, Any]], key: str, name: str, fold: bool = False) -> None:
+    """400 naming `[index].name` for the second item repeating `key`."""
+    seen: set[Any] = set()
+    for index, item in enumerate(items):
+        value = item.get(key)
+        if value is None:
+            continue
+        value = value.casefold() if fold else value
+        if value in seen:
+            detail: Any = {index: {name: ["Repeated in this batch; each item needs its own"]}}  # -> tasks[3].name
+            raise serializers.ValidationError(detail)
+        seen.add(value)
+
+
+def _within(items: list[Any], limit: int) -> list[Any]:
+    # The schema's maxItems comes from the setting at start-up; this checks the live value.
+    if len(items) > limit:
+        raise serializers.ValidationError(f"at most {limit} items per request")
+    return items
+
+
+class TaskBatchItemSerializer(TaskCreateSerializer):
+    idempotencyKey = serializers.CharField(
+        max_length=255,
+        required=False,
+        source="idempotency_key",
+        help_text="Like the Idempotency-Key header of POST /tasks: a repeat returns the task created first.",
+    )
+
+
+class TaskBatchCreateSerializer(serializers.Serializer):
+    tasks: serializers.ListSerializer[Any] = serializers.ListSerializer(
+        child=TaskBatchItemSerializer(), allow_empty=False, max_length=settings.TASK_BATCH_MAX
+    )
+
+    def validate_tasks(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Keys are compared case-insensitively (as MySQL's collation does) so no backend sees two.
+        _unique_items(value, "idempotency_key", "idempotencyKey", fold=True)
+        return _within(value, settings.TASK_BATCH_MAX)
+
+
+class TaskBatchItemResultSerializer(TaskSerializer):
+    created = serializers.BooleanField(help_text="false: an idempotent replay of a task created earlier")
+
+    class Meta(TaskSerializer.Meta):
+        fields = [*TaskSerializer.Meta.fields, "created"]
+        read_only_fields = fields
+
+
+class ReportSerializer(serializers.Serializer):
+    OUTCOMES = ("complete", "fail", "progress")
+
+    taskId = serializers.IntegerField(min_value=1, max_value=MAX_ID)
+    attempt = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPT)
+    outcome = serializers.ChoiceField(choices=OUTCOMES)
+    result = serializers.JSONField(required=False, allow_null=True, default=None, help_text="outcome complete")
+    error = serializers.CharField(max_length=10_000, required=False, help_text="outcome fail (required)")
+    retryable = serializers.BooleanField(default=True, help_text="outcome fail")
+    progress = serializers.IntegerField(min_value=0, max_value=100, required=False, help_text="outcome progress")
+    logs: serializers.ListSerializer[Any] = serializers.ListSerializer(
+        child=LogEntrySerializer(),
+        required=False,
+        max_length=MAX_LOG_BATCH,
+        help_text="Stored before the outcome, fenced by the same attempt.",
+    )
+
+    def validate_result(self, value: Any) -> Any:
+        return check_json_size(value, MAX_RESULT_BYTES, "result")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        needs = {"fail": "error", "progress": "progress"}.get(attrs["outcome"])
+        if needs and needs not in attrs:
+            raise serializers.ValidationError({needs: [f"This field is required when outcome is {attrs['outcome']}."]})
+        return attrs
+
+
+class ReportBatchSerializer(serializers.Serializer):
+    reports: serializers.ListSerializer[Any] = serializers.ListSerializer(
+        child=ReportSerializer(), allow_empty=False, max_length=settings.TASK_BATCH_MAX
+    )
+
+    def validate_reports(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        _unique_items(value, "taskId", "taskId")
+        return _within(value, settings.TASK_BATCH_MAX)
+
+
+class ReportResultSerializer(serializers.Serializer):
+    taskId = serializers.IntegerField()
+    attempt = serializers.IntegerField()
+    status = serializers.CharField(allow_null=True, help_text="null when the item was refused")
+    accepted = serializers.BooleanField(help_text="false with no error: a repeat of an accepted report")
+    error = serializers.DictField(allow_null=True, help_text="null, or {code, message, details} as a 4xx would say")

@@ -1,0 +1,45 @@
+"""The periodic jobs, declared once: the name operators see (`manage.py runjob NAME`, the beat
+schedule `taskhub: NAME`), the plain function of `now` it runs, the Celery task name beat sends, and
+how often beat runs it by default (`manage.py setup_beat`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+
+from tasks.jobs import fail_timeouts, move_due_retries, purge_old_logs
+from units.sweeper import sweep_heartbeats
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    run: Callable[[datetime], dict[str, Any]]
+    every: Callable[[], float]  # seconds, read from the settings when beat is set up
+
+    @property
+    def celery_name(self) -> str:
+        return f"taskhub.{self.name}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.run.__module__}.{self.run.__name__}"
+
+
+def _sweep_interval() -> float:
+    return float(settings.SWEEP_INTERVAL)
+
+
+JOBS: dict[str, Job] = {
+    job.name: job
+    for job in (
+        Job("sweep_heartbeats", sweep_heartbeats, _sweep_interval),
+        Job("move_due_retries", move_due_retries, _sweep_interval),
+        Job("fail_timeouts", fail_timeouts, _sweep_interval),
+        Job("purge_old_logs", purge_old_logs, lambda: 3600.0),
+    )
+}

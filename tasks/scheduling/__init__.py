@@ -1,1 +1,0 @@
-"""Scheduling: claims, failover, retries, timeouts. Set-based, fenced by `attempt`."""

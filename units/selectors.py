@@ -1,0 +1,72 @@
+"""Reads of execution units: which units a caller may see, their counts by status and their load
+(the stats API, the dashboard and `/metrics`), and whether a unit is alive."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from django.db.models import Count, QuerySet, Sum
+
+from taskhub.base.viewer import Viewer
+from tasks.selectors import running_count_by
+from units.models import ExecutionUnit
+from units.states import ALIVE, CLAIMING, UnitStatus
+
+
+class UnitCount(NamedTuple):
+    units: int
+    capacity: int
+
+
+def visible_units(viewer: Viewer) -> QuerySet[ExecutionUnit]:
+    """Operators see all units; an API key the units it registered; a unit only itself."""
+    qs = ExecutionUnit.objects.all()
+    if viewer.is_operator:
+        return qs
+    if viewer.unit_id is not None:
+        return qs.filter(pk=viewer.unit_id)
+    return qs.filter(owner_id=viewer.api_key_id)
+
+
+def unit_status_counts(queryset: QuerySet[ExecutionUnit] | None = None) -> dict[str, UnitCount]:
+    """Units and their summed capacity by status, every status present: one grouped query."""
+    counts = {s: UnitCount(0, 0) for s in UnitStatus.values}
+    qs = ExecutionUnit.objects.all() if queryset is None else queryset
+    for row in qs.order_by().values("status").annotate(n=Count("id"), cap=Sum("capacity")):
+        counts[row["status"]] = UnitCount(row["n"], row["cap"] or 0)
+    return counts
+
+
+class UnitLoad(NamedTuple):
+    by_status: dict[str, UnitCount]
+    capacity: int  # of the units offering it (CLAIMING)
+    running: int  # tasks RUNNING on alive units (a draining unit still runs its tasks)
+    utilisation: float  # tasks RUNNING on the units offering capacity, over that capacity
+
+
+def unit_load(queryset: QuerySet[ExecutionUnit] | None = None) -> UnitLoad:
+    """Units by status, online capacity and the tasks running on them: two grouped queries."""
+    qs = ExecutionUnit.objects.all() if queryset is None else queryset
+    counts = unit_status_counts(qs)
+    capacity = sum(counts[s].capacity for s in CLAIMING)
+    running = running_count_by("unit__status", unit__in=qs.filter(status__in=ALIVE))
+    claiming = sum(running.get(s, 0) for s in CLAIMING)
+    return UnitLoad(counts, capacity, sum(running.values()), round(claiming / capacity, 4) if capacity else 0.0)
+
+
+def unit_stats(queryset: QuerySet[ExecutionUnit]) -> dict[str, Any]:
+    """`GET /execution-units/stats`."""
+    load = unit_load(queryset)
+    return {
+        "total": sum(c.units for c in load.by_status.values()),
+        "byStatus": {s: c.units for s, c in load.by_status.items()},
+        "onlineCapacity": load.capacity,
+        "runningTasks": load.running,
+        "utilisation": load.utilisation,
+    }
+
+
+def is_alive(unit_id: str) -> bool:
+    """Whether the unit may still be running what it holds (one query): the `live_unit` question
+    the task transitions ask through the layer above (a requeue is refused while it holds the task)."""
+    return ExecutionUnit.objects.filter(pk=unit_id, status__in=ALIVE).exists()

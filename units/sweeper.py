@@ -1,0 +1,98 @@
+"""The heartbeat sweeper: units silent for UNIT_HEARTBEAT_TIMEOUT go OFFLINE and their RUNNING tasks
+fail over; so do RUNNING tasks left on a unit that is no longer alive, and RUNNING tasks that no
+unit holds once nobody has reported on them for as long.
+
+A plain function of `now`, safe when two run at once (rows are taken with SKIP LOCKED). The job
+registry (taskhub.jobs) runs it from Celery beat and `manage.py runjob sweep_heartbeats`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
+
+from taskhub.base.actors import Actor
+from taskhub.base.dbretry import retry_on_lock_error
+from tasks.fencing import live_lease
+from tasks.models import Task
+from tasks.transitions.bulk import fail_over_orphans, fail_over_tasks
+from units.models import ExecutionUnit
+from units.states import ALIVE, UnitStatus
+
+UNIT_CHUNK = 500
+BATCH = 1000
+SWEEP_COUNTS = ("unitsOffline", "failedOver", "poisoned", "orphans")
+
+
+def sweep_heartbeats(now: datetime) -> dict[str, int]:
+    """Units silent for UNIT_HEARTBEAT_TIMEOUT -> OFFLINE; their RUNNING tasks fail over. So do
+    RUNNING tasks that no unit holds, once nobody has reported on them for as long (`orphans`)."""
+    totals = dict.fromkeys(SWEEP_COUNTS, 0)
+    while True:
+        counts = _sweep_chunk(now)
+        for key, value in counts.items():
+            totals[key] += value
+        if counts["unitsOffline"] < UNIT_CHUNK and counts["orphans"] < BATCH:
+            return totals
+
+
+@retry_on_lock_error()
+@transaction.atomic
+def _sweep_chunk(now: datetime) -> dict[str, int]:
+    """Up to UNIT_CHUNK silent units and up to BATCH tasks no unit holds, in one transaction: a
+    failure anywhere leaves the chunk as it was."""
+    actor = Actor.system("sweep_heartbeats")
+    passes = (_sweep_units(now), _sweep_left_behind(now), fail_over_orphans(now, BATCH, actor=actor))
+    return {key: sum(counts.get(key, 0) for counts in passes) for key in SWEEP_COUNTS}
+
+
+def _sweep_units(now: datetime) -> dict[str, int]:
+    deadline = now - timedelta(seconds=settings.UNIT_HEARTBEAT_TIMEOUT)
+    # Locking the unit rows orders us with heartbeats and claims: a unit that heartbeats while we
+    # hold it waits, then finds itself OFFLINE and is told to abort the attempts it lost.
+    dead = list(
+        ExecutionUnit.objects.select_for_update(skip_locked=True)
+        .filter(status__in=ALIVE, last_heartbeat_at__lt=deadline)  # the units.states.MOVES of a sweep
+        .order_by("last_heartbeat_at")
+        .values_list("id", flat=True)[:UNIT_CHUNK]
+    )
+    if not dead:
+        return {}
+    ExecutionUnit.objects.filter(id__in=dead).update(status=UnitStatus.OFFLINE)
+    counts = fail_over_tasks(
+        Q(unit_id__in=dead),
+        reason=f"unit silent for more than {settings.UNIT_HEARTBEAT_TIMEOUT:g}s (heartbeat timeout): marked OFFLINE",
+        actor=Actor.system("sweep_heartbeats"),
+        now=now,
+    )
+    return {"unitsOffline": len(dead), **counts}
+
+
+def _sweep_left_behind(now: datetime) -> dict[str, int]:
+    """Fail over up to BATCH tasks still RUNNING on a unit that is no longer alive. The failover of a
+    silent unit takes its tasks with SKIP LOCKED: one whose row something held at that moment (a
+    progress report, an edit) is skipped, and no later sweep of silent units comes back to it, since
+    its unit is OFFLINE by then. The units are taken locked as the silent ones are (a heartbeat of
+    one of them waits, or is passed over); a poll of the units' status index, each probing its
+    leases on task_unit_status_idx."""
+    leases = Task.objects.filter(**live_lease(OuterRef("pk")))
+    lost = list(
+        ExecutionUnit.objects.select_for_update(skip_locked=True)
+        .exclude(status__in=ALIVE)
+        .filter(Exists(leases))
+        .order_by()
+        .values_list("id", flat=True)[:UNIT_CHUNK]
+    )
+    if not lost:
+        return {}
+    counts = fail_over_tasks(
+        Q(unit_id__in=lost),
+        reason="its unit went OFFLINE while the task was held by another request; no live unit holds it",
+        actor=Actor.system("sweep_heartbeats"),
+        now=now,
+        limit=BATCH,
+    )
+    return {"orphans": counts["failedOver"] + counts["poisoned"], **counts}
