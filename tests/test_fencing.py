@@ -138,10 +138,9 @@ def test_the_fencing_rule_is_one_mapping_and_its_sql_form_selects_what_its_filte
     from taskhub.base.sql import qn
     from tasks.fencing import lease_sql, live_lease
     from tests import factories
-    from tests.console_support import running_task
 
     first, second = factories.unit("fence-a"), factories.unit("fence-b")
-    leased = [running_task(first), running_task(second)]
+    leased = [factories.leased_task(first), factories.leased_task(second)]
     factories.task()  # PENDING, no unit
     Task.objects.filter(pk=leased[1].pk).update(attempt=2)
     for unit_id, attempt in (("fence-a", None), ("fence-a", 1), ("fence-a", 2), ("fence-b", 2), ("nobody", None)):

@@ -385,14 +385,13 @@ def test_a_task_row_locked_while_its_unit_goes_offline_fails_over_at_the_next_sw
     """The sweeper marks a silent unit OFFLINE while another transaction holds one of its RUNNING
     tasks (a progress report, an edit): SKIP LOCKED passes the task over, and the next sweep must
     take it back (I1/I5: no task stays RUNNING on an OFFLINE unit)."""
-    from tests.console_support import running_task
     from units.models import ExecutionUnit
     from units.sweeper import sweep_heartbeats
 
     settings.UNIT_HEARTBEAT_TIMEOUT = 30
     t0 = timezone.now()
     unit = factories.unit("silent", now=t0)
-    task = running_task(unit, now=t0)
+    task = factories.leased_task(unit, now=t0)
     locked, release, seen = threading.Event(), threading.Event(), {}
 
     def holder() -> None:
