@@ -300,6 +300,7 @@ if PRODUCTION:
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+FORMAT_MODULE_PATH = ["taskhub.formats"]  # times with seconds, one format (taskhub/formats/en)
 USE_I18N = True
 USE_TZ = True
 

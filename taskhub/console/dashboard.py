@@ -17,9 +17,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tasks.models import TaskStatusHistory
-from tasks.selectors import status_counts
+from tasks.selectors import failed_split, status_counts
 from tasks.states import ReasonCode, TaskStatus
-from units.selectors import unit_load
+from units.selectors import orphaned_running, unit_load, unserved_types
 from units.states import CLAIMING, UnitStatus
 
 S = TaskStatus
@@ -75,7 +75,7 @@ def unit_counts() -> dict[str, Any]:
         "byStatus": by_status,
         "online": sum(by_status[s] for s in CLAIMING),
         "offline": by_status[UnitStatus.OFFLINE],
-        "maintenance": by_status[UnitStatus.MAINTENANCE],
+        UnitStatus.MAINTENANCE.lower(): by_status[UnitStatus.MAINTENANCE],
         "capacity": load.capacity,
         "running": load.running,
         "utilisation": load.utilisation,
@@ -112,7 +112,13 @@ def dashboard_data(now: datetime | None = None) -> dict[str, Any]:
     floor = flow.pop("floorId")
     return {
         "generatedAt": now,
-        "tasks": {"byStatus": tasks, "total": sum(tasks.values())},
+        "tasks": {
+            "byStatus": tasks,
+            "total": sum(tasks.values()),
+            **failed_split(tasks),  # waitingRetry, dead: as GET /tasks/stats says them
+            "orphaned": orphaned_running().count(),
+        },
+        "unservedTypes": unserved_types(),
         "units": unit_counts(),
         "throughput": flow,
         "lastHour": {
