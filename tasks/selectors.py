@@ -50,6 +50,15 @@ def status_counts(queryset: QuerySet[Task] | None = None) -> dict[str, int]:
     return counts
 
 
+def status_counts_by_type(queryset: QuerySet[Task] | None = None) -> dict[str, dict[str, int]]:
+    """Tasks by type, then status (only the pairs present): one grouped query."""
+    qs = Task.objects.all() if queryset is None else queryset
+    out: dict[str, dict[str, int]] = {}
+    for row in qs.order_by().values("task_type", "status").annotate(n=Count("id")):
+        out.setdefault(row["task_type"], {})[row["status"]] = row["n"]
+    return out
+
+
 # FAILED splits in two: waiting for an automatic retry (next_retry_at set), and dead (no retry
 # left or not retryable: only an operator's retry brings it back). The stats API, the console's
 # filters and tiles and /metrics all ask these.
@@ -77,9 +86,7 @@ def task_stats(queryset: QuerySet[Task]) -> dict[str, Any]:
     """`GET /tasks/stats`: counts by status plus by type and the retry/dead split."""
     by_status = status_counts(queryset)
     waiting_retry = waiting_retry_count(queryset)
-    by_type: dict[str, dict[str, int]] = {}
-    for row in queryset.order_by().values("task_type", "status").annotate(n=Count("id")):
-        by_type.setdefault(row["task_type"], {})[row["status"]] = row["n"]
+    by_type = status_counts_by_type(queryset)
     return {
         "total": sum(by_status.values()),
         "byStatus": by_status,

@@ -27,6 +27,7 @@ from django.utils.safestring import SafeString
 from taskhub.base.actors import Actor
 from taskhub.base.errors import DomainError
 from taskhub.console.actions import Outcome, back_to_next, run_each, selected_pks
+from taskhub.console.charts import unit_load_chart
 from taskhub.console.formatting import format_duration
 from taskhub.console.permissions import OPERATE_UNITS
 from tasks.models import Task
@@ -122,6 +123,7 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
             "th_drained": self.drain_col(unit),
             "th_task_list_url": reverse("admin:tasks_task_changelist") + f"?unit__id__exact={unit.pk}",
             "th_unit_changelist_url": reverse("admin:units_executionunit_changelist"),
+            "th_load": unit_load_chart(unit.pk, timezone.now()),
         }
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ExecutionUnit]:
