@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 
 from taskhub.base.viewer import Viewer
 from tasks import sql
@@ -57,6 +57,18 @@ def status_counts_by_type(queryset: QuerySet[Task] | None = None) -> dict[str, d
     for row in qs.order_by().values("task_type", "status").annotate(n=Count("id")):
         out.setdefault(row["task_type"], {})[row["status"]] = row["n"]
     return out
+
+
+def oldest_due_by_type(now: datetime) -> dict[str, datetime]:
+    """The oldest `available_at` of the due PENDING tasks of each type (one grouped query over the
+    PENDING rows of the claim index): how long the head of each queue has waited."""
+    rows = (
+        Task.objects.filter(status=S.PENDING, available_at__lte=now)
+        .order_by()
+        .values("task_type")
+        .annotate(oldest=Min("available_at"))
+    )
+    return {row["task_type"]: row["oldest"] for row in rows}
 
 
 # FAILED splits in two: waiting for an automatic retry (next_retry_at set), and dead (no retry

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Count
 
 from tasks.models import TaskStatusHistory
@@ -109,9 +109,12 @@ def write_rollups(now: datetime) -> dict[str, Any]:
                 failed_over=moved.get("failed_over", 0),
             )
         )
-    with transaction.atomic():
-        MinuteRollup.objects.filter(minute=start).delete()  # a second run of the minute rewrites it
-        MinuteRollup.objects.bulk_create(rows, batch_size=1000)
+    try:
+        with transaction.atomic():
+            MinuteRollup.objects.filter(minute=start).delete()  # a second run of the minute rewrites it
+            MinuteRollup.objects.bulk_create(rows, batch_size=1000)
+    except IntegrityError:  # another run wrote the same minute at the same time: its rows stand
+        return {"minute": start.isoformat(), "rows": 0, "pruned": 0}
     return {"minute": start.isoformat(), "rows": len(rows), "pruned": prune_rollups(now)}
 
 
@@ -123,6 +126,11 @@ def prune_rollups(now: datetime) -> int:
         if not ids:
             return deleted
         deleted += MinuteRollup.objects.filter(id__in=ids).delete()[0]
+
+
+def last_rollup_minute() -> datetime | None:
+    """The newest minute written (the index on minute answers it)."""
+    return MinuteRollup.objects.order_by("-minute").values_list("minute", flat=True).first()
 
 
 def series(scope: str, key: str, now: datetime, minutes: int = 60) -> list[MinuteRollup | None]:
