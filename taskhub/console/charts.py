@@ -18,6 +18,12 @@ MINUTES = 60
 def unit_load_chart(unit_id: str, now: datetime, minutes: int = MINUTES) -> SafeString:
     """Running tasks per minute against capacity: bars for running, a line for capacity."""
     rows = series(RollupScope.UNIT, unit_id, now, minutes)
+    if not any(rows):
+        return format_html(
+            '<p class="th-muted" id="th-unit-load-empty">Load over the last hour: no rollups yet (the {} job writes '
+            "one a minute).</p>",
+            "rollup_minute",
+        )
     return bar_chart(
         rows,
         start=minute_start(now) - timedelta(minutes=minutes),

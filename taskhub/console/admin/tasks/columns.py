@@ -18,7 +18,7 @@ from tasks.states import TaskStatus
 from units.selectors import is_orphaned
 
 S = TaskStatus
-ERROR_SHOWN = 80  # characters of the error in the list (the annotation reads ERROR_READ)
+ERROR_SHOWN = 48  # characters of the error in the list (the annotation reads ERROR_READ)
 ERROR_READ = 200
 
 

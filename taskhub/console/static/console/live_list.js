@@ -33,7 +33,7 @@
     label.textContent = " live (every " + EVERY_MS / 1000 + " s)";
     var note = document.createElement("span");
     note.id = "th-live-note";
-    bar.append(toggle, label, " ", note);
+    bar.append(toggle, label, " \u00b7 ", note);
     var form = document.getElementById("changelist-form") || table;
     form.parentNode.insertBefore(bar, form);
     toggle.addEventListener("change", function () {
