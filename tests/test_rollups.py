@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -75,3 +76,39 @@ def test_the_unit_page_draws_its_load_from_the_rollups_as_inline_svg() -> None:
     assert chart.count("<rect") == 60
     assert sorted(int(c) for c in re.findall(r'data-count="(\d+)"', chart) if c != "0") == [1, 2, 3]
     assert "<polyline" in chart and "http" not in chart.replace("http://www.w3.org", "")
+
+
+def _rollup_in_child(now: Any, out: Any) -> None:
+    from django.db import connections
+
+    try:
+        write_rollups(now)
+        out.put("ok")
+    except Exception as exc:  # any error fails the test
+        out.put(repr(exc))
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.mariadb
+@pytest.mark.django_db(transaction=True)
+def test_several_runs_of_the_same_minute_at_once_write_each_row_once() -> None:
+    import multiprocessing
+
+    from django.db import connections
+
+    now = timezone.now()
+    for i in range(20):
+        factories.unit(f"c-unit-{i}", capacity=2)
+        factories.task(task_type=f"TYPE_{i}")
+    connections.close_all()
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_rollup_in_child, args=(now, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert results == ["ok"] * 4
+    assert MinuteRollup.objects.count() == 20 + 20  # each unit, each type: once

@@ -5,7 +5,8 @@ console draws its charts from it (inline SVG, no CDN) without reading the big ta
 The table belongs to the console app (its migration is there: console/0003_rollups); the model is
 declared here, beside the job that writes it, so the job layer needs nothing from the interfaces.
 
-Each run writes the last complete minute (idempotent: a second run of the same minute rewrites it)
+Each run writes the last complete minute (idempotent: a second run of the same minute, even a
+concurrent one, rewrites it: an upsert)
 in a few grouped queries: tasks by (type, status); RUNNING tasks by unit; the units' capacity; the
 minute's completions, failures and failovers by type from the history (through its primary key
 range, as the dashboard reads it).
@@ -17,9 +18,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import connection, models, transaction
 from django.db.models import Count
 
+from taskhub.base.dbretry import retry_on_lock_error
 from tasks.models import TaskStatusHistory
 from tasks.selectors import running_count_by, status_counts_by_type
 from tasks.states import ReasonCode, TaskStatus
@@ -28,6 +30,7 @@ from units.states import ALIVE
 
 S = TaskStatus
 PRUNE_BATCH = 5000
+UNIQUE = ["scope", "key", "minute"]
 
 
 class RollupScope(models.TextChoices):
@@ -48,7 +51,7 @@ class MinuteRollup(models.Model):
 
     class Meta:
         app_label = "console"
-        constraints = [models.UniqueConstraint(fields=["scope", "key", "minute"], name="rollup_scope_key_minute_uniq")]
+        constraints = [models.UniqueConstraint(fields=UNIQUE, name="rollup_scope_key_minute_uniq")]
         indexes = [models.Index(fields=["minute"], name="rollup_minute_idx")]
 
     def __str__(self) -> str:
@@ -109,13 +112,23 @@ def write_rollups(now: datetime) -> dict[str, Any]:
                 failed_over=moved.get("failed_over", 0),
             )
         )
-    try:
-        with transaction.atomic():
-            MinuteRollup.objects.filter(minute=start).delete()  # a second run of the minute rewrites it
-            MinuteRollup.objects.bulk_create(rows, batch_size=1000)
-    except IntegrityError:  # another run wrote the same minute at the same time: its rows stand
-        return {"minute": start.isoformat(), "rows": 0, "pruned": 0}
+    _upsert(rows)
     return {"minute": start.isoformat(), "rows": len(rows), "pruned": prune_rollups(now)}
+
+
+@retry_on_lock_error()
+def _upsert(rows: list[MinuteRollup]) -> None:
+    """One INSERT ... ON DUPLICATE KEY UPDATE (ON CONFLICT on SQLite): a second run of the minute,
+    even at the same time as the first, rewrites its rows rather than failing or doubling them."""
+    with transaction.atomic():
+        MinuteRollup.objects.bulk_create(
+            rows,
+            batch_size=1000,
+            update_conflicts=True,
+            # MySQL's ON DUPLICATE KEY takes no target (any unique key); SQLite's ON CONFLICT needs one.
+            unique_fields=UNIQUE if connection.features.supports_update_conflicts_with_target else None,
+            update_fields=["running", "capacity", "pending", "completed", "failed", "failed_over"],
+        )
 
 
 def prune_rollups(now: datetime) -> int:
