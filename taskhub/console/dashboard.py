@@ -1,7 +1,8 @@
 """The operator dashboard: what the hub is doing now, and over the last hour.
 
-Every number comes from a handful of grouped queries (about six per refresh, however large the
-tables): tasks by status, units by status with capacity, tasks running on alive units (the same
+Every number comes from a handful of grouped queries (about ten per refresh, however large the
+tables): tasks by status and the dead / waiting-retry split, units by status with capacity, tasks
+running on alive units, orphaned RUNNING tasks, PENDING types no claiming unit serves (the same
 selectors as the stats API and /metrics), and the last hour's history (completions, failures,
 failovers per minute) read through a primary-key range so it never scans the whole history table.
 """
@@ -75,7 +76,7 @@ def unit_counts() -> dict[str, Any]:
         "byStatus": by_status,
         "online": sum(by_status[s] for s in CLAIMING),
         "offline": by_status[UnitStatus.OFFLINE],
-        UnitStatus.MAINTENANCE.lower(): by_status[UnitStatus.MAINTENANCE],
+        "maintenance": by_status[UnitStatus.MAINTENANCE],
         "capacity": load.capacity,
         "running": load.running,
         "utilisation": load.utilisation,
