@@ -25,6 +25,16 @@ import threading
 import traceback
 from typing import Any
 
+import django
+from django.apps import apps
+from django.db import close_old_connections, connections
+from django.utils import timezone
+from django.utils.module_loading import import_string
+from django_tasks.base import Task, TaskResult, TaskResultStatus
+from django_tasks.base import TaskContext as DjangoTaskContext
+from django_tasks.signals import task_finished, task_started
+from django_tasks.utils import normalize_json
+
 from taskhub_unit.context import NonRetryableError, TaskContext, TaskFailed
 
 MAX_ERROR_CHARS = 10_000  # the hub refuses longer `error` texts
@@ -36,14 +46,9 @@ _setup_lock = threading.Lock()
 def setup() -> None:
     """django.setup() with DJANGO_SETTINGS_MODULE, once; ImportError naming what is wrong."""
     with _setup_lock:
-        settings_module = os.environ.get("DJANGO_SETTINGS_MODULE", "").strip()
-        try:
-            import django
-            from django.apps import apps
-        except ImportError as exc:
-            raise ImportError(f"the Django tasks handler needs Django and django-tasks installed: {exc}") from None
         if apps.ready:
             return
+        settings_module = os.environ.get("DJANGO_SETTINGS_MODULE", "").strip()
         if not settings_module:
             raise ImportError("the Django tasks handler needs DJANGO_SETTINGS_MODULE (the project's settings module)")
         try:
@@ -53,14 +58,6 @@ def setup() -> None:
 
 
 setup()
-
-# After setup: these import Django's settings.
-from django.db import close_old_connections, connections  # noqa: E402
-from django.utils import timezone  # noqa: E402
-from django.utils.module_loading import import_string  # noqa: E402
-from django_tasks.base import Task, TaskContext as DjangoTaskContext, TaskResult, TaskResultStatus  # noqa: E402
-from django_tasks.signals import task_finished, task_started  # noqa: E402
-from django_tasks.utils import normalize_json  # noqa: E402
 
 
 def describe(exc: BaseException) -> str:

@@ -45,9 +45,10 @@ def unit_online(hub: Hub, unit: Process) -> bool:
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[Hub]:
-    with tempfile.TemporaryDirectory(prefix="taskhub-djtasks-") as tmp, running_hub(
-        Path(tmp), TASK_RETRY_BACKOFF_BASE="1", DEBUG="false", ALLOWED_HOSTS="127.0.0.1,localhost"
-    ) as hub:
+    with (
+        tempfile.TemporaryDirectory(prefix="taskhub-djtasks-") as tmp,
+        running_hub(Path(tmp), TASK_RETRY_BACKOFF_BASE="1", DEBUG="false", ALLOWED_HOSTS="127.0.0.1,localhost") as hub,
+    ):
         yield hub
 
 
@@ -88,7 +89,7 @@ def test_example_project_runs_its_tasks_through_a_taskhub_unit(hub: Hub, tmp_pat
     assert error["class"] == "reports.tasks.ReportError"
     assert error["traceback"].startswith("Traceback (most recent call last):")
     assert "reports.tasks.ReportError: report 'q3' has no data (attempt 2)" in error["traceback"]
-    assert 'in broken_report\n    raise ReportError(' in error["traceback"]
+    assert "in broken_report\n    raise ReportError(" in error["traceback"]
 
     # What the hub holds: queue -> taskType, priority, run_after -> scheduledAt, taskhub's own knobs.
     hub_counted: dict[str, Any] = hub.api("GET", f"/tasks/{counted['id']}")

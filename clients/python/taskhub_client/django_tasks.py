@@ -37,7 +37,7 @@ import re
 import threading
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -47,7 +47,7 @@ from django_tasks.base import Task, TaskError, TaskResult, TaskResultStatus
 from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
 from django_tasks.signals import task_enqueued
 from django_tasks.utils import normalize_json
-from typing_extensions import ParamSpec, Self
+from typing_extensions import ParamSpec
 
 from taskhub_client import models
 from taskhub_client._sync import Client
@@ -93,8 +93,8 @@ class TaskhubTask(Task[P, T]):
         timeout_seconds: int | None = None,
     ) -> Self:
         task = super().using(priority=priority, queue_name=queue_name, run_after=run_after, backend=backend)
-        changes = {"max_retries": max_retries, "timeout_seconds": timeout_seconds}
-        changes = {name: value for name, value in changes.items() if value is not None}
+        knobs = {"max_retries": max_retries, "timeout_seconds": timeout_seconds}
+        changes: dict[str, Any] = {name: value for name, value in knobs.items() if value is not None}
         return dataclasses.replace(task, **changes) if changes else task
 
 
@@ -120,8 +120,13 @@ class TaskhubBackend(BaseTaskBackend):
         self.key = str(options.get("key") or "")
         self.task_types: dict[str, str] = dict(options.get("task_types") or {})
         self.max_retries = _bounded(options.get("max_retries"), 0, MAX_RETRIES, "OPTIONS max_retries")
-        self.timeout_seconds = _bounded(options.get("timeout_seconds"), 1, MAX_TIMEOUT_SECONDS, "OPTIONS timeout_seconds")
-        self._client_options = {"timeout": float(options.get("timeout", 30.0)), "retries": int(options.get("retries", 3))}
+        self.timeout_seconds = _bounded(
+            options.get("timeout_seconds"), 1, MAX_TIMEOUT_SECONDS, "OPTIONS timeout_seconds"
+        )
+        self._client_options = {
+            "timeout": float(options.get("timeout", 30.0)),
+            "retries": int(options.get("retries", 3)),
+        }
         self._client: Client | None = None
         self._lock = threading.Lock()
 

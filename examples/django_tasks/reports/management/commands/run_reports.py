@@ -38,7 +38,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         later = timezone.now() + timedelta(seconds=1)
-        results = [
+        results: list[TaskResult[Any]] = [
             word_count.using(run_after=later).enqueue("the quick fox and the lazy dog and the cat", top=2),
             broken_report.enqueue("q3"),
         ]
@@ -49,5 +49,8 @@ class Command(BaseCommand):
             for result in results:
                 result.refresh()
         # get_result by id, as another process would (the task's own get_result checks the type).
-        finished = [word_count.get_result(results[0].id), broken_report.get_result(results[1].id)]
+        finished: list[TaskResult[Any]] = [
+            word_count.get_result(results[0].id),
+            broken_report.get_result(results[1].id),
+        ]
         self.stdout.write(json.dumps({"finished": [describe(r) for r in finished]}))
