@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import pytest
 from django.core.handlers.wsgi import WSGIHandler
 from rest_framework.test import APIClient
 
+from taskhub.api.schema import operation_id
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -104,3 +106,16 @@ def test_a_generated_client_imports_and_runs_the_seeds_flow(generated: ModuleTyp
     assert [entry.to_status for entry in history.items] == ["PENDING", "RUNNING", "COMPLETED"]
     page = call("list_tasks", client=producer, status=models.ListTasksStatus.COMPLETED)
     assert [t.id for t in page.items] == [task.id]
+
+
+def test_every_operation_id_is_one_camel_case_name_and_new_endpoints_get_one_by_the_rule() -> None:
+    schema = APIClient().get("/api/v1/schema", {"format": "json"}).json()
+    ids = [op["operationId"] for item in schema["paths"].values() for op in item.values() if "operationId" in op]
+    assert len(ids) == len(set(ids)) and all(re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)*", i) for i in ids), ids
+    assert {"createTask", "listTasks", "claimTasks", "completeTask", "getTaskStats", "writeTaskLogs"} <= set(ids)
+    # Endpoints the table does not know: the rule from the method and the path.
+    assert operation_id("GET", "/events") == "listEvents"
+    assert operation_id("POST", "/tasks/{id}/pause") == "pauseTask"
+    assert operation_id("GET", "/execution-units/{id}/tasks") == "getExecutionUnitTasks"
+    assert operation_id("PUT", "/execution-units/{id}/labels") == "setExecutionUnitLabels"
+    assert operation_id("DELETE", "/tasks/{task_id}") == "deleteTask"
