@@ -16,7 +16,7 @@ from urllib.parse import quote
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
-from taskhub.env import env_bool, env_choice, env_float, env_int, env_list, env_str
+from taskhub.env import env_bool, env_choice, env_float, env_int, env_list, env_str, parse_rate
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Real environment variables win over the file, as twelve-factor tools expect.
@@ -231,6 +231,36 @@ API_SEARCH_WINDOW = env_int("API_SEARCH_WINDOW", 5_000, minimum=1)
 API_THROTTLE_CLIENT = env_str("API_THROTTLE_CLIENT", "6000/min")
 API_THROTTLE_UNIT = env_str("API_THROTTLE_UNIT", "6000/min")
 API_THROTTLE_ANON = env_str("API_THROTTLE_ANON", "600/min")
+# Heartbeats: a bucket of their own, whose window must be shorter than the heartbeat timeout (a
+# throttled unit is heard again before it could be failed over). Default: a third of the timeout
+# (10 s at the default 30 s), room for 3x the heartbeats an agent sends in it, at least 30.
+_HB_WINDOW = max(1, int(UNIT_HEARTBEAT_TIMEOUT // 3))
+_HB_DEFAULT = f"{max(30, 3 * int(_HB_WINDOW / UNIT_HEARTBEAT_INTERVAL + 1))}/{_HB_WINDOW}s"
+API_THROTTLE_HEARTBEAT = env_str("API_THROTTLE_HEARTBEAT", _HB_DEFAULT)
+
+
+def _check_rates() -> None:
+    for name in ("API_THROTTLE_CLIENT", "API_THROTTLE_UNIT", "API_THROTTLE_ANON", "API_THROTTLE_HEARTBEAT"):
+        try:
+            parse_rate(globals()[name])
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {exc}") from None
+    if API_THROTTLE_HEARTBEAT == _HB_DEFAULT:
+        return
+    count, window = parse_rate(API_THROTTLE_HEARTBEAT)
+    if window is not None and window >= UNIT_HEARTBEAT_TIMEOUT:
+        raise ImproperlyConfigured(
+            f"API_THROTTLE_HEARTBEAT: its window ({window}s) must be shorter than UNIT_HEARTBEAT_TIMEOUT "
+            f"({UNIT_HEARTBEAT_TIMEOUT:g}s), or a throttled unit would be failed over"
+        )
+    if count is not None and window is not None and count < window / UNIT_HEARTBEAT_INTERVAL + 1:
+        raise ImproperlyConfigured(
+            f"API_THROTTLE_HEARTBEAT: {count} per {window}s is fewer than a unit heartbeating every "
+            f"UNIT_HEARTBEAT_INTERVAL ({UNIT_HEARTBEAT_INTERVAL:g}s) sends"
+        )
+
+
+_check_rates()
 METRICS_TOKEN = env_str("METRICS_TOKEN")  # Bearer token /metrics requires (see taskhub/api/metrics.py)
 
 REST_FRAMEWORK = {
@@ -248,6 +278,7 @@ REST_FRAMEWORK = {
         "client": API_THROTTLE_CLIENT,
         "unit": API_THROTTLE_UNIT,
         "anon": API_THROTTLE_ANON,
+        "heartbeat": API_THROTTLE_HEARTBEAT,
     },
     "UNAUTHENTICATED_USER": None,
     "COERCE_DECIMAL_TO_STRING": False,

@@ -26,6 +26,7 @@ import pytest
 from django.apps import apps
 from django.core.cache import cache
 from django.db import models
+from django.utils import timezone
 
 from taskhub.api.throttling import PrincipalRateThrottle
 from taskhub.apikeys.models import ALL_SCOPES, ApiKey
@@ -437,7 +438,11 @@ def test_secrets_never_reach_the_server_logs(world: World, caplog: pytest.LogCap
 @pytest.fixture
 def tight_rates(monkeypatch: pytest.MonkeyPatch) -> None:
     # SimpleRateThrottle reads its rates into a class attribute at import time.
-    monkeypatch.setattr(PrincipalRateThrottle, "THROTTLE_RATES", {"client": "5/min", "unit": "4/min", "anon": "3/min"})
+    monkeypatch.setattr(
+        PrincipalRateThrottle,
+        "THROTTLE_RATES",
+        {"client": "5/min", "unit": "4/min", "anon": "3/min", "heartbeat": "3/5s"},
+    )
     cache.clear()  # the world's set-up requests counted too
 
 
@@ -457,13 +462,76 @@ def test_clients_are_throttled_per_key_with_retry_after(world: World, tight_rate
 
 
 def test_units_are_throttled_per_unit_with_retry_after(world: World, tight_rates: None) -> None:
-    beat = {"currentLoad": 0}
-    assert [world.a.unit.post(f"{API}/execution-units/unit-a/heartbeat", beat).status_code for _ in range(4)] == [
-        200
-    ] * 4
-    _throttled(world.a.unit.post(f"{API}/execution-units/unit-a/heartbeat", beat))
-    assert world.b.unit.post(f"{API}/execution-units/unit-b/heartbeat", beat).status_code == 200
+    claim = {"max": 1}
+    assert [world.a.unit.post(f"{API}/execution-units/unit-a/claim", claim).status_code for _ in range(4)] == [200] * 4
+    _throttled(world.a.unit.post(f"{API}/execution-units/unit-a/claim", claim))
+    assert world.b.unit.post(f"{API}/execution-units/unit-b/claim", claim).status_code == 200
     assert world.a.client.get(f"{API}/tasks").status_code == 200  # the unit's key is another bucket
+
+
+def test_a_throttled_unit_still_heartbeats_and_keeps_its_task(
+    world: World, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """API_THROTTLE_UNIT=60/min: a unit that used up its bucket on claims is still heard, so it is
+    never failed over for being throttled (heartbeats have a bucket of their own)."""
+    from units.sweeper import sweep_heartbeats
+
+    rates = {**PrincipalRateThrottle.THROTTLE_RATES, "unit": "60/min", "heartbeat": settings.API_THROTTLE_HEARTBEAT}
+    monkeypatch.setattr(PrincipalRateThrottle, "THROTTLE_RATES", rates)
+    cache.clear()
+    claim = [world.a.unit.post(f"{API}/execution-units/unit-a/claim", {"max": 1}).status_code for _ in range(61)]
+    assert claim[:60] == [200] * 60 and claim[60] == 429
+    running = world.a.tasks["running"]
+    beat = {"currentLoad": 1, "tasks": [{"id": running, "attempt": 1}]}
+    for _ in range(20):
+        reply = world.a.unit.post(f"{API}/execution-units/unit-a/heartbeat", beat)
+        assert reply.status_code == 200, reply.content
+    sweep_heartbeats(now=timezone.now())
+    assert ExecutionUnit.objects.get(pk="unit-a").status != "OFFLINE"
+    assert Task.objects.get(pk=running).status == "RUNNING"
+
+
+def test_the_heartbeat_bucket_window_is_shorter_than_the_timeout(
+    world: World, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    from taskhub.env import parse_rate
+
+    count, window = parse_rate(settings.API_THROTTLE_HEARTBEAT)
+    assert count is not None and window is not None
+    assert window < settings.UNIT_HEARTBEAT_TIMEOUT
+    assert count >= window / settings.UNIT_HEARTBEAT_INTERVAL + 1
+    monkeypatch.setattr(
+        PrincipalRateThrottle,
+        "THROTTLE_RATES",
+        {"client": "5/min", "unit": "2/min", "anon": "3/min", "heartbeat": "3/5s"},
+    )
+    cache.clear()
+    beat = {"currentLoad": 0}
+    statuses = [world.a.unit.post(f"{API}/execution-units/unit-a/heartbeat", beat) for _ in range(4)]
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+    assert 0 < int(statuses[3]["Retry-After"]) <= 5  # heard again well before the timeout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"API_THROTTLE_HEARTBEAT": "100/min", "UNIT_HEARTBEAT_TIMEOUT": "30"}, "shorter than UNIT_HEARTBEAT_TIMEOUT"),
+        ({"API_THROTTLE_HEARTBEAT": "1/10s", "UNIT_HEARTBEAT_TIMEOUT": "30"}, "fewer than a unit"),
+        ({"API_THROTTLE_UNIT": "lots"}, "API_THROTTLE_UNIT"),
+    ],
+)
+def test_a_heartbeat_rate_that_could_fail_units_over_stops_startup(env: dict[str, str], message: str) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "REDIS_", "TASK_", "UNIT_", "API_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env=base | {"DJANGO_SETTINGS_MODULE": "taskhub.settings", "VAR_DIR": "/tmp/taskhub-i18-var"} | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and message in result.stderr
 
 
 @pytest.mark.redis
@@ -472,10 +540,12 @@ def test_throttle_counters_live_in_redis_when_it_is_configured(world: World, tig
 
     world.a.client.get(f"{API}/tasks")
     world.a.unit.post(f"{API}/execution-units/unit-a/heartbeat", {"currentLoad": 0})
+    world.a.unit.post(f"{API}/execution-units/unit-a/claim", {"max": 1})
     keys = {k.decode() for k in get_redis_connection("default").keys("*throttle:*")}
     key_id = ApiKey.objects.get(name="client-a").pk
     assert any(k.endswith(f"throttle:client:key:{key_id}") for k in keys), keys
     assert any(k.endswith("throttle:unit:unit:unit-a") for k in keys), keys
+    assert any(k.endswith("throttle:heartbeat:unit:unit-a") for k in keys), keys
 
 
 # --- limits ----------------------------------------------------------------------------------
