@@ -1,0 +1,106 @@
+"""Issue 18's faults outside the security matrix: unusable unit ids and an agent that would
+re-register in a hot loop, case- and accent-insensitive keys on MariaDB, unbounded log storage
+and the per-task cap under concurrent appends, the development server's DEBUG pages and
+database connections."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import JsonClient
+from units.models import ExecutionUnit
+
+ROOT = Path(__file__).resolve().parent.parent
+API = "/api/v1"
+
+
+# --- 11: unit ids URLs normalise away; an agent never re-registers in a hot loop ----------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("unit_id", [".", "..", "...", "...."])
+def test_unit_ids_made_of_dots_are_refused_naming_the_field(client_a: JsonClient, unit_id: str) -> None:
+    body = {"id": unit_id, "unitType": "T", "unitName": "n", "capacity": 1}
+    reply = client_a.post(f"{API}/execution-units/register", body)
+    assert reply.status_code == 400, reply.content
+    assert "id" in json.dumps(reply.json()["details"])
+    assert "dots" in reply.content.decode()
+    assert not ExecutionUnit.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("unit_id", ["a.b", ".hidden", "x..", "unit-1", "a:b_c"])
+def test_unit_ids_with_some_dots_are_still_fine(client_a: JsonClient, unit_id: str) -> None:
+    body = {"id": unit_id, "unitType": "T", "unitName": "n", "capacity": 1}
+    assert client_a.post(f"{API}/execution-units/register", body).status_code == 201
+    assert client_a.get(f"{API}/execution-units/{unit_id}").status_code == 200
+
+
+class _RefusingHub(BaseHTTPRequestHandler):
+    """Accepts every registration (201 with a token) and refuses everything else with 401: the
+    agent can never be heard, as with an id the hub cannot route."""
+
+    registrations: list[float] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        if self.path.endswith("/execution-units/register"):
+            type(self).registrations.append(time.monotonic())
+            status, body = (
+                201,
+                {"id": "u", "status": "ONLINE", "token": "thu_" + "y" * 43, "heartbeatIntervalSeconds": 1},
+            )
+        else:
+            status, body = 401, {"code": "not_authenticated", "message": "Invalid unit token", "details": {}}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_agent_the_hub_never_hears_backs_off_between_registrations(tmp_path: Path) -> None:
+    """A real `taskhub-unit` process against a hub that registers it but refuses its token: it
+    registers again with growing waits (before: 34 registrations in 8 s)."""
+    _RefusingHub.registrations = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKHUB_", "DB_", "REDIS_"))}
+    env["TASKHUB_ENROLL_KEY"] = "thk_" + "z" * 43
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    cmd = [sys.executable, "-m", "taskhub_unit", "--server", url, "--id", "refused", "--type", "T", "--handler", "echo"]
+    cmd += ["--poll-interval", "0.05", "--retry-max", "30"]
+    with open(tmp_path / "agent.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(6)
+        assert proc.poll() is None, (tmp_path / "agent.log").read_text()[-2000:]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        server.shutdown()
+    times = _RefusingHub.registrations
+    text = (tmp_path / "agent.log").read_text()
+    assert 2 <= len(times) <= 6, (len(times), text[-2000:])
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(later >= earlier * 0.9 for earlier, later in zip(gaps[1:], gaps[2:], strict=False)), gaps
+    assert "heard nothing from it since the last registration" in text
