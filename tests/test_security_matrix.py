@@ -778,3 +778,69 @@ def test_unknown_api_paths_and_methods_answer_json_even_without_a_csrf_token(wor
     health = browser.post(f"{API}/health", {}, format="json")
     assert health.status_code == 405 and health.json()["code"] == "method_not_allowed"
     assert "GET" in health["Allow"]
+
+
+# --- revocation and deregistration end a unit's access (issue 18 #4) ----------------------------
+
+
+def test_revoking_a_key_ends_the_unit_tokens_it_issued(world: World) -> None:
+    running = world.a.tasks["running"]
+    before = _rows_of("A")
+    api_key_revoke(ApiKey.objects.get(name="client-a"))
+    beat = {"currentLoad": 1, "tasks": [{"id": running, "attempt": 1}]}
+    for path, body in (("heartbeat", beat), ("claim", {"max": 1})):
+        reply = world.a.unit.post(f"{API}/execution-units/unit-a/{path}", body)
+        assert reply.status_code == 401, (path, reply.content)
+        assert "revoked" in reply.json()["message"]
+    reply = world.a.unit.post(f"{API}/tasks/{running}/complete", {"attempt": 1, "result": {}})
+    assert reply.status_code == 401
+    assert _rows_of("A") == before  # refused: nothing changed
+    # B's key and unit are untouched.
+    assert world.b.unit.post(f"{API}/execution-units/unit-b/heartbeat", {"currentLoad": 0}).status_code == 200
+
+
+def test_a_deregistered_process_is_evicted_and_a_new_one_may_register(world: World) -> None:
+    body = {"id": "unit-e", "unitType": "SEC_A", "unitName": "e", "capacity": 1, "instanceId": "proc-1"}
+    reg = _ok(world.a.client.post(f"{API}/execution-units/register", body), 201)
+    assert world.a.client.delete(f"{API}/execution-units/unit-e").status_code == 204
+    assert (
+        JsonClient(reg["token"]).post(f"{API}/execution-units/unit-e/heartbeat", {"currentLoad": 0}).status_code == 401
+    )
+    again = world.a.client.post(f"{API}/execution-units/register", body)
+    assert again.status_code == 409, again.content
+    assert again.json()["code"] == "unit_evicted"
+    assert again.json()["details"]["evictedBy"].startswith("key:")
+    assert not ExecutionUnit.objects.filter(pk="unit-e").exists()  # refused: nothing changed
+    fresh = world.a.client.post(f"{API}/execution-units/register", {**body, "instanceId": "proc-2"})
+    assert fresh.status_code == 201, fresh.content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_running_agent_whose_unit_is_deregistered_stops_with_exit_code_5(
+    live_server: Any, tmp_path: Path, make_client: Callable[..., JsonClient]
+) -> None:
+    """A real `taskhub-unit` process running a task: "Deregister" fails the task over, and the agent
+    stops (exit code 5, a clear line) instead of registering again and taking the task back."""
+    client = make_client("agent-evict")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKHUB_", "DB_", "REDIS_"))}
+    env["TASKHUB_ENROLL_KEY"] = client.secret  # type: ignore[attr-defined]
+    cmd = [sys.executable, "-m", "taskhub_unit", "--server", live_server.url, "--id", "agent-evict"]
+    cmd += ["--type", "SEC_EVICT", "--capacity", "1", "--handler", "sleep", "--poll-interval", "0.2"]
+    task = _ok(client.post(f"{API}/tasks", {"name": "s", "taskType": "SEC_EVICT", "config": {"seconds": 60}}), 201)
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: Task.objects.get(pk=task["id"]).status == "RUNNING", 60, "the agent to claim", interval=0.2)
+        assert client.delete(f"{API}/execution-units/agent-evict").status_code == 204
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert code == 5, text[-3000:]
+    assert "was deregistered by key:agent-evict" in text
+    assert not ExecutionUnit.objects.filter(pk="agent-evict").exists()
+    task_row = Task.objects.get(pk=task["id"])
+    assert task_row.status == "PENDING" and task_row.attempt == 1  # failed over once, never claimed again

@@ -4,7 +4,7 @@ from django.db import models
 
 from units.states import DrainedBy, UnitStatus
 
-__all__ = ["DrainedBy", "ExecutionUnit", "UnitStatus"]
+__all__ = ["DrainedBy", "ExecutionUnit", "UnitEviction", "UnitStatus"]
 
 
 class ExecutionUnit(models.Model):
@@ -54,3 +54,23 @@ class ExecutionUnit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} ({self.unit_type})"
+
+
+class UnitEviction(models.Model):
+    """A tombstone: the process (instance id) that ran a unit an operator deregistered. That
+    process's registrations are refused (409 `unit_evicted`) so its agent stops instead of coming
+    back under the same id and restarting work; a new process (another instance id) may register
+    the id again. Kept for EVICTION_DAYS."""
+
+    unit_id = models.CharField(max_length=64)
+    instance_id = models.CharField(max_length=64)
+    evicted_by = models.CharField(max_length=200, blank=True, default="")
+    evicted_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "unit_evictions"
+        ordering = ["id"]
+        indexes = [models.Index(fields=["unit_id", "instance_id"], name="unit_eviction_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.unit_id} ({self.instance_id})"

@@ -55,6 +55,7 @@ def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = No
     unit_id = fields.pop("id")
     replace = bool(fields.pop("replace", False))
     fields["instance_id"] = fields.get("instance_id") or ""
+    lifecycle.refuse_an_evicted_instance(unit_id, fields["instance_id"])
     try:
         with transaction.atomic():
             unit = ExecutionUnit.objects.select_for_update().filter(pk=unit_id).first()
@@ -214,8 +215,11 @@ def unit_update(
 
 @transaction.atomic
 def unit_delete(unit_id: str, *, queryset: QuerySet[ExecutionUnit], actor: Actor) -> dict[str, int]:
-    """Deregister: the unit's RUNNING tasks fail over first, then the row goes (its token dies)."""
+    """Deregister: the unit's RUNNING tasks fail over first, then the row goes (its token dies).
+    The process that ran it is evicted: its registrations are refused from now on (see
+    units.lifecycle), so it stops instead of registering again and restarting work."""
     unit = _lock_unit(unit_id, queryset)
+    lifecycle.record_eviction(unit, actor, timezone.now())
     counts = fail_over_tasks(
         Q(unit_id=unit_id),
         reason=f"unit {unit_id} deregistered by {actor.label}",

@@ -146,7 +146,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     # --- revoke ---------------------------------------------------------------------------------
 
-    @admin.action(description="Revoke selected API keys", permissions=["change"])
+    @admin.action(
+        description="Revoke selected API keys (the unit tokens they issued stop working too)", permissions=["change"]
+    )
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
         active = {key.pk: key for key in queryset.filter(revoked_at__isnull=True)}
 
@@ -158,7 +160,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
             self.log_change(request, key, "Revoked")
             return None
 
-        run_each(selected_pks(queryset), Outcome("Revoked", "API key", "API keys"), revoke, _explain).report(request)
+        outcome = run_each(selected_pks(queryset), Outcome("Revoked", "API key", "API keys"), revoke, _explain)
+        outcome.notes.append(
+            "Units registered with a revoked key are refused from now on (401 on heartbeat and claim): "
+            "their leases fail over when the sweeper finds them silent."
+        )
+        outcome.report(request)
         return back_to_next(request)
 
 
