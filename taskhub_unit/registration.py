@@ -7,8 +7,9 @@ live (409 `unit_in_use`), and a heartbeat or claim from an instance that was rep
 `unit_replaced`, or 401 for its dead token, then `unit_in_use` when it registers again). Either way
 the process stops (exit code 4) instead of fighting over the id. A process whose unit an operator
 deregistered (`DELETE /execution-units/{id}`, "Deregister" in the console) is refused too (409
-`unit_evicted`) and stops with exit code 5; a new process (another instance id) may register the id. `--replace` takes the id over at
-once, on the first registration only: a replaced process never replaces its replacement back.
+`unit_evicted`) and stops with exit code 5; a new process (another instance id) may register the
+id. `--replace` takes the id over at once, on the first registration only: a replaced process
+never replaces its replacement back.
 """
 
 from __future__ import annotations

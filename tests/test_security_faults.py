@@ -5,6 +5,7 @@ database connections."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -52,7 +53,7 @@ class _RefusingHub(BaseHTTPRequestHandler):
 
     registrations: list[float] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
         if self.path.endswith("/execution-units/register"):
@@ -101,6 +102,6 @@ def test_an_agent_the_hub_never_hears_backs_off_between_registrations(tmp_path: 
     times = _RefusingHub.registrations
     text = (tmp_path / "agent.log").read_text()
     assert 2 <= len(times) <= 6, (len(times), text[-2000:])
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert all(later >= earlier * 0.9 for earlier, later in zip(gaps[1:], gaps[2:], strict=False)), gaps
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(later >= earlier * 0.9 for earlier, later in itertools.pairwise(gaps[1:])), gaps
     assert "heard nothing from it since the last registration" in text
