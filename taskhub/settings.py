@@ -67,6 +67,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: DEBUG's technical pages only for callers on this machine (taskhub/api/middleware.py).
+    "taskhub.api.middleware.LocalDebugMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "taskhub.api.metrics.PrometheusMiddleware",
     "taskhub.api.middleware.AccessLogMiddleware",
@@ -78,11 +80,14 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+# Secrets never in a technical page, `diffsettings` or a log of settings: besides Django's own
+# (KEY, SECRET, PASS, TOKEN...), every URL and LOCATION (they carry Redis and broker passwords).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "taskhub.base.secrets.SecretFilter"
 if not TESTING:
     # gunicorn serves the admin's and Swagger UI's static files itself: STATIC_ROOT as
     # `collectstatic` filled it (the Docker image does at build time), or the apps' own files under
     # DEBUG. Left out under pytest, where nothing fetches them and STATIC_ROOT is not collected.
-    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+    MIDDLEWARE.insert(2, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 ROOT_URLCONF = "taskhub.urls"
 WSGI_APPLICATION = "taskhub.wsgi.application"

@@ -105,3 +105,72 @@ def test_an_agent_the_hub_never_hears_backs_off_between_registrations(tmp_path: 
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(later >= earlier * 0.9 for earlier, later in itertools.pairwise(gaps[1:])), gaps
     assert "heard nothing from it since the last registration" in text
+
+
+# --- 7: DEBUG's technical pages never reach the network, secrets never printed -----------------
+
+SECRET_ENV = {"REDIS_PASSWORD": "redis-pw-7c1d", "DB_PASSWORD": "db-pw-7c1d"}
+
+
+@pytest.fixture
+def debug_with_secrets(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings.DEBUG = True
+    settings.REDIS_URL = "redis://:redis-pw-7c1d@redis.internal:6379/0"
+    settings.CELERY_BROKER_URL = settings.REDIS_URL
+    for name, value in SECRET_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+def _no_secret(response: Any) -> None:
+    text = response.content.decode(errors="replace")
+    for value in SECRET_ENV.values():
+        assert value not in text
+    assert "redis.internal" not in text and "DJANGO_SETTINGS_MODULE" not in text
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/v1/tasks", "/admin/", "/nowhere"])
+def test_a_foreign_host_header_gets_json_not_the_technical_400(debug_with_secrets: None, path: str) -> None:
+    from django.test import Client
+
+    reply = Client(REMOTE_ADDR="203.0.113.9").get(path, HTTP_HOST="evil.example", **dict(SECRET_ENV))
+    assert reply.status_code == 400
+    assert reply["Content-Type"].startswith("application/json")
+    assert reply.json()["code"] == "bad_request"
+    _no_secret(reply)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/nowhere", "/admin/nowhere/at/all", "/static/none.css", "/api/v1/nope"])
+def test_unknown_paths_list_no_url_patterns_to_the_network(debug_with_secrets: None, path: str) -> None:
+    from django.test import Client
+
+    reply = Client(REMOTE_ADDR="203.0.113.9").get(path)
+    assert reply.status_code in (302, 404), reply.status_code  # the admin may send to its login first
+    text = reply.content.decode()
+    assert "URLconf" not in text and "api/v1/" not in text.replace(path, "")
+    if reply.status_code == 404:
+        assert reply["Content-Type"].startswith("application/json")
+
+
+@pytest.mark.django_db
+def test_the_technical_page_for_a_local_caller_hides_every_secret(debug_with_secrets: None) -> None:
+    from django.test import Client
+
+    reply = Client(REMOTE_ADDR="127.0.0.1").get("/api/v1/tasks", HTTP_HOST="evil.example", **dict(SECRET_ENV))
+    assert reply.status_code == 400
+    assert "DisallowedHost" in reply.content.decode()  # the developer on this machine still sees it
+    _no_secret_values(reply.content.decode())
+
+
+def _no_secret_values(text: str) -> None:
+    for value in SECRET_ENV.values():
+        assert value not in text
+
+
+def test_settings_as_django_prints_them_carry_no_secret(debug_with_secrets: None) -> None:
+    from django.views.debug import get_default_exception_reporter_filter
+
+    shown = repr(get_default_exception_reporter_filter().get_safe_settings())
+    _no_secret_values(shown)
+    assert "redis.internal" not in shown  # URLs and cache locations are hidden whole
