@@ -109,6 +109,24 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 DB_HOST = env_str("DB_HOST")
+
+
+def _server_kind() -> str:
+    """Which server runs this process, for how long its database connections may live: `runserver`
+    (a thread per HTTP connection, unbounded), `asgi` (uvicorn, daphne, hypercorn: Django runs sync
+    code in a thread pool, and persistent connections are not safe there), or `bounded` (gunicorn's
+    sync/gthread workers, Celery, management commands: a fixed number of threads)."""
+    if "runserver" in sys.argv[1:3]:
+        return "runserver"
+    if any(name in sys.modules for name in ("uvicorn", "daphne", "hypercorn")):
+        return "asgi"
+    return "bounded"
+
+
+SERVER_KIND = _server_kind()
+# Persistent connections only where the number of threads is bounded; under runserver and ASGI
+# servers every request closes its connection (one connection per request in flight, never more).
+DB_CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60, minimum=0) if SERVER_KIND == "bounded" else 0
 if DB_HOST:
     DATABASES = {
         "default": {
@@ -118,7 +136,7 @@ if DB_HOST:
             "USER": env_str("DB_USERNAME", "root"),
             "PASSWORD": env_str("DB_PASSWORD"),
             "NAME": env_str("DB_DATABASE", "task_management"),
-            "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60, minimum=0),
+            "CONN_MAX_AGE": DB_CONN_MAX_AGE,
             "CONN_HEALTH_CHECKS": True,
             "OPTIONS": {
                 "charset": "utf8mb4",

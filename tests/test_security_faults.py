@@ -174,3 +174,84 @@ def test_settings_as_django_prints_them_carry_no_secret(debug_with_secrets: None
     shown = repr(get_default_exception_reporter_filter().get_safe_settings())
     _no_secret_values(shown)
     assert "redis.internal" not in shown  # URLs and cache locations are hidden whole
+
+
+# --- 8: the development server's database connections are bounded ------------------------------
+
+
+def test_runserver_and_asgi_servers_never_keep_connections(tmp_path: Path) -> None:
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; print(s.SERVER_KIND, s.DB_CONN_MAX_AGE)"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "REDIS_"))}
+    base |= {"DJANGO_SETTINGS_MODULE": "taskhub.settings", "VAR_DIR": str(tmp_path), "DB_CONN_MAX_AGE": "60"}
+    cases = {
+        "runserver": [sys.executable, "-c", f"import sys; sys.argv = ['manage.py', 'runserver']; {code}"],
+        "asgi": [
+            sys.executable,
+            "-c",
+            f"import sys, types; sys.modules['uvicorn'] = types.ModuleType('uvicorn'); {code}",
+        ],
+        "bounded": [sys.executable, "-c", code],
+    }
+    for kind, cmd in cases.items():
+        out = subprocess.run(cmd, cwd=ROOT, env=base, capture_output=True, text=True, timeout=60)
+        assert out.stdout.split() == [kind, "60" if kind == "bounded" else "0"], (kind, out.stderr[-2000:])
+
+
+@pytest.mark.mariadb
+@pytest.mark.django_db(transaction=True)
+def test_runserver_on_mariadb_holds_no_connection_per_request(make_client: Any, tmp_path: Path) -> None:
+    """`make run`'s runserver (a thread per HTTP connection) with 8 clients x 30 requests: the
+    connections it holds afterwards stay a handful (before: one per request, 145 of 151)."""
+    import requests
+    from django.db import connection
+
+    from testkit.ports import free_port
+    from testkit.waiting import wait_for
+
+    assert connection.vendor == "mysql"
+    client = make_client("conn-bound")
+    db = connection.settings_dict
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    env |= {"DB_DATABASE": db["NAME"], "DB_CONN_MAX_AGE": "60", "DEBUG": "1", "APP_ENV": "development"}
+    env |= {"VAR_DIR": str(tmp_path / "var"), "LOG_DIR": str(tmp_path / "logs")}
+    cmd = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
+    with open(tmp_path / "runserver.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def held() -> int:
+        with connection.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s", [db["NAME"]])
+            return int(cur.fetchone()[0]) - 1  # this test's own connection
+
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1/tasks"
+        headers = {"Authorization": f"Bearer {client.secret}"}
+
+        def up() -> bool:
+            assert proc.poll() is None, (tmp_path / "runserver.log").read_text()[-2000:]
+            try:
+                return requests.get(url, headers=headers, timeout=5).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, 60, "runserver to answer", interval=0.2)
+        statuses: list[int] = []
+
+        def burst() -> None:
+            for _ in range(30):
+                statuses.append(requests.get(url, headers=headers, timeout=30).status_code)
+
+        threads = [threading.Thread(target=burst) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert statuses == [200] * 240
+        time.sleep(0.5)
+        assert held() <= 2, held()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
