@@ -239,6 +239,8 @@ if UNIT_HEARTBEAT_INTERVAL >= UNIT_HEARTBEAT_TIMEOUT:
 SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 5.0, minimum=0.1)
 TASK_LOG_RETENTION_DAYS = env_int("TASK_LOG_RETENTION_DAYS", 30, minimum=1)
 TASK_MAX_LOG_ENTRIES = env_int("TASK_MAX_LOG_ENTRIES", 10_000, minimum=1)
+# Log lines stored on all tasks of one API key (purged after TASK_LOG_RETENTION_DAYS): 409 past it.
+TASK_LOG_QUOTA_PER_KEY = env_int("TASK_LOG_QUOTA_PER_KEY", 1_000_000, minimum=1)
 TASK_BATCH_MAX = env_int("TASK_BATCH_MAX", 100, minimum=1, maximum=1000)  # items per batch request
 
 # --- API ------------------------------------------------------------------------------------

@@ -8,9 +8,37 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Count
 
+from taskhub.apikeys.services import charge_log_entries, refund_log_entries
 from taskhub.base.actors import Actor
 from taskhub.base.errors import Conflict
 from tasks.models import TaskExecutionLog
+
+
+class LogQuotaExceeded(Conflict):
+    code = "log_quota_exceeded"
+
+
+def charge_owner(owner_id: int | None, task_id: int, adding: int) -> None:
+    """The per-key quota: the lines stored on all of a key's tasks stay within
+    TASK_LOG_QUOTA_PER_KEY. Inside the transaction that stores them (a refusal rolls back
+    nothing else: it raises before the caller changes anything). Operators' tasks (no key) have
+    only the per-task cap."""
+    quota = settings.TASK_LOG_QUOTA_PER_KEY
+    if owner_id is not None and not charge_log_entries(owner_id, adding, quota):
+        raise LogQuotaExceeded(
+            f"The API key that owns task {task_id} has reached its log quota of {quota} entries "
+            f"(TASK_LOG_QUOTA_PER_KEY); old lines are purged after TASK_LOG_RETENTION_DAYS",
+            details={"quota": quota, "adding": adding},
+        )
+
+
+def refund_deleted(rows: list[tuple[int | None, int]]) -> None:
+    """(owner id, lines deleted) pairs: uncount them."""
+    counts: dict[int, int] = {}
+    for owner_id, n in rows:
+        if owner_id is not None:
+            counts[owner_id] = counts.get(owner_id, 0) + n
+    refund_log_entries(counts)
 
 
 def stored_log_counts(task_ids: list[int]) -> dict[int, int]:

@@ -255,3 +255,219 @@ def test_runserver_on_mariadb_holds_no_connection_per_request(make_client: Any, 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# --- 10: keys compare byte-exact on every database ---------------------------------------------
+
+LOOK_ALIKES = ["Order-Ab1", "order-ab1", "ördér-ab1", "ORDER-AB1 "]
+
+
+@pytest.mark.django_db
+def test_idempotency_keys_differing_in_case_or_accents_are_different_keys(client_a: JsonClient) -> None:
+    from tasks.models import Task
+
+    ids = set()
+    for key in LOOK_ALIKES:
+        reply = client_a.post(f"{API}/tasks", {"name": "n", "taskType": "T"}, HTTP_IDEMPOTENCY_KEY=key)
+        assert reply.status_code == 201, (key, reply.content)
+        ids.add(reply.json()["id"])
+    assert len(ids) == len(LOOK_ALIKES) == Task.objects.count()
+    again = client_a.post(f"{API}/tasks", {"name": "n", "taskType": "T"}, HTTP_IDEMPOTENCY_KEY="order-ab1")
+    assert again.status_code == 200  # the exact repeat still returns the first
+
+
+@pytest.mark.django_db
+def test_unit_ids_and_types_differing_in_case_are_different(client_a: JsonClient) -> None:
+    from tasks.models import Task
+
+    tokens = {}
+    for unit_id, unit_type in (("Unit-K", "TYPE_K"), ("unit-k", "type_k")):
+        body = {"id": unit_id, "unitType": unit_type, "unitName": unit_id, "capacity": 2}
+        reply = client_a.post(f"{API}/execution-units/register", body)
+        assert reply.status_code == 201, (unit_id, reply.content)
+        tokens[unit_id] = JsonClient(reply.json()["token"])
+    assert ExecutionUnit.objects.count() == 2
+    upper = client_a.post(f"{API}/tasks", {"name": "n", "taskType": "TYPE_K"}).json()["id"]
+    claimed = tokens["unit-k"].post(f"{API}/execution-units/unit-k/claim", {"max": 2}).json()["items"]
+    assert claimed == []  # "type_k" is not "TYPE_K"
+    claimed = tokens["Unit-K"].post(f"{API}/execution-units/Unit-K/claim", {"max": 2}).json()["items"]
+    assert [t["id"] for t in claimed] == [upper]
+    assert Task.objects.get(pk=upper).unit_id == "Unit-K"
+
+
+def _key_columns() -> list[tuple[str, str]]:
+    from django.apps import apps
+
+    from taskhub.base.fields import KeyField
+
+    out = []
+    for model in apps.get_models():
+        for field in model._meta.concrete_fields:
+            target = getattr(field, "target_field", None) if field.is_relation else field
+            if isinstance(target, KeyField):
+                out.append((model._meta.db_table, field.column))
+    return out
+
+
+def test_every_key_column_is_a_key_field() -> None:
+    """The columns compared for identity (ids, keys, digests, prefixes, types, pools) are all
+    byte-exact; a new one must be a KeyField too."""
+    columns = set(_key_columns())
+    for expected in [
+        ("api_keys", "name"),
+        ("api_keys", "prefix"),
+        ("api_keys", "key_hash"),
+        ("api_keys", "pool"),
+        ("execution_units", "id"),
+        ("execution_units", "unit_type"),
+        ("execution_units", "token_hash"),
+        ("execution_units", "instance_id"),
+        ("execution_units", "pool"),
+        ("unit_evictions", "unit_id"),
+        ("unit_evictions", "instance_id"),
+        ("tasks", "task_type"),
+        ("tasks", "idempotency_key"),
+        ("tasks", "request_fingerprint"),
+        ("tasks", "pool"),
+        ("tasks", "unit_id"),  # the foreign key follows the unit id
+        ("task_status_history", "unit_id"),
+        ("task_execution_logs", "unit_id"),
+    ]:
+        assert expected in columns, expected
+
+
+@pytest.mark.mariadb
+@pytest.mark.django_db
+def test_every_key_column_has_the_binary_collation_on_mariadb() -> None:
+    from django.db import connection
+
+    assert connection.vendor == "mysql"
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE()"
+        )
+        collations = {(t, c): coll for t, c, coll in cur.fetchall()}
+    wrong = {col: collations.get(col) for col in _key_columns() if collations.get(col) != "utf8mb4_bin"}
+    assert wrong == {}
+
+
+# --- 9: log storage bound per key; the per-task cap exact under concurrent appends ----------------
+
+
+@pytest.mark.django_db
+def test_a_keys_log_lines_stop_at_its_quota_with_a_clear_409(
+    make_client: Any, settings: Any, client_a: JsonClient
+) -> None:
+    from taskhub.apikeys.models import ApiKey
+    from tasks.models import TaskExecutionLog
+
+    settings.TASK_LOG_QUOTA_PER_KEY = 5
+    hog = make_client("log-hog")
+    ids = [hog.post(f"{API}/tasks", {"name": f"t{i}", "taskType": "T"}).json()["id"] for i in range(3)]
+    line = {"level": "INFO", "message": "x" * 100}
+    assert hog.post(f"{API}/tasks/{ids[0]}/logs", {"entries": [line] * 3}).status_code == 201
+    assert hog.post(f"{API}/tasks/{ids[1]}/logs", {"entries": [line] * 2}).status_code == 201
+    refused = hog.post(f"{API}/tasks/{ids[2]}/logs", {"entries": [line]})
+    assert refused.status_code == 409, refused.content
+    assert refused.json()["code"] == "log_quota_exceeded"
+    assert refused.json()["details"]["quota"] == 5
+    assert TaskExecutionLog.objects.count() == 5  # refused: nothing stored
+    # Another key has its own quota.
+    other = client_a.post(f"{API}/tasks", {"name": "o", "taskType": "T"}).json()["id"]
+    assert client_a.post(f"{API}/tasks/{other}/logs", {"entries": [line] * 5}).status_code == 201
+    # Deleting a task gives its lines back.
+    assert hog.delete(f"{API}/tasks/{ids[0]}").status_code == 204
+    assert ApiKey.objects.get(name="log-hog").log_entries == 2
+    assert hog.post(f"{API}/tasks/{ids[2]}/logs", {"entries": [line] * 3}).status_code == 201
+
+
+@pytest.mark.django_db
+def test_a_unit_reporting_logs_counts_against_the_task_owners_quota(make_client: Any, settings: Any) -> None:
+    settings.TASK_LOG_QUOTA_PER_KEY = 2
+    owner = make_client("quota-owner")
+    task_id = owner.post(f"{API}/tasks", {"name": "t", "taskType": "QT"}).json()["id"]
+    body = {"id": "quota-unit", "unitType": "QT", "unitName": "u", "capacity": 1}
+    unit = JsonClient(owner.post(f"{API}/execution-units/register", body).json()["token"])
+    assert unit.post(f"{API}/execution-units/quota-unit/claim", {"max": 1}).json()["items"][0]["id"] == task_id
+    assert (
+        unit.post(f"{API}/tasks/{task_id}/logs", {"attempt": 1, "entries": [{"message": "a"}] * 2}).status_code == 201
+    )
+    refused = unit.post(f"{API}/tasks/{task_id}/logs", {"attempt": 1, "message": "b"})
+    assert refused.status_code == 409 and refused.json()["code"] == "log_quota_exceeded"
+    batch = unit.post(
+        f"{API}/tasks/reports",
+        {
+            "reports": [
+                {"taskId": task_id, "attempt": 1, "outcome": "progress", "progress": 5, "logs": [{"message": "c"}]}
+            ]
+        },
+    )
+    assert batch.status_code == 200, batch.content
+    assert batch.json()["items"][0]["error"]["code"] == "log_quota_exceeded"
+
+
+def _append_many(task_ids: list[int], rounds: int, out: Any) -> None:
+    from django.db import connections
+
+    from taskhub.base.actors import Actor
+    from taskhub.base.errors import Conflict
+    from tasks.models import Task
+    from tasks.services import task_append_logs
+
+    stored, refused, errors = 0, 0, []
+    try:
+        for i in range(rounds):
+            task_id = task_ids[i % len(task_ids)]
+            try:
+                stored += task_append_logs(
+                    task_id,
+                    [{"level": "INFO", "message": f"line {i}"}],
+                    actor=Actor.api_key("k"),
+                    queryset=Task.objects.all(),
+                )
+            except Conflict:
+                refused += 1
+    except Exception as exc:  # any other error fails the test
+        errors.append(repr(exc))
+    finally:
+        connections.close_all()
+    out.put((stored, refused, errors))
+
+
+@pytest.mark.mariadb
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_appends_on_mariadb_stop_exactly_at_the_cap_and_the_quota(settings: Any) -> None:
+    """8 processes append one line at a time: a task capped at 100 stores exactly 100 (before:
+    110-120), and a key with a quota of 150 over two tasks stores exactly 150."""
+    import multiprocessing
+
+    from django.db import connection, connections
+
+    from taskhub.apikeys.models import ApiKey
+    from tasks.models import TaskExecutionLog
+    from tests import factories
+
+    assert connection.vendor == "mysql"
+    settings.TASK_MAX_LOG_ENTRIES = 100
+    settings.TASK_LOG_QUOTA_PER_KEY = 150
+    key_x, _ = factories.api_key(name="cap-x")
+    key_y, _ = factories.api_key(name="quota-y")
+    x1 = factories.task(owner=key_x).pk
+    y1, y2 = factories.task(owner=key_y).pk, factories.task(owner=key_y).pk
+    connections.close_all()
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_append_many, args=([x1, y1, y2], 60, queue)) for _ in range(8)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert [e for _, _, errs in results for e in errs] == []
+    counts = {t: TaskExecutionLog.objects.filter(task_id=t).count() for t in (x1, y1, y2)}
+    assert counts[x1] == 100, counts
+    assert counts[y1] + counts[y2] == 150, counts
+    assert sum(s for s, _, _ in results) == 250
+    assert ApiKey.objects.get(pk=key_y.pk).log_entries == 150

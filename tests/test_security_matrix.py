@@ -844,3 +844,62 @@ def test_a_running_agent_whose_unit_is_deregistered_stops_with_exit_code_5(
     assert not ExecutionUnit.objects.filter(pk="agent-evict").exists()
     task_row = Task.objects.get(pk=task["id"])
     assert task_row.status == "PENDING" and task_row.attempt == 1  # failed over once, never claimed again
+
+
+# --- execution pools: a unit claims only its own tenant's tasks (issue 18 #13) -------------------
+
+
+def _register(client: JsonClient, unit_id: str, unit_type: str) -> JsonClient:
+    body = {"id": unit_id, "unitType": unit_type, "unitName": unit_id, "capacity": 5}
+    return JsonClient(_ok(client.post(f"{API}/execution-units/register", body), 201)["token"])
+
+
+def _task(client: JsonClient, task_type: str, marker: str) -> int:
+    body = {"name": marker, "taskType": task_type, "config": {"password": marker}}
+    return int(_ok(client.post(f"{API}/tasks", body), 201)["id"])
+
+
+def test_a_unit_of_another_pool_never_claims_a_tenants_tasks() -> None:
+    from taskhub.apikeys.services import api_key_create
+
+    _, key_a = api_key_create(name="tenant-a", scopes=ALL_SCOPES, pool="tenant-a")
+    _, key_b = api_key_create(name="tenant-b", scopes=ALL_SCOPES, pool="tenant-b")
+    _, key_a2 = api_key_create(name="tenant-a-workers", scopes=["units:register"], pool="tenant-a")
+    a, b = JsonClient(key_a), JsonClient(key_b)
+    secret = _task(a, "SHARED", "A-password-9d2")
+    unit_b = _register(b, "unit-pool-b", "SHARED")
+    reply = _ok(unit_b.post(f"{API}/execution-units/unit-pool-b/claim", {"max": 5}), 200)
+    assert reply["items"] == [] and "A-password-9d2" not in json.dumps(reply)
+    assert Task.objects.get(pk=secret).status == "PENDING" and Task.objects.get(pk=secret).attempt == 0
+    # B's own task of the same type: B's unit claims it.
+    own = _task(b, "SHARED", "B-task")
+    assert [
+        t["id"] for t in _ok(unit_b.post(f"{API}/execution-units/unit-pool-b/claim", {"max": 5}), 200)["items"]
+    ] == [own]
+    # A unit registered by another key of A's pool claims A's task.
+    unit_a = _register(JsonClient(key_a2), "unit-pool-a", "SHARED")
+    claimed = _ok(unit_a.post(f"{API}/execution-units/unit-pool-a/claim", {"max": 5}), 200)["items"]
+    assert [t["id"] for t in claimed] == [secret] and claimed[0]["config"] == {"password": "A-password-9d2"}
+
+
+def test_one_pool_by_default_is_a_shared_worker_pool(world: World) -> None:
+    """Keys made without a pool share the default one: any unit claims any client's tasks of its
+    type (today's single-tenant behaviour)."""
+    assert set(ApiKey.objects.values_list("pool", flat=True)) == {"default"}
+    body = {"name": "B-in-A-type", "taskType": "SEC_A", "priority": 9, "config": {}}
+    shared = int(_ok(world.b.client.post(f"{API}/tasks", body), 201)["id"])
+    claimed = _ok(world.a.unit.post(f"{API}/execution-units/unit-a/claim", {"max": 1}), 200)["items"]
+    assert [t["id"] for t in claimed] == [shared]
+    assert Task.objects.get(pk=shared).pool == "default"
+    assert ExecutionUnit.objects.get(pk="unit-a").pool == "default"
+
+
+def test_operators_tasks_are_in_the_default_pool_and_pools_are_validated() -> None:
+    from taskhub.apikeys.services import api_key_create
+    from taskhub.base.errors import InvalidInput
+    from tests import factories
+
+    assert factories.task(task_type="OPS").pool == "default"
+    with pytest.raises(InvalidInput) as bad:
+        api_key_create(name="bad-pool", scopes=["tasks:read"], pool="no spaces")
+    assert "pool" in bad.value.details["fields"]

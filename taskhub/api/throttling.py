@@ -55,6 +55,11 @@ class PrincipalRateThrottle(SimpleRateThrottle):
             return True
         return self.throttle_failure()
 
+    def get_rate(self) -> str | None:
+        if self.scope == "heartbeat" and "heartbeat" not in self.THROTTLE_RATES:  # rates set without it
+            return self.THROTTLE_RATES.get("unit")
+        return super().get_rate()
+
     def parse_rate(self, rate: str | None) -> tuple[int | None, int | None]:
         return parse_rate(rate)
 

@@ -231,6 +231,7 @@ def _plan_item(batch: _Plan, report: dict[str, Any], task: Task, stored: int, *,
     entries = report.get("logs") or []
     if entries:
         logs.check_log_room(task.pk, stored, len(entries))
+        logs.charge_owner(task.owner_id, task.pk, len(entries))
     outcome = report["outcome"]
     if outcome == "complete":
         move = apply_complete(task, unit_id=actor.unit_id or "", result=report["result"], now=now)

@@ -19,7 +19,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from taskhub.apikeys.models import ApiKey, Scope
-from taskhub.apikeys.services import api_key_create, api_key_revoke, parse_scopes
+from taskhub.apikeys.services import api_key_create, api_key_revoke, parse_pool, parse_scopes
 from taskhub.base.errors import DomainError, InvalidInput
 from taskhub.console.actions import Outcome, back_to_next, run_each, selected_pks
 
@@ -33,11 +33,17 @@ class ApiKeyCreateForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ("name", "scopes")
+        fields = ("name", "scopes", "pool")
 
     def clean_scopes(self) -> list[str]:
         try:
             return parse_scopes(self.cleaned_data.get("scopes") or [])
+        except InvalidInput as exc:
+            raise forms.ValidationError(exc.message) from None
+
+    def clean_pool(self) -> str:
+        try:
+            return parse_pool(self.cleaned_data.get("pool"))
         except InvalidInput as exc:
             raise forms.ValidationError(exc.message) from None
 
@@ -59,7 +65,7 @@ class RevokedFilter(admin.SimpleListFilter):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix_col", "scopes_col", "state_col", "created_at", "created_by", "last_used_at")
+    list_display = ("name", "prefix_col", "scopes_col", "pool", "state_col", "created_at", "created_by", "last_used_at")
     list_filter = (RevokedFilter,)
     list_select_related = ("created_by",)
     search_fields = ("name", "prefix")
@@ -68,6 +74,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "name",
         "prefix_col",
         "scopes_col",
+        "pool",
         "state_col",
         "created_at",
         "created_by",
@@ -88,7 +95,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
-            return [(None, {"fields": ("name", "scopes")})]
+            return [(None, {"fields": ("name", "scopes", "pool")})]
         return [(None, {"fields": self.readonly_fields})]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
@@ -116,7 +123,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if change:
             return  # nothing on a key's page is editable; scopes change by revoking and re-creating
         row, secret = api_key_create(
-            name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"], created_by=request.user
+            name=form.cleaned_data["name"],
+            scopes=form.cleaned_data["scopes"],
+            created_by=request.user,
+            pool=form.cleaned_data.get("pool"),
         )
         for field in ApiKey._meta.concrete_fields:
             setattr(obj, field.attname, getattr(row, field.attname))
