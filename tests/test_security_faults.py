@@ -109,7 +109,7 @@ def test_an_agent_the_hub_never_hears_backs_off_between_registrations(tmp_path: 
 
 # --- 7: DEBUG's technical pages never reach the network, secrets never printed -----------------
 
-SECRET_ENV = {"REDIS_PASSWORD": "redis-pw-7c1d", "DB_PASSWORD": "db-pw-7c1d"}
+SECRET_ENV: dict[str, Any] = {"REDIS_PASSWORD": "redis-pw-7c1d", "DB_PASSWORD": "db-pw-7c1d"}
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def _no_secret(response: Any) -> None:
 def test_a_foreign_host_header_gets_json_not_the_technical_400(debug_with_secrets: None, path: str) -> None:
     from django.test import Client
 
-    reply = Client(REMOTE_ADDR="203.0.113.9").get(path, HTTP_HOST="evil.example", **dict(SECRET_ENV))
+    reply = Client(REMOTE_ADDR="203.0.113.9", **SECRET_ENV).get(path, HTTP_HOST="evil.example")
     assert reply.status_code == 400
     assert reply["Content-Type"].startswith("application/json")
     assert reply.json()["code"] == "bad_request"
@@ -157,7 +157,7 @@ def test_unknown_paths_list_no_url_patterns_to_the_network(debug_with_secrets: N
 def test_the_technical_page_for_a_local_caller_hides_every_secret(debug_with_secrets: None) -> None:
     from django.test import Client
 
-    reply = Client(REMOTE_ADDR="127.0.0.1").get("/api/v1/tasks", HTTP_HOST="evil.example", **dict(SECRET_ENV))
+    reply = Client(REMOTE_ADDR="127.0.0.1", **SECRET_ENV).get("/api/v1/tasks", HTTP_HOST="evil.example")
     assert reply.status_code == 400
     assert "DisallowedHost" in reply.content.decode()  # the developer on this machine still sees it
     _no_secret_values(reply.content.decode())

@@ -18,6 +18,6 @@ class KeyField(models.CharField):  # type: ignore[type-arg]
 
     def db_parameters(self, connection: Any) -> dict[str, Any]:
         params = super().db_parameters(connection)
-        if connection.vendor == "mysql" and not self.db_collation:
+        if connection.vendor == "mysql" and not getattr(self, "db_collation", None):
             params["collation"] = MYSQL_BINARY_COLLATION
         return params
