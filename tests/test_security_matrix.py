@@ -3,7 +3,8 @@ revoked key and a made-up key, on A's objects and on B's. Each call gets the rig
 a refused call changes nothing, no response carries the other side's data (lists and stats
 included), and nothing a caller does touches the other side's rows.
 
-Also here: scopes, secrets stored only as digests, throttling (429 + Retry-After) per client and
+Also here: execution pools (a unit claims only its tenant's tasks), revoked keys ending their
+units' tokens, deregistration evicting the unit's process, scopes, secrets stored only as digests, throttling (429 + Retry-After) per client and
 per unit, the body limit (413) on every operation of the schema, caps on log volume and page size,
 the admin behind its login with production cookie settings, and the unit agent never logging its
 token."""
@@ -57,8 +58,9 @@ class Side:
 
     @property
     def task_type(self) -> str:
-        # Units claim any client's tasks of their type (a shared pool, as designed); each side has
-        # its own type here so that a unit's claim reply holds only its own client's tasks.
+        # Both sides' keys are in the default execution pool, whose units claim any of its clients'
+        # tasks of their type (a shared pool: see the pool tests at the end); each side has its own
+        # type here so that a unit's claim reply holds only its own client's tasks.
         return f"SEC_{self.name}"
 
     @property

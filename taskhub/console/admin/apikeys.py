@@ -41,6 +41,10 @@ class ApiKeyCreateForm(forms.ModelForm):
         except InvalidInput as exc:
             raise forms.ValidationError(exc.message) from None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["pool"].required = False  # empty: the default pool
+
     def clean_pool(self) -> str:
         try:
             return parse_pool(self.cleaned_data.get("pool"))
