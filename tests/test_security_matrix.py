@@ -4,10 +4,10 @@ a refused call changes nothing, no response carries the other side's data (lists
 included), and nothing a caller does touches the other side's rows.
 
 Also here: execution pools (a unit claims only its tenant's tasks), revoked keys ending their
-units' tokens, deregistration evicting the unit's process, scopes, secrets stored only as digests, throttling (429 + Retry-After) per client and
-per unit, the body limit (413) on every operation of the schema, caps on log volume and page size,
-the admin behind its login with production cookie settings, and the unit agent never logging its
-token."""
+units' tokens, deregistration evicting the unit's process, scopes, secrets stored only as digests,
+throttling (429 + Retry-After) per client and per unit (heartbeats in a bucket of their own), the
+body limit (413) on every operation of the schema, caps on log volume and page size, the admin
+behind its login with production cookie settings, and the unit agent never logging its token."""
 
 from __future__ import annotations
 
