@@ -92,3 +92,14 @@ def test_viewer_sees_keys_but_cannot_create_or_revoke() -> None:
     client.post(LIST, {"action": "revoke_keys", "_selected_action": [key.pk], "index": "0"})
     key.refresh_from_db()
     assert key.revoked_at is None
+
+
+def test_a_key_is_created_in_a_pool_and_a_bad_pool_is_refused(op_client: Client) -> None:
+    response = op_client.post(f"{LIST}add/", {"name": "tenant-key", "scopes": ["tasks:read"], "pool": "tenant-x"})
+    assert response.status_code == 200
+    assert ApiKey.objects.get(name="tenant-key").pool == "tenant-x"
+    _, secret = _create(op_client, "no-pool", ["tasks:read"])
+    assert secret and ApiKey.objects.get(name="no-pool").pool == "default"
+    bad = op_client.post(f"{LIST}add/", {"name": "bad-pool", "scopes": ["tasks:read"], "pool": "two words"})
+    assert bad.status_code == 200 and not ApiKey.objects.filter(name="bad-pool").exists()
+    assert b"letters, digits" in bad.content

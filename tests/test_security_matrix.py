@@ -905,3 +905,15 @@ def test_operators_tasks_are_in_the_default_pool_and_pools_are_validated() -> No
     with pytest.raises(InvalidInput) as bad:
         api_key_create(name="bad-pool", scopes=["tasks:read"], pool="no spaces")
     assert "pool" in bad.value.details["fields"]
+
+
+def test_create_api_key_takes_a_pool() -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("create_api_key", "cli-tenant", "--scopes", "units:register", "--pool", "tenant-cli", stdout=out)
+    assert "in pool 'tenant-cli'" in out.getvalue()
+    key = ApiKey.objects.get(name="cli-tenant")
+    assert key.pool == "tenant-cli" and key.key_hash == digest(out.getvalue().strip().splitlines()[-1])
