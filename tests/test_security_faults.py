@@ -471,3 +471,21 @@ def test_concurrent_appends_on_mariadb_stop_exactly_at_the_cap_and_the_quota(set
     assert counts[y1] + counts[y2] == 150, counts
     assert sum(s for s, _, _ in results) == 250
     assert ApiKey.objects.get(pk=key_y.pk).log_entries == 150
+
+
+def test_diffsettings_prints_no_secret(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "REDIS_"))}
+    env |= {"REDIS_HOST": "redis.internal", "REDIS_PASSWORD": "redis-pw-7c1d", "DB_HOST": "db.internal"}
+    env |= {"DB_PASSWORD": "db-pw-7c1d", "VAR_DIR": str(tmp_path), "SECRET_KEY": "sk-7c1d-" + "x" * 50}
+    out = subprocess.run(
+        [sys.executable, "manage.py", "diffsettings", "--all"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "CACHES" in out.stdout and "DATABASES" in out.stdout
+    for secret in ("redis-pw-7c1d", "db-pw-7c1d", "sk-7c1d-"):
+        assert secret not in out.stdout
