@@ -166,6 +166,8 @@ def task_delete(task_id: int, *, queryset: QuerySet[Task]) -> None:
             f"Task {task_id} is RUNNING and cannot be deleted; cancel it first",
             details={"status": task.status},
         )
+    if task.owner_id is not None:  # its log lines no longer count against its key's quota
+        logs.refund_deleted([(task.owner_id, TaskExecutionLog.objects.filter(task_id=task.pk).count())])
     task.delete()
 
 
@@ -186,10 +188,12 @@ def task_append_logs(
         if actor.unit_id is not None:
             task = lock_live_attempt(task_id, actor.unit_id, attempt or 0)
         else:
-            task = queryset.filter(pk=task_id).first()  # type: ignore[assignment]
+            # Locked, as the unit's path locks it: concurrent appends count the cap one at a time.
+            task = queryset.select_for_update().filter(pk=task_id).first()  # type: ignore[assignment]
             if task is None:
                 raise NotFound(f"Task {task_id} not found")
         logs.check_log_room(task_id, logs.stored_log_counts([task_id]).get(task_id, 0), len(entries))
+        logs.charge_owner(task.owner_id, task.pk, len(entries))
         rows = logs.log_rows(task.pk, task.attempt if attempt is None else attempt, entries, actor=actor, now=now)
         TaskExecutionLog.objects.bulk_create(rows)
         if actor.unit_id is None and task.lease_expires_at is not None:

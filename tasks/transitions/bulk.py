@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 
+from taskhub.apikeys.models import DEFAULT_POOL
 from taskhub.base import metrics
 from taskhub.base.actors import Actor, ActorType
 from tasks import sql
@@ -39,13 +40,13 @@ assert can_transition(S.FAILED, S.PENDING, system=True)
 # --- the claim's lease --------------------------------------------------------------------------
 
 
-def lease_to_unit(unit_pk: str, unit_type: str, wanted: int, now: datetime) -> list[Task]:
+def lease_to_unit(unit_pk: str, unit_type: str, wanted: int, now: datetime, pool: str = DEFAULT_POOL) -> list[Task]:
     """PENDING -> RUNNING for up to `wanted` claimable tasks of `unit_type`, leased to the unit (the
     claim; the caller holds the unit row lock). The locked rows are what the unit gets back: the
     entry into RUNNING is applied to them in memory, and one UPDATE per distinct timeout (the only
     per-row value besides the attempt increment) writes the same values; one INSERT writes their
     history rows."""
-    tasks = sql.lock_claimable(unit_type, now, wanted) if wanted > 0 else []
+    tasks = sql.lock_claimable(unit_type, now, wanted, pool) if wanted > 0 else []
     metrics.record_dispatch(
         unit_type,
         [(now - task.available_at).total_seconds() for task in tasks],

@@ -263,7 +263,8 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
         outcome.notes.append(
             f"{moved['failedOver']} running task{'s' if moved['failedOver'] != 1 else ''} failed over"
             + (f", {moved['poisoned']} failed as poison" if moved["poisoned"] else "")
-            + "."
+            + ". Their processes are evicted: a taskhub-unit that ran them stops (exit code 5) instead of "
+            "registering again; start a new one to bring a unit back."
         )
         outcome.report(request)
         return back_to_next(request)
