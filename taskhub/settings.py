@@ -215,6 +215,11 @@ if UNIT_HEARTBEAT_INTERVAL >= UNIT_HEARTBEAT_TIMEOUT:
     raise ImproperlyConfigured("UNIT_HEARTBEAT_INTERVAL must be smaller than UNIT_HEARTBEAT_TIMEOUT")
 SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 5.0, minimum=0.1)
 TASK_LOG_RETENTION_DAYS = env_int("TASK_LOG_RETENTION_DAYS", 30, minimum=1)
+# Finished tasks (with history and logs) are deleted after these days (tasks/retention.py)
+TASK_RETENTION_DAYS = env_int("TASK_RETENTION_DAYS", 30, minimum=1)
+TASK_DEAD_RETENTION_DAYS = env_int("TASK_DEAD_RETENTION_DAYS", 90, minimum=1)
+# How often the schedules' beat job looks for due fire times (seconds)
+SCHEDULE_TICK = env_float("SCHEDULE_TICK", 1.0, minimum=0.1)
 TASK_MAX_LOG_ENTRIES = env_int("TASK_MAX_LOG_ENTRIES", 10_000, minimum=1)
 TASK_BATCH_MAX = env_int("TASK_BATCH_MAX", 100, minimum=1, maximum=1000)  # items per batch request
 

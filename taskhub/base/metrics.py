@@ -44,6 +44,8 @@ STALE_REPORTS = Counter(
     "taskhub_stale_reports_refused", "Unit reports refused because their attempt was no longer live (409)"
 )
 RETRIES = Counter("taskhub_task_retries", "Automatic retries: FAILED tasks moved back to PENDING after backoff")
+PRUNED = Counter("taskhub_pruned_rows", "Rows deleted by retention (tasks/retention.py), by kind", ["kind"])
+SCHEDULE_FIRES = Counter("taskhub_schedule_fires", "Fire times of recurring schedules handled, by outcome", ["outcome"])
 JOB_DURATION = Histogram(
     "taskhub_job_duration_seconds", "Run time of the periodic jobs, by job", ["job"], buckets=_JOB_BUCKETS
 )
@@ -82,6 +84,22 @@ def record_stale_report() -> None:
 def record_retries(count: int) -> None:
     if count:
         _on_commit(lambda: RETRIES.inc(count))
+
+
+def record_pruned(counts: Mapping[str, int]) -> None:
+    # Each chunk commits on its own: the counts are of committed deletes.
+    for kind, n in counts.items():
+        if n:
+            PRUNED.labels(kind).inc(n)
+
+
+def record_fires(counts: Mapping[str, int]) -> None:
+    def bump() -> None:
+        for outcome, n in counts.items():
+            if n:
+                SCHEDULE_FIRES.labels(outcome).inc(n)
+
+    _on_commit(bump)
 
 
 def observe_job(name: str, seconds: float) -> None:
