@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "taskhub.apikeys",
     "units",
     "tasks",
+    "taskhub.schedules",
     "taskhub.console",
 ]
 

@@ -121,7 +121,7 @@ def test_two_prune_jobs_at_once_delete_each_task_once_on_mariadb(monkeypatch: py
     def run() -> None:
         try:
             results.append(prune_tasks(NOW))
-        except BaseException as exc:  # noqa: BLE001 - any error fails the test
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connections.close_all()

@@ -141,7 +141,8 @@ def test_batch_items_with_held_keys_return_the_holders(client_a: JsonClient) -> 
 def test_a_batch_with_on_conflict_error_is_refused_whole(client_a: JsonClient) -> None:
     _create(client_a, uniqueKey="a")
     response = client_a.post(
-        "/api/v1/tasks/batch", {"tasks": [{**BODY, "uniqueKey": "new"}, {**BODY, "uniqueKey": "a", "onConflict": "error"}]}
+        "/api/v1/tasks/batch",
+        {"tasks": [{**BODY, "uniqueKey": "new"}, {**BODY, "uniqueKey": "a", "onConflict": "error"}]},
     )
     assert response.status_code == 409
     assert response.json()["details"]["field"] == "tasks[1].uniqueKey"
