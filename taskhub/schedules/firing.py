@@ -47,7 +47,7 @@ def fire_schedules(now: datetime) -> dict[str, int]:
     for _ in range(MAX_BATCHES):
         done = _fire_batch(now)
         totals.update(done)
-        if done["schedules"] < BATCH:
+        if done["schedules"] < BATCH and not done["capped"]:
             break
     totals["firesDeleted"] = _delete_old_fires(now)
     return {name: totals[name] for name in ("schedules", "created", "skipped", "missed", "cancelled", "firesDeleted")}
@@ -100,6 +100,7 @@ def _fire_locked(now: datetime) -> Counter[str]:
     for schedule in schedules:
         times, missed, capped = _due_times(schedule, now)
         counts["missed"] += missed
+        counts["capped"] += capped
         active = _is_active(previous.get(schedule.last_task_id or 0))
         for at in times:
             if (schedule.pk, at) in fired:
