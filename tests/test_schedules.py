@@ -143,11 +143,12 @@ def test_a_fire_creates_one_task_from_the_template_owned_by_the_schedules_owner(
 def test_overlap_skip_allow_and_cancel() -> None:
     skip, allow, cancel = (_schedule(overlap=policy) for policy in ("skip", "allow", "cancel"))
     fire_schedules(T0 + timedelta(seconds=31))  # 12:00
-    first = {s.pk: Schedule.objects.get(pk=s.pk).last_task_id for s in (skip, allow, cancel)}
+    first = {s.pk: int(Schedule.objects.get(pk=s.pk).last_task_id or 0) for s in (skip, allow, cancel)}
     fire_schedules(T0 + timedelta(seconds=91))  # 12:01: every first task still PENDING
-    assert Task.objects.filter(pk=first[skip.pk]).exists() and ScheduleFire.objects.filter(
-        schedule=skip, outcome=FireOutcome.SKIPPED
-    ).count() == 1
+    assert (
+        Task.objects.filter(pk=first[skip.pk]).exists()
+        and ScheduleFire.objects.filter(schedule=skip, outcome=FireOutcome.SKIPPED).count() == 1
+    )
     assert Task.objects.count() == 5  # skip: 1, allow: 2, cancel: 2
     assert Task.objects.get(pk=first[cancel.pk]).status == S.CANCELLED
     assert Task.objects.get(pk=first[allow.pk]).status == S.PENDING

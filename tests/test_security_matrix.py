@@ -125,7 +125,11 @@ def _build_side(make_client: Callable[..., JsonClient], name: str) -> Side:
     schedule = _ok(
         client.post(
             f"{API}/schedules",
-            {"name": f"schedule {marker}", "cron": "0 3 * * *", "template": {"name": marker, "taskType": f"SEC_{name}"}},
+            {
+                "name": f"schedule {marker}",
+                "cron": "0 3 * * *",
+                "template": {"name": marker, "taskType": f"SEC_{name}"},
+            },
         ),
         201,
     )["id"]
