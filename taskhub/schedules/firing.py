@@ -22,6 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import OuterRef, Subquery
 
 from taskhub.base import metrics
 from taskhub.base.actors import Actor
@@ -131,11 +132,27 @@ def _fire_locked(now: datetime) -> Counter[str]:
         by_schedule[fire.schedule_id] = task.pk
     counts["created"] = len(tasks)
     ScheduleFire.objects.bulk_create(fires)
-    for schedule in schedules:
-        schedule.last_task_id = by_schedule.get(schedule.pk, schedule.last_task_id)
-    Schedule.objects.bulk_update(schedules, ["next_fire_at", "last_fire_at", "last_task_id", "updated_at"])
+    _save_schedules(schedules, set(by_schedule), now)
     metrics.record_fires({"created": counts["created"], "skipped": counts["skipped"], "missed": counts["missed"]})
     return counts
+
+
+def _save_schedules(schedules: list[Schedule], with_task: set[int], now: datetime) -> None:
+    """Write the batch's schedules: one UPDATE per distinct (next, last) fire time (one for a batch
+    due the same minute; bulk_update's CASE per row costs more to build than the fire itself), and
+    the new last task of those that made one, read from their newest fire row."""
+    groups: dict[tuple[datetime | None, datetime | None], list[int]] = {}
+    for schedule in schedules:
+        groups.setdefault((schedule.next_fire_at, schedule.last_fire_at), []).append(schedule.pk)
+    for (next_fire_at, last_fire_at), ids in groups.items():
+        Schedule.objects.filter(pk__in=ids).update(next_fire_at=next_fire_at, last_fire_at=last_fire_at, updated_at=now)
+    if with_task:
+        newest = (
+            ScheduleFire.objects.filter(schedule_id=OuterRef("pk"), outcome=FireOutcome.CREATED)
+            .order_by("-fire_time")
+            .values("task_id")[:1]
+        )
+        Schedule.objects.filter(pk__in=sorted(with_task)).update(last_task_id=Subquery(newest))
 
 
 def _due_times(schedule: Schedule, now: datetime) -> tuple[list[datetime], int, bool]:

@@ -29,8 +29,9 @@ class ScheduleWriteSerializer(serializers.Serializer):
         max_length=120, help_text='Five fields (minute hour day-of-month month day-of-week), e.g. "*/5 * * * *".'
     )
     timezone = serializers.CharField(max_length=64, default="UTC", help_text="IANA name, e.g. Europe/Berlin.")
-    template = serializers.JSONField(
-        help_text="The task each fire creates: name, taskType, priority, config, maxRetries, timeoutSeconds."
+    template = serializers.DictField(
+        help_text="The task each fire creates: name and taskType (required), priority, config, maxRetries, "
+        "timeoutSeconds, with the bounds of POST /tasks; another field is a 400 naming template.<field>."
     )
     overlap = serializers.ChoiceField(
         choices=OverlapPolicy.choices,
