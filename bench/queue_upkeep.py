@@ -108,9 +108,9 @@ def bench_prune(rows: int, claimers: int, phase: float) -> dict[str, Any]:
     from django.db import connections
     from django.utils import timezone
 
+    from taskhub.base.actors import Actor
     from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
     from tasks.transitions.creation import create_tasks
-    from taskhub.base.actors import Actor
     from units.models import ExecutionUnit
 
     seed_seconds = 0.0
