@@ -253,3 +253,39 @@ def test_several_processes_firing_at_once_fire_each_schedule_once_per_fire_time(
     assert sum(created for created, _ in results) == SCHEDULES
     assert Task.objects.count() == SCHEDULES
     assert ScheduleFire.objects.filter(fire_time=datetime(2030, 1, 15, 12, tzinfo=UTC)).count() == SCHEDULES
+
+
+# --- the console ------------------------------------------------------------------------------
+
+
+def test_the_console_edits_schedules_with_the_apis_checks() -> None:
+    from django.test import Client
+
+    from tests.console_support import staff
+
+    client = Client()
+    client.force_login(staff("root", superuser=True))
+    form = {
+        "name": "from the console",
+        "cron": "*/15 * * * *",
+        "timezone": "Nowhere/City",
+        "template": '{"name": "n", "taskType": "EXPORT"}',
+        "overlap": "skip",
+        "catchup_seconds": "300",
+        "fires-TOTAL_FORMS": "0",
+        "fires-INITIAL_FORMS": "0",
+    }
+    refused = client.post("/admin/schedules/schedule/add/", form)
+    assert refused.status_code == 200 and b"unknown time zone" in refused.content
+    assert Schedule.objects.count() == 0
+    refused = client.post("/admin/schedules/schedule/add/", {**form, "timezone": "UTC", "template": '{"name": "n"}'})
+    assert b"template.taskType" in refused.content and Schedule.objects.count() == 0
+    added = client.post("/admin/schedules/schedule/add/", {**form, "timezone": "UTC"})
+    assert added.status_code == 302, added.content[:2000]
+    schedule = Schedule.objects.get()
+    assert schedule.next_fire_at is not None and schedule.next_fire_at.minute % 15 == 0
+    page = client.get(f"/admin/schedules/schedule/{schedule.pk}/change/")
+    assert page.status_code == 200 and b"next fire times" in page.content.lower()
+    client.post("/admin/schedules/schedule/", {"action": "pause", "_selected_action": [schedule.pk]})
+    assert Schedule.objects.get().paused is True
+    assert client.get("/admin/schedules/schedule/").status_code == 200
