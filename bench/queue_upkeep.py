@@ -4,9 +4,10 @@ Runs against the database of the environment (DB_HOST ... DB_DATABASE; it is emp
 schedules first), in-process and in forked worker processes, and prints one JSON object:
 
 - prune: N finished tasks (each with a history row) older than the retention period, and a pool of
-  PENDING tasks that `--claimers` processes claim and complete one at a time. Phase 1: claims alone;
-  phase 2: claims while `prune_tasks` runs in its own process. Reports the rows pruned per second and
-  the claim p50/p99 of both phases.
+  PENDING tasks that `--claimers` processes claim and complete one at a time, for 2 x `--phase`
+  seconds in alternating windows: claims alone, claims while `prune_tasks` runs in its own process
+  (so a change of the machine's load hits both sides). Reports the rows pruned per second of
+  pruning and the claim p50/p99 of both sides.
 - schedules: N schedules firing every minute; `--beats` processes run `fire_schedules` every
   `--tick` seconds across the minute. Reports that every schedule fired exactly once for that minute
   and the fire lag (commit of the fire's batch minus the fire time) p50/p99/max.
@@ -84,27 +85,37 @@ def _claimer(unit_id: str, until: float, out: Any) -> None:
     out.put(latencies)
 
 
-def _pruner(start_at: float, until: float, out: Any) -> None:
+WINDOWS = 6  # alternating windows: claims alone, claims with the pruner, ... (drift of the machine's load hits both)
+
+
+def _window(begin: float, length: float, when: float) -> int:
+    return int((when - begin) // length)
+
+
+def _pruner(begin: float, length: float, chunk: int, pause: float, out: Any) -> None:
     from django.db import connections
     from django.utils import timezone
 
+    from tasks import retention
     from tasks.retention import prune_tasks
 
-    time.sleep(max(0.0, start_at - time.time()))
-    pruned = 0
-    t0 = time.perf_counter()
+    retention.CHUNK, retention.PAUSE_RATIO = chunk, pause
+    pruned, busy = 0, 0.0
     try:
-        while time.time() < until:
-            got = prune_tasks(timezone.now())["tasks"]
-            pruned += got
-            if not got:
-                break
+        for window in range(1, WINDOWS, 2):  # the odd windows
+            start = begin + window * length
+            time.sleep(max(0.0, start - time.time()))
+            retention.MAX_SECONDS = length - 0.3
+            t0 = time.perf_counter()
+            while time.time() < start + length - 0.3:
+                pruned += prune_tasks(timezone.now())["tasks"]
+            busy += time.perf_counter() - t0
     finally:
         connections.close_all()
-    out.put((pruned, time.perf_counter() - t0))
+    out.put((pruned, busy))
 
 
-def bench_prune(rows: int, claimers: int, phase: float) -> dict[str, Any]:
+def bench_prune(rows: int, claimers: int, phase: float, chunk: int, pause: float) -> dict[str, Any]:
     from django.db import connections
     from django.utils import timezone
 
@@ -147,9 +158,10 @@ def bench_prune(rows: int, claimers: int, phase: float) -> dict[str, Any]:
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     begin = time.time() + 0.5
-    split, end = begin + phase, begin + 2 * phase
+    length = 2 * phase / WINDOWS
+    end = begin + 2 * phase
     procs = [ctx.Process(target=_claimer, args=(f"bench-{i}", end, queue)) for i in range(claimers)]
-    procs.append(ctx.Process(target=_pruner, args=(split, end, queue)))
+    procs.append(ctx.Process(target=_pruner, args=(begin, length, chunk, pause, queue)))
     for p in procs:
         p.start()
     results = [queue.get(timeout=600) for _ in procs]
@@ -157,14 +169,16 @@ def bench_prune(rows: int, claimers: int, phase: float) -> dict[str, Any]:
         p.join(60)
     pruned, prune_seconds = next(r for r in results if isinstance(r, tuple))
     samples = [s for r in results if isinstance(r, list) for s in r]
-    alone = [s for when, s in samples if when < split]
-    beside = [s for when, s in samples if when >= split]
+    alone = [s for when, s in samples if _window(begin, length, when) % 2 == 0]
+    beside = [s for when, s in samples if _window(begin, length, when) % 2 == 1]
     return {
         "tableRows": old_rows + 20_000,
         "seedSeconds": round(seed_seconds, 1),
         "prunedRows": pruned,
         "pruneSeconds": round(prune_seconds, 2),
         "pruneRowsPerSecond": round(pruned / prune_seconds) if prune_seconds else 0,
+        "chunk": chunk,
+        "pauseRatio": pause,
         "claimers": claimers,
         "claimsAlone": len(alone),
         "claimP50msAlone": round(_pct(alone, 0.5) * 1000, 2),
@@ -264,6 +278,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--claimers", type=int, default=2)
     parser.add_argument("--phase", type=float, default=20.0)
+    parser.add_argument("--chunk", type=int, default=250, help="retention.CHUNK")
+    parser.add_argument("--pause", type=float, default=3.0, help="retention.PAUSE_RATIO")
     parser.add_argument("--schedules", type=int, default=1000)
     parser.add_argument("--beats", type=int, default=2)
     parser.add_argument("--tick", type=float, default=1.0)
@@ -275,7 +291,7 @@ def main() -> None:
     assert connection.vendor == "mysql", "run with DB_HOST set (MariaDB)"
     out: dict[str, Any] = {}
     if args.only in (None, "prune"):
-        out["prune"] = bench_prune(args.rows, args.claimers, args.phase)
+        out["prune"] = bench_prune(args.rows, args.claimers, args.phase, args.chunk, args.pause)
     if args.only in (None, "schedules"):
         out["schedules"] = bench_schedules(args.schedules, args.beats, args.tick)
     print(json.dumps(out, indent=2))

@@ -43,7 +43,7 @@ JOBS: dict[str, Job] = {
         Job("move_due_retries", move_due_retries, _sweep_interval),
         Job("fail_timeouts", fail_timeouts, _sweep_interval),
         Job("purge_old_logs", purge_old_logs, lambda: 3600.0),
-        Job("prune_tasks", prune_tasks, lambda: 60.0),
+        Job("prune_tasks", prune_tasks, lambda: 30.0),
         Job("fire_schedules", fire_schedules, schedule_tick),
     )
 }
