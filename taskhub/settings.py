@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "taskhub.apikeys",
     "units",
     "tasks",
+    "taskhub.schedules",
     "taskhub.console",
 ]
 
@@ -240,6 +241,11 @@ SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 5.0, minimum=0.1)
 TASK_LOG_RETENTION_DAYS = env_int("TASK_LOG_RETENTION_DAYS", 30, minimum=1)
 # The per-minute rollups the console charts (taskhub/jobs/rollups.py): kept this long.
 ROLLUP_RETENTION_HOURS = env_int("ROLLUP_RETENTION_HOURS", 48, minimum=1)
+# Finished tasks (with history and logs) are deleted after these days (tasks/retention.py)
+TASK_RETENTION_DAYS = env_int("TASK_RETENTION_DAYS", 30, minimum=1)
+TASK_DEAD_RETENTION_DAYS = env_int("TASK_DEAD_RETENTION_DAYS", 90, minimum=1)
+# How often the schedules' beat job looks for due fire times (seconds)
+SCHEDULE_TICK = env_float("SCHEDULE_TICK", 1.0, minimum=0.1)
 TASK_MAX_LOG_ENTRIES = env_int("TASK_MAX_LOG_ENTRIES", 10_000, minimum=1)
 # Log lines stored on all tasks of one API key (purged after TASK_LOG_RETENTION_DAYS): 409 past it.
 TASK_LOG_QUOTA_PER_KEY = env_int("TASK_LOG_QUOTA_PER_KEY", 1_000_000, minimum=1)

@@ -66,6 +66,13 @@ class Task(models.Model):
 
     idempotency_key = KeyField(max_length=255, null=True, blank=True)
     request_fingerprint = KeyField(max_length=64, blank=True, default="")
+    # Unique tasks (tasks/unique.py): the client's key as given; the slot (a hash of owner and key)
+    # is UNIQUE and set while the key is held: racing creates make one row.
+    unique_key = KeyField(max_length=255, null=True, blank=True)
+    unique_slot = KeyField(max_length=64, null=True, blank=True, unique=True, editable=False)
+    unique_until = models.DateTimeField(
+        null=True, blank=True, help_text="uniqueFor: the key is held until then, whatever the state."
+    )
 
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()

@@ -33,6 +33,7 @@ from taskhub.api.throttling import PrincipalRateThrottle
 from taskhub.apikeys.models import ALL_SCOPES, ApiKey
 from taskhub.apikeys.services import api_key_revoke
 from taskhub.apikeys.tokens import digest
+from taskhub.schedules.models import Schedule
 from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
 from testkit.waiting import wait_for
 from tests.conftest import JsonClient
@@ -55,6 +56,7 @@ class Side:
     unit_id: str
     unit_token: str
     tasks: dict[str, int]  # "running" (leased to the side's unit), "pending", "failed"
+    schedule: int = 0  # a recurring schedule of the side's
 
     @property
     def task_type(self) -> str:
@@ -123,7 +125,19 @@ def _build_side(make_client: Callable[..., JsonClient], name: str) -> Side:
     assert [t["id"] for t in claimed] == [tasks["running"]]
     _ok(unit.post(f"{API}/tasks/{tasks['running']}/logs", {"attempt": 1, "message": f"log {marker}"}), 201)
     tasks["pending"] = create("pending")
-    return Side(name, client, client.secret, unit, unit_id, reg["token"], tasks)  # type: ignore[attr-defined]
+    schedule = _ok(
+        client.post(
+            f"{API}/schedules",
+            {
+                "name": f"schedule {marker}",
+                "cron": "0 3 * * *",
+                "template": {"name": marker, "taskType": f"SEC_{name}"},
+            },
+        ),
+        201,
+    )["id"]
+    side = Side(name, client, client.secret, unit, unit_id, reg["token"], tasks, schedule)  # type: ignore[attr-defined]
+    return side
 
 
 @pytest.fixture
@@ -145,6 +159,7 @@ def _rows_of(side: str | None) -> dict[str, list[Any]]:
         "history": list(TaskStatusHistory.objects.filter(**via_task).order_by("id").values()),
         "logs": list(TaskExecutionLog.objects.filter(**via_task).order_by("id").values()),
         "units": list(ExecutionUnit.objects.filter(**owner).order_by("id").values()),
+        "schedules": list(Schedule.objects.filter(**owner).order_by("id").values()),
     }
 
 
@@ -166,7 +181,7 @@ class Op:
 
     def url(self, side: Side) -> str:
         task_id = side.tasks.get(self.target or "", 0)
-        return API + self.path.format(task=task_id, unit=side.unit_id)
+        return API + self.path.format(task=task_id, unit=side.unit_id, schedule=side.schedule)
 
 
 def _report(extra: dict[str, Any]) -> Body:
@@ -260,6 +275,18 @@ OPS = [
         unit_may=True,
     ),
     Op("claim", "post", "/execution-units/{unit}/claim", None, 200, "unit", body=lambda s: {"max": 1}, unit_may=True),
+    Op("list-schedules", "get", "/schedules", "tasks:read", 200),
+    Op(
+        "create-schedule",
+        "post",
+        "/schedules",
+        "tasks:write",
+        201,
+        body=lambda s: {"name": "n", "cron": "*/5 * * * *", "template": {"name": "n", "taskType": s.task_type}},
+    ),
+    Op("get-schedule", "get", "/schedules/{schedule}", "tasks:read", 200, "schedule"),
+    Op("patch-schedule", "patch", "/schedules/{schedule}", "tasks:write", 200, "schedule", lambda s: {"paused": True}),
+    Op("delete-schedule", "delete", "/schedules/{schedule}", "tasks:write", 204, "schedule"),
 ]
 OPS_BY_NAME = {op.name: op for op in OPS}
 REPORTS = {"write-logs", "progress", "complete", "fail"}

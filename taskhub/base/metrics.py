@@ -77,6 +77,8 @@ RUN_TIME = Histogram(
     ["task_type"],
     buckets=_WAIT_BUCKETS,
 )
+PRUNED = Counter("taskhub_pruned_rows", "Rows deleted by retention (tasks/retention.py), by kind", ["kind"])
+SCHEDULE_FIRES = Counter("taskhub_schedule_fires", "Fire times of recurring schedules handled, by outcome", ["outcome"])
 JOB_DURATION = Histogram(
     "taskhub_job_duration_seconds", "Run time of the periodic jobs, by job", ["job"], buckets=_JOB_BUCKETS
 )
@@ -156,6 +158,22 @@ def record_retries(by_type: Mapping[str, int]) -> None:
 
     if any(by_type.values()):
         _on_commit(bump)
+
+
+def record_pruned(counts: Mapping[str, int]) -> None:
+    # Each chunk commits on its own: the counts are of committed deletes.
+    for kind, n in counts.items():
+        if n:
+            PRUNED.labels(kind).inc(n)
+
+
+def record_fires(counts: Mapping[str, int]) -> None:
+    def bump() -> None:
+        for outcome, n in counts.items():
+            if n:
+                SCHEDULE_FIRES.labels(outcome).inc(n)
+
+    _on_commit(bump)
 
 
 def observe_job(name: str, seconds: float) -> None:
