@@ -4,7 +4,7 @@ from django.db import models
 
 from units.states import DrainedBy, UnitStatus
 
-__all__ = ["DrainedBy", "ExecutionUnit", "UnitStatus"]
+__all__ = ["DrainedBy", "ExecutionUnit", "HubHearing", "UnitStatus"]
 
 
 class ExecutionUnit(models.Model):
@@ -54,3 +54,21 @@ class ExecutionUnit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} ({self.unit_type})"
+
+
+class HubHearing(models.Model):
+    """One row: what the sweeper knows of when the hub could hear its units (units.hearing)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    listening_since = models.DateTimeField(
+        null=True, blank=True, help_text="Since when the hub has heard units without a gap (None: always)."
+    )
+    deaf = models.BooleanField(default=False, help_text="The last sweep heard no heartbeat anywhere.")
+    deaf_since = models.DateTimeField(null=True, blank=True)
+    last_sweep_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "hub_hearing"
+
+    def __str__(self) -> str:
+        return f"hub hearing (listening since {self.listening_since}, last sweep {self.last_sweep_at})"

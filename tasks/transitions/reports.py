@@ -5,11 +5,11 @@ attempt fails it by the same path as a unit's failure report.
 A batch is one transaction. The tasks named that the unit holds (or held last) are locked in one
 statement, in id order (two batches never wait on each other in a cycle); the others are read
 without a lock and refused by the fencing (a unit's refused reports on another unit's tasks lock no
-row of that unit: they cannot hold up its sweep, failover or claims). Each item is fenced on its own, by the rules of the single
-endpoints: a stale item is refused with its error and does not fail the others. An item is
-all-or-nothing: its logs (under the per-task cap) and its outcome are applied together or not at
-all. The writes are set-based: one INSERT of log lines, one UPDATE of the tasks (`core.write`), one
-INSERT of history rows, whatever the batch size.
+row of that unit: they cannot hold up its sweep, failover or claims). Each item is fenced on its
+own, by the rules of the single endpoints: a stale item is refused with its error and does not
+fail the others. An item is all-or-nothing: its logs (under the per-task cap) and its outcome are
+applied together or not at all. The writes are set-based: one INSERT of log lines, one UPDATE of
+the tasks (`core.write`), one INSERT of history rows, whatever the batch size.
 """
 
 from __future__ import annotations
