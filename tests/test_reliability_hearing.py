@@ -182,3 +182,23 @@ def test_liveness_uses_the_database_clock_whatever_the_nodes_clock(t0, api, sett
     with time_machine.travel(now - timedelta(minutes=2), tick=True):
         call_command("runjob", "sweep_heartbeats")
     assert running(tasks) == 2
+
+
+def test_a_unit_dead_before_the_outage_keeps_the_silence_it_had_before(t0):
+    """A unit dies at 20 s (last heartbeat); the web is down from 35 s to 80 s. Its silence while
+    the hub listened: 15 s before the gap, so it fails over about 15 s after the hub hears again,
+    not a whole timeout later; the live units keep their work."""
+    units, tasks = fleet(t0)
+    healthy(units, t0, 0, 20)
+    heartbeat_all(units[1:], t0 + timedelta(seconds=30))
+    assert sum(c["failedOver"] for _, c in beat(t0, 25, 75)) == 0
+    moved_at = None
+    at = 80.0
+    while moved_at is None and at < 200:
+        if at % INTERVAL == 0:
+            heartbeat_all(units[1:], t0 + timedelta(seconds=at))
+        if run_job("sweep_heartbeats", t0 + timedelta(seconds=at))["failedOver"]:
+            moved_at = at
+        at += SWEEP
+    assert moved_at is not None and moved_at - 80 < TIMEOUT, moved_at
+    assert running(tasks[2:]) == 4 and running(tasks[:2]) == 0

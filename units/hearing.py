@@ -12,8 +12,11 @@ was listening*. The hub cannot have heard anyone
   later than `late_after()` after the previous one (beat or the worker was down). An outage of the
   web in that time left no trace the sweeper could read.
 
-Either way the listening window starts again (`listening_since`) when the hub hears again (or the
-late sweep runs): every unit gets a full timeout to heartbeat before it counts as silent.
+Either way the hub's gap ends (`listening_since`) when it hears again (or the late sweep runs), and
+a unit's silence is counted without the gap: the time it was silent before the gap (up to
+`deaf_from`, what the hub last heard) plus the time since. A unit that heartbeats within a timeout
+of the hub hearing again never counts as silent; one that died before the outage is failed over
+about as late as the outage lasted, not a whole timeout later.
 
 A silence of every unit at once looks the same as the death of every unit, so it is believed for
 HUB_OUTAGE_GRACE at most: a unit silent for longer than UNIT_HEARTBEAT_TIMEOUT + HUB_OUTAGE_GRACE is
@@ -56,21 +59,29 @@ def late_after() -> float:
 
 @dataclass(frozen=True)
 class Window:
-    """What a sweep at `now` may conclude: the hub heard units from `since` (None: as far back as
-    anyone knows) up to `until`."""
+    """What a sweep at `now` may conclude: the hub has heard units from `since` (None: as far back
+    as anyone knows) up to `until`; before its last gap, up to `deaf_from` (None: unknown)."""
 
     now: datetime
     since: datetime | None
     until: datetime
     deaf: bool
+    deaf_from: datetime | None = None
 
     def silent_before(self) -> datetime | None:
         """Units whose last heartbeat is older than this were silent for the timeout while the hub
-        listened (None: nobody can have been)."""
-        deadline = self.until - timedelta(seconds=_timeout())
-        if self.since is not None and self.since > deadline:
+        listened (None: nobody can have been). A unit's silence while listening is the time since its
+        last heartbeat, less the hub's last gap: (deaf_from - last) + (until - since); only the time
+        since `since` when nothing is known before the gap."""
+        timeout = timedelta(seconds=_timeout())
+        if self.since is None:
+            return self.until - timeout
+        heard = max(self.until - self.since, timedelta(0))
+        if heard > timeout:
+            return self.until - timeout
+        if self.deaf_from is None:
             return None
-        return deadline
+        return self.deaf_from + heard - timeout
 
     def beyond_grace(self) -> datetime:
         """Units silent since before this are failed over whatever the hub heard (with
@@ -114,15 +125,13 @@ def observe(now: datetime) -> Window:
     alive = ExecutionUnit.objects.filter(status__in=ALIVE).exists()
     quiet = alive and (newest is None or (now - newest).total_seconds() > quiet_after())
     late = record.last_sweep_at is None or (now - record.last_sweep_at).total_seconds() > late_after()
-    since = record.listening_since
-    if late or (record.deaf and not quiet):
-        since = now
-    if quiet and not record.deaf:
-        record.deaf_since = newest
-    record.listening_since, record.deaf, record.last_sweep_at = since, quiet, now
-    record.save()
+    if late or (record.deaf and not quiet):  # a gap ended (or may have): hearing starts again now
+        record.deaf_from = record.heard_until if record.last_sweep_at is not None else None
+        record.listening_since = now
     until = min(newest + timedelta(seconds=quiet_after()), now) if quiet and newest is not None else now
-    return Window(now=now, since=since, until=until, deaf=quiet)
+    record.deaf, record.last_sweep_at, record.heard_until = quiet, now, until
+    record.save()
+    return Window(now=now, since=record.listening_since, until=until, deaf=quiet, deaf_from=record.deaf_from)
 
 
 def recovering(now: datetime) -> bool:

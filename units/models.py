@@ -64,7 +64,10 @@ class HubHearing(models.Model):
         null=True, blank=True, help_text="Since when the hub has heard units without a gap (None: always)."
     )
     deaf = models.BooleanField(default=False, help_text="The last sweep heard no heartbeat anywhere.")
-    deaf_since = models.DateTimeField(null=True, blank=True)
+    deaf_from = models.DateTimeField(
+        null=True, blank=True, help_text="What the hub had heard up to before its last gap (None: unknown)."
+    )
+    heard_until = models.DateTimeField(null=True, blank=True, help_text="What the last sweep had heard up to.")
     last_sweep_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
