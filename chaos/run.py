@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from chaos.faults import KINDS, SERVICE_KINDS, FaultLog, Injector
+from chaos.faults import KINDS, PAUSE_AFTER_HANDLER, SERVICE_KINDS, THROTTLED_UNIT_RATE, FaultLog, Injector
 from chaos.hub import PY, ROOT, Hub, api, unit_fleet
 from chaos.proxy import ReportProxy
 from testkit import services
@@ -42,6 +42,8 @@ INVARIANTS = {
     "I5": "failover within bound",
     "I6": "none taken from live unit",
     "I7": "gap-free history",
+    "D": "no duplicate execution of a lease",
+    "R14": "no result lost after its handler",
 }
 
 
@@ -102,7 +104,8 @@ def hub_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
         "TASK_RETRY_BACKOFF_MAX": "2",
         "TASK_MAX_FAILOVER_COUNT": "10",
         "API_THROTTLE_CLIENT": "1000000/min",
-        "API_THROTTLE_UNIT": "1000000/min",
+        # The throttled-unit fault needs a rate a unit can use up; the other faults none.
+        "API_THROTTLE_UNIT": THROTTLED_UNIT_RATE if "throttled-unit" in args.kinds else "1000000/min",
         "API_THROTTLE_ANON": "1000000/min",
     }
 
@@ -277,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         task_type=TASK_TYPE,
     )
     unit_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKHUB_")}
+    if "crash-after-handler" in args.kinds:  # a window to kill units in, after a handler returned
+        unit_env["TASKHUB_UNIT_TEST_PAUSE_AFTER_HANDLER"] = PAUSE_AFTER_HANDLER
     injector = Injector(
         hub=hub,
         units=units,
@@ -286,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_timeout=float(env["UNIT_HEARTBEAT_TIMEOUT"]),
         rng=rng,
         log=faults,
+        key=key,
     )
     plan = injector.plan(args.kinds, args.per_kind)
     started = time.monotonic()
@@ -333,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         "silences": faults.silences,
         "outages": faults.outages,
         "slack": 3.0,
+        "foreignAccepted": faults.foreign_accepted,
+        "duplicatesKept": faults.duplicates_kept,
+        "spooledAtKill": faults.spooled_at_kill,
     }
     facts_path = workdir / "facts.json"
     facts_path.write_text(json.dumps(facts))
