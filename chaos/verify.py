@@ -182,9 +182,7 @@ def check(facts: dict[str, Any]) -> dict[str, Any]:
 
     # D: no lease executed twice: the sleep handler's first line, once per (task, attempt); and no
     # second process under a live unit's id kept running.
-    runs = Counter(
-        TaskExecutionLog.objects.filter(message__startswith="sleeping ").values_list("task_id", "attempt")
-    )
+    runs = Counter(TaskExecutionLog.objects.filter(message__startswith="sleeping ").values_list("task_id", "attempt"))
     stats["handler runs"] = sum(runs.values())
     for (task_id, attempt), n in sorted(runs.items()):
         if n > 1:
