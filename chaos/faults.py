@@ -250,9 +250,12 @@ class Injector:
             for task in self.rng.sample(items, min(len(items), 20)):
                 outcome = self.rng.choice(["complete", "fail", "progress"])
                 item: dict[str, Any] = {"taskId": task["id"], "attempt": task["attempt"], "outcome": outcome}
-                item |= {"complete": {"result": {"foreign": True}}, "progress": {"progress": 99}}.get(
-                    outcome, {"error": "foreign", "retryable": False}
-                )
+                if outcome == "complete":
+                    item["result"] = {"foreign": True}
+                elif outcome == "progress":
+                    item["progress"] = 99
+                else:
+                    item |= {"error": "foreign", "retryable": False}
                 reports.append(item)
             code, reply = api(self.hub.base, "POST", "/tasks/reports", token, {"reports": reports})
             sent += len(reports)

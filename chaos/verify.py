@@ -37,7 +37,7 @@ def check(facts: dict[str, Any]) -> dict[str, Any]:
     history: dict[int, list[TaskStatusHistory]] = defaultdict(list)
     for row in TaskStatusHistory.objects.order_by("id"):
         history[row.task_id].append(row)
-    problems: dict[str, list[str]] = {f"I{i}": [] for i in range(1, 8)} | {"D": [], "R14": []}
+    problems: dict[str, list[str]] = {key: [] for key in [*(f"I{i}" for i in range(1, 8)), "D", "R14"]}
     stats: Counter[str] = Counter()
 
     # I1: every acknowledged task is stored, once per Idempotency-Key, and after the drain it is
