@@ -296,15 +296,23 @@ class Injector:
         if unit is None:
             return
         state = Path(unit.data_dir) / ".taskhub-unit" / unit.unit_id / "state.json"
-        try:
-            token = str(json.loads(state.read_text())["token"])
-        except (OSError, ValueError, KeyError):
-            self.log.note("throttled-unit", f"{unit.unit_id}: no token to throttle with")
-            return
-        throttled = 0
+
+        def token() -> str:
+            try:
+                return str(json.loads(state.read_text())["token"])
+            except (OSError, ValueError, KeyError):
+                return ""
+
+        current, throttled, refused = token(), 0, 0
         for _ in range(int(THROTTLED_UNIT_RATE.split("/")[0]) + 50):
-            code, _ = api(self.hub.base, "GET", f"/execution-units/{unit.unit_id}", token)
+            code, _ = api(self.hub.base, "GET", f"/execution-units/{unit.unit_id}", current)
             throttled += code == 429
+            if code == 401:  # the unit registered again meanwhile (a restart): its new token
+                refused += 1
+                if refused > 20:
+                    break
+                time.sleep(0.2)
+                current = token()
             if throttled >= 20:
                 break
         self.log.note("throttled-unit", f"{unit.unit_id}: {throttled} requests throttled")

@@ -42,8 +42,8 @@ INVARIANTS = {
     "I5": "failover within bound",
     "I6": "none taken from live unit",
     "I7": "gap-free history",
-    "D": "no duplicate execution of a lease",
-    "R14": "no result lost after its handler",
+    "D": "no lease run twice",
+    "R14": "no spooled result lost",
 }
 
 
