@@ -157,15 +157,20 @@ def test_i7_fails_on_a_gap_in_the_history(done_task: Task) -> None:
 def test_d_fails_on_a_lease_executed_twice(done_task: Task) -> None:
     from tasks.models import TaskExecutionLog
 
-    for unit_id in ("u1", "u1"):
+    def started(at: float) -> None:
         TaskExecutionLog.objects.create(
             task=done_task,
             attempt=1,
-            unit_id=unit_id,
+            unit_id="u1",
             message="sleeping 0.50s in 4 steps on u1",
-            timestamp=T0,
+            timestamp=T0 + timedelta(seconds=at),
             created_at=T0,
         )
+
+    started(1)
+    started(1)  # the same line delivered twice (a replayed report): one run
+    assert _violations(_facts()) == {}
+    started(5)
     assert _violations(_facts()) == {"D": 1}
     assert _violations(_facts(duplicatesKept=["a second u1 kept running for 30s"])) == {"D": 2}
 
