@@ -183,8 +183,8 @@ def check(facts: dict[str, Any]) -> dict[str, Any]:
     # D: no lease executed twice: the sleep handler's first line, once per (task, attempt); and no
     # second process under a live unit's id kept running.
     # A line delivered twice (a report replayed by the proxy) keeps the unit's timestamp: one run.
-    starts = TaskExecutionLog.objects.filter(message__startswith="sleeping ")
-    runs = Counter((t, a) for t, a, _ in set(starts.values_list("task_id", "attempt", "timestamp")))
+    first_lines = TaskExecutionLog.objects.filter(message__startswith="sleeping ")
+    runs = Counter((t, a) for t, a, _ in set(first_lines.values_list("task_id", "attempt", "timestamp")))
     stats["handler runs"] = sum(runs.values())
     for (task_id, attempt), n in sorted(runs.items()):
         if n > 1:
