@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from chaos.faults import KINDS, PAUSE_AFTER_HANDLER, SERVICE_KINDS, THROTTLED_UNIT_RATE, FaultLog, Injector
+from chaos.faults import HUB_OUTAGES, KINDS, PAUSE_AFTER_HANDLER, SERVICE_KINDS, THROTTLED_UNIT_RATE, FaultLog, Injector
 from chaos.hub import PY, ROOT, Hub, api, unit_fleet
 from chaos.proxy import ReportProxy
 from testkit import services
@@ -309,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         proxy.start()
         for unit in units:
             unit.start(unit_env)
-        duration = max(len(plan) * args.gap * 1.3, 20.0)
+        # The hub outages block the injector for about timeout + 8 s each: the stream lasts that
+        # much longer, so the later faults still meet running work.
+        outages = sum(1 for kind in plan if kind in HUB_OUTAGES)
+        duration = max(len(plan) * args.gap * 1.3 + outages * (float(env["UNIT_HEARTBEAT_TIMEOUT"]) + 8), 20.0)
         submitter = Submitter(hub.base, key, args.tasks, duration, random.Random(args.seed + 1))
         submitter.thread.start()
         for i, kind in enumerate(plan, 1):
