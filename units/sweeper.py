@@ -67,10 +67,11 @@ def _sweep_chunk(now: datetime, window: hearing.Window | None = None) -> dict[st
 def _sweep_units(now: datetime, window: hearing.Window | None) -> dict[str, int]:
     timeout = settings.UNIT_HEARTBEAT_TIMEOUT
     heard = now - timedelta(seconds=timeout) if window is None else window.silent_before()
-    beyond = None if window is None else window.beyond_grace()
-    deadline = max(d for d in (heard, beyond) if d is not None) if (heard or beyond) else None
-    if deadline is None:
+    # Silent for the timeout while the hub listened, or (every unit silent) past HUB_OUTAGE_GRACE.
+    deadlines = [d for d in (heard, None if window is None else window.beyond_grace()) if d is not None]
+    if not deadlines:
         return {}
+    deadline = max(deadlines)
     # Locking the unit rows orders us with heartbeats and claims: a unit that heartbeats while we
     # hold it waits, then finds itself OFFLINE and is told to abort the attempts it lost.
     dead = list(
@@ -85,7 +86,7 @@ def _sweep_units(now: datetime, window: hearing.Window | None) -> dict[str, int]
     # Silent while the hub listened: the unit's doing. Past HUB_OUTAGE_GRACE only: maybe the hub's
     # (every unit was silent at once), so it does not count toward poison.
     heard_dead = [unit_id for unit_id, last in dead if heard is not None and last < heard]
-    unsure = [unit_id for unit_id, _ in dead if unit_id not in set(heard_dead)]
+    unsure = [unit_id for unit_id, last in dead if heard is None or last >= heard]
     counts = {"unitsOffline": len(dead), "failedOver": 0, "poisoned": 0}
     reason = f"unit silent for more than {timeout:g}s (heartbeat timeout): marked OFFLINE"
     for ids, counted, why in (
