@@ -63,7 +63,7 @@ class AgentConfig:
     spool: bool = False  # spool final outcomes under data_dir (taskhub_unit.spool); the CLI: --data-dir given
 
 
-# Tests only (tests/test_agent_spool.py): seconds to wait between a handler's return and handing its
+# Tests only (tests/test_agent_e2e.py, chaos crash-after-handler): seconds to wait between a handler's return and handing its
 # outcome to the reporter, so a test can kill the process in that window.
 _PAUSE_AFTER_HANDLER = float(os.environ.get("TASKHUB_UNIT_TEST_PAUSE_AFTER_HANDLER") or 0)
 
@@ -382,7 +382,10 @@ class Agent:
         outcome = run_handler(self.config.handler, run)
         if not run.dead:
             # On disk before the reporter may send it: a death from here on does not lose it.
-            self.spool.save(run.ctx.id, run.ctx.attempt, *outcome)
+            try:
+                self.spool.save(run.ctx.id, run.ctx.attempt, *outcome)
+            except OSError as exc:  # a full disk, say: report it all the same, unspooled
+                log.error("%s: could not spool the outcome (%s); reporting it without", run.label, exc)
         if _PAUSE_AFTER_HANDLER:  # tests only: widen the window a crash after the handler falls in
             time.sleep(_PAUSE_AFTER_HANDLER)
         if self.runs.handler_finished(run, outcome):
