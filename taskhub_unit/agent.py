@@ -63,8 +63,8 @@ class AgentConfig:
     spool: bool = False  # spool final outcomes under data_dir (taskhub_unit.spool); the CLI: --data-dir given
 
 
-# Tests only (tests/test_agent_e2e.py, chaos crash-after-handler): seconds to wait between a handler's return and handing its
-# outcome to the reporter, so a test can kill the process in that window.
+# Tests only (tests/test_agent_e2e.py, chaos crash-after-handler): seconds to wait between a
+# handler's return and handing its outcome to the reporter, so a test can kill the process there.
 _PAUSE_AFTER_HANDLER = float(os.environ.get("TASKHUB_UNIT_TEST_PAUSE_AFTER_HANDLER") or 0)
 
 
