@@ -18,6 +18,7 @@ from typing import Any
 
 from chaos.hub import ROOT, Hub, Unit, api
 from chaos.proxy import ReportProxy
+from taskhub_unit.spool import unseal
 from testkit import services
 
 # Issue 18's faults: the hub's own outages longer than the heartbeat timeout (web only; web, worker
@@ -290,7 +291,8 @@ class Injector:
         self.log.note("duplicate-ids", f"second {unit.unit_id}: exit {code}")
 
     def throttled_unit(self) -> None:
-        """Use up a unit's request rate (its own token, read from its spool): its heartbeats must
+        """Use up a unit's request rate (its own token, unsealed from its spool with the enrolment
+        key the harness gave it): its heartbeats must
         not be throttled into a failover (I6). Fails until heartbeats have a bucket of their own."""
         unit = self._pick_unit()
         if unit is None:
@@ -299,7 +301,7 @@ class Injector:
 
         def token() -> str:
             try:
-                return str(json.loads(state.read_text())["token"])
+                return unseal(str(json.loads(state.read_text())["sealedToken"]), self.key)
             except (OSError, ValueError, KeyError):
                 return ""
 

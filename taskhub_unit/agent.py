@@ -134,7 +134,7 @@ class Agent:
 
     def _run(self) -> int:
         if self.spool.open():
-            last = self.spool.state()
+            last = self.spool.state(self.config.enroll_key)
             if last.get("instanceId") and not self._instance_given:
                 self.instance_id = str(last["instanceId"])
             if not self._replay(last.get("token")):
@@ -244,7 +244,7 @@ class Agent:
         with self._token_lock:
             self.client.token = str(reply["token"])
             self._need_register.clear()
-        self.spool.save_state(self.instance_id, self.client.token)
+        self.spool.save_state(self.instance_id, self.client.token, self.config.enroll_key)
         if reply.get("clearedDrainAt"):
             log.info("cleared this unit's own drain from its last shutdown (drained at %s)", reply["clearedDrainAt"])
         self._apply_status(reply)

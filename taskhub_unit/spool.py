@@ -5,7 +5,9 @@ Under `--data-dir`, in `.taskhub-unit/<unit id>/`: the agent writes each final o
 fail, with its task id and attempt) to its own file, fsynced, before the reporter may send it, and
 removes it once the hub has answered (accepted, a repeat of the accepted one, or refused as stale).
 It keeps there too what the next process of this unit needs to replay them: its instance id and
-its unit token (the file is readable by the owner only). A process that starts with spooled
+its unit token, the token sealed with the enrolment key (HMAC-SHA256 keystream and tag): useless
+to whoever reads the data dir without that key, and whoever has the key may register the unit
+and get a token anyway. Files are readable by the owner only. A process that starts with spooled
 outcomes sends them with that token before it registers (registering fails over every attempt the
 unit held): the hub fences them as any report, so a stale one is refused and one already applied
 is answered again and never applied twice. The handler does not run again for a replayed result.
@@ -17,11 +19,15 @@ no spool, and the agent says in its log that a crash after a handler returns los
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,33 @@ def _write_durably(path: Path, data: dict[str, Any]) -> None:
         os.close(fd)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _stream(key: bytes, salt: bytes, n: int) -> bytes:
+    blocks = (hmac.new(key, salt + i.to_bytes(4, "big"), hashlib.sha256).digest() for i in range(n // 32 + 1))
+    return b"".join(blocks)[:n]
+
+
+def seal(secret: str, key: str) -> str:
+    """`secret` encrypted and authenticated with `key` (no dependency beyond the standard library)."""
+    raw, salt, k = secret.encode("utf-8"), secrets.token_bytes(16), hashlib.sha256(key.encode("utf-8")).digest()
+    body = bytes(a ^ b for a, b in zip(raw, _stream(k, salt, len(raw)), strict=True))
+    tag = hmac.new(k, b"tag" + salt + body, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(salt + tag + body).decode("ascii")
+
+
+def unseal(sealed: str, key: str) -> str:
+    """What `seal` sealed, or "" if it was sealed with another key (or is damaged)."""
+    try:
+        data = base64.urlsafe_b64decode(sealed.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        return ""
+    salt, tag, body = data[:16], data[16:32], data[32:]
+    k = hashlib.sha256(key.encode("utf-8")).digest()
+    if len(salt) < 16 or not hmac.compare_digest(tag, hmac.new(k, b"tag" + salt + body, hashlib.sha256).digest()[:16]):
+        return ""
+    raw = bytes(a ^ b for a, b in zip(body, _stream(k, salt, len(body)), strict=True))
+    return raw.decode("utf-8", errors="replace")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -101,19 +134,25 @@ class Spool:
 
     # --- the process before this one -----------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """What the last process of this unit left: {"instanceId", "token"} (empty if nothing)."""
+    def state(self, key: str) -> dict[str, Any]:
+        """What the last process of this unit left: {"instanceId", "token"} (empty if nothing; no
+        token if it was sealed with another enrolment key than `key`)."""
         if not self.enabled or self.directory is None:
             return {}
         try:
             data = json.loads((self.directory / "state.json").read_text("utf-8"))
         except (OSError, ValueError):
             return {}
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        token = unseal(str(data.get("sealedToken") or ""), key)
+        return {"instanceId": str(data.get("instanceId") or ""), **({"token": token} if token else {})}
 
-    def save_state(self, instance_id: str, token: str) -> None:
+    def save_state(self, instance_id: str, token: str, key: str) -> None:
+        """Keep the instance id and the unit token (sealed with the enrolment key `key`)."""
         if self.enabled and self.directory is not None:
-            _write_durably(self.directory / "state.json", {"instanceId": instance_id, "token": token})
+            state = {"instanceId": instance_id, "sealedToken": seal(token, key)}
+            _write_durably(self.directory / "state.json", state)
 
     # --- outcomes ------------------------------------------------------------------------------
 

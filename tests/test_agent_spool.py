@@ -35,12 +35,15 @@ def test_outcomes_are_kept_until_removed_and_read_back_as_report_items(tmp_path:
 def test_the_state_is_what_the_next_process_takes_over(tmp_path: Path) -> None:
     spool = Spool(tmp_path, "u1")
     spool.open()
-    assert spool.state() == {}
-    spool.save_state("abc123", "thu_secret")
+    assert spool.state("ek_enroll") == {}
+    spool.save_state("abc123", "thu_secret-token-value", "ek_enroll")
     spool.close()
+    stored = (tmp_path / ".taskhub-unit" / "u1" / "state.json").read_text()
+    assert "secret-token" not in stored and "abc123" in stored  # the token only sealed
     nxt = Spool(tmp_path, "u1")
     nxt.open()
-    assert nxt.state() == {"instanceId": "abc123", "token": "thu_secret"}
+    assert nxt.state("ek_enroll") == {"instanceId": "abc123", "token": "thu_secret-token-value"}
+    assert nxt.state("ek_another") == {"instanceId": "abc123"}  # sealed with another key: no token
 
 
 def test_one_process_per_spool(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -61,7 +64,7 @@ def test_without_a_data_dir_there_is_no_spool_and_the_log_says_so(caplog: pytest
         assert not spool.open()
     assert "no --data-dir: results are not spooled" in caplog.text
     spool.save(1, 1, "complete", {"result": 1})
-    assert spool.pending() == [] and spool.state() == {}
+    assert spool.pending() == [] and spool.state("ek") == {}
 
 
 def test_an_unreadable_outcome_is_dropped(tmp_path: Path) -> None:
