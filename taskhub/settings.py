@@ -238,6 +238,9 @@ UNIT_HEARTBEAT_INTERVAL = env_float("UNIT_HEARTBEAT_INTERVAL", max(UNIT_HEARTBEA
 if UNIT_HEARTBEAT_INTERVAL >= UNIT_HEARTBEAT_TIMEOUT:
     raise ImproperlyConfigured("UNIT_HEARTBEAT_INTERVAL must be smaller than UNIT_HEARTBEAT_TIMEOUT")
 SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 5.0, minimum=0.1)
+# How long the sweeper believes a silence of every unit at once is the hub's own outage (units.hearing):
+# a unit silent for UNIT_HEARTBEAT_TIMEOUT + this is failed over even then. 0: never believed.
+HUB_OUTAGE_GRACE = env_float("HUB_OUTAGE_GRACE", 10 * UNIT_HEARTBEAT_TIMEOUT, minimum=0.0)
 TASK_LOG_RETENTION_DAYS = env_int("TASK_LOG_RETENTION_DAYS", 30, minimum=1)
 # The per-minute rollups the console charts (taskhub/jobs/rollups.py): kept this long.
 ROLLUP_RETENTION_HOURS = env_int("ROLLUP_RETENTION_HOURS", 48, minimum=1)

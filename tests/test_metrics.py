@@ -97,6 +97,8 @@ def test_failovers_retries_stale_reports_and_job_durations_are_counted(django_ca
     factories.task(now=now - timedelta(minutes=6))
     with django_capture_on_commit_callbacks(execute=True):
         claimed, _ = claim_tasks_with_status(unit.pk, 2, now=now - timedelta(minutes=5))
+    factories.unit("live-unit", now=now)  # the hub hears others: the lost unit's silence is its own
+    factories.hub_listening(now)
     before = scrape()
     with django_capture_on_commit_callbacks(execute=True):
         result = run_job("sweep_heartbeats", now)

@@ -17,24 +17,31 @@ from taskhub.base.errors import NotFound
 from tasks.models import Task
 from tasks.selectors import running_on
 from tasks.transitions.bulk import lease_to_unit
-from units import sql
+from units import lifecycle, sql
 from units.states import CLAIMING, Cause, UnitStatus, check_move
 
 
-def claim_tasks(unit_id: str, max_tasks: int, *, now: datetime) -> list[Task]:
+def claim_tasks(unit_id: str, max_tasks: int, *, now: datetime, instance_id: str = "") -> list[Task]:
     """Lease up to `max_tasks` tasks of the unit's type, within its free capacity."""
-    return claim_tasks_with_status(unit_id, max_tasks, now=now)[0]
+    return claim_tasks_with_status(unit_id, max_tasks, now=now, instance_id=instance_id)[0]
 
 
 @retry_on_lock_error()
 @transaction.atomic
-def claim_tasks_with_status(unit_id: str, max_tasks: int, *, now: datetime) -> tuple[list[Task], str]:
+def claim_tasks_with_status(
+    unit_id: str, max_tasks: int, *, now: datetime, instance_id: str = ""
+) -> tuple[list[Task], str]:
     """`claim_tasks`, also returning the unit's status as this claim left it (what the claim
-    endpoint replies), so no query re-reads either after the commit."""
-    locked = sql.lock_unit_columns(unit_id, ("id", "status", "capacity", "unit_type", "pool"))
+    endpoint replies), so no query re-reads either after the commit.
+
+    `instance_id` (the calling process, see units.lifecycle) is checked against the stored one in
+    the same locked read: a process replaced by another one registering as this unit, even a moment
+    before this claim took the lock, gets UnitReplaced (409) and no task."""
+    locked = sql.lock_unit_columns(unit_id, ("id", "status", "capacity", "unit_type", "pool", "instance_id"))
     if locked is None:
         raise NotFound(f"Execution unit {unit_id} not found")
-    unit_pk, unit_status, capacity, unit_type, pool = locked
+    unit_pk, unit_status, capacity, unit_type, pool, held_by = locked
+    lifecycle.refuse_a_replaced_instance(unit_pk, held_by, instance_id)
     if unit_status not in CLAIMING:
         return [], unit_status
     running = running_on(unit_pk)

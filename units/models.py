@@ -6,7 +6,7 @@ from taskhub.apikeys.models import DEFAULT_POOL
 from taskhub.base.fields import KeyField
 from units.states import DrainedBy, UnitStatus
 
-__all__ = ["DrainedBy", "ExecutionUnit", "UnitEviction", "UnitStatus"]
+__all__ = ["DrainedBy", "ExecutionUnit", "HubHearing", "UnitEviction", "UnitStatus"]
 
 
 class ExecutionUnit(models.Model):
@@ -78,3 +78,24 @@ class UnitEviction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.unit_id} ({self.instance_id})"
+
+
+class HubHearing(models.Model):
+    """One row: what the sweeper knows of when the hub could hear its units (units.hearing)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    listening_since = models.DateTimeField(
+        null=True, blank=True, help_text="Since when the hub has heard units without a gap (None: always)."
+    )
+    deaf = models.BooleanField(default=False, help_text="The last sweep heard no heartbeat anywhere.")
+    deaf_from = models.DateTimeField(
+        null=True, blank=True, help_text="What the hub had heard up to before its last gap (None: unknown)."
+    )
+    heard_until = models.DateTimeField(null=True, blank=True, help_text="What the last sweep had heard up to.")
+    last_sweep_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "hub_hearing"
+
+    def __str__(self) -> str:
+        return f"hub hearing (listening since {self.listening_since}, last sweep {self.last_sweep_at})"

@@ -16,11 +16,11 @@ from taskhub.apikeys.tokens import digest, new_unit_token
 from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
 from taskhub.base.errors import Forbidden, NotFound
-from taskhub.base.sql import aware
+from taskhub.base.sql import aware, db_now
 from tasks import heartbeat
 from tasks.states import TaskStatus
 from tasks.transitions.bulk import fail_over_tasks
-from units import lifecycle, sql
+from units import hearing, lifecycle, sql
 from units.models import ExecutionUnit
 from units.states import CLAIMING, Cause, UnitStatus, check_move
 
@@ -50,7 +50,7 @@ def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = No
     (take the unit from a live process): see units.lifecycle. The unit row lock serialises
     registrations of one id, so of two instances registering at once the second finds the first
     live."""
-    now = now or timezone.now()
+    now = now or db_now()  # the database's clock: the sweeper reads last_heartbeat_at with it
     token = new_unit_token()
     fields = {**data, "token_hash": digest(token), "last_heartbeat_at": now}
     unit_id = fields.pop("id")
@@ -81,6 +81,7 @@ def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = No
                 reason=f"unit {unit_id} re-registered (restarted)",
                 actor=Actor.system("register"),
                 now=now,
+                counted=not hearing.recovering(now),
             )
             return Registration(unit, token, False, cleared)
     except IntegrityError:
@@ -108,7 +109,9 @@ def unit_heartbeat(
     listed fail over at once (unless claimed within the last `list_grace()` seconds); listed tasks
     that are no longer the unit's get a command: the stored cancel/pause, or abort for a stale
     attempt. `stopping`: the process is exiting; the unit goes OFFLINE (so a new process may
-    register at once). A heartbeat from an instance that was replaced is refused (409)."""
+    register at once). A heartbeat from an instance that was replaced is refused (409). Without
+    `now`, the liveness stamp is the database's clock (what the sweeper compares it with)."""
+    db_clock = now is None
     now = now or timezone.now()
     # The hot path of every unit, in plain SQL (the ORM spent more CPU building these statements
     # than the database spends answering them): the unit row lock, one read of the leases, the
@@ -143,6 +146,7 @@ def unit_heartbeat(
                 reason=f"unit {unit_id} no longer runs this attempt (heartbeat)",
                 actor=Actor.system("heartbeat"),
                 now=now,
+                counted=not hearing.recovering(now),  # e.g. a claim reply lost in the hub's outage
             )
             failed_over = lost
         stored = {tid: progress for tid, _, status, progress, _ in rows if status == S.RUNNING}
@@ -173,7 +177,7 @@ def unit_heartbeat(
     else:
         status = UnitStatus.BUSY if running >= capacity else UnitStatus.ONLINE
     unit_status = check_move(unit_status, status, Cause.HEARTBEAT)
-    sql.save_heartbeat(unit_id, now, current_load, unit_status, metadata, stored_metadata)
+    sql.save_heartbeat(unit_id, None if db_clock else now, current_load, unit_status, metadata, stored_metadata)
     claiming = unit_status in CLAIMING
     return {
         "unitId": unit_id,

@@ -15,6 +15,7 @@ from collections import Counter as TypeCounter
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -91,11 +92,14 @@ def fail_over_tasks(
     now: datetime,
     reasons: Mapping[int, str] | None = None,
     limit: int | None = None,
+    counted: bool = True,
 ) -> dict[str, int]:
     """Fail over every RUNNING task matching `where` (up to `limit`), taken with SKIP LOCKED. Must
     run inside a transaction (the caller holds the unit rows locked, so no claim adds tasks
     underneath). `reasons` may say why per task (in its history row); `reason` stands for the
-    others and goes into a poison task's error. Returns counts."""
+    others and goes into a poison task's error. `counted=False`: a failover the unit is not to blame
+    for (the hub's own outage, units.hearing): not counted toward TASK_MAX_FAILOVER_COUNT, never
+    poison. Returns counts."""
     assert transaction.get_connection().in_atomic_block
     why: Callable[[int], str] = (lambda task_id: reasons.get(task_id, reason)) if reasons else (lambda _: reason)
     counts = {"failedOver": 0, "poisoned": 0}
@@ -111,9 +115,11 @@ def fail_over_tasks(
     rows = list(running if limit is None else running[:limit])
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
-        back = [r for r in chunk if r[3] + 1 <= cap]
-        poison = [r for r in chunk if r[3] + 1 > cap]
-        taken = {"failover_count": F("failover_count") + 1, "pending_command": ControlCommand.ABORT}
+        back = [r for r in chunk if r[3] + 1 <= cap or not counted]
+        poison = [r for r in chunk if r[3] + 1 > cap and counted]
+        taken: dict[str, Any] = {"pending_command": ControlCommand.ABORT}
+        if counted:
+            taken["failover_count"] = F("failover_count") + 1
         if back:
             Task.objects.filter(id__in=[r[0] for r in back], status=S.RUNNING).update(
                 **entry_values(S.PENDING, now), **taken
@@ -143,17 +149,18 @@ def fail_over_tasks(
     return counts
 
 
-def fail_over_orphans(now: datetime, limit: int, *, actor: Actor) -> dict[str, int]:
+def fail_over_orphans(now: datetime, limit: int, *, actor: Actor, lapsed_before: datetime | None) -> dict[str, int]:
     """Fail over up to `limit` RUNNING tasks that no unit holds and nobody reports on: those whose
     lease ran out (started with PUT status: `Task.lease_expires_at`), and those whose unit row was
     deleted without a deregistration (SET_NULL left them neither a unit nor a lease). Two polls,
-    each on its index; the rows stay locked (SKIP LOCKED: a second sweeper takes others)."""
+    each on its index; the rows stay locked (SKIP LOCKED: a second sweeper takes others).
+    `lapsed_before`: leases count as run out before this time (`now`, or less when the hub could
+    not hear; None: it heard nobody long enough to tell, see units.hearing, and none has run out)."""
     running = Task.objects.select_for_update(skip_locked=True).filter(status=S.RUNNING)
     # Past the lease, not at it: like a unit, a task is lost when silent for more than the timeout.
-    polls = [
-        running.filter(lease_expires_at__lt=now).order_by("lease_expires_at"),
-        running.filter(unit__isnull=True, lease_expires_at__isnull=True).order_by("id"),
-    ]
+    polls = [running.filter(unit__isnull=True, lease_expires_at__isnull=True).order_by("id")]
+    if lapsed_before is not None:
+        polls.insert(0, running.filter(lease_expires_at__lt=lapsed_before).order_by("lease_expires_at"))
     ids: list[int] = []
     for poll in polls:
         if len(ids) < limit:

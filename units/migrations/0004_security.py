@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('units', '0002_unit_drain_and_instance'),
+        ('units', '0003_reliability'),
     ]
 
     operations = [

@@ -79,9 +79,9 @@ class UnitViewSet(viewsets.ViewSet):
         return pk
 
     def _refuse_a_replaced_instance(self, request: Request, instance_id: str) -> None:
-        """Checked against the unit row the authentication read with the caller's token (no query):
-        a claim that races a replacement past this check gets leases the new process does not list,
-        and its next heartbeat fails them over."""
+        """Checked against the unit row the authentication read with the caller's token (no query),
+        so a replaced process is refused before any lock; the claim checks again under the unit
+        row lock (units.claim), which closes the race with a replacement committing meanwhile."""
         unit = principal_of(request).unit
         if unit is not None:
             lifecycle.refuse_a_replaced_instance(unit.pk, unit.instance_id, instance_id)
@@ -179,7 +179,9 @@ class UnitViewSet(viewsets.ViewSet):
     def claim(self, request: Request, pk: str) -> Response:
         body = validated(ClaimSerializer, request.data)
         self._refuse_a_replaced_instance(request, body.get("instance_id", ""))
-        tasks, unit_status = claim_tasks_with_status(self._own_unit_id(request, pk), body["max"], now=timezone.now())
+        tasks, unit_status = claim_tasks_with_status(
+            self._own_unit_id(request, pk), body["max"], now=timezone.now(), instance_id=body.get("instance_id", "")
+        )
         return Response({"items": claimed_tasks(tasks), "unitStatus": str(unit_status)})
 
     @extend_schema(responses=UnitStats, summary="Units by status, capacity and utilisation")
