@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Min, QuerySet
 
 from taskhub.base.viewer import Viewer
 from tasks import sql
@@ -33,6 +33,12 @@ def visible_tasks(viewer: Viewer) -> QuerySet[Task]:
 def running_on(unit_id: str) -> int:
     """Tasks RUNNING on the unit (the claim's count of its load, under the unit row lock)."""
     return sql.running_count(unit_id)
+
+
+def next_claimable_at(task_type: str) -> datetime | None:
+    """When the earliest PENDING task of `task_type` is (or was) claimable; None if none is
+    PENDING: the long-poll waiters' safety net (taskhub.base.doorbell), one query per type."""
+    return Task.objects.filter(status=S.PENDING, task_type=task_type).aggregate(at=Min("available_at"))["at"]
 
 
 def running_count_by(field: str, **filters: Any) -> dict[Any, int]:

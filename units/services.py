@@ -12,6 +12,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from taskhub.apikeys.tokens import digest, new_unit_token
+from taskhub.base import doorbell
 from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
 from taskhub.base.errors import Forbidden, NotFound
@@ -209,6 +210,8 @@ def unit_update(
     for name, value in changes.items():
         setattr(unit, name, value)
     unit.save()
+    # A long-poll claim of this unit waiting now re-claims (and sees a drain or new capacity).
+    doorbell.ring_on_commit([(doorbell.unit_key(unit_id), doorbell.ALL, None)])
     return unit
 
 
@@ -223,4 +226,5 @@ def unit_delete(unit_id: str, *, queryset: QuerySet[ExecutionUnit], actor: Actor
         now=timezone.now(),
     )
     unit.delete()
+    doorbell.ring_on_commit([(doorbell.unit_key(unit_id), doorbell.ALL, None)])
     return counts

@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 
-from taskhub.base import metrics
+from taskhub.base import doorbell, metrics
 from taskhub.base.actors import Actor, ActorType
 from tasks import sql
 from tasks.entry import enter, entry_values
@@ -97,7 +98,7 @@ def fail_over_tasks(
         Task.objects.filter(where, status=S.RUNNING)
         .select_for_update(skip_locked=True)
         .order_by("id")
-        .values_list("id", "attempt", "unit_id", "failover_count")
+        .values_list("id", "attempt", "unit_id", "failover_count", "task_type")
     )
     rows = list(running if limit is None else running[:limit])
     for start in range(0, len(rows), CHUNK):
@@ -128,6 +129,7 @@ def fail_over_tasks(
         )
         counts["failedOver"] += len(back)
         counts["poisoned"] += len(poison)
+        doorbell.ring_on_commit(doorbell.claimable_rings((r[4], None) for r in back))
     metrics.record_failover(counts)
     return counts
 
@@ -173,7 +175,7 @@ def fail_over_orphans(now: datetime, limit: int, *, actor: Actor) -> dict[str, i
 
 
 def _history(
-    rows: Iterable[tuple[int, int, str | None, int]],
+    rows: Iterable[tuple[Any, ...]],
     target: str,
     why: Callable[[int], str],
     code: str,
@@ -182,7 +184,7 @@ def _history(
 ) -> list[TaskStatusHistory]:
     return [
         new_history(task_id, attempt, unit_id, S.RUNNING, target, actor=actor, reason=why(task_id), code=code, now=now)
-        for task_id, attempt, unit_id, _ in rows
+        for task_id, attempt, unit_id, *_ in rows
     ]
 
 
@@ -196,7 +198,7 @@ def retry_due(now: datetime, limit: int) -> int:
         Task.objects.select_for_update(skip_locked=True)
         .filter(status=S.FAILED, next_retry_at__lte=now)
         .order_by("next_retry_at")
-        .values_list("id", "attempt", "unit_id", "retry_count", "max_retries")[:limit]
+        .values_list("id", "attempt", "unit_id", "retry_count", "max_retries", "task_type")[:limit]
     )
     if not rows:
         return 0
@@ -215,8 +217,9 @@ def retry_due(now: datetime, limit: int) -> int:
                 code=ReasonCode.RETRIED,
                 now=now,
             )
-            for task_id, attempt, unit_id, retries, max_retries in rows
+            for task_id, attempt, unit_id, retries, max_retries, _ in rows
         ]
     )
+    doorbell.ring_on_commit(doorbell.claimable_rings((r[5], None) for r in rows))
     metrics.record_retries(len(rows))
     return len(rows)

@@ -151,6 +151,15 @@ class ClaimSerializer(serializers.Serializer):
         source="instance_id",
         help_text="As on heartbeat: refused with 409 `unit_replaced` once another instance has registered.",
     )
+    waitSeconds = serializers.FloatField(
+        min_value=0,
+        max_value=30,
+        default=0,
+        source="wait_seconds",
+        help_text="Long poll: when nothing is claimable, hold the request up to this many seconds until a "
+        "task of the unit's type is (then claim it, with every rule of the claim), else reply with no "
+        "items. 0 (the default): reply at once, as a plain claim.",
+    )
 
 
 class ClaimedTaskSerializer(serializers.Serializer):

@@ -33,8 +33,10 @@ from taskhub.api.validation import query_params, validated
 from taskhub.base.errors import Forbidden, NotFound
 from units import lifecycle, services
 from units.claim import claim_tasks_with_status
+from units.longpoll import ClaimWait
 from units.models import ExecutionUnit, UnitStatus
 from units.selectors import unit_stats, visible_units
+from units.states import CLAIMING
 
 UnitPage = page_serializer("UnitPage", UnitSerializer)
 UnitStats = inline_serializer(
@@ -173,13 +175,21 @@ class UnitViewSet(viewsets.ViewSet):
     @extend_schema(
         request=ClaimSerializer,
         responses=ClaimReplySerializer,
-        summary="Claim up to `max` tasks of the unit's type, within its free capacity",
+        summary="Claim up to `max` tasks of the unit's type, within its free capacity; with `waitSeconds`, "
+        "wait for them (long poll)",
     )
     @action(detail=True, methods=["post"])
     def claim(self, request: Request, pk: str) -> Response:
         body = validated(ClaimSerializer, request.data)
         self._refuse_a_replaced_instance(request, body.get("instance_id", ""))
         tasks, unit_status = claim_tasks_with_status(self._own_unit_id(request, pk), body["max"], now=timezone.now())
+        if not tasks and body["wait_seconds"] > 0 and unit_status in CLAIMING:
+            # Nothing now: the async view in front of this one (taskhub.api.views.longpoll) waits.
+            unit = principal_of(request).unit
+            assert unit is not None
+            request._request.taskhub_claim_wait = ClaimWait(  # type: ignore[attr-defined]
+                unit.pk, unit.unit_type, body["max"], body["wait_seconds"], unit.token_hash, unit.instance_id
+            )
         return Response({"items": claimed_tasks(tasks), "unitStatus": str(unit_status)})
 
     @extend_schema(responses=UnitStats, summary="Units by status, capacity and utilisation")
