@@ -31,7 +31,7 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 from django.urls import Resolver404, get_resolver  # noqa: E402
 
-from taskhub.base.syncpool import pool  # noqa: E402
+from taskhub.base.syncpool import SERVED, pool  # noqa: E402
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -100,6 +100,7 @@ class Router:
         self.max_body = max(int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0) * 4, 16 * 1024 * 1024)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        SERVED.set(True)
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] != "http":

@@ -45,6 +45,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _claim_wait(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 30:
+        raise ValueError("must be between 0 (poll) and 30 seconds")
+    return value
+
+
 def _seconds_or_off(raw: str) -> float:
     value = float(raw)
     if not value >= 0 or value == float("inf"):
@@ -142,6 +149,13 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     option("--metadata", "TASKHUB_METADATA", _json_object, {}, "extra metadata as a JSON object")
     option("--data-dir", "TASKHUB_DATA_DIR", Path, Path.cwd(), "directory data_processing reads and writes in")
     option("--poll-interval", "TASKHUB_POLL_INTERVAL", _positive_float, 1.0, "seconds between claims when idle")
+    option(
+        "--claim-wait",
+        "TASKHUB_CLAIM_WAIT",
+        _claim_wait,
+        20.0,
+        "long-poll claims: seconds the hub may hold an idle claim until work comes (0-30; 0: poll instead)",
+    )
     option("--drain-timeout", "TASKHUB_DRAIN_TIMEOUT", _positive_float, 30.0, "grace period on SIGTERM (s)")
     option(
         "--replace",
@@ -229,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         endpoint=args.endpoint,
         data_dir=args.data_dir,
         poll_interval=args.poll_interval,
+        claim_wait=args.claim_wait,
         drain_timeout=args.drain_timeout,
         request_timeout=args.request_timeout,
         retry_max=args.retry_max,

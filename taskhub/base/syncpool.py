@@ -16,11 +16,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
 T = TypeVar("T")
 _pool: ThreadPoolExecutor | None = None
+# Set by taskhub.asgi for the requests it serves. Elsewhere (Django's test client, WSGI serving an
+# async view through async_to_sync) sync code goes back to the caller's thread as Django does it.
+SERVED: contextvars.ContextVar[bool] = contextvars.ContextVar("taskhub_served", default=False)
 
 
 def pool() -> ThreadPoolExecutor:
@@ -40,6 +44,8 @@ def _call_then_tidy(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 async def run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn(*args, **kwargs)` in the pool, with this task's context variables; afterwards the
     thread's database connection is kept for the next call (or closed if broken or too old)."""
+    if not SERVED.get():
+        return await sync_to_async(fn, thread_sensitive=True)(*args, **kwargs)
     context = contextvars.copy_context()
     call = functools.partial(context.run, _call_then_tidy, fn, *args, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(pool(), call)

@@ -194,6 +194,9 @@ class ClaimReplySerializer(serializers.Serializer):
     # `items`, as in every other collection of the API (lists, batches); hubs before 0.1 said `tasks`.
     items = ClaimedTaskSerializer(many=True)
     unitStatus = serializers.ChoiceField(choices=UnitStatus.choices)
+    waitSeconds = serializers.FloatField(
+        required=False, help_text="The long poll's `waitSeconds`, echoed when asked for (a hub that has it)."
+    )
 
 
 class UnitUpdateSerializer(serializers.Serializer):

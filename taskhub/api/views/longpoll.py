@@ -64,6 +64,10 @@ async def claim(request: HttpRequest, pk: str) -> HttpResponse:
         tasks, unit_status = outcome
         if tasks or unit_status not in CLAIMING:
             future.cancel()
-            return JsonResponse({"items": claimed_tasks(tasks), "unitStatus": str(unit_status)})
+            return _reply(claimed_tasks(tasks), unit_status, wait)
     future.cancel()
-    return JsonResponse({"items": [], "unitStatus": str(unit_status)})
+    return _reply([], unit_status, wait)
+
+
+def _reply(items: list[dict[str, Any]], unit_status: str, wait: longpoll.ClaimWait) -> JsonResponse:
+    return JsonResponse({"items": items, "unitStatus": str(unit_status), "waitSeconds": wait.seconds})

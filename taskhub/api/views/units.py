@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
@@ -183,6 +185,9 @@ class UnitViewSet(viewsets.ViewSet):
         body = validated(ClaimSerializer, request.data)
         self._refuse_a_replaced_instance(request, body.get("instance_id", ""))
         tasks, unit_status = claim_tasks_with_status(self._own_unit_id(request, pk), body["max"], now=timezone.now())
+        reply: dict[str, Any] = {"items": claimed_tasks(tasks), "unitStatus": str(unit_status)}
+        if body["wait_seconds"] > 0:
+            reply["waitSeconds"] = body["wait_seconds"]
         if not tasks and body["wait_seconds"] > 0 and unit_status in CLAIMING:
             # Nothing now: the async view in front of this one (taskhub.api.views.longpoll) waits.
             unit = principal_of(request).unit
@@ -190,7 +195,7 @@ class UnitViewSet(viewsets.ViewSet):
             request._request.taskhub_claim_wait = ClaimWait(  # type: ignore[attr-defined]
                 unit.pk, unit.unit_type, body["max"], body["wait_seconds"], unit.token_hash, unit.instance_id
             )
-        return Response({"items": claimed_tasks(tasks), "unitStatus": str(unit_status)})
+        return Response(reply)
 
     @extend_schema(responses=UnitStats, summary="Units by status, capacity and utilisation")
     @action(detail=False, methods=["get"])
