@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,7 +102,7 @@ def _claims_logged(hub, unit_id: str) -> int:  # type: ignore[no-untyped-def]
 def test_a_waiting_unit_gets_a_new_task_in_its_one_claim_request(tmp_path):
     with running_hub(tmp_path) as hub:
         token = _register(hub, "w1")
-        got: dict[str, object] = {}
+        got: dict[str, Any] = {}
 
         def wait() -> None:
             body = {"max": 1, "waitSeconds": 20}
@@ -113,7 +114,7 @@ def test_a_waiting_unit_gets_a_new_task_in_its_one_claim_request(tmp_path):
         time.sleep(1.0)  # the claim found nothing and waits on the doorbell
         task = hub.api("POST", "/tasks", {"name": "x", "taskType": "lp", "priority": 1, "config": {}})
         waiter.join(30)
-        status, reply = got["reply"]  # type: ignore[misc]
+        status, reply = got["reply"]
         assert status == 200 and [t["id"] for t in reply["items"]] == [task["id"]]
         assert reply["waitSeconds"] == 20
         assert _claims_logged(hub, "w1") == 1  # one request: no polling
