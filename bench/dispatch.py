@@ -324,7 +324,9 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = ROOT / "var" / "bench" / f"dispatch-{stamp}"
-    knobs = {"METRICS_TOKEN": METRICS_TOKEN}
+    # One metrics directory for both web workers, so /metrics sums their claim counters.
+    (run_dir / "metrics").mkdir(parents=True, exist_ok=True)
+    knobs = {"METRICS_TOKEN": METRICS_TOKEN, "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics")}
     stack = Stack(db=Db.from_env(args.db_name), redis_db=args.redis_db, run_dir=run_dir, knobs=knobs)
     results: dict[str, Any] = {}
     only = set(args.only.split(","))
