@@ -116,27 +116,22 @@ def claims_counted(port: int) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("taskhub_claims_total"))
 
 
-async def idle_unit(
-    port: int, uid: str, token: str, stop_at: float, measure_from: float, out: dict[str, list[Any]], wait: float
-) -> None:
+async def idle_unit(port: int, uid: str, token: str, stop_at: float, out: list[Any], wait: float) -> None:
+    """What an idle agent does: a long-poll claim after another, a heartbeat every ~10 s. Each
+    request that ends is recorded as (end time, kind, seconds beyond its wait, error or None)."""
     claim, beat = Conn(port), Conn(port)
+    body = {"currentLoad": 0, "metadata": {}, "tasks": []}
 
     async def heartbeats() -> None:
         await asyncio.sleep(random.uniform(0, 10))
         while time.monotonic() < stop_at:
             t = time.monotonic()
             try:
-                status, _ = await beat.request(
-                    f"/execution-units/{uid}/heartbeat", token, {"currentLoad": 0, "metadata": {}, "tasks": []}, 30
-                )
-                if t >= measure_from:
-                    out["beat"].append(time.monotonic() - t)
-                    if status != 200:
-                        out["errors"].append(status)
+                status, _ = await beat.request(f"/execution-units/{uid}/heartbeat", token, body, 60)
+                error = None if status == 200 else status
             except Exception as exc:
-                if t >= measure_from:
-                    out["errors"].append(type(exc).__name__)
-            out["requests"].append(t)
+                error = type(exc).__name__
+            out.append((time.monotonic(), "heartbeat", time.monotonic() - t, error))
             await asyncio.sleep(10 * random.uniform(0.9, 1.1))
 
     task = asyncio.create_task(heartbeats())
@@ -145,56 +140,54 @@ async def idle_unit(
         t = time.monotonic()
         try:
             status, reply = await claim.request(
-                f"/execution-units/{uid}/claim", token, {"max": 1, "waitSeconds": wait}, wait + 30
+                f"/execution-units/{uid}/claim", token, {"max": 1, "waitSeconds": wait}, wait + 60
             )
             took = time.monotonic() - t
-            if t >= measure_from:
-                out["claimOverrun"].append(max(took - (wait if not reply.get("items") else 0), 0.0))
-                if status != 200:
-                    out["errors"].append(status)
+            waited = wait if status == 200 and not reply.get("items") else 0.0
+            out.append((time.monotonic(), "claim", max(took - waited, 0.0), None if status == 200 else status))
         except Exception as exc:
-            if t >= measure_from:
-                out["errors"].append(type(exc).__name__)
+            out.append((time.monotonic(), "claim", time.monotonic() - t, type(exc).__name__))
             await asyncio.sleep(1)
-        out["requests"].append(t)
     task.cancel()
 
 
 def fleet(stack: Stack, owner: int, n: int, seconds: float, wait: float) -> dict[str, Any]:
     units = insert_units(stack, owner, f"idle{n}", n)
-    out: dict[str, list[Any]] = {"beat": [], "claimOverrun": [], "errors": [], "requests": []}
-    warm = wait + 2
+    events: list[Any] = []
+    warm = wait + 5
     web = [stack.procs["web"].pid, *children(stack.procs["web"].pid)]
+    window: dict[str, float] = {}
 
     async def main() -> dict[str, float]:
         start = time.monotonic()
-        measure_from, stop_at = start + warm, start + warm + seconds
-        runners = [
-            asyncio.create_task(idle_unit(stack.web_port, u, t, stop_at, measure_from, out, wait)) for u, t in units
-        ]
+        stop_at = start + warm + seconds + wait + 5  # claims begun in the window may end in it
+        runners = [asyncio.create_task(idle_unit(stack.web_port, u, t, stop_at, events, wait)) for u, t in units]
         await asyncio.sleep(warm)
+        window["from"] = time.monotonic()
         meter = CpuMeter({"web": web, "loadgen": [os.getpid()]})
         await asyncio.sleep(seconds)
         cpu = meter.stop()
+        window["to"] = time.monotonic()
         for r in runners:
             r.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
         return cpu
 
     cpu = asyncio.run(main())
-    window = [t for t in out["requests"] if t]  # all; the rate uses the measured window's share
-    reqs = sum(1 for _ in window) * seconds / (seconds + warm)
+    inside = [e for e in events if window["from"] <= e[0] <= window["to"]]
+    errors = [e[3] for e in inside if e[3] is not None]
     return {
         "units": n,
         "seconds": seconds,
-        "requestsPerSecond": round(reqs / seconds, 1),
-        "hubCpuMsPerUnitSecond": round(cpu["web"] / n / cpu["wall"] * 1000, 4),
-        "heartbeat": _ms(out["beat"]),
-        "claimBeyondWait": _ms(out["claimOverrun"]),
-        "errors": len(out["errors"]),
-        "errorKinds": sorted({str(e) for e in out["errors"]})[:5],
+        "claimWait": wait,
+        "requestsPerSecond": round(len(inside) / seconds, 1),
+        "hubWebCpuMsPerUnitSecond": round(cpu["web"] / n / cpu["wall"] * 1000, 4),
+        "heartbeat": _ms([e[2] for e in inside if e[1] == "heartbeat"]),
+        "claimBeyondWait": _ms([e[2] for e in inside if e[1] == "claim"]),
+        "errors": len(errors),
+        "errorKinds": sorted({str(e) for e in errors})[:5],
         "loadgenCpuShare": round(cpu["loadgen"] / (cpu["wall"] * NCPU), 3),
-        "otherCpuShare": round(max(cpu["machine"] - cpu["web"] - cpu["loadgen"], 0) / (cpu["wall"] * NCPU), 3),
+        "restOfMachineCpuShare": round(max(cpu["machine"] - cpu["web"] - cpu["loadgen"], 0) / (cpu["wall"] * NCPU), 3),
     }
 
 
