@@ -128,7 +128,7 @@ async def idle_unit(port: int, uid: str, token: str, stop_at: float, out: list[A
             t = time.monotonic()
             try:
                 status, _ = await beat.request(f"/execution-units/{uid}/heartbeat", token, body, 60)
-                error = None if status == 200 else status
+                error: int | str | None = None if status == 200 else status
             except Exception as exc:
                 error = type(exc).__name__
             out.append((time.monotonic(), "heartbeat", time.monotonic() - t, error))
@@ -175,6 +175,11 @@ def fleet(stack: Stack, owner: int, n: int, seconds: float, wait: float) -> dict
 
     cpu = asyncio.run(main())
     inside = [e for e in events if window["from"] <= e[0] <= window["to"]]
+    print(
+        "events",
+        sorted((round(e[0] - window["from"], 2), round(e[2], 2), e[3]) for e in events if e[1] == "claim"),
+        flush=True,
+    )
     errors = [e[3] for e in inside if e[3] is not None]
     return {
         "units": n,

@@ -44,6 +44,16 @@ class AsyncViewHandler(ASGIHandler):
     until the response is sent, i.e. one idle thread per waiting request. Here that sync code runs
     in asgiref's one shared thread per process instead (it is short: signals, middleware hops)."""
 
+    def load_middleware(self, is_async: bool = False) -> None:
+        # WhiteNoise is sync-only (Django would run each async request in a thread of its own
+        # around it) and serves static files, which are never async views: left out here.
+        full = settings.MIDDLEWARE
+        settings.MIDDLEWARE = [name for name in full if not name.startswith("whitenoise.")]
+        try:
+            super().load_middleware(is_async)
+        finally:
+            settings.MIDDLEWARE = full
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}")

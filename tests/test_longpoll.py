@@ -162,3 +162,19 @@ def test_kill_9_mid_wait_fails_over_within_the_bound_while_slow_clients_do_not_s
             assert time.monotonic() - killed <= bound + 3.0
         finally:
             unit.stop(2)
+
+
+def test_every_middleware_of_the_async_path_is_async_capable_so_no_waiter_holds_a_thread():
+    """A sync-only middleware in an async view's chain makes Django run the request inside a
+    thread (asgiref's one shared thread without a ThreadSensitiveContext: waits would queue)."""
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    from taskhub.asgi import AsyncViewHandler
+
+    handler = AsyncViewHandler()
+    assert handler._middleware_chain is not None
+    for path in settings.MIDDLEWARE:
+        if path.startswith("whitenoise."):
+            continue  # left out of the async path (static files are never async views)
+        assert getattr(import_string(path), "async_capable", False), path
