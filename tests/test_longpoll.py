@@ -172,8 +172,7 @@ def test_every_middleware_of_the_async_path_is_async_capable_so_no_waiter_holds_
 
     from taskhub.asgi import AsyncViewHandler
 
-    handler = AsyncViewHandler()
-    assert handler._middleware_chain is not None
+    AsyncViewHandler()  # loads its chain (a sync-only middleware would still load, adapted)
     for path in settings.MIDDLEWARE:
         if path.startswith("whitenoise."):
             continue  # left out of the async path (static files are never async views)
