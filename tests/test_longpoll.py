@@ -11,13 +11,16 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from taskhub.base import doorbell
-from testkit.hub import QUICK_LIVENESS, call, running_hub, unit_argv, unit_env
+from testkit import services
+from testkit.hub import QUICK_LIVENESS, Hub, call, embedded_env, running_hub, unit_argv, unit_env
 from testkit.processes import Process
 from testkit.waiting import wait_for
 
@@ -86,6 +89,49 @@ def test_a_ring_reaches_a_waiting_process_through_the_configured_transport(setti
         doorbell._transport_instance = None
 
 
+BACKENDS = [
+    pytest.param("embedded", id="sqlite-embedded"),
+    pytest.param("mariadb", id="mariadb-redis", marks=[pytest.mark.mariadb, pytest.mark.redis]),
+]
+
+
+@contextmanager
+def _hub(backend: str, workdir: Path) -> Iterator[Hub]:
+    """`manage.py runhub` (gunicorn + uvicorn workers, Celery worker and beat) on the embedded
+    default, or on MariaDB (a database of its own) + Redis (this run's REDIS_DB): the doorbell
+    through Unix sockets or Redis pub/sub."""
+    if backend == "embedded":
+        with running_hub(workdir) as hub:
+            yield hub
+        return
+    name = f"{os.environ.get('DB_TEST_NAME') or 'test_taskhub'}_lp"[:60]
+    server: dict[str, Any] = {
+        "host": os.environ["DB_HOST"],
+        "port": int(os.environ.get("DB_PORT", "3306")),
+        "user": os.environ.get("DB_USERNAME", "taskhub"),
+        "password": os.environ.get("DB_PASSWORD", ""),
+    }
+    services.recreate_database(**server, name=name)
+    env: dict[str, str] = embedded_env(workdir, **QUICK_LIVENESS) | {
+        "DB_HOST": server["host"],
+        "DB_PORT": str(server["port"]),
+        "DB_USERNAME": str(server["user"]),
+        "DB_PASSWORD": str(server["password"]),
+        "DB_DATABASE": name,
+        "REDIS_HOST": os.environ["REDIS_HOST"],
+        "REDIS_PORT": os.environ.get("REDIS_PORT", "6379"),
+        "REDIS_DB": os.environ.get("REDIS_DB", "0"),
+        "CACHE_KEY_PREFIX": f"lp-{os.getpid()}",
+    }
+    hub = Hub(workdir, env=env)
+    try:
+        yield hub.start()
+    finally:
+        hub.stop()
+        print(hub.output()[-3000:])
+        services.drop_database(**server, name=name)
+
+
 def _register(hub, unit_id: str, capacity: int = 1) -> str:  # type: ignore[no-untyped-def]
     body = {"id": unit_id, "unitType": "lp", "unitName": unit_id, "capacity": capacity, "endpoint": ""}
     status, reply = call(hub.base, "POST", "/execution-units/register", hub.key, body)
@@ -99,8 +145,9 @@ def _claims_logged(hub, unit_id: str) -> int:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_a_waiting_unit_gets_a_new_task_in_its_one_claim_request(tmp_path):
-    with running_hub(tmp_path) as hub:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_waiting_unit_gets_a_new_task_in_its_one_claim_request(backend, tmp_path):
+    with _hub(backend, tmp_path) as hub:
         token = _register(hub, "w1")
         got: dict[str, Any] = {}
 
@@ -132,7 +179,8 @@ def _slow_clients(port: int, count: int) -> list[socket.socket]:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_wait_fails_over_within_the_bound_while_slow_clients_do_not_stall_heartbeats(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_9_mid_wait_fails_over_within_the_bound_while_slow_clients_do_not_stall_heartbeats(backend, tmp_path):
     """One hub (production web server: gunicorn + uvicorn workers): a real taskhub-unit holds a task
     and long-polls for more; 100 slowloris connections are open; its heartbeats keep it and its
     task; kill -9 it mid-wait and the task is PENDING again within timeout + sweep interval."""
