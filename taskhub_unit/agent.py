@@ -369,7 +369,10 @@ class Agent:
         if "waitSeconds" not in reply and empty and self.clock() - began < self.config.claim_wait / 2:
             log.warning("the hub answered a long-poll claim at once: polling every %.1fs", poll)
             self._long_poll = False
-        return self._claim_reply(reply, wanted, now, poll)
+        at = self._claim_reply(reply, wanted, now, poll)
+        # An empty long poll the hub ended early (it caps waits, or the unit was drained): never
+        # claim again sooner than a poll would have.
+        return max(at, began + poll) if empty else at
 
     def _claim_failed(self, exc: Exception, poll: float, token: str | None) -> float:
         if isinstance(exc, HubUnavailable):

@@ -225,3 +225,20 @@ def test_every_middleware_of_the_async_path_is_async_capable_so_no_waiter_holds_
         if path.startswith("whitenoise."):
             continue  # left out of the async path (static files are never async views)
         assert getattr(import_string(path), "async_capable", False), path
+
+
+@pytest.mark.slow
+def test_sigterm_mid_wait_stops_the_unit_without_sitting_out_its_long_poll(tmp_path):
+    """The agent drains on SIGTERM: its drain (PATCH MAINTENANCE) rings the unit's doorbell, the
+    hub ends the waiting claim, and the process exits long before the 25 s wait would end."""
+    with running_hub(tmp_path) as hub:
+        env = unit_env(hub.url, hub.key, "t1", "lp", 1, TASKHUB_CLAIM_WAIT="25")
+        unit = Process("unit-t1", unit_argv(), env=env, log_path=tmp_path / "unit.log").start()
+        try:
+            wait_for(lambda: _claims_logged(hub, "t1") == 0 and "registered" in unit.output(), 30, "registration")
+            time.sleep(1.0)  # its first long-poll claim is waiting
+            unit.signal(signal.SIGTERM)
+            assert unit.wait(timeout=10) == 0  # a bound well under the wait, not a speed
+            assert _claims_logged(hub, "t1") == 1  # the waiting claim ended (and nothing polled)
+        finally:
+            unit.stop(2)

@@ -158,7 +158,8 @@ class ClaimSerializer(serializers.Serializer):
         source="wait_seconds",
         help_text="Long poll: when nothing is claimable, hold the request up to this many seconds until a "
         "task of the unit's type is (then claim it, with every rule of the claim), else reply with no "
-        "items. 0 (the default): reply at once, as a plain claim.",
+        "items. 0 (the default): reply at once, as a plain claim. The hub may wait less (CLAIM_WAIT_MAX); "
+        "the reply's `waitSeconds` says how long it did.",
     )
 
 
@@ -195,7 +196,9 @@ class ClaimReplySerializer(serializers.Serializer):
     items = ClaimedTaskSerializer(many=True)
     unitStatus = serializers.ChoiceField(choices=UnitStatus.choices)
     waitSeconds = serializers.FloatField(
-        required=False, help_text="The long poll's `waitSeconds`, echoed when asked for (a hub that has it)."
+        required=False,
+        help_text="The wait applied to a long poll (the request's `waitSeconds`, at most CLAIM_WAIT_MAX); "
+        "present when one was asked for.",
     )
 
 

@@ -186,14 +186,15 @@ class UnitViewSet(viewsets.ViewSet):
         self._refuse_a_replaced_instance(request, body.get("instance_id", ""))
         tasks, unit_status = claim_tasks_with_status(self._own_unit_id(request, pk), body["max"], now=timezone.now())
         reply: dict[str, Any] = {"items": claimed_tasks(tasks), "unitStatus": str(unit_status)}
+        wait_seconds = min(body["wait_seconds"], settings.CLAIM_WAIT_MAX)
         if body["wait_seconds"] > 0:
-            reply["waitSeconds"] = body["wait_seconds"]
-        if not tasks and body["wait_seconds"] > 0 and unit_status in CLAIMING:
+            reply["waitSeconds"] = wait_seconds
+        if not tasks and wait_seconds > 0 and unit_status in CLAIMING:
             # Nothing now: the async view in front of this one (taskhub.api.views.longpoll) waits.
             unit = principal_of(request).unit
             assert unit is not None
             request._request.taskhub_claim_wait = ClaimWait(  # type: ignore[attr-defined]
-                unit.pk, unit.unit_type, body["max"], body["wait_seconds"], unit.token_hash, unit.instance_id
+                unit.pk, unit.unit_type, body["max"], wait_seconds, unit.token_hash, unit.instance_id
             )
         return Response(reply)
 
