@@ -31,7 +31,9 @@ TASK_TYPE = "FUZZ"
 # - heartbeat: a task id listed twice is refused; Idempotency-Key is at most 255 characters;
 # - POST /tasks/batch: an idempotencyKey repeated in one batch is refused (and dates as above);
 # - POST /tasks/reports: a taskId repeated is refused; `error` is required for outcome fail and
-#   `progress` for outcome progress.
+#   `progress` for outcome progress;
+# - POST/PATCH /schedules: a cron expression, an IANA time zone and a task template are checked by
+#   the server (a schema can say "string" and "object", not "a cron expression that fires").
 CROSS_FIELD_RULES = (
     r"^GET /api/v1/tasks$",
     r"^POST /api/v1/tasks$",
@@ -41,6 +43,8 @@ CROSS_FIELD_RULES = (
     r"^POST /api/v1/execution-units/\{id\}/heartbeat$",
     r"^POST /api/v1/tasks/batch$",
     r"^POST /api/v1/tasks/reports$",
+    r"^POST /api/v1/schedules$",
+    r"^PATCH /api/v1/schedules/\{id\}$",
 )
 UNIT_ONLY = (
     r"^POST /api/v1/(execution-units/\{id\}/(heartbeat|claim)|tasks/\{id\}/(progress|complete|fail)|tasks/reports)$"

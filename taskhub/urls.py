@@ -11,12 +11,14 @@ from taskhub.api.errors import handler404 as handler404_view
 from taskhub.api.index import ApiIndexView, ApiIndexWithoutSlashView, favicon
 from taskhub.api.metrics import metrics_view
 from taskhub.api.views import longpoll
+from taskhub.api.views.schedules import ScheduleViewSet
 from taskhub.api.views.tasks import TaskViewSet
 from taskhub.api.views.units import UnitViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("tasks", TaskViewSet, basename="task")
 router.register("execution-units", UnitViewSet, basename="unit")
+router.register("schedules", ScheduleViewSet, basename="schedule")
 
 
 class PublicSchemaView(SpectacularAPIView):

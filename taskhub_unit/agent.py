@@ -31,7 +31,16 @@ from typing import Any
 from taskhub_unit.client import ApiError, Backoff, HubClient, HubUnavailable
 from taskhub_unit.context import TaskContext
 from taskhub_unit.execution import process_metadata, run_handler
-from taskhub_unit.registration import MAINTENANCE, DrainNotes, RegistrationRefused, UnitInUse, in_use, is_in_use
+from taskhub_unit.registration import (
+    MAINTENANCE,
+    DrainNotes,
+    RegistrationRefused,
+    UnitEvicted,
+    UnitInUse,
+    in_use,
+    is_evicted,
+    is_in_use,
+)
 from taskhub_unit.reporter import Reporter
 from taskhub_unit.runs import Run, RunTable
 from taskhub_unit.status import StatusLine
@@ -109,6 +118,10 @@ class Agent:
         self._claimer: _Worker | None = None
         self._long_poll = config.claim_wait > 0  # off for good once the hub shows it lacks it
         self._registered = False  # once: later registrations never `replace`
+        # Registrations in a row with no heartbeat or claim heard in between (a hub that accepts the
+        # registration but not the unit's token, e.g. an id it cannot route): each waits longer.
+        self._unheard_registrations = 0
+        self._heard_since_register = True
         self.drain_notes = DrainNotes(config.unit_id)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -214,6 +227,18 @@ class Agent:
         """Register (again), retrying until the hub answers. A re-registration makes the hub
         fail over every attempt we held, so they are dropped here. False: stopped meanwhile."""
         cfg = self.config
+        if self._registered and not self._heard_since_register:
+            self._unheard_registrations += 1
+            wait = self.backoff.delay(self._unheard_registrations)
+            log.warning(
+                "registering unit %s again although the hub heard nothing from it since the last registration "
+                "(%d in a row); waiting %.1fs first",
+                cfg.unit_id,
+                self._unheard_registrations,
+                wait,
+            )
+            if self.interrupt.wait(wait):
+                return False
         replacing = cfg.replace and not self._registered
         body = {
             "id": cfg.unit_id,
@@ -234,8 +259,11 @@ class Agent:
         except ApiError as exc:
             if is_in_use(exc):
                 raise in_use(exc, cfg.unit_id, self.instance_id, registered_before=self._registered) from None
+            if is_evicted(exc):
+                raise UnitEvicted(exc, cfg.unit_id) from None
             raise RegistrationRefused(f"the hub refused to register unit {cfg.unit_id}: {exc}") from None
         self._registered = True
+        self._heard_since_register = False
         with self._token_lock:
             self.client.token = str(reply["token"])
             self._need_register.clear()
@@ -251,6 +279,11 @@ class Agent:
             f"every {self.heartbeat_interval:.1f}s"
         )
         return True
+
+    def _heard(self) -> None:
+        """The hub accepted a heartbeat or claim with our token: registering again is not a loop."""
+        self._heard_since_register = True
+        self._unheard_registrations = 0
 
     def _token_rejected(self, token: str | None) -> None:
         with self._token_lock:
@@ -306,6 +339,7 @@ class Agent:
             else:
                 log.error("heartbeat refused: %s", exc)
             return self.clock() + self.heartbeat_interval
+        self._heard()
         if self._heartbeat_failures:
             log.info("heartbeat: the hub is back after %d failed attempt(s)", self._heartbeat_failures)
             self._heartbeat_failures = 0
@@ -390,6 +424,7 @@ class Agent:
         return self.clock() + poll
 
     def _claim_reply(self, reply: dict[str, Any], wanted: int, now: float, poll: float) -> float:
+        self._heard()
         self._apply_status(reply)
         tasks = reply.get("items", reply.get("tasks")) or []  # `tasks`: hubs before the rename
         for task in tasks:

@@ -22,12 +22,13 @@ from typing import Any
 from taskhub_unit import __version__
 from taskhub_unit.agent import Agent, AgentConfig
 from taskhub_unit.handlers import BUILTINS, resolve_handler
-from taskhub_unit.registration import RegistrationRefused, UnitInUse
+from taskhub_unit.registration import RegistrationRefused, UnitEvicted, UnitInUse
 
 log = logging.getLogger("taskhub_unit")
 
 EXIT_REFUSED = 3
 EXIT_IN_USE = 4  # another process holds the unit id, or took it over: see --replace
+EXIT_EVICTED = 5  # an operator deregistered the unit while this process ran it
 NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
@@ -258,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistrationRefused as exc:
         log.error("%s", exc)
         return EXIT_REFUSED
+    except UnitEvicted as exc:
+        log.error("%s", exc)
+        return EXIT_EVICTED
     except UnitInUse as exc:
         log.error("%s", exc)
         return EXIT_IN_USE

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from django.db import models
 
+from taskhub.apikeys.models import DEFAULT_POOL
 from taskhub.base.actors import ActorType
+from taskhub.base.fields import KeyField
 from tasks.states import ControlCommand, ReasonCode, TaskStatus
 
 __all__ = ["ControlCommand", "LogLevel", "Task", "TaskExecutionLog", "TaskStatusHistory"]
@@ -19,7 +21,10 @@ class Task(models.Model):
         help_text="The API key that created the task (empty: created by an operator).",
     )
     name = models.CharField(max_length=255)
-    task_type = models.CharField(max_length=64)
+    task_type = KeyField(max_length=64)
+    # The owner key's execution pool, copied at creation (operators' tasks: the default pool): a
+    # unit claims only tasks of its own pool, on the claim index.
+    pool = KeyField(max_length=64, default=DEFAULT_POOL, db_default=DEFAULT_POOL)
     priority = models.IntegerField(default=0, help_text="Higher number = more urgent.")
     config = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.PENDING)
@@ -59,8 +64,15 @@ class Task(models.Model):
     # heartbeat replies until it stops listing the task.
     pending_command = models.CharField(max_length=8, choices=ControlCommand.choices, blank=True, default="")
 
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
-    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    idempotency_key = KeyField(max_length=255, null=True, blank=True)
+    request_fingerprint = KeyField(max_length=64, blank=True, default="")
+    # Unique tasks (tasks/unique.py): the client's key as given; the slot (a hash of owner and key)
+    # is UNIQUE and set while the key is held: racing creates make one row.
+    unique_key = KeyField(max_length=255, null=True, blank=True)
+    unique_slot = KeyField(max_length=64, null=True, blank=True, unique=True, editable=False)
+    unique_until = models.DateTimeField(
+        null=True, blank=True, help_text="uniqueFor: the key is held until then, whatever the state."
+    )
 
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
@@ -71,8 +83,8 @@ class Task(models.Model):
         db_table = "tasks"
         ordering = ["-id"]
         indexes = [
-            # The claim: WHERE status='PENDING' AND task_type=? ORDER BY priority DESC, id.
-            models.Index(fields=["status", "task_type", "-priority", "id"], name="task_claim_idx"),
+            # The claim: WHERE status='PENDING' AND pool=? AND task_type=? ORDER BY priority DESC, id.
+            models.Index(fields=["status", "pool", "task_type", "-priority", "id"], name="task_claim_idx"),
             models.Index(fields=["status", "next_retry_at"], name="task_retry_due_idx"),
             models.Index(fields=["status", "timeout_at"], name="task_timeout_due_idx"),
             # The sweeper's poll of leases run out. Only RUNNING tasks that no unit holds have one, and
@@ -113,7 +125,7 @@ class TaskStatusHistory(models.Model):
     reason_code = models.CharField(max_length=16, choices=ReasonCode.choices, blank=True, default="", db_default="")
     actor_type = models.CharField(max_length=16, choices=ActorType.choices)
     actor = models.CharField(max_length=150)
-    unit_id = models.CharField(max_length=64, null=True, blank=True)
+    unit_id = KeyField(max_length=64, null=True, blank=True)
     attempt = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField()
 
@@ -141,7 +153,7 @@ class TaskExecutionLog(models.Model):
     level = models.CharField(max_length=8, choices=LogLevel.choices, default=LogLevel.INFO)
     message = models.TextField()
     timestamp = models.DateTimeField()
-    unit_id = models.CharField(max_length=64, null=True, blank=True)
+    unit_id = KeyField(max_length=64, null=True, blank=True)
     source = models.CharField(max_length=150, blank=True, default="")
     created_at = models.DateTimeField()
 

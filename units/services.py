@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from taskhub.apikeys.models import DEFAULT_POOL
 from taskhub.apikeys.tokens import digest, new_unit_token
 from taskhub.base import doorbell
 from taskhub.base.actors import Actor
@@ -56,12 +57,14 @@ def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = No
     unit_id = fields.pop("id")
     replace = bool(fields.pop("replace", False))
     fields["instance_id"] = fields.get("instance_id") or ""
+    lifecycle.refuse_an_evicted_instance(unit_id, fields["instance_id"])
+    pool = getattr(owner, "pool", None) or DEFAULT_POOL  # the registering key's execution pool
     try:
         with transaction.atomic():
             unit = ExecutionUnit.objects.select_for_update().filter(pk=unit_id).first()
             if unit is None:
                 unit = ExecutionUnit.objects.create(
-                    id=unit_id, owner=owner, registered_at=now, status=UnitStatus.ONLINE, **fields
+                    id=unit_id, owner=owner, registered_at=now, status=UnitStatus.ONLINE, pool=pool, **fields
                 )
                 return Registration(unit, token, True, None)
             if unit.owner_id != getattr(owner, "pk", None):
@@ -69,6 +72,7 @@ def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = No
             lifecycle.refuse_another_live_instance(unit, fields["instance_id"], replace=replace, now=now)
             for name, value in fields.items():
                 setattr(unit, name, value)
+            unit.pool = pool
             before = unit.status
             cleared = lifecycle.drain_after_register(unit, now)
             check_move(before, unit.status, Cause.REGISTER)
@@ -217,8 +221,11 @@ def unit_update(
 
 @transaction.atomic
 def unit_delete(unit_id: str, *, queryset: QuerySet[ExecutionUnit], actor: Actor) -> dict[str, int]:
-    """Deregister: the unit's RUNNING tasks fail over first, then the row goes (its token dies)."""
+    """Deregister: the unit's RUNNING tasks fail over first, then the row goes (its token dies).
+    The process that ran it is evicted: its registrations are refused from now on (see
+    units.lifecycle), so it stops instead of registering again and restarting work."""
     unit = _lock_unit(unit_id, queryset)
+    lifecycle.record_eviction(unit, actor, timezone.now())
     counts = fail_over_tasks(
         Q(unit_id=unit_id),
         reason=f"unit {unit_id} deregistered by {actor.label}",

@@ -11,15 +11,16 @@ the others); history rows go through `tasks.history`.
 
 from __future__ import annotations
 
+from collections import Counter as TypeCounter
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 
+from taskhub.apikeys.models import DEFAULT_POOL
 from taskhub.base import doorbell, metrics
 from taskhub.base.actors import Actor, ActorType
 from tasks import sql
@@ -39,13 +40,18 @@ assert can_transition(S.FAILED, S.PENDING, system=True)
 # --- the claim's lease --------------------------------------------------------------------------
 
 
-def lease_to_unit(unit_pk: str, unit_type: str, wanted: int, now: datetime) -> list[Task]:
+def lease_to_unit(unit_pk: str, unit_type: str, wanted: int, now: datetime, pool: str = DEFAULT_POOL) -> list[Task]:
     """PENDING -> RUNNING for up to `wanted` claimable tasks of `unit_type`, leased to the unit (the
     claim; the caller holds the unit row lock). The locked rows are what the unit gets back: the
     entry into RUNNING is applied to them in memory, and one UPDATE per distinct timeout (the only
     per-row value besides the attempt increment) writes the same values; one INSERT writes their
     history rows."""
-    tasks = sql.lock_claimable(unit_type, now, wanted) if wanted > 0 else []
+    tasks = sql.lock_claimable(unit_type, now, wanted, pool) if wanted > 0 else []
+    metrics.record_dispatch(
+        unit_type,
+        [(now - task.available_at).total_seconds() for task in tasks],
+        [(now - (task.scheduled_at or task.created_at)).total_seconds() for task in tasks if task.attempt == 0],
+    )
     groups: dict[int | None, list[Task]] = defaultdict(list)
     changed: set[str] = set()
     for task in tasks:
@@ -93,6 +99,8 @@ def fail_over_tasks(
     assert transaction.get_connection().in_atomic_block
     why: Callable[[int], str] = (lambda task_id: reasons.get(task_id, reason)) if reasons else (lambda _: reason)
     counts = {"failedOver": 0, "poisoned": 0}
+    failed_over: TypeCounter[str] = TypeCounter()
+    poisoned: TypeCounter[str] = TypeCounter()
     cap = settings.TASK_MAX_FAILOVER_COUNT
     running = (
         Task.objects.filter(where, status=S.RUNNING)
@@ -129,8 +137,10 @@ def fail_over_tasks(
         )
         counts["failedOver"] += len(back)
         counts["poisoned"] += len(poison)
+        failed_over.update(r[4] for r in back)
+        poisoned.update(r[4] for r in poison)
         doorbell.ring_on_commit(doorbell.claimable_rings((r[4], None) for r in back))
-    metrics.record_failover(counts)
+    metrics.record_failover(failed_over, poisoned)
     return counts
 
 
@@ -175,7 +185,7 @@ def fail_over_orphans(now: datetime, limit: int, *, actor: Actor) -> dict[str, i
 
 
 def _history(
-    rows: Iterable[tuple[Any, ...]],
+    rows: Iterable[tuple[int, int, str | None, int, str]],
     target: str,
     why: Callable[[int], str],
     code: str,
@@ -221,5 +231,5 @@ def retry_due(now: datetime, limit: int) -> int:
         ]
     )
     doorbell.ring_on_commit(doorbell.claimable_rings((r[5], None) for r in rows))
-    metrics.record_retries(len(rows))
+    metrics.record_retries(TypeCounter(row[5] for row in rows))
     return len(rows)

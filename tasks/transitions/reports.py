@@ -201,14 +201,29 @@ def _report(unit_id: str, reports: list[dict[str, Any]], now: datetime) -> list[
             continue
         live.append((report, task, reply))
     stored = logs.stored_log_counts([task.pk for report, task, _ in live if report.get("logs")])
+    # The per-key log quota: one guarded UPDATE per owner key for the whole batch; lines of items
+    # refused afterwards (the per-task cap, a refused move) are given back.
+    wanted: dict[int | None, int] = {}
+    for report, task, _ in live:
+        if report.get("logs"):
+            wanted[task.owner_id] = wanted.get(task.owner_id, 0) + len(report["logs"])
+    over = logs.charge_owners(wanted)
+    refunds: list[tuple[int | None, int]] = []
     batch = _Plan()
     for report, task, reply in live:
+        entries = len(report.get("logs") or [])
         try:
+            if entries and task.owner_id in over:
+                raise logs.quota_exceeded(task.pk, entries)
             _plan_item(batch, report, task, stored.get(task.pk, 0), actor=actor, now=now)
         except DomainError as exc:
             reply["error"] = _error(exc)
+            if entries and task.owner_id not in over:
+                refunds.append((task.owner_id, entries))
             continue
         reply |= {"status": task.status, "accepted": True}
+    if refunds:
+        logs.refund_deleted(refunds)
     if batch.logs:
         TaskExecutionLog.objects.bulk_create(batch.logs)
     write(batch.moves)
