@@ -10,12 +10,14 @@ from taskhub.api import health
 from taskhub.api.errors import handler404 as handler404_view
 from taskhub.api.index import ApiIndexView, ApiIndexWithoutSlashView, favicon
 from taskhub.api.metrics import metrics_view
+from taskhub.api.views.results import EventStreamView, WebhookViewSet
 from taskhub.api.views.tasks import TaskViewSet
 from taskhub.api.views.units import UnitViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("tasks", TaskViewSet, basename="task")
 router.register("execution-units", UnitViewSet, basename="unit")
+router.register("webhooks", WebhookViewSet, basename="webhook")
 
 
 class PublicSchemaView(SpectacularAPIView):
@@ -38,6 +40,7 @@ api_v1 = [
     path("health/database", health.database_health(), name="health-database"),
     path("health/redis", health.redis_health(), name="health-redis"),
     path("schema", PublicSchemaView.as_view(), name="schema"),
+    path("events", EventStreamView.as_view(), name="events"),
     path("", include(router.urls)),
     # Anything else under /api is a JSON 404, whatever DEBUG says.
     re_path(r"^.*$", handler404_view),

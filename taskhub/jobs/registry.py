@@ -11,6 +11,8 @@ from typing import Any
 
 from django.conf import settings
 
+from taskhub.webhooks.delivery import deliver_due_webhooks
+from taskhub.webhooks.outbox import JOB_NAME as DELIVER_WEBHOOKS
 from tasks.jobs import fail_timeouts, move_due_retries, purge_old_logs
 from units.sweeper import sweep_heartbeats
 
@@ -41,5 +43,7 @@ JOBS: dict[str, Job] = {
         Job("move_due_retries", move_due_retries, _sweep_interval),
         Job("fail_timeouts", fail_timeouts, _sweep_interval),
         Job("purge_old_logs", purge_old_logs, lambda: 3600.0),
+        # Also enqueued by every commit that wrote outbox rows (taskhub/webhooks/outbox.py:kick).
+        Job(DELIVER_WEBHOOKS, deliver_due_webhooks, lambda: float(settings.WEBHOOK_POLL_INTERVAL)),
     )
 }
