@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from taskhub.base.backoff import equal_jitter
 from taskhub.base.sql import insert_rows
-from taskhub.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
+from taskhub.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookSubscription
 from taskhub.webhooks.signing import SIGNATURE_HEADER, signature
 from taskhub.webhooks.ssrf import UnsafeURL, check_url
 
@@ -75,21 +75,25 @@ def claim_due(now: datetime, limit: int) -> list[Claimed]:
         subscription_id=OuterRef("subscription_id"), task_id=OuterRef("task_id"), status=P.PENDING, id__lt=OuterRef("id")
     )
     with transaction.atomic():
+        # No join under the lock: SKIP LOCKED would skip the deliveries of a subscription whose row
+        # another run holds. The subscriptions are read after, unlocked.
         rows = list(
             WebhookDelivery.objects.filter(status=P.PENDING, next_attempt_at__lte=now)
             .exclude(Exists(older_pending))
             .order_by("next_attempt_at", "id")
-            .select_for_update(skip_locked=True, of=("self",))
-            .select_related("subscription")[:limit]
+            .select_for_update(skip_locked=True)
+            .only("id", "subscription_id", "history_id", "event", "payload", "attempts")[:limit]
         )
         if not rows:
             return []
         WebhookDelivery.objects.filter(pk__in=[r.pk for r in rows]).update(
             next_attempt_at=now + _lease(), attempts=F("attempts") + 1
         )
+    subs = WebhookSubscription.objects.in_bulk({r.subscription_id for r in rows})
     return [
-        Claimed(r.pk, r.attempts + 1, r.subscription.url, r.subscription.secret, r.history_id, r.event, r.payload)
+        Claimed(r.pk, r.attempts + 1, subs[r.subscription_id].url, subs[r.subscription_id].secret, r.history_id, r.event, r.payload)
         for r in rows
+        if r.subscription_id in subs
     ]
 
 
