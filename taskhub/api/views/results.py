@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from django.utils import timezone
@@ -9,6 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import viewsets
 from rest_framework.decorators import action
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -55,6 +58,11 @@ class EventStreamView(APIView):
     """State changes of the caller's tasks as Server-Sent Events."""
 
     required_scopes = {"get": "tasks:read"}
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[Any, str]:
+        # The stream is not rendered by DRF; what DRF renders here (a refusal) is the JSON error body,
+        # whatever the client's Accept (text/event-stream) says.
+        return JSONRenderer(), JSONRenderer.media_type
 
     @extend_schema(
         parameters=[EventQuerySerializer, LAST_EVENT_ID],
