@@ -89,7 +89,10 @@ def test_a_waiter_returns_when_the_task_completes(
     def complete_soon() -> None:
         time.sleep(0.5)
         try:
-            assert unit.post(f"{API}/tasks/{task['id']}/complete", {"attempt": task["attempt"], "result": 7}).status_code == 200
+            assert (
+                unit.post(f"{API}/tasks/{task['id']}/complete", {"attempt": task["attempt"], "result": 7}).status_code
+                == 200
+            )
         finally:
             connections.close_all()
 

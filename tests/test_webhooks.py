@@ -21,7 +21,7 @@ from taskhub.webhooks.signing import SIGNATURE_HEADER, verify
 from tasks.models import TaskStatusHistory
 from tasks.transitions import verbs
 from tests.conftest import JsonClient
-from tests.webhook_receiver import Receiver, receiver
+from tests.webhook_receiver import receiver
 
 pytestmark = pytest.mark.django_db
 API = "/api/v1"
@@ -53,14 +53,21 @@ def cancel(client: JsonClient, task_id: int) -> None:
 def test_a_delivery_is_signed_and_carries_the_change(client_a: JsonClient) -> None:
     with receiver() as hub_receiver:
         hook = register(client_a, hub_receiver.url, events=["CANCELLED"])
-        assert hook["secret"].startswith("whsec_") and "secret" not in client_a.get(f"{API}/webhooks/{hook['id']}").json()
+        assert (
+            hook["secret"].startswith("whsec_") and "secret" not in client_a.get(f"{API}/webhooks/{hook['id']}").json()
+        )
         task_id = new_task(client_a)  # PENDING: not subscribed
         cancel(client_a, task_id)
         assert deliver_due_webhooks(timezone.now()) == {"delivered": 1, "retrying": 0, "dead": 0}
     [got] = hub_receiver.requests
     row = TaskStatusHistory.objects.get(task_id=task_id, to_status="CANCELLED")
     body = json.loads(got.body)
-    assert (body["historyId"], body["taskId"], body["fromStatus"], body["toStatus"]) == (row.pk, task_id, "PENDING", "CANCELLED")
+    assert (body["historyId"], body["taskId"], body["fromStatus"], body["toStatus"]) == (
+        row.pk,
+        task_id,
+        "PENDING",
+        "CANCELLED",
+    )
     assert got.headers["Taskhub-Event-Id"] == str(row.pk) and got.headers["Taskhub-Event"] == "task.status"
     assert verify(hook["secret"], got.headers[SIGNATURE_HEADER], got.body, now=int(time.time()))
     assert not verify(hook["secret"], got.headers[SIGNATURE_HEADER], got.body + b" ", now=int(time.time()))

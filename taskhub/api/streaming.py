@@ -117,9 +117,13 @@ class EventStream:
         now = time.monotonic()
         if now >= self.ends_at:
             return None
-        if self.key_id is not None and now - self.last_sent >= self.heartbeat:
-            if not ApiKey.objects.filter(pk=self.key_id, revoked_at__isnull=True).exists():
-                return None
+        revoked = (
+            self.key_id is not None
+            and now - self.last_sent >= self.heartbeat
+            and not ApiKey.objects.filter(pk=self.key_id, revoked_at__isnull=True).exists()
+        )
+        if revoked:
+            return None
         return self.cursor.poll(timezone.now())
 
     def frames(self, events: list[dict[str, Any]]) -> bytes:

@@ -72,7 +72,10 @@ def _lease() -> timedelta:
 
 def claim_due(now: datetime, limit: int) -> list[Claimed]:
     older_pending = WebhookDelivery.objects.filter(
-        subscription_id=OuterRef("subscription_id"), task_id=OuterRef("task_id"), status=P.PENDING, id__lt=OuterRef("id")
+        subscription_id=OuterRef("subscription_id"),
+        task_id=OuterRef("task_id"),
+        status=P.PENDING,
+        id__lt=OuterRef("id"),
     )
     with transaction.atomic():
         # No join under the lock: SKIP LOCKED would skip the deliveries of a subscription whose row
@@ -91,7 +94,15 @@ def claim_due(now: datetime, limit: int) -> list[Claimed]:
         )
     subs = WebhookSubscription.objects.in_bulk({r.subscription_id for r in rows})
     return [
-        Claimed(r.pk, r.attempts + 1, subs[r.subscription_id].url, subs[r.subscription_id].secret, r.history_id, r.event, r.payload)
+        Claimed(
+            r.pk,
+            r.attempts + 1,
+            subs[r.subscription_id].url,
+            subs[r.subscription_id].secret,
+            r.history_id,
+            r.event,
+            r.payload,
+        )
         for r in rows
         if r.subscription_id in subs
     ]

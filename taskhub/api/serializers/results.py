@@ -30,7 +30,9 @@ class TaskWaitQuerySerializer(serializers.Serializer):
 
     def validate_waitSeconds(self, value: int) -> int:
         if value > settings.TASK_WAIT_MAX_SECONDS:
-            raise serializers.ValidationError(f"Ensure this value is less than or equal to {settings.TASK_WAIT_MAX_SECONDS}.")
+            raise serializers.ValidationError(
+                f"Ensure this value is less than or equal to {settings.TASK_WAIT_MAX_SECONDS}."
+            )
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +44,7 @@ class TaskWaitQuerySerializer(serializers.Serializer):
 class TaskIdListField(serializers.CharField):
     """`1,2,3`: task ids, comma-separated."""
 
-    def to_internal_value(self, data: Any) -> frozenset[int]:
+    def to_internal_value(self, data: Any) -> frozenset[int]:  # type: ignore[override]
         text = super().to_internal_value(data)
         parts = [p.strip() for p in text.split(",") if p.strip()]
         if not parts:

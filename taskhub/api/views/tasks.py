@@ -13,9 +13,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from taskhub.api.pagination import page_serializer, paginate
-from taskhub.api.serializers.results import TaskWaitQuerySerializer
-from taskhub.api.streaming import held_task
 from taskhub.api.principals import principal_of
+from taskhub.api.serializers.results import TaskWaitQuerySerializer
 from taskhub.api.serializers.tasks import (
     CompleteSerializer,
     FailSerializer,
@@ -35,6 +34,7 @@ from taskhub.api.serializers.tasks import (
     TaskSerializer,
     TaskUpdateSerializer,
 )
+from taskhub.api.streaming import held_task
 from taskhub.api.validation import query_params, validated
 from taskhub.base.errors import NotFound
 from tasks import services
