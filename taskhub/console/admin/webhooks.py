@@ -16,13 +16,13 @@ from django.utils.safestring import SafeString
 
 from taskhub.console.actions import Outcome, back_to_next, selected_pks
 from taskhub.console.permissions import OPERATE_TASKS
-
-VIEW_TASKS = "tasks.view_task"
 from taskhub.webhooks.delivery import send_again
 from taskhub.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookSubscription
 from taskhub.webhooks.services import deliveries_queued, webhook_register
 from taskhub.webhooks.ssrf import UnsafeURL, check_url
 from tasks.states import TaskStatus
+
+VIEW_TASKS = "tasks.view_task"
 
 
 class SubscriptionForm(forms.ModelForm):
@@ -150,7 +150,9 @@ class WebhookDeliveryAdmin(OperatorRights, admin.ModelAdmin):
     def short_error(self, obj: WebhookDelivery) -> str:
         return obj.last_error[:80]
 
-    @admin.action(description="Send selected deliveries again (due now, attempts counted afresh)", permissions=["operate"])
+    @admin.action(
+        description="Send selected deliveries again (due now, attempts counted afresh)", permissions=["operate"]
+    )
     def send_again_action(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> HttpResponse | None:
         pks = selected_pks(queryset)
         outcome = Outcome("Queued again", "delivery", "deliveries")
