@@ -20,10 +20,10 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from taskhub.base.actors import Actor
-from testkit.hub import PYTHON, ROOT, Hub, scrubbed_environ
-from testkit.waiting import wait_for
 from tasks.events import EventCursor, EventFilter, last_event_id
 from tasks.transitions import verbs
+from testkit.hub import PYTHON, ROOT, Hub, scrubbed_environ
+from testkit.waiting import wait_for
 from tests import factories
 from tests.webhook_receiver import receiver
 

@@ -4,6 +4,7 @@ with the status its `answers` function chooses."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status: int
+    at: float = 0.0  # time.perf_counter() when it arrived
 
 
 @dataclass
@@ -37,7 +39,7 @@ def receiver(answers: Callable[[int], int] = lambda n: 200) -> Iterator[Receiver
             me = box[0]
             with me.lock:
                 status = me.answers(len(me.requests))
-                me.requests.append(Received(dict(self.headers.items()), body, status))
+                me.requests.append(Received(dict(self.headers.items()), body, status, time.perf_counter()))
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()

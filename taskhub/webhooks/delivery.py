@@ -33,6 +33,7 @@ from django.utils import timezone
 from taskhub.base.backoff import equal_jitter
 from taskhub.base.sql import insert_rows
 from taskhub.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookSubscription
+from taskhub.webhooks.outbox import kick
 from taskhub.webhooks.signing import SIGNATURE_HEADER, signature
 from taskhub.webhooks.ssrf import UnsafeURL, check_url
 
@@ -154,8 +155,12 @@ def send(claimed: Claimed, session: requests.Session) -> Outcome:
     return Outcome(claimed, started_at, (time.perf_counter() - clock) * 1000, status_code, error)
 
 
-def record(outcomes: list[Outcome], now: datetime) -> dict[str, int]:
+def record(outcomes: list[Outcome], now: datetime) -> tuple[dict[str, int], list[float]]:
+    """Each attempt's row and its delivery's new state; returns the counts and the delays of the
+    retries it scheduled. Successes and deaths are one UPDATE per attempt
+    number; a retry is one per row (its own jittered time)."""
     counts = {"delivered": 0, "retrying": 0, "dead": 0}
+    delays: list[float] = []
     with transaction.atomic():
         insert_rows(
             WebhookAttempt,
@@ -172,25 +177,27 @@ def record(outcomes: list[Outcome], now: datetime) -> dict[str, int]:
                 for o in outcomes
             ],
         )
+        # Compare-and-set on the attempt claimed: a run whose lease ran out writes nothing.
+        delivered: dict[tuple[int, int | None], list[int]] = {}
         for o in outcomes:
-            # Compare-and-set on the attempt claimed: a run whose lease ran out writes nothing.
             mine = WebhookDelivery.objects.filter(pk=o.claimed.id, status=P.PENDING, attempts=o.claimed.number)
             common: dict[str, Any] = {"last_status_code": o.status_code, "last_error": o.error}
             if o.ok:
-                outcome = "delivered"
-                changed = mine.update(status=P.DELIVERED, delivered_at=now, **common)
+                delivered.setdefault((o.claimed.number, o.status_code), []).append(o.claimed.id)
             elif o.claimed.number >= settings.WEBHOOK_MAX_ATTEMPTS:
-                outcome = "dead"
-                changed = mine.update(status=P.DEAD, **common)
+                counts["dead"] += mine.update(status=P.DEAD, **common)
             else:
-                outcome = "retrying"
                 delay = equal_jitter(
                     o.claimed.number, base=settings.WEBHOOK_BACKOFF_BASE, cap=settings.WEBHOOK_BACKOFF_MAX
                 )
-                changed = mine.update(next_attempt_at=now + timedelta(seconds=delay), **common)
-            if changed:
-                counts[outcome] += 1
-    return counts
+                if mine.update(next_attempt_at=now + timedelta(seconds=delay), **common):
+                    counts["retrying"] += 1
+                    delays.append(delay)
+        for (number, code), ids in delivered.items():
+            counts["delivered"] += WebhookDelivery.objects.filter(pk__in=ids, status=P.PENDING, attempts=number).update(
+                status=P.DELIVERED, delivered_at=now, last_status_code=code, last_error=""
+            )
+    return counts, delays
 
 
 def deliver_due_webhooks(now: datetime) -> dict[str, int]:
@@ -205,8 +212,14 @@ def deliver_due_webhooks(now: datetime) -> dict[str, int]:
                 break
             outcomes = list(pool.map(lambda c: send(c, session), batch))
             now = timezone.now()
-            for name, n in record(outcomes, now).items():
+            counts, delays = record(outcomes, now)
+            for name, n in counts.items():
                 totals[name] += n
+            if delays and settings.WEBHOOK_KICK:
+                # Runs when the first and the last of these retries are due (jitter spreads them over
+                # at most a factor of two), rather than at beat's next run.
+                for delay in sorted({min(delays), max(delays)}):
+                    kick(countdown=delay)
             if time.monotonic() - started > RUN_BUDGET_SECONDS:
                 break
     return totals

@@ -62,10 +62,11 @@ def record(changes: Sequence[Change], subscriptions: Sequence[Subscription], now
     return len(rows)
 
 
-def kick() -> None:
-    """Ask a Celery worker for a delivery run now (after the commit); beat runs one every
-    WEBHOOK_POLL_INTERVAL anyway, so a broker that is down only delays deliveries."""
+def kick(countdown: float | None = None) -> None:
+    """Ask a Celery worker for a delivery run now (after the commit), or in `countdown` seconds (a
+    retry's due time); beat runs one every WEBHOOK_POLL_INTERVAL anyway, so a broker that is down
+    only delays deliveries."""
     try:
-        current_app.send_task(f"taskhub.{JOB_NAME}")
+        current_app.send_task(f"taskhub.{JOB_NAME}", countdown=countdown)
     except Exception:
         logger.warning("could not enqueue a webhook delivery run; beat's next run delivers", exc_info=True)
