@@ -131,7 +131,8 @@ def bench_sse(hub: Hub, n: int) -> list[float]:
         claimed = unit.claim_one()
         time.sleep(random.random() * 0.25)
         done[task["id"]] = unit.complete(claimed)
-        wait_for(lambda tid=task["id"]: tid in seen, 30, "the stream to deliver the completion")
+        task_id: int = task["id"]
+        wait_for(lambda: task_id in seen, 30, "the stream to deliver the completion")  # noqa: B023
     stream.close()
     return [(seen[t] - done[t]) * 1000 for t in done]
 
