@@ -16,6 +16,7 @@ from django.utils.safestring import SafeString
 
 from taskhub.console.actions import Outcome, back_to_next, selected_pks
 from taskhub.console.permissions import OPERATE_TASKS
+from taskhub.webhooks import subscriptions
 from taskhub.webhooks.delivery import send_again
 from taskhub.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookSubscription
 from taskhub.webhooks.services import deliveries_queued, webhook_register
@@ -78,6 +79,14 @@ class WebhookSubscriptionAdmin(OperatorRights, admin.ModelAdmin):
     search_fields = ("url",)
     readonly_fields = ("owner", "created_at")
 
+    def delete_model(self, request: HttpRequest, obj: WebhookSubscription) -> None:
+        super().delete_model(request, obj)
+        subscriptions.invalidate()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WebhookSubscription]) -> None:
+        super().delete_queryset(request, queryset)
+        subscriptions.invalidate()
+
     @admin.display(description="events")
     def events(self, obj: WebhookSubscription) -> str:
         return ", ".join(obj.statuses) or "every change"
@@ -85,6 +94,7 @@ class WebhookSubscriptionAdmin(OperatorRights, admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: WebhookSubscription, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
+            subscriptions.invalidate()  # this node at once; the others within WEBHOOK_SUBSCRIPTIONS_TTL
             return
         # An operator's webhook (no key): every task's changes. Made by the API's service, so the
         # URL is checked the same way and the secret made once; shown here, and never again.
