@@ -32,9 +32,9 @@ def test_the_stream_and_the_wait_are_async_under_asgi(client_a: JsonClient) -> N
     async def run() -> tuple[Any, bytes, Any, bytes]:
         client = AsyncClient()
         stream = await client.get(f"{API}/events?lastEventId=0&taskType=ASGI", headers=headers)
-        events = b"".join([chunk async for chunk in stream.streaming_content])
+        events = b"".join([chunk async for chunk in stream.streaming_content])  # type: ignore[attr-defined]
         held = await client.get(f"{API}/tasks/{pending['id']}?waitFor=terminal&waitSeconds=1", headers=headers)
-        body = b"".join([chunk async for chunk in held.streaming_content])
+        body = b"".join([chunk async for chunk in held.streaming_content])  # type: ignore[attr-defined]
         return stream, events, held, body
 
     stream, events, held, body = async_to_sync(run)()
