@@ -216,6 +216,8 @@ if UNIT_HEARTBEAT_INTERVAL >= UNIT_HEARTBEAT_TIMEOUT:
     raise ImproperlyConfigured("UNIT_HEARTBEAT_INTERVAL must be smaller than UNIT_HEARTBEAT_TIMEOUT")
 SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 5.0, minimum=0.1)
 TASK_LOG_RETENTION_DAYS = env_int("TASK_LOG_RETENTION_DAYS", 30, minimum=1)
+# The per-minute rollups the console charts (taskhub/jobs/rollups.py): kept this long.
+ROLLUP_RETENTION_HOURS = env_int("ROLLUP_RETENTION_HOURS", 48, minimum=1)
 TASK_MAX_LOG_ENTRIES = env_int("TASK_MAX_LOG_ENTRIES", 10_000, minimum=1)
 TASK_BATCH_MAX = env_int("TASK_BATCH_MAX", 100, minimum=1, maximum=1000)  # items per batch request
 
@@ -329,6 +331,7 @@ if PRODUCTION:
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+FORMAT_MODULE_PATH = ["taskhub.formats"]  # times with seconds, one format (taskhub/formats/en)
 USE_I18N = True
 USE_TZ = True
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 
+from taskhub.jobs.rollups import write_rollups
 from taskhub.webhooks.delivery import deliver_due_webhooks
 from taskhub.webhooks.outbox import JOB_NAME as DELIVER_WEBHOOKS
 from tasks.jobs import fail_timeouts, move_due_retries, purge_old_logs
@@ -45,5 +46,6 @@ JOBS: dict[str, Job] = {
         Job("purge_old_logs", purge_old_logs, lambda: 3600.0),
         # Also enqueued by every commit that wrote outbox rows (taskhub/webhooks/outbox.py:kick).
         Job(DELIVER_WEBHOOKS, deliver_due_webhooks, lambda: float(settings.WEBHOOK_POLL_INTERVAL)),
+        Job("rollup_minute", write_rollups, lambda: 60.0),  # the console's per-minute time-series
     )
 }

@@ -11,6 +11,7 @@ the others); history rows go through `tasks.history`.
 
 from __future__ import annotations
 
+from collections import Counter as TypeCounter
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -45,6 +46,11 @@ def lease_to_unit(unit_pk: str, unit_type: str, wanted: int, now: datetime) -> l
     per-row value besides the attempt increment) writes the same values; one INSERT writes their
     history rows."""
     tasks = sql.lock_claimable(unit_type, now, wanted) if wanted > 0 else []
+    metrics.record_dispatch(
+        unit_type,
+        [(now - task.available_at).total_seconds() for task in tasks],
+        [(now - (task.scheduled_at or task.created_at)).total_seconds() for task in tasks if task.attempt == 0],
+    )
     groups: dict[int | None, list[Task]] = defaultdict(list)
     changed: set[str] = set()
     for task in tasks:
@@ -92,12 +98,14 @@ def fail_over_tasks(
     assert transaction.get_connection().in_atomic_block
     why: Callable[[int], str] = (lambda task_id: reasons.get(task_id, reason)) if reasons else (lambda _: reason)
     counts = {"failedOver": 0, "poisoned": 0}
+    failed_over: TypeCounter[str] = TypeCounter()
+    poisoned: TypeCounter[str] = TypeCounter()
     cap = settings.TASK_MAX_FAILOVER_COUNT
     running = (
         Task.objects.filter(where, status=S.RUNNING)
         .select_for_update(skip_locked=True)
         .order_by("id")
-        .values_list("id", "attempt", "unit_id", "failover_count")
+        .values_list("id", "attempt", "unit_id", "failover_count", "task_type")
     )
     rows = list(running if limit is None else running[:limit])
     for start in range(0, len(rows), CHUNK):
@@ -128,7 +136,9 @@ def fail_over_tasks(
         )
         counts["failedOver"] += len(back)
         counts["poisoned"] += len(poison)
-    metrics.record_failover(counts)
+        failed_over.update(r[4] for r in back)
+        poisoned.update(r[4] for r in poison)
+    metrics.record_failover(failed_over, poisoned)
     return counts
 
 
@@ -173,7 +183,7 @@ def fail_over_orphans(now: datetime, limit: int, *, actor: Actor) -> dict[str, i
 
 
 def _history(
-    rows: Iterable[tuple[int, int, str | None, int]],
+    rows: Iterable[tuple[int, int, str | None, int, str]],
     target: str,
     why: Callable[[int], str],
     code: str,
@@ -182,7 +192,7 @@ def _history(
 ) -> list[TaskStatusHistory]:
     return [
         new_history(task_id, attempt, unit_id, S.RUNNING, target, actor=actor, reason=why(task_id), code=code, now=now)
-        for task_id, attempt, unit_id, _ in rows
+        for task_id, attempt, unit_id, *_ in rows
     ]
 
 
@@ -196,7 +206,7 @@ def retry_due(now: datetime, limit: int) -> int:
         Task.objects.select_for_update(skip_locked=True)
         .filter(status=S.FAILED, next_retry_at__lte=now)
         .order_by("next_retry_at")
-        .values_list("id", "attempt", "unit_id", "retry_count", "max_retries")[:limit]
+        .values_list("id", "attempt", "unit_id", "retry_count", "max_retries", "task_type")[:limit]
     )
     if not rows:
         return 0
@@ -215,8 +225,8 @@ def retry_due(now: datetime, limit: int) -> int:
                 code=ReasonCode.RETRIED,
                 now=now,
             )
-            for task_id, attempt, unit_id, retries, max_retries in rows
+            for task_id, attempt, unit_id, retries, max_retries, _ in rows
         ]
     )
-    metrics.record_retries(len(rows))
+    metrics.record_retries(TypeCounter(row[5] for row in rows))
     return len(rows)
