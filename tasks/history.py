@@ -22,6 +22,7 @@ from taskhub.webhooks import outbox, subscriptions
 from tasks.models import Task, TaskStatusHistory
 
 EVENT = outbox.EVENT  # the event type of a state change, on the stream and in webhooks
+OWNER_CHUNK = 5000  # task ids per read of their owners (a set-based move can write 10,000 rows)
 
 
 def new_history(
@@ -84,12 +85,12 @@ def write_history(rows: Sequence[TaskStatusHistory]) -> None:
         insert_rows(TaskStatusHistory, rows)  # no webhooks: exactly one statement, as always
         return
     insert_rows_returning_ids(TaskStatusHistory, rows)
-    owners = {
-        pk: (owner_id, task_type)
-        for pk, owner_id, task_type in Task.objects.filter(pk__in={r.task_id for r in rows})
-        .order_by()
-        .values_list("id", "owner_id", "task_type")
-    }
+    task_ids = sorted({r.task_id for r in rows})
+    owners: dict[int, tuple[int | None, str]] = {}
+    for start in range(0, len(task_ids), OWNER_CHUNK):
+        chunk = task_ids[start : start + OWNER_CHUNK]
+        for pk, owner, kind in Task.objects.filter(pk__in=chunk).order_by().values_list("id", "owner_id", "task_type"):
+            owners[pk] = (owner, kind)
     changes = []
     for row in rows:
         owner_id, task_type = owners.get(row.task_id, (None, ""))
