@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from taskhub.base.actors import Actor
@@ -113,7 +113,10 @@ def _hub_env(workdir: Path) -> dict[str, str]:
 def real_hub(tmp_path: Path) -> Iterator[Hub]:
     if not django_settings.REDIS_URL:
         pytest.fail("this test needs Redis (REDIS_HOST) beside MariaDB")
-    hub = Hub(tmp_path, env=_hub_env(tmp_path), key_name=f"results-{os.getpid()}-{tmp_path.name[-6:]}")
+    env = _hub_env(tmp_path)
+    with connection.cursor() as cursor:  # the hub's own database, made if this server has none yet
+        cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{env['DB_DATABASE']}` CHARACTER SET utf8mb4")
+    hub = Hub(tmp_path, env=env, key_name=f"results-{os.getpid()}-{tmp_path.name[-6:]}")
     try:
         yield hub.start()
     finally:
