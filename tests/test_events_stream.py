@@ -120,7 +120,9 @@ def test_a_unit_token_cannot_follow_events(
     [
         ("taskIds=1,x", None, "taskIds"),
         ("taskIds=", None, "taskIds"),
-        ("taskIds=" + ",".join(str(i) for i in range(1, 102)), None, "taskIds"),
+        ("taskIds=" + ",".join(str(i) for i in range(1, 1000)), None, "taskIds"),
+        ("taskIds=1,,2", None, "taskIds"),
+        ("taskIds=9999999999999999999", None, "taskIds"),
         ("taskType=a%20b", None, "taskType"),
         ("mine=maybe", None, "mine"),
         ("lastEventId=-1", None, "lastEventId"),

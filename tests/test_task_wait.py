@@ -47,6 +47,7 @@ def test_a_task_not_done_is_answered_as_it_is_when_the_wait_ends(client_a: JsonC
     assert time.monotonic() - started >= 0.9  # it was held (a lower bound, not a speed assertion)
     assert body == client_a.get(f"{API}/tasks/{task['id']}").json()
     assert body_of(client_a.get(f"{API}/tasks/{task['id']}?waitFor=terminal&waitSeconds=0"))["status"] == "PENDING"
+    assert not client_a.get(f"{API}/tasks/{task['id']}?waitSeconds=5").streaming  # without waitFor: at once
 
 
 @pytest.mark.django_db
@@ -64,7 +65,6 @@ def test_another_keys_task_is_a_404_and_not_waited_for(client_a: JsonClient, cli
         ("waitFor=terminal&waitSeconds=31", "waitSeconds"),
         ("waitFor=terminal&waitSeconds=-1", "waitSeconds"),
         ("waitFor=terminal&waitSeconds=x", "waitSeconds"),
-        ("waitSeconds=5", "waitFor"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_field(client_a: JsonClient, query: str, field: str) -> None:

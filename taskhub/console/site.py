@@ -15,7 +15,7 @@ from taskhub.console.dashboard import dashboard_data
 from taskhub.console.permissions import VIEW_DASHBOARD
 
 DEFAULT_REFRESH_SECONDS = 5
-APP_ORDER = {"tasks": 0, "units": 1, "apikeys": 2, "console": 3, "auth": 4}
+APP_ORDER = {"tasks": 0, "units": 1, "apikeys": 2, "webhooks": 3, "console": 4, "auth": 5, "django_celery_beat": 99}
 
 
 class ConsoleAdminSite(admin.AdminSite):

@@ -6,12 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from taskhub.api.serializers.fields import MAX_ID, NAME_PATTERN
 from tasks.states import TaskStatus
-
-MAX_EVENT_TASK_IDS = 100
 
 
 class TaskWaitQuerySerializer(serializers.Serializer):
@@ -24,43 +23,31 @@ class TaskWaitQuerySerializer(serializers.Serializer):
     waitSeconds = serializers.IntegerField(
         required=False,
         min_value=0,
-        max_value=300,
-        help_text="How long to hold (default and maximum TASK_WAIT_MAX_SECONDS, 30); 0 answers at once.",
+        max_value=settings.TASK_WAIT_MAX_SECONDS,
+        help_text="How long to hold, with waitFor (default and maximum TASK_WAIT_MAX_SECONDS, 30); 0 answers at "
+        "once. Without waitFor it is ignored.",
     )
 
-    def validate_waitSeconds(self, value: int) -> int:
-        if value > settings.TASK_WAIT_MAX_SECONDS:
-            raise serializers.ValidationError(
-                f"Ensure this value is less than or equal to {settings.TASK_WAIT_MAX_SECONDS}."
-            )
-        return value
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if "waitSeconds" in attrs and "waitFor" not in attrs:
-            raise serializers.ValidationError({"waitFor": ["required with waitSeconds (the only value: terminal)"]})
-        return attrs
+TASK_IDS = r"^[0-9]{1,18}(,[0-9]{1,18})*$"
+MAX_TASK_IDS_CHARS = 2000
 
 
-class TaskIdListField(serializers.CharField):
-    """`1,2,3`: task ids, comma-separated."""
+class TaskIdListField(serializers.RegexField):
+    """`1,2,3`: task ids, comma-separated (the pattern is the schema's: a valid string is accepted)."""
 
-    def to_internal_value(self, data: Any) -> frozenset[int]:  # type: ignore[override]
-        text = super().to_internal_value(data)
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        if not parts:
-            raise serializers.ValidationError("Expected comma-separated task ids")
-        if len(parts) > MAX_EVENT_TASK_IDS:
-            raise serializers.ValidationError(f"At most {MAX_EVENT_TASK_IDS} task ids")
-        ids = set()
-        for part in parts:
-            if not (part.isascii() and part.isdigit()) or not 0 < int(part) <= MAX_ID:
-                raise serializers.ValidationError(f"Not a task id: {part[:32]!r}")
-            ids.add(int(part))
-        return frozenset(ids)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(TASK_IDS, max_length=MAX_TASK_IDS_CHARS, **kwargs)
+
+    def run_validation(self, data: Any = serializers.empty) -> Any:
+        text = super().run_validation(data)  # the pattern checks the text, before it becomes ids
+        return frozenset(int(part) for part in text.split(","))
 
 
 class EventQuerySerializer(serializers.Serializer):
-    taskIds = TaskIdListField(required=False, help_text="Only these tasks (comma-separated ids, at most 100).")
+    taskIds = TaskIdListField(
+        required=False, help_text="Only these tasks (comma-separated ids, up to 2,000 characters)."
+    )
     taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False, help_text="Only tasks of this type.")
     mine = serializers.BooleanField(
         required=False, default=False, help_text="Only tasks the caller created (an API key's own tasks)."
@@ -113,3 +100,23 @@ class WebhookDeliverySerializer(serializers.Serializer):
     lastError = serializers.CharField(source="last_error")
     createdAt = serializers.DateTimeField(source="created_at")
     deliveredAt = serializers.DateTimeField(source="delivered_at", allow_null=True)
+
+
+@extend_schema_serializer(many=False)  # the list action answers one object, not an array of them
+class WebhookListSerializer(serializers.Serializer):
+    items = WebhookSerializer(many=True)
+
+
+class DeliveryListSerializer(serializers.Serializer):
+    items = WebhookDeliverySerializer(many=True)
+
+
+class ServerSentEventSerializer(serializers.Serializer):
+    """One event of the stream, as an SSE parser hands it over."""
+
+    id = serializers.CharField(help_text="The history row id: send it as Last-Event-ID to resume after it.")
+    event = serializers.CharField(help_text="`task.status`")
+    data = serializers.CharField(  # type: ignore[assignment]
+        help_text="JSON: {type, historyId, taskId, taskType, fromStatus, toStatus, reason, reasonCode, actorType, "
+        "actor, unitId, attempt, createdAt}"
+    )

@@ -8,7 +8,7 @@ from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.renderers import JSONRenderer
@@ -19,10 +19,13 @@ from rest_framework.views import APIView
 from taskhub.api.principals import principal_of
 from taskhub.api.serializers.fields import MAX_ID
 from taskhub.api.serializers.results import (
+    DeliveryListSerializer,
     EventQuerySerializer,
+    ServerSentEventSerializer,
     WebhookCreatedSerializer,
     WebhookCreateSerializer,
     WebhookDeliverySerializer,
+    WebhookListSerializer,
     WebhookSerializer,
 )
 from taskhub.api.streaming import EventStream, event_stream
@@ -68,7 +71,7 @@ class EventStreamView(APIView):
         parameters=[EventQuerySerializer, LAST_EVENT_ID],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR,
+                ServerSentEventSerializer,
                 description="`id: <history id>`, `event: task.status`, `data: {type, historyId, taskId, taskType, "
                 "fromStatus, toStatus, reason, reasonCode, actorType, actor, unitId, attempt, createdAt}`; "
                 "`: heartbeat` comments every EVENTS_HEARTBEAT_SECONDS. See docs/clients.md.",
@@ -83,10 +86,6 @@ class EventStreamView(APIView):
         filters = EventFilter(task_ids=q.get("taskIds"), task_type=q.get("taskType"), mine=q["mine"])
         cursor = EventCursor(principal, filters, last_event_id() if after is None else after)
         return event_stream(request, EventStream(cursor, principal.api_key_id))
-
-
-WebhookList = inline_serializer("WebhookList", {"items": WebhookSerializer(many=True)})
-DeliveryList = inline_serializer("WebhookDeliveryList", {"items": WebhookDeliverySerializer(many=True)})
 
 
 class WebhookViewSet(viewsets.ViewSet):
@@ -111,7 +110,7 @@ class WebhookViewSet(viewsets.ViewSet):
             raise NotFound(f"Webhook {pk} not found")
         return hook
 
-    @extend_schema(responses=WebhookList, summary="List your webhooks")
+    @extend_schema(responses=WebhookListSerializer, summary="List your webhooks")
     def list(self, request: Request) -> Response:
         rows = self._webhooks(request).order_by("id")[:MAX_WEBHOOKS_PER_KEY]
         return Response({"items": WebhookSerializer(rows, many=True).data})
@@ -125,7 +124,7 @@ class WebhookViewSet(viewsets.ViewSet):
         body = validated(WebhookCreateSerializer, request.data)
         principal = principal_of(request)
         if "taskId" in body and not visible_tasks(principal).filter(pk=body["taskId"]).exists():
-            raise NotFound(f"Task {body['taskId']} not found")
+            raise InvalidInput("taskId", f"no task {body['taskId']} of yours")
         if principal.api_key is not None and self._webhooks(request).count() >= MAX_WEBHOOKS_PER_KEY:
             raise InvalidInput("url", f"an API key may register at most {MAX_WEBHOOKS_PER_KEY} webhooks")
         hook = webhook_register(
@@ -148,7 +147,7 @@ class WebhookViewSet(viewsets.ViewSet):
         return Response(status=204)
 
     @extend_schema(
-        responses=DeliveryList,
+        responses=DeliveryListSerializer,
         summary="The webhook's latest deliveries (newest first)",
     )
     @action(detail=True, methods=["get"])
