@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ from tasks.events import EventCursor, task_done
 from tasks.selectors import visible_tasks
 
 T = TypeVar("T")
+logger = logging.getLogger("taskhub.api")
 
 
 def _django_request(request: Any) -> HttpRequest:
@@ -126,6 +128,15 @@ class EventStream:
             return None
         return self.cursor.poll(timezone.now())
 
+    def poll_or_end(self) -> list[dict[str, Any]] | None:
+        """`poll`, and a read that fails (the database gone away) ends the stream: the client
+        reconnects with Last-Event-ID, on a fresh connection, and misses nothing."""
+        try:
+            return self.poll()
+        except Exception:
+            logger.warning("event stream ended: a read failed", exc_info=True)
+            return None
+
     def frames(self, events: list[dict[str, Any]]) -> bytes:
         now = time.monotonic()
         if events:
@@ -145,7 +156,7 @@ def event_stream(request: Any, stream: EventStream) -> StreamingHttpResponse:
 
     def sending() -> Iterator[bytes]:
         yield stream.opening()
-        while (events := stream.poll()) is not None:
+        while (events := stream.poll_or_end()) is not None:
             if chunk := stream.frames(events):
                 yield chunk
             if not events:  # caught up: wait; otherwise read the next batch at once
@@ -153,7 +164,7 @@ def event_stream(request: Any, stream: EventStream) -> StreamingHttpResponse:
 
     async def sending_async() -> AsyncIterator[bytes]:
         yield stream.opening()
-        while (events := await _read(stream.poll)) is not None:
+        while (events := await _read(stream.poll_or_end)) is not None:
             if chunk := stream.frames(events):
                 yield chunk
             if not events:

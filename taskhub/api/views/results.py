@@ -7,8 +7,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from django.utils import timezone
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.renderers import JSONRenderer
@@ -16,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from taskhub.api.errors import ErrorSerializer
 from taskhub.api.principals import principal_of
 from taskhub.api.serializers.fields import MAX_ID
 from taskhub.api.serializers.results import (
@@ -36,13 +36,6 @@ from taskhub.webhooks.services import visible_webhooks, webhook_delete, webhook_
 from tasks.events import EventCursor, EventFilter, last_event_id
 from tasks.selectors import visible_tasks
 
-LAST_EVENT_ID = OpenApiParameter(
-    "Last-Event-ID",
-    OpenApiTypes.INT,
-    OpenApiParameter.HEADER,
-    required=False,
-    description="Resume after this event id (what EventSource sends on reconnecting): no event is missed or repeated.",
-)
 MAX_WEBHOOKS_PER_KEY = 100
 DELIVERIES_SHOWN = 100
 
@@ -68,7 +61,10 @@ class EventStreamView(APIView):
         return JSONRenderer(), JSONRenderer.media_type
 
     @extend_schema(
-        parameters=[EventQuerySerializer, LAST_EVENT_ID],
+        parameters=[EventQuerySerializer],
+        description="Resume with the `Last-Event-ID` header (what EventSource sends on reconnecting) or the "
+        "`lastEventId` parameter (the header wins): the stream starts with the first event after that id, none "
+        "missed or repeated. Without either it starts after the newest change. See docs/clients.md.",
         responses={
             (200, "text/event-stream"): OpenApiResponse(
                 ServerSentEventSerializer,
@@ -117,14 +113,17 @@ class WebhookViewSet(viewsets.ViewSet):
 
     @extend_schema(
         request=WebhookCreateSerializer,
-        responses={201: WebhookCreatedSerializer},
+        responses={
+            201: WebhookCreatedSerializer,
+            404: OpenApiResponse(ErrorSerializer, description="`taskId` names no task of yours"),
+        },
         summary="Register a callback URL (its secret is shown once)",
     )
     def create(self, request: Request) -> Response:
         body = validated(WebhookCreateSerializer, request.data)
         principal = principal_of(request)
         if "taskId" in body and not visible_tasks(principal).filter(pk=body["taskId"]).exists():
-            raise InvalidInput("taskId", f"no task {body['taskId']} of yours")
+            raise NotFound(f"Task {body['taskId']} not found")
         if principal.api_key is not None and self._webhooks(request).count() >= MAX_WEBHOOKS_PER_KEY:
             raise InvalidInput("url", f"an API key may register at most {MAX_WEBHOOKS_PER_KEY} webhooks")
         hook = webhook_register(
