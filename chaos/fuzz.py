@@ -32,6 +32,7 @@ TASK_TYPE = "FUZZ"
 # - POST /tasks/batch: an idempotencyKey repeated in one batch is refused (and dates as above);
 # - POST /tasks/reports: a taskId repeated is refused; `error` is required for outcome fail and
 #   `progress` for outcome progress.
+# - POST /webhooks: the URL's host must resolve, to public addresses only (SSRF; docs/webhooks.md).
 CROSS_FIELD_RULES = (
     r"^GET /api/v1/tasks$",
     r"^POST /api/v1/tasks$",
@@ -41,6 +42,7 @@ CROSS_FIELD_RULES = (
     r"^POST /api/v1/execution-units/\{id\}/heartbeat$",
     r"^POST /api/v1/tasks/batch$",
     r"^POST /api/v1/tasks/reports$",
+    r"^POST /api/v1/webhooks$",
 )
 UNIT_ONLY = (
     r"^POST /api/v1/(execution-units/\{id\}/(heartbeat|claim)|tasks/\{id\}/(progress|complete|fail)|tasks/reports)$"

@@ -214,7 +214,8 @@ class TaskViewSet(viewsets.ViewSet):
         q = validated(TaskWaitQuerySerializer, query_params(request))
         task = self._get(request, pk)
         body = TaskSerializer(task).data
-        seconds = q.get("waitSeconds", settings.TASK_WAIT_MAX_SECONDS) if "waitFor" in q else 0
+        limit = settings.TASK_WAIT_MAX_SECONDS  # read now: the schema's maximum is the value at start-up
+        seconds = min(q.get("waitSeconds", limit), limit) if "waitFor" in q else 0
         if seconds > 0 and not is_done(task.status, task.next_retry_at):
             return held_task(request, principal_of(request), task.pk, seconds, body)
         return Response(body)
