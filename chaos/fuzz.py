@@ -33,7 +33,8 @@ TASK_TYPE = "FUZZ"
 # - POST /tasks/reports: a taskId repeated is refused; `error` is required for outcome fail and
 #   `progress` for outcome progress;
 # - POST/PATCH /schedules: a cron expression, an IANA time zone and a task template are checked by
-#   the server (a schema can say "string" and "object", not "a cron expression that fires").
+#   the server (a schema can say "string" and "object", not "a cron expression that fires");
+# - POST /webhooks: the URL's host must resolve, to public addresses only (SSRF; docs/webhooks.md).
 CROSS_FIELD_RULES = (
     r"^GET /api/v1/tasks$",
     r"^POST /api/v1/tasks$",
@@ -45,6 +46,7 @@ CROSS_FIELD_RULES = (
     r"^POST /api/v1/tasks/reports$",
     r"^POST /api/v1/schedules$",
     r"^PATCH /api/v1/schedules/\{id\}$",
+    r"^POST /api/v1/webhooks$",
 )
 UNIT_ONLY = (
     r"^POST /api/v1/(execution-units/\{id\}/(heartbeat|claim)|tasks/\{id\}/(progress|complete|fail)|tasks/reports)$"

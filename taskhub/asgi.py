@@ -69,6 +69,14 @@ def _is_async_path(path: str) -> bool:
     return iscoroutinefunction(match.func)
 
 
+def _held(scope: Scope) -> bool:
+    """A request the server may hold open while it streams or waits (GET /api/v1/events, a task
+    read with `waitFor`): its view is sync (DRF: authentication, one read) but its body is an
+    async iterator under ASGI (taskhub.api.streaming), so it goes to the ASGI handler too. Through
+    the thread pool its body would be read whole, in a thread, before the first byte is sent."""
+    return scope["path"].rstrip("/").endswith("/api/v1/events") or b"waitFor=" in scope.get("query_string", b"")
+
+
 class _Payload(Exception):
     """The request body is larger than the server buffers before Django sees it."""
 
@@ -115,7 +123,7 @@ class Router:
             await self._lifespan(receive, send)
         elif scope["type"] != "http":
             return  # no websockets
-        elif _is_async_path(scope["path"]):
+        elif _is_async_path(scope["path"]) or _held(scope):
             await self.async_app(scope, receive, send)
         else:
             await self._wsgi(scope, receive, send)

@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "taskhub.apikeys",
+    "taskhub.webhooks",
     "units",
     "tasks",
     "taskhub.schedules",
@@ -298,6 +299,34 @@ def _check_rates() -> None:
 
 _check_rates()
 METRICS_TOKEN = env_str("METRICS_TOKEN")  # Bearer token /metrics requires (see taskhub/api/metrics.py)
+
+# --- Results that come to the client (waitFor, GET /events, webhooks) ------------------------
+# Longest hold of GET /tasks/{id}?waitFor=terminal, and how often a waiter (and an event stream)
+# looks at the database: one indexed query per interval, no connection held in between.
+TASK_WAIT_MAX_SECONDS = env_int("TASK_WAIT_MAX_SECONDS", 30, minimum=0, maximum=300)
+RESULTS_POLL_INTERVAL = env_float("RESULTS_POLL_INTERVAL", 0.25, minimum=0.01)
+EVENTS_HEARTBEAT_SECONDS = env_float("EVENTS_HEARTBEAT_SECONDS", 15.0, minimum=0.05)
+# A stream ends after this long (the client resumes with Last-Event-ID), so a proxy or a WSGI
+# thread is never held for ever and a revoked key stops receiving.
+EVENTS_STREAM_MAX_SECONDS = env_float("EVENTS_STREAM_MAX_SECONDS", 300.0, minimum=0.05)
+# A missing history id below a visible one may belong to a transaction not committed yet: a stream
+# holds back events after it until it appears or the row after it is this old (then it rolled back).
+EVENTS_GAP_GRACE_SECONDS = env_float("EVENTS_GAP_GRACE_SECONDS", 5.0, minimum=0.0)
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1, maximum=100)
+WEBHOOK_BACKOFF_BASE = env_float("WEBHOOK_BACKOFF_BASE", 5.0, minimum=0.0)
+WEBHOOK_BACKOFF_MAX = env_float("WEBHOOK_BACKOFF_MAX", 3600.0, minimum=0.0)
+WEBHOOK_TIMEOUT = env_float("WEBHOOK_TIMEOUT", 5.0, minimum=0.1)
+WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 8, minimum=1, maximum=64)
+WEBHOOK_BATCH = env_int("WEBHOOK_BATCH", 100, minimum=1, maximum=1000)
+WEBHOOK_POLL_INTERVAL = env_float("WEBHOOK_POLL_INTERVAL", 5.0, minimum=0.1)
+# Loopback, private, link-local and other non-public addresses are refused as webhook targets (SSRF)
+# unless this is true (tests, a hub and its receivers on one private network).
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+# How long a node keeps its list of active subscriptions before reading it again: a new or changed
+# subscription takes effect on other nodes within this many seconds (at once on the node that made it).
+# (Under pytest the list is read once per test, which clears it: query counts never depend on timing.)
+WEBHOOK_SUBSCRIPTIONS_TTL = env_float("WEBHOOK_SUBSCRIPTIONS_TTL", 3600.0 if TESTING else 2.0, minimum=0.0)
+WEBHOOK_KICK = env_bool("WEBHOOK_KICK", True)  # enqueue a delivery run at each commit that wrote outbox rows
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

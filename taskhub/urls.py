@@ -11,6 +11,7 @@ from taskhub.api.errors import handler404 as handler404_view
 from taskhub.api.index import ApiIndexView, ApiIndexWithoutSlashView, favicon
 from taskhub.api.metrics import metrics_view
 from taskhub.api.views import longpoll
+from taskhub.api.views.results import EventStreamView, WebhookViewSet
 from taskhub.api.views.schedules import ScheduleViewSet
 from taskhub.api.views.tasks import TaskViewSet
 from taskhub.api.views.units import UnitViewSet
@@ -19,6 +20,7 @@ router = SimpleRouter(trailing_slash=False)
 router.register("tasks", TaskViewSet, basename="task")
 router.register("execution-units", UnitViewSet, basename="unit")
 router.register("schedules", ScheduleViewSet, basename="schedule")
+router.register("webhooks", WebhookViewSet, basename="webhook")
 
 
 class PublicSchemaView(SpectacularAPIView):
@@ -44,6 +46,7 @@ api_v1 = [
     # The claim, served by an async view that can wait (long poll) in front of the DRF action;
     # the action stays in the router for the OpenAPI schema and does the claim itself.
     re_path(rf"^execution-units/(?P<pk>{UnitViewSet.lookup_value_regex})/claim$", longpoll.claim, name="claim-wait"),
+    path("events", EventStreamView.as_view(), name="events"),
     path("", include(router.urls)),
     # Anything else under /api is a JSON 404, whatever DEBUG says.
     re_path(r"^.*$", handler404_view),

@@ -1,4 +1,4 @@
-"""The retry backoff formula: exponential, capped, with jitter."""
+"""The retry backoff of tasks: exponential, capped, with jitter (the formula: taskhub/base/backoff.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import random
 from datetime import timedelta
 
 from django.conf import settings
+
+from taskhub.base.backoff import equal_jitter
 
 
 def retry_delay(retry_number: int, *, rng: random.Random | None = None) -> timedelta:
@@ -17,7 +19,4 @@ def retry_delay(retry_number: int, *, rng: random.Random | None = None) -> timed
     """
     base = float(settings.TASK_RETRY_BACKOFF_BASE)
     cap = float(settings.TASK_RETRY_BACKOFF_MAX)
-    exponent = min(max(retry_number - 1, 0), 62)
-    ceiling = min(cap, base * (2**exponent))
-    draw = (rng or random).uniform(ceiling / 2, ceiling)
-    return timedelta(seconds=draw)
+    return timedelta(seconds=equal_jitter(retry_number, base=base, cap=cap, rng=rng))

@@ -4,16 +4,25 @@ Every state change writes one row (from -> to) in the transaction that made it, 
 a reason in words and a reason code (`ReasonCode`) that the dashboard and the tools read instead
 of the words. Single-row and set-based moves alike write through `write_history`: a multi-row
 INSERT in plain SQL (what `bulk_create` sends, without its per-value preparation).
+
+History rows are also the hub's ordered log of events: `GET /api/v1/events` streams them (the row
+id is the event id) and `write_history` writes the webhook outbox rows of the changes someone
+subscribed to in the same transaction, so a rolled-back change announces nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from taskhub.base.actors import Actor
-from taskhub.base.sql import insert_rows
+from taskhub.base.sql import insert_rows, insert_rows_returning_ids
+from taskhub.webhooks import outbox, subscriptions
 from tasks.models import Task, TaskStatusHistory
+
+EVENT = outbox.EVENT  # the event type of a state change, on the stream and in webhooks
+OWNER_CHUNK = 5000  # task ids per read of their owners (a set-based move can write 10,000 rows)
 
 
 def new_history(
@@ -51,5 +60,41 @@ def history_row(
     return new_history(task.pk, task.attempt, unit_id, source, target, actor=actor, reason=reason, code=code, now=now)
 
 
+def event_body(row: TaskStatusHistory, task_type: str) -> dict[str, Any]:
+    """A state change as an event: the `data` of a stream event and the body of a webhook."""
+    return {
+        "type": EVENT,
+        "historyId": row.pk,
+        "taskId": row.task_id,
+        "taskType": task_type,
+        "fromStatus": row.from_status,
+        "toStatus": row.to_status,
+        "reason": row.reason,
+        "reasonCode": row.reason_code,
+        "actorType": row.actor_type,
+        "actor": row.actor,
+        "unitId": row.unit_id,
+        "attempt": row.attempt,
+        "createdAt": row.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
 def write_history(rows: Sequence[TaskStatusHistory]) -> None:
-    insert_rows(TaskStatusHistory, rows)
+    subs = subscriptions.active() if rows else []
+    if not subs:
+        insert_rows(TaskStatusHistory, rows)  # no webhooks: exactly one statement, as always
+        return
+    insert_rows_returning_ids(TaskStatusHistory, rows)
+    task_ids = sorted({r.task_id for r in rows})
+    owners: dict[int, tuple[int | None, str]] = {}
+    for start in range(0, len(task_ids), OWNER_CHUNK):
+        chunk = task_ids[start : start + OWNER_CHUNK]
+        for pk, owner, kind in Task.objects.filter(pk__in=chunk).order_by().values_list("id", "owner_id", "task_type"):
+            owners[pk] = (owner, kind)
+    changes = []
+    for row in rows:
+        owner_id, task_type = owners.get(row.task_id, (None, ""))
+        changes.append(
+            outbox.Change(row.pk, row.task_id, owner_id, task_type, row.to_status, event_body(row, task_type))
+        )
+    outbox.record(changes, subs, rows[0].created_at)

@@ -12,6 +12,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from taskhub.apikeys.models import ALL_SCOPES
+from taskhub.webhooks import subscriptions
 from tests import factories
 
 REQUIRE_SERVICES = os.environ.get("TASKHUB_REQUIRE_SERVICES") == "1"
@@ -37,6 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _clear_cache() -> Iterator[None]:
     cache.clear()
+    subscriptions.invalidate()  # a rolled-back test's webhooks must not outlive it in the process cache
     yield
 
 

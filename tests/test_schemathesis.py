@@ -26,6 +26,9 @@ EXAMPLES = int(os.environ.get("TASKHUB_FUZZ_EXAMPLES", "10"))
 def test_schemathesis_finds_nothing_on_any_operation(
     live_server: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
+    # Held requests (waitFor, GET /events) end within the fuzzer's 10 s request timeout.
+    settings.TASK_WAIT_MAX_SECONDS = 2
+    settings.EVENTS_STREAM_MAX_SECONDS = 2
     # The fuzzer is one client sending thousands of requests: throttling would only answer 429.
     monkeypatch.setattr(PrincipalRateThrottle, "THROTTLE_RATES", {k: "1000000/min" for k in ("client", "unit", "anon")})
     # Long-poll claims (waitSeconds) would hold the fuzzer's requests for up to 30 s each.

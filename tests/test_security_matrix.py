@@ -34,6 +34,7 @@ from taskhub.apikeys.models import ALL_SCOPES, ApiKey
 from taskhub.apikeys.services import api_key_revoke
 from taskhub.apikeys.tokens import digest
 from taskhub.schedules.models import Schedule
+from taskhub.webhooks.models import WebhookSubscription
 from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
 from testkit.waiting import wait_for
 from tests.conftest import JsonClient
@@ -57,6 +58,7 @@ class Side:
     unit_token: str
     tasks: dict[str, int]  # "running" (leased to the side's unit), "pending", "failed"
     schedule: int = 0  # a recurring schedule of the side's
+    webhook: int = 0  # a webhook the side's key registered
 
     @property
     def task_type(self) -> str:
@@ -137,7 +139,18 @@ def _build_side(make_client: Callable[..., JsonClient], name: str) -> Side:
         201,
     )["id"]
     side = Side(name, client, client.secret, unit, unit_id, reg["token"], tasks, schedule)  # type: ignore[attr-defined]
+    # A public address literal: the SSRF check needs no DNS for it, and nothing is ever sent here.
+    hook = _ok(client.post(f"{API}/webhooks", {"url": f"https://93.184.216.34/{marker}"}), 201)
+    side.webhook = hook["id"]
     return side
+
+
+@pytest.fixture(autouse=True)
+def _short_event_streams(settings: Any) -> None:
+    """GET /events ends quickly here, so its whole body can be read and searched for leaks."""
+    settings.EVENTS_STREAM_MAX_SECONDS = 0.2
+    settings.RESULTS_POLL_INTERVAL = 0.05
+    settings.EVENTS_GAP_GRACE_SECONDS = 0.0
 
 
 @pytest.fixture
@@ -160,6 +173,7 @@ def _rows_of(side: str | None) -> dict[str, list[Any]]:
         "logs": list(TaskExecutionLog.objects.filter(**via_task).order_by("id").values()),
         "units": list(ExecutionUnit.objects.filter(**owner).order_by("id").values()),
         "schedules": list(Schedule.objects.filter(**owner).order_by("id").values()),
+        "webhooks": list(WebhookSubscription.objects.filter(**owner).order_by("id").values()),
     }
 
 
@@ -181,7 +195,7 @@ class Op:
 
     def url(self, side: Side) -> str:
         task_id = side.tasks.get(self.target or "", 0)
-        return API + self.path.format(task=task_id, unit=side.unit_id, schedule=side.schedule)
+        return API + self.path.format(task=task_id, unit=side.unit_id, schedule=side.schedule, webhook=side.webhook)
 
 
 def _report(extra: dict[str, Any]) -> Body:
@@ -202,6 +216,20 @@ OPS = [
     Op("task-stats", "get", "/tasks/stats", "tasks:read", 200),
     Op("redrive", "post", "/tasks/redrive", "tasks:write", 200, body=lambda s: {}),
     Op("get-task", "get", "/tasks/{task}", "tasks:read", 200, "running", unit_may=True),
+    Op("wait-task", "get", "/tasks/{task}?waitFor=terminal&waitSeconds=0", "tasks:read", 200, "running", unit_may=True),
+    Op("events", "get", "/events?lastEventId=0", "tasks:read", 200),
+    Op("list-webhooks", "get", "/webhooks", "tasks:read", 200),
+    Op(
+        "create-webhook",
+        "post",
+        "/webhooks",
+        "tasks:write",
+        201,
+        body=lambda s: {"url": "https://93.184.216.34/new", "events": ["COMPLETED"]},
+    ),
+    Op("get-webhook", "get", "/webhooks/{webhook}", "tasks:read", 200, "webhook"),
+    Op("webhook-deliveries", "get", "/webhooks/{webhook}/deliveries", "tasks:read", 200, "webhook"),
+    Op("delete-webhook", "delete", "/webhooks/{webhook}", "tasks:write", 204, "webhook"),
     Op("patch-task", "patch", "/tasks/{task}", "tasks:write", 200, "pending", body=lambda s: {"name": "renamed"}),
     Op("delete-task", "delete", "/tasks/{task}", "tasks:write", 204, "pending"),
     Op(
@@ -310,7 +338,7 @@ def expected_status(principal: str, op: Op, target: str) -> int:
         return 403
     if op.name in ("heartbeat", "claim"):
         return op.ok if own else 403  # a unit acts only for itself
-    if op.name in ("get-unit", "get-task", "patch-unit"):
+    if op.name in ("get-unit", "get-task", "wait-task", "patch-unit"):
         return op.ok if own else 404  # it sees only itself and the tasks leased to it
     if op.name in BATCH_REPORTS:
         return op.ok  # the batch answers 200; each item for a task it does not hold is fenced (409 inside)
@@ -334,7 +362,9 @@ def _call(caller: JsonClient, op: Op, target: Side) -> Any:
 
 
 def _assert_no_leak(response: Any, forbidden: list[str], what: str) -> None:
-    text = response.content.decode("utf-8", "replace")
+    # An event stream (GET /events) is read to its end: it ends after EVENTS_STREAM_MAX_SECONDS here.
+    raw = b"".join(response.streaming_content) if response.streaming else response.content
+    text = raw.decode("utf-8", "replace")
     for secret in forbidden:
         assert secret not in text, f"{what}: response carries {secret!r}: {text[:400]}"
 

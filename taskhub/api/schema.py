@@ -37,6 +37,7 @@ OPERATION_IDS = {
     ("POST", "tasks/{}/logs"): "writeTaskLogs",
     ("POST", "tasks/{}/progress"): "reportTaskProgress",
     ("PUT", "tasks/{}/status"): "changeTaskStatus",
+    ("GET", "webhooks/{}/deliveries"): "listWebhookDeliveries",
 }
 _ITEM_VERBS = {"GET": "get", "PATCH": "update", "PUT": "replace", "DELETE": "delete", "POST": "create"}
 

@@ -14,6 +14,8 @@ from django.conf import settings
 
 from taskhub.jobs.rollups import write_rollups
 from taskhub.schedules.firing import fire_schedules, schedule_tick
+from taskhub.webhooks.delivery import deliver_due_webhooks
+from taskhub.webhooks.outbox import JOB_NAME as DELIVER_WEBHOOKS
 from tasks.jobs import fail_timeouts, move_due_retries, purge_old_logs
 from tasks.retention import prune_tasks
 from units.sweeper import sweep_job
@@ -45,6 +47,8 @@ JOBS: dict[str, Job] = {
         Job("move_due_retries", move_due_retries, _sweep_interval),
         Job("fail_timeouts", fail_timeouts, _sweep_interval),
         Job("purge_old_logs", purge_old_logs, lambda: 3600.0),
+        # Also enqueued by every commit that wrote outbox rows (taskhub/webhooks/outbox.py:kick).
+        Job(DELIVER_WEBHOOKS, deliver_due_webhooks, lambda: float(settings.WEBHOOK_POLL_INTERVAL)),
         Job("rollup_minute", write_rollups, lambda: 60.0),  # the console's per-minute time-series
         Job("prune_tasks", prune_tasks, lambda: 30.0),
         Job("fire_schedules", fire_schedules, schedule_tick),

@@ -308,7 +308,11 @@ class Core:
         deadline = math.inf if timeout is None else self.clock() + timeout
         polls = 0
         while True:
-            ask = int(min(LONG_POLL_MAX, deadline - self.clock()))
+            # Whole seconds, rounded: the time left just after a call (2.99 s of a 3 s wait) is
+            # asked as 3, not cut to 2 and followed by a second of polling. The last second before
+            # the deadline is plain gets.
+            left = min(LONG_POLL_MAX, deadline - self.clock())
+            ask = int(left + 0.5) if left >= 1 else 0
             if self.long_poll is not False and ask >= 1:
                 started = self.clock()
                 body = yield from self.get_json(

@@ -86,6 +86,11 @@ class Hub:
             # filesystem broker can crash the worker (a message read before it is written), and
             # runhub then stops the whole hub.
             SWEEP_INTERVAL="3600",
+            # Under gunicorn's threads (WSGI) an event stream holds a thread while it is open; a
+            # closed client frees it at the next heartbeat write, and every stream ends (the SDK
+            # resumes it) after a while: the tests' streams never starve the hub of threads.
+            EVENTS_HEARTBEAT_SECONDS="1",
+            EVENTS_STREAM_MAX_SECONDS="30",
             PYTHONUNBUFFERED="1",
         )
         self.port = free_port()

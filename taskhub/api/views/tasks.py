@@ -4,6 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
@@ -13,6 +14,7 @@ from rest_framework.response import Response
 
 from taskhub.api.pagination import page_serializer, paginate
 from taskhub.api.principals import principal_of
+from taskhub.api.serializers.results import TaskWaitQuerySerializer
 from taskhub.api.serializers.tasks import (
     CompleteSerializer,
     FailSerializer,
@@ -32,9 +34,11 @@ from taskhub.api.serializers.tasks import (
     TaskSerializer,
     TaskUpdateSerializer,
 )
+from taskhub.api.streaming import held_task
 from taskhub.api.validation import query_params, validated
 from taskhub.base.errors import NotFound
 from tasks import services
+from tasks.events import is_done
 from tasks.models import Task
 from tasks.selectors import TaskFilters, filter_tasks, task_stats, visible_tasks
 from tasks.transitions import reports, verbs
@@ -223,9 +227,24 @@ class TaskViewSet(viewsets.ViewSet):
         body = validated(ReportBatchSerializer, request.data)
         return Response({"items": reports.report_attempts(self._unit_id(request), body["reports"])})
 
-    @extend_schema(responses=TaskSerializer, summary="Get a task")
-    def retrieve(self, request: Request, pk: str) -> Response:
-        return Response(TaskSerializer(self._get(request, pk)).data)
+    @extend_schema(
+        parameters=[TaskWaitQuerySerializer],
+        responses=TaskSerializer,
+        summary="Get a task; with waitFor=terminal, once it is done or waitSeconds pass",
+        description="With `waitFor=terminal` the hub holds the request (no thread or database connection "
+        "while it waits, under ASGI) until the task is COMPLETED, CANCELLED, or FAILED with no automatic "
+        "retry pending, or `waitSeconds` (default and maximum TASK_WAIT_MAX_SECONDS) pass, and answers the "
+        "task as it is then: a task not done after the wait is a 200 too. See docs/clients.md.",
+    )
+    def retrieve(self, request: Request, pk: str) -> Response | StreamingHttpResponse:
+        q = validated(TaskWaitQuerySerializer, query_params(request))
+        task = self._get(request, pk)
+        body = TaskSerializer(task).data
+        limit = settings.TASK_WAIT_MAX_SECONDS  # read now: the schema's maximum is the value at start-up
+        seconds = min(q.get("waitSeconds", limit), limit) if "waitFor" in q else 0
+        if seconds > 0 and not is_done(task.status, task.next_retry_at):
+            return held_task(request, principal_of(request), task.pk, seconds, body)
+        return Response(body)
 
     @extend_schema(
         request=TaskUpdateSerializer,

@@ -1,5 +1,5 @@
-"""The console's admin pages: tasks, execution units and API keys, registered on the console site."""
+"""The console's admin pages: tasks, execution units, API keys and webhooks, registered on the console site."""
 
-from taskhub.console.admin import apikeys, schedules, tasks, units
+from taskhub.console.admin import apikeys, schedules, tasks, units, webhooks
 
-__all__ = ["apikeys", "schedules", "tasks", "units"]
+__all__ = ["apikeys", "schedules", "tasks", "units", "webhooks"]
