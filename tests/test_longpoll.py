@@ -242,3 +242,38 @@ def test_sigterm_mid_wait_stops_the_unit_without_sitting_out_its_long_poll(tmp_p
             assert _claims_logged(hub, "t1") == 1  # the waiting claim ended (and nothing polled)
         finally:
             unit.stop(2)
+
+
+@pytest.mark.slow
+def test_the_hubs_own_server_streams_each_event_as_it_happens_and_holds_waits_in_the_loop(tmp_path):
+    """Through runhub's ASGI server (not Django's test client): GET /events answers at once and sends
+    an event while the stream is still open, and a `waitFor` read answers when the task ends. Sent
+    through the sync thread pool instead (taskhub.asgi), a held response is read whole (here: 60 s)
+    before its first byte, so the stream's headers would not arrive within the timeout."""
+    import urllib.request
+
+    with running_hub(tmp_path, EVENTS_STREAM_MAX_SECONDS="60", EVENTS_HEARTBEAT_SECONDS="30") as hub:
+        request = urllib.request.Request(f"{hub.base}/events?mine=true", headers={"Authorization": f"Bearer {hub.key}"})
+        with urllib.request.urlopen(request, timeout=20) as stream:
+            task = hub.api("POST", "/tasks", {"name": "sse", "taskType": "lp", "priority": 1, "config": {}})
+            data = ""
+            while not data:
+                line = stream.readline().decode()
+                assert line, "the stream ended before its first event"
+                data = line[len("data:") :] if line.startswith("data:") else ""
+        event = json.loads(data)
+        assert (event["taskId"], event["toStatus"]) == (task["id"], "PENDING")
+
+        got: dict[str, Any] = {}
+
+        def wait() -> None:
+            got["reply"] = call(hub.base, "GET", f"/tasks/{task['id']}?waitFor=terminal&waitSeconds=20", hub.key, None)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive()  # held: the task is not terminal yet
+        hub.api("PUT", f"/tasks/{task['id']}/status", {"status": "CANCELLED", "reason": "done waiting"})
+        waiter.join(15)
+        status, reply = got["reply"]
+        assert status == 200 and reply["status"] == "CANCELLED"
