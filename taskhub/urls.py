@@ -10,12 +10,14 @@ from taskhub.api import health
 from taskhub.api.errors import handler404 as handler404_view
 from taskhub.api.index import ApiIndexView, ApiIndexWithoutSlashView, favicon
 from taskhub.api.metrics import metrics_view
+from taskhub.api.views.queues import QueueViewSet
 from taskhub.api.views.tasks import TaskViewSet
 from taskhub.api.views.units import UnitViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("tasks", TaskViewSet, basename="task")
 router.register("execution-units", UnitViewSet, basename="unit")
+router.register("queues", QueueViewSet, basename="queue")
 
 
 class PublicSchemaView(SpectacularAPIView):

@@ -35,6 +35,7 @@ log = logging.getLogger("taskhub_unit.agent")
 
 Handler = Callable[[TaskContext], Any]
 OFFLINE = "OFFLINE"
+MAX_QUEUE_WAIT = 60.0  # the longest a paused or rate-limited queue makes the agent wait between claims
 __all__ = ["Agent", "AgentConfig", "RegistrationRefused", "UnitInUse"]
 
 
@@ -97,6 +98,7 @@ class Agent:
         self._token_lock = threading.Lock()
         self._heartbeat_failures = 0
         self._claim_failures = 0
+        self._queue_paused = False
         self._registered = False  # once: later registrations never `replace`
         self.drain_notes = DrainNotes(config.unit_id)
 
@@ -340,7 +342,21 @@ class Agent:
             self._start(task)
         if tasks and len(tasks) == wanted:
             return now  # the queue may hold more: claim again as soon as a slot is free
-        return self.clock() + poll
+        return self.clock() + max(poll, self._queue_hold(reply, got=bool(tasks)))
+
+    def _queue_hold(self, reply: dict[str, Any], *, got: bool) -> float:
+        """How long the hub asked us to wait (its queue is paused or its rate limit is used up):
+        claiming sooner would only spin. Capped, so a resume is seen within a minute."""
+        queue = reply.get("queue") or {}
+        wait = queue.get("retryAfterSeconds")
+        paused = bool(queue.get("paused"))
+        if paused != self._queue_paused:
+            self._queue_paused = paused
+            state = "paused: backing off" if paused else "claimable again"
+            log.info("queue %s is %s", queue.get("taskType", "") or self.config.unit_id, state)
+        if got or not isinstance(wait, int | float) or wait <= 0:
+            return 0.0
+        return min(float(wait), MAX_QUEUE_WAIT)
 
     def _start(self, task: dict[str, Any]) -> None:
         ctx = TaskContext(task, unit_id=self.config.unit_id, data_dir=self.config.data_dir)

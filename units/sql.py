@@ -3,16 +3,20 @@ taskhub.base.sql for why): the unit row lock, the heartbeat's UPDATE, the claim'
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
 
 from taskhub.base.rowload import fetch_models
-from taskhub.base.sql import db_datetime, execute, for_update, lock_columns, qn
+from taskhub.base.sql import db_datetime, execute, for_update, lock_columns, qn, scalar
+from tasks.models import QueueSettings, Task
+from tasks.states import TaskStatus
 from units.models import ExecutionUnit
 
 TABLE = ExecutionUnit._meta.db_table
+TASK_TABLE = Task._meta.db_table
 
 
 def lock_unit_row(unit_id: str) -> ExecutionUnit | None:
@@ -54,3 +58,67 @@ def save_heartbeat(
     sets.append(f"{qn('updated_at')} = %s")
     params += [stamp, unit_id]
     execute(f"UPDATE {qn(TABLE)} SET {', '.join(sets)} WHERE {qn('id')} = %s", params)
+
+
+# --- the claim of a queue with settings (tasks.models.QueueSettings) ------------------------------
+
+QUEUE_TABLE = QueueSettings._meta.db_table
+# What the claim reads of a queue's settings row, in this order (see units.claim.QueueRules).
+QUEUE_COLUMNS = (
+    "task_type",
+    "paused",
+    "max_running",
+    "per_key_concurrency",
+    "rate_limit",
+    "rate_period",
+    "key_rate_limit",
+    "key_rate_period",
+    "rate_starts",
+)
+
+
+def lock_unit_for_claim(unit_id: str, columns: tuple[str, ...]) -> tuple[Any, ...] | None:
+    """The claim's unit row lock, joined to the unit type's queue settings row: the unit's `columns`,
+    then QUEUE_COLUMNS (NULLs when the queue has no settings). One statement, as before queues
+    existed: a queue with no settings costs the claim nothing more. When the row exists, FOR UPDATE
+    locks it too (InnoDB locks the rows a locking join reads, in both tables), which serialises the
+    claims of a queue with settings across every node for the rest of the claim's transaction."""
+    assert transaction.get_connection().in_atomic_block
+    names = ", ".join([*(f"u.{qn(c)}" for c in columns), *(f"q.{qn(c)}" for c in QUEUE_COLUMNS)])
+    statement = (
+        f"SELECT {names} FROM {qn(TABLE)} u LEFT JOIN {qn(QUEUE_TABLE)} q ON q.{qn('task_type')} = u.{qn('unit_type')}"
+        f" WHERE u.{qn('id')} = %s{for_update()}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [unit_id])
+        row = cursor.fetchone()
+    return tuple(row) if row is not None else None
+
+
+def running_of_type(task_type: str) -> int:
+    """RUNNING tasks of a type: a range of task_running_key_idx (status, task_type, concurrency_key)."""
+    return int(
+        scalar(
+            f"SELECT COUNT(*) FROM {qn(TASK_TABLE)} WHERE {qn('status')} = %s AND {qn('task_type')} = %s",
+            [TaskStatus.RUNNING, task_type],
+        )
+    )
+
+
+def running_by_key(task_type: str) -> dict[str, int]:
+    """RUNNING tasks of a type with a concurrency key, counted by key: the same range, grouped in
+    index order (no temporary table). As many rows as keys running, which the limits bound."""
+    statement = (
+        f"SELECT {qn('concurrency_key')}, COUNT(*) FROM {qn(TASK_TABLE)} WHERE {qn('status')} = %s"
+        f" AND {qn('task_type')} = %s AND {qn('concurrency_key')} <> '' GROUP BY {qn('concurrency_key')}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [TaskStatus.RUNNING, task_type])
+        return {str(key): int(n) for key, n in cursor.fetchall()}
+
+
+def save_queue_starts(task_type: str, starts: list[float]) -> None:
+    execute(
+        f"UPDATE {qn(QUEUE_TABLE)} SET {qn('rate_starts')} = %s WHERE {qn('task_type')} = %s",
+        [json.dumps(starts), task_type],
+    )

@@ -32,7 +32,7 @@ from taskhub.api.serializers.units import (
 from taskhub.api.validation import query_params, validated
 from taskhub.base.errors import Forbidden, NotFound
 from units import lifecycle, services
-from units.claim import claim_tasks_with_status
+from units.claim import claim
 from units.models import ExecutionUnit, UnitStatus
 from units.selectors import unit_stats, visible_units
 
@@ -179,8 +179,11 @@ class UnitViewSet(viewsets.ViewSet):
     def claim(self, request: Request, pk: str) -> Response:
         body = validated(ClaimSerializer, request.data)
         self._refuse_a_replaced_instance(request, body.get("instance_id", ""))
-        tasks, unit_status = claim_tasks_with_status(self._own_unit_id(request, pk), body["max"], now=timezone.now())
-        return Response({"items": claimed_tasks(tasks), "unitStatus": str(unit_status)})
+        result = claim(self._own_unit_id(request, pk), body["max"], now=timezone.now())
+        reply = {"items": claimed_tasks(result.tasks), "unitStatus": str(result.unit_status)}
+        if result.hold is not None:
+            reply["queue"] = result.hold.as_reply()
+        return Response(reply)
 
     @extend_schema(responses=UnitStats, summary="Units by status, capacity and utilisation")
     @action(detail=False, methods=["get"])
