@@ -70,6 +70,10 @@ class Task(models.Model):
 
     # Tasks sharing a key are limited together by their queue's perKeyConcurrency / key rate limit.
     concurrency_key = models.CharField(max_length=255, blank=True, default="", db_default="")
+    # Set by a limited queue's claim on PENDING tasks of a key at its limit (out of the claim's index
+    # range, so claims do not scan them), cleared by the claim when the key has room again and by
+    # every entry into PENDING.
+    held_back = models.BooleanField(default=False, db_default=False)
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
 
@@ -82,12 +86,15 @@ class Task(models.Model):
         db_table = "tasks"
         ordering = ["-id"]
         indexes = [
-            # The claim: WHERE status='PENDING' AND task_type=? ORDER BY priority DESC, id. The key last:
-            # a limited queue's claim skips the tasks of held-back keys inside the index (index
-            # condition pushdown), without reading their rows.
-            models.Index(fields=["status", "task_type", "-priority", "id", "concurrency_key"], name="task_claim_idx"),
-            # A limited queue's counts under its lock: RUNNING by type (a range) and by key (grouped, in order).
-            models.Index(fields=["status", "task_type", "concurrency_key"], name="task_running_key_idx"),
+            # The claim: WHERE status='PENDING' AND task_type=? AND held_back=0 ORDER BY priority DESC, id.
+            # Tasks a limited queue holds back (their key is at its limit) are outside its range.
+            models.Index(fields=["status", "task_type", "held_back", "-priority", "id"], name="task_claim_idx"),
+            # A limited queue's reads under its lock: RUNNING by type (a range) and by key (grouped in
+            # index order), and the release of a key's most urgent held-back tasks (one range each).
+            models.Index(
+                fields=["status", "task_type", "concurrency_key", "held_back", "-priority", "id"],
+                name="task_running_key_idx",
+            ),
             models.Index(fields=["status", "next_retry_at"], name="task_retry_due_idx"),
             models.Index(fields=["status", "timeout_at"], name="task_timeout_due_idx"),
             # The sweeper's poll of leases run out. Only RUNNING tasks that no unit holds have one, and
@@ -202,6 +209,8 @@ class QueueSettings(models.Model):
     key_rate_period = models.PositiveIntegerField(null=True, blank=True, help_text="... per window of these seconds.")
     # The queue's sliding-window log: the epoch seconds of its last starts (at most rate_limit of them).
     rate_starts = models.JSONField(default=list, blank=True)
+    # The concurrency keys with held-back PENDING tasks (Task.held_back): the claim releases them.
+    held_keys = models.JSONField(default=list, blank=True)
     default_max_retries = models.PositiveIntegerField(null=True, blank=True)
     default_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
     default_priority = models.IntegerField(null=True, blank=True)

@@ -6,7 +6,6 @@ decisions; what each statement does is said here once.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,9 +22,12 @@ TABLE = Task._meta.db_table
 
 
 def claimable(task_type: str, now: datetime):  # type: ignore[no-untyped-def]
-    """PENDING tasks of `task_type` due by `now`, most urgent first: the claim's query, served by
-    `task_claim_idx (status, task_type, priority DESC, id)` with no filesort."""
-    return Task.objects.filter(status=S.PENDING, task_type=task_type, available_at__lte=now).order_by("-priority", "id")
+    """PENDING tasks of `task_type` due by `now` and not held back by their queue's key limits
+    (Task.held_back), most urgent first: the claim's query, served by
+    `task_claim_idx (status, task_type, held_back, priority DESC, id)` with no filesort."""
+    return Task.objects.filter(status=S.PENDING, task_type=task_type, held_back=False, available_at__lte=now).order_by(
+        "-priority", "id"
+    )
 
 
 _TYPE_MARK = "\x00claim task type"
@@ -50,16 +52,8 @@ def claim_statement(task_type: str, now: datetime, limit: int) -> tuple[str, lis
     return sql, [task_type if p == _TYPE_MARK else stamp if p == marked_now else p for p in template]
 
 
-def lock_claimable(task_type: str, now: datetime, limit: int, *, exclude_keys: Collection[str] = ()) -> list[Task]:
-    """Whole rows, locked (SKIP LOCKED: concurrent claimers take others): what the unit gets back.
-
-    `exclude_keys` (a limited queue's held-back concurrency keys): the same query with
-    `AND NOT (concurrency_key IN (...))`, on the same index, whose last column is the key: a held-back
-    task is passed over inside the index (index condition pushdown), its row never read."""
-    if exclude_keys:
-        qs = claimable(task_type, now).exclude(concurrency_key__in=sorted(exclude_keys))
-        sql, params = qs.select_for_update(skip_locked=True)[:limit].query.sql_with_params()
-        return fetch_models(Task, sql, list(params))
+def lock_claimable(task_type: str, now: datetime, limit: int) -> list[Task]:
+    """Whole rows, locked (SKIP LOCKED: concurrent claimers take others): what the unit gets back."""
     sql, params = claim_statement(task_type, now, limit)
     return fetch_models(Task, sql, params)
 

@@ -48,6 +48,8 @@ UNIT_COLUMNS = ("id", "status", "capacity", "unit_type")
 # Per-key rooms are applied to the locked rows: read this many times `wanted` (at most 100) so that
 # one key's tasks at the head of the queue do not leave the claim short.
 KEY_LOOKAHEAD = 4
+HOLD_CHUNK = 1000  # a full key's PENDING tasks taken out of the claim's range per claim, at most
+KEY_ROUNDS = 3  # locked reads per claim at most, when the first ones met held-back keys
 PAUSED_RETRY_SECONDS = 5.0  # what a paused queue's claim reply tells the agent to wait
 
 
@@ -84,14 +86,20 @@ class QueueRules:
     key_rate_limit: int | None
     key_rate_period: int | None
     rate_starts: list[float]
+    held_keys: list[str]
 
     @classmethod
     def from_row(cls, values: tuple[Any, ...]) -> QueueRules | None:
         if values[0] is None:
             return None
-        starts = values[8]
-        starts = json.loads(starts) if isinstance(starts, str | bytes) else (starts or [])
-        return cls(str(values[0]), bool(values[1]), *values[2:8], rate_starts=[float(s) for s in starts])
+        starts, held = (json.loads(v) if isinstance(v, str | bytes) else (v or []) for v in values[8:10])
+        return cls(
+            str(values[0]), bool(values[1]), *values[2:8], rate_starts=[float(s) for s in starts], held_keys=list(held)
+        )
+
+    @property
+    def keyed(self) -> bool:
+        return self.per_key_concurrency is not None or self.key_rate_limit is not None
 
 
 @dataclass
@@ -162,6 +170,9 @@ def _claim_limited(
             wanted = max(free, 0)
     window: list[float] | None = None
     if rules.rate_limit is not None and rules.rate_period is not None:
+        # Each log reads as a clock that never goes back: a claim whose `now` was read before it
+        # waited for the lock counts (and records) its start no earlier than the last one.
+        now_ts = max([now_ts, *rules.rate_starts])
         window = _window(rules.rate_starts, rules.rate_period, now_ts)
         left = rules.rate_limit - len(window)
         if left < wanted:
@@ -169,37 +180,65 @@ def _claim_limited(
             wanted = max(left, 0)
     key_room, key_windows = _key_rooms(unit_type, rules, now, now_ts)
     tasks: list[Task] = []
-    if wanted > 0:
-        blocked = {key for key, n in key_room.items() if n <= 0}
-        keyed = rules.per_key_concurrency is not None or rules.key_rate_limit is not None
-        fetch = min(100, wanted * KEY_LOOKAHEAD) if keyed else wanted
+    held_keys = _release_keys(unit_type, rules, key_room) if rules.keyed else set()
+    for _ in range(KEY_ROUNDS if rules.keyed else 1):
+        need = wanted - len(tasks)
+        if need <= 0:
+            break
+        held: set[str] = set()  # keys met at their limit in this read
 
-        def pick(rows: list[Task]) -> list[Task]:
+        def pick(rows: list[Task], need: int = need, held: set[str] = held) -> list[Task]:
             chosen: list[Task] = []
             for task in rows:
-                if len(chosen) == wanted:
+                if len(chosen) == need:
                     break
                 key = task.concurrency_key
-                if keyed and key:
+                if key:
                     left = key_room.get(key, _fresh_key_room(rules))
                     if left <= 0:
+                        held.add(key)
                         continue
                     key_room[key] = left - 1
                 chosen.append(task)
             return chosen
 
-        tasks = lease_to_unit(unit_pk, unit_type, fetch, now, exclude_keys=blocked, pick=pick)
-        if blocked:
-            hold.held_by.append("keyLimits")
+        fetch = min(100, need * KEY_LOOKAHEAD) if rules.keyed else need
+        got = lease_to_unit(unit_pk, unit_type, fetch, now, pick=pick if rules.keyed else None)
+        tasks += got
+        for key in held:  # out of the claim's range, all of the key's PENDING tasks (a chunk per claim)
+            sql.hold_key(unit_type, key, HOLD_CHUNK)
+            held_keys.add(key)
+        if not held or len(got) == need:
+            break  # nothing held back: the queue has no more to give (or the claim is full)
+    if rules.keyed and set(rules.held_keys) != held_keys:
+        sql.save_held_keys(unit_type, sorted(held_keys))
+    if rules.keyed and held_keys and "keyLimits" not in hold.held_by and len(tasks) < wanted:
+        hold.held_by.append("keyLimits")
     _record_starts(unit_type, rules, window, key_windows, tasks, now, now_ts)
     if window is not None and rules.rate_limit is not None and rules.rate_period is not None:
         window = window + [now_ts] * len(tasks)
         if len(window) >= rules.rate_limit:
             next_ts = window[len(window) - rules.rate_limit] + rules.rate_period
-            hold.next_start_at = now + timedelta(seconds=next_ts - now_ts)
+            hold.next_start_at = now + timedelta(seconds=next_ts - now.timestamp())
             if "rateLimit" in hold.held_by or not tasks:
-                hold.retry_after = max(0.0, next_ts - now_ts)
+                hold.retry_after = max(0.0, next_ts - now.timestamp())
     return tasks, (hold if hold.held_by or hold.next_start_at else None)
+
+
+def _release_keys(unit_type: str, rules: QueueRules, key_room: dict[str, float]) -> set[str]:
+    """Put back, for each key with held-back tasks that has room again, as many of its most urgent
+    held-back tasks as it has room for; a key with none left is no longer held. Returns the keys
+    still holding tasks back."""
+    still: set[str] = set()
+    for key in rules.held_keys:
+        room = key_room.get(key, _fresh_key_room(rules))
+        if room <= 0:
+            still.add(key)
+            continue
+        n = int(min(room, 100))
+        if sql.release_held(unit_type, key, n) == n:
+            still.add(key)  # maybe more behind them
+    return still
 
 
 def _fresh_key_room(rules: QueueRules) -> float:
@@ -223,7 +262,8 @@ def _key_rooms(
         for key, starts in QueueKeyWindow.objects.filter(task_type=unit_type, last_start_at__gt=since).values_list(
             "concurrency_key", "starts"
         ):
-            windows[key] = _window([float(s) for s in starts], rules.key_rate_period, now_ts)
+            starts = [float(s) for s in starts]
+            windows[key] = _window(starts, rules.key_rate_period, max([now_ts, *starts]))
             left = rules.key_rate_limit - len(windows[key])
             rooms[key] = min(rooms.get(key, math.inf), left)
     if rules.per_key_concurrency is not None:
@@ -263,7 +303,8 @@ def _record_starts(
     limit = rules.key_rate_limit
     new = []
     for key, n in started.items():
-        starts = (key_windows.get(key, []) + [now_ts] * n)[-limit:]
+        window = key_windows.get(key, [])
+        starts = (window + [max([now_ts, *window])] * n)[-limit:]
         if key in known:
             QueueKeyWindow.objects.filter(task_type=unit_type, concurrency_key=key).update(
                 starts=starts, last_start_at=now

@@ -34,6 +34,7 @@ from tasks.queues import (
     record_queue_change,
     settings_reply,
 )
+from units import sql
 from units.models import ExecutionUnit
 from units.states import CLAIMING
 
@@ -80,6 +81,9 @@ def update_queue_settings(
         row.rate_starts = (row.rate_starts or [])[-(row.rate_limit or 1) :] if row.rate_limit else []
     if "keyRateLimit" in diff and row.key_rate_limit is None:
         QueueKeyWindow.objects.filter(task_type=task_type).delete()
+    if row.per_key_concurrency is None and row.key_rate_limit is None and row.held_keys:
+        sql.release_all_held(task_type)  # no key limit left: nothing may stay held back
+        row.held_keys = []
     row.updated_at = now
     if created:
         row.save(force_insert=True)

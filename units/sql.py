@@ -74,6 +74,7 @@ QUEUE_COLUMNS = (
     "key_rate_limit",
     "key_rate_period",
     "rate_starts",
+    "held_keys",
 )
 
 
@@ -121,4 +122,47 @@ def save_queue_starts(task_type: str, starts: list[float]) -> None:
     execute(
         f"UPDATE {qn(QUEUE_TABLE)} SET {qn('rate_starts')} = %s WHERE {qn('task_type')} = %s",
         [json.dumps(starts), task_type],
+    )
+
+
+def save_held_keys(task_type: str, keys: list[str]) -> None:
+    execute(
+        f"UPDATE {qn(QUEUE_TABLE)} SET {qn('held_keys')} = %s WHERE {qn('task_type')} = %s",
+        [json.dumps(sorted(keys)), task_type],
+    )
+
+
+def hold_key(task_type: str, key: str, limit: int) -> int:
+    """Take up to `limit` PENDING tasks of a key at its limit out of the claim's index range (one
+    range of task_running_key_idx, then an UPDATE by id): later claims do not read them again."""
+    return _set_held(task_type, key, limit, held=True)
+
+
+def _set_held(task_type: str, key: str, limit: int, *, held: bool) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {qn('id')} FROM {qn(TASK_TABLE)} WHERE {qn('status')} = %s AND {qn('task_type')} = %s"
+            f" AND {qn('concurrency_key')} = %s AND {qn('held_back')} = %s"
+            f" ORDER BY {qn('priority')} DESC, {qn('id')} LIMIT {int(limit)}",
+            [TaskStatus.PENDING, task_type, key, not held],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+    if ids:
+        marks = ", ".join(["%s"] * len(ids))
+        execute(f"UPDATE {qn(TASK_TABLE)} SET {qn('held_back')} = %s WHERE {qn('id')} IN ({marks})", [held, *ids])
+    return len(ids)
+
+
+def release_held(task_type: str, key: str, n: int) -> int:
+    """Put the `n` most urgent held-back tasks of a key back in the claim's range (the same range,
+    then an UPDATE by id). Returns how many there were."""
+    return _set_held(task_type, key, n, held=False)
+
+
+def release_all_held(task_type: str) -> int:
+    """A queue whose key limits are lifted: every held-back task of it back in the claim's range."""
+    return execute(
+        f"UPDATE {qn(TASK_TABLE)} SET {qn('held_back')} = %s WHERE {qn('status')} = %s AND {qn('task_type')} = %s"
+        f" AND {qn('held_back')} = %s",
+        [False, TaskStatus.PENDING, task_type, True],
     )

@@ -12,7 +12,7 @@ the others); history rows go through `tasks.history`.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 from django.conf import settings
@@ -44,16 +44,15 @@ def lease_to_unit(
     wanted: int,
     now: datetime,
     *,
-    exclude_keys: Collection[str] = (),
     pick: Callable[[list[Task]], list[Task]] | None = None,
 ) -> list[Task]:
     """PENDING -> RUNNING for up to `wanted` claimable tasks of `unit_type`, leased to the unit (the
     claim; the caller holds the unit row lock). The locked rows are what the unit gets back: the
     entry into RUNNING is applied to them in memory, and one UPDATE per distinct timeout (the only
     per-row value besides the attempt increment) writes the same values; one INSERT writes their
-    history rows. A limited queue's claim (units.claim) passes the keys it holds back and `pick`,
-    which chooses among the locked rows (the others stay PENDING, untouched)."""
-    tasks = sql.lock_claimable(unit_type, now, wanted, exclude_keys=exclude_keys) if wanted > 0 else []
+    history rows. A limited queue's claim (units.claim) passes `pick`, which chooses among the
+    locked rows (it may hold others back; the rest stay PENDING, untouched)."""
+    tasks = sql.lock_claimable(unit_type, now, wanted) if wanted > 0 else []
     if pick is not None:
         tasks = pick(tasks)
     groups: dict[int | None, list[Task]] = defaultdict(list)
