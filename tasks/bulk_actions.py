@@ -28,7 +28,9 @@ VERB_ACTIONS = ("cancel", "retry", "pause", "resume")
 REPRIORITIZABLE = sorted(status for status, fields in EDITABLE_FIELDS.items() if "priority" in fields)
 
 
-def matching_ids(queryset: QuerySet[Task], filters: TaskFilters, *, limit: int, search_window: int) -> tuple[list[int], bool]:
+def matching_ids(
+    queryset: QuerySet[Task], filters: TaskFilters, *, limit: int, search_window: int
+) -> tuple[list[int], bool]:
     """The ids a list filter matches in `queryset` (oldest first, up to `limit`) and whether more did."""
     qs, _ = filter_tasks(queryset, filters, search_window=search_window)
     ids = list(qs.order_by("id").values_list("id", flat=True)[: limit + 1])
@@ -38,7 +40,9 @@ def matching_ids(queryset: QuerySet[Task], filters: TaskFilters, *, limit: int, 
 def _why(exc: Exception) -> str:
     if isinstance(exc, VerbRefused):
         return "wrongStatus"
-    return {"NotFound": "notFound", "IllegalTransition": "wrongStatus"}.get(type(exc).__name__, getattr(exc, "code", "refused"))
+    return {"NotFound": "notFound", "IllegalTransition": "wrongStatus"}.get(
+        type(exc).__name__, getattr(exc, "code", "refused")
+    )
 
 
 def bulk_act(
@@ -65,9 +69,7 @@ def bulk_act(
             with transaction.atomic():
                 rows = dict(queryset.filter(pk__in=chunk).select_for_update().values_list("id", "status"))
                 editable = [i for i, status in rows.items() if status in REPRIORITIZABLE]
-                already = set(
-                    Task.objects.filter(pk__in=editable, priority=priority).values_list("id", flat=True)
-                )
+                already = set(Task.objects.filter(pk__in=editable, priority=priority).values_list("id", flat=True))
                 todo = [i for i in editable if i not in already]
                 Task.objects.filter(pk__in=todo).update(priority=priority, updated_at=now)
             changed += len(todo)

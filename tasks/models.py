@@ -194,7 +194,7 @@ class QueueSettings(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="queues",
-        help_text="The API key that first configured the queue (empty: an operator): only it (or an operator) sees and changes it.",
+        help_text="The API key that first configured the queue (empty: an operator); other keys do not see it.",
     )
     paused = models.BooleanField(default=False)
     paused_at = models.DateTimeField(null=True, blank=True)
@@ -250,6 +250,9 @@ class QueueKeyWindow(models.Model):
         ]
         # The claim reads only the windows of keys started within the period: a range of this index.
         indexes = [models.Index(fields=["task_type", "last_start_at"], name="queue_key_window_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.task_type}/{self.concurrency_key}"
 
 
 class QueueChange(models.Model):

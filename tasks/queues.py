@@ -33,7 +33,11 @@ SETTINGS_FIELDS = {
     "default_priority": "defaultPriority",
 }
 # What a new task of a queue takes from its settings when the request leaves it out.
-DEFAULTED = {"max_retries": "default_max_retries", "timeout_seconds": "default_timeout_seconds", "priority": "default_priority"}
+DEFAULTED = {
+    "max_retries": "default_max_retries",
+    "timeout_seconds": "default_timeout_seconds",
+    "priority": "default_priority",
+}
 
 
 def queue_settings_for(task_type: str) -> QueueSettings | None:
@@ -76,8 +80,7 @@ def apply_queue_defaults(rows: Iterable[dict[str, Any]]) -> None:
     if not types:
         return
     found = {
-        q["task_type"]: q
-        for q in QueueSettings.objects.filter(pk__in=types).values("task_type", *DEFAULTED.values())
+        q["task_type"]: q for q in QueueSettings.objects.filter(pk__in=types).values("task_type", *DEFAULTED.values())
     }
     if not found:
         return
@@ -99,7 +102,12 @@ def queue_counts(task_types: Iterable[str] | None, now: datetime) -> dict[str, d
     for row in qs.order_by().values("task_type", "status").annotate(n=Count("id")):
         entry = out.setdefault(row["task_type"], {"byStatus": dict.fromkeys(S.values, 0), "oldestDueAgeSeconds": None})
         entry["byStatus"][row["status"]] = row["n"]
-    due = qs.filter(status=S.PENDING, available_at__lte=now).order_by().values("task_type").annotate(oldest=Min("available_at"))
+    due = (
+        qs.filter(status=S.PENDING, available_at__lte=now)
+        .order_by()
+        .values("task_type")
+        .annotate(oldest=Min("available_at"))
+    )
     for row in due:
         if row["task_type"] in out:
             out[row["task_type"]]["oldestDueAgeSeconds"] = round((now - row["oldest"]).total_seconds(), 3)

@@ -80,7 +80,9 @@ def _worker(unit_id: str, total: int, role: str, out: Any) -> None:
             held = keep
             if role == "failover" and rounds % 7 == 0 and held:
                 with transaction.atomic():
-                    fail_over_tasks(Q(unit_id=unit_id), reason="test failover", actor=Actor.system("t"), now=timezone.now())
+                    fail_over_tasks(
+                        Q(unit_id=unit_id), reason="test failover", actor=Actor.system("t"), now=timezone.now()
+                    )
                 held = []
             if role == "changer" and rounds % 5 == 0:
                 update_queue_settings(
@@ -199,7 +201,9 @@ def test_rate_limit_admits_at_most_n_starts_in_any_window_across_processes():
     assert all(not r[2] for r in results), [r[2] for r in results]
     starts = sorted(
         (h.created_at.timestamp(), h.task.concurrency_key)
-        for h in TaskStatusHistory.objects.filter(task__task_type=T, to_status=TaskStatus.RUNNING).select_related("task")
+        for h in TaskStatusHistory.objects.filter(task__task_type=T, to_status=TaskStatus.RUNNING).select_related(
+            "task"
+        )
     )
     times = [t for t, _ in starts]
     print(f"starts={len(times)} in {seconds}s, limit {limit}/{period}s")

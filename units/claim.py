@@ -93,8 +93,18 @@ class QueueRules:
         if values[0] is None:
             return None
         starts, held = (json.loads(v) if isinstance(v, str | bytes) else (v or []) for v in values[8:10])
+        max_running, per_key, rate_limit, rate_period, key_rate_limit, key_rate_period = values[2:8]
         return cls(
-            str(values[0]), bool(values[1]), *values[2:8], rate_starts=[float(s) for s in starts], held_keys=list(held)
+            str(values[0]),
+            bool(values[1]),
+            max_running,
+            per_key,
+            rate_limit,
+            rate_period,
+            key_rate_limit,
+            key_rate_period,
+            rate_starts=[float(s) for s in starts],
+            held_keys=list(held),
         )
 
     @property

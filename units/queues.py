@@ -23,7 +23,6 @@ from taskhub.base.dbretry import retry_on_lock_error
 from taskhub.base.errors import Forbidden, InvalidInput, NotFound
 from taskhub.base.viewer import Viewer
 from tasks.models import QueueKeyWindow, QueueSettings, Task
-from tasks.states import TaskStatus
 from tasks.queues import (
     SETTINGS_FIELDS,
     can_change_queue,
@@ -34,6 +33,7 @@ from tasks.queues import (
     record_queue_change,
     settings_reply,
 )
+from tasks.states import TaskStatus
 from units import sql
 from units.models import ExecutionUnit
 from units.states import CLAIMING
@@ -74,7 +74,9 @@ def update_queue_settings(
     for limit, period in PAIRS:
         if (getattr(row, limit) is None) != (getattr(row, period) is None):
             missing = period if getattr(row, period) is None else limit
-            raise InvalidInput(SETTINGS_FIELDS[missing], f"{SETTINGS_FIELDS[limit]} and {SETTINGS_FIELDS[period]} go together")
+            raise InvalidInput(
+                SETTINGS_FIELDS[missing], f"{SETTINGS_FIELDS[limit]} and {SETTINGS_FIELDS[period]} go together"
+            )
     if "paused" in diff:
         row.paused_at, row.paused_by = (now, actor.label) if row.paused else (None, "")
     if "rateLimit" in diff or "ratePeriodSeconds" in diff:
@@ -93,7 +95,9 @@ def update_queue_settings(
     return row
 
 
-def set_paused(task_type: str, paused: bool, *, viewer: Viewer, actor: Actor, owner_id: int | None = None) -> QueueSettings:
+def set_paused(
+    task_type: str, paused: bool, *, viewer: Viewer, actor: Actor, owner_id: int | None = None
+) -> QueueSettings:
     """Pause or resume a queue (the API's PATCH {paused} and the console's action)."""
     return update_queue_settings(task_type, {"paused": paused}, viewer=viewer, actor=actor, owner_id=owner_id)
 
@@ -108,7 +112,9 @@ def known_task_types(viewer: Viewer) -> list[str]:
     return sorted(types - hidden)
 
 
-def queue_overview(viewer: Viewer, task_types: list[str] | None = None, *, now: datetime | None = None) -> list[dict[str, Any]]:
+def queue_overview(
+    viewer: Viewer, task_types: list[str] | None = None, *, now: datetime | None = None
+) -> list[dict[str, Any]]:
     """The API's view of queues: counts by status, oldest due age, running count, the units
     serving each (claiming units of the type), settings and the rate limits' next allowed start."""
     now = now or timezone.now()
@@ -172,10 +178,12 @@ def paused_queue_count() -> int:
     return QueueSettings.objects.filter(paused=True).count()
 
 
-def limited_queues() -> dict[str, dict[str, int | None]]:
-    """The queues with limits and their values (for /metrics)."""
-    return {
-        row["task_type"]: {k: row[k] for k in ("max_running", "per_key_concurrency", "rate_limit", "key_rate_limit")}
-        for row in QueueSettings.objects.values("task_type", "max_running", "per_key_concurrency", "rate_limit", "key_rate_limit")
-    }
+LIMITS = ("max_running", "per_key_concurrency", "rate_limit", "key_rate_limit")
 
+
+def limited_queues() -> dict[str, dict[str, int | None]]:
+    """The queues with settings and their limits (for /metrics)."""
+    return {
+        task_type: dict(zip(LIMITS, limits, strict=True))
+        for task_type, *limits in QueueSettings.objects.values_list("task_type", *LIMITS)
+    }

@@ -25,7 +25,9 @@ class QueueUpdateSerializer(serializers.Serializer):
     perKeyConcurrency = _limit("per_key_concurrency", "At most this many RUNNING per concurrencyKey (null: no limit).")
     rateLimit = _limit("rate_limit", "At most this many starts in any ratePeriodSeconds window.", MAX_RATE_LIMIT)
     ratePeriodSeconds = _limit("rate_period", "The rate limit's window, in seconds.", MAX_PERIOD)
-    keyRateLimit = _limit("key_rate_limit", "At most this many starts per concurrencyKey per keyRatePeriodSeconds.", MAX_RATE_LIMIT)
+    keyRateLimit = _limit(
+        "key_rate_limit", "At most this many starts per concurrencyKey per keyRatePeriodSeconds.", MAX_RATE_LIMIT
+    )
     keyRatePeriodSeconds = _limit("key_rate_period", "The per-key rate limit's window, in seconds.", MAX_PERIOD)
     defaultMaxRetries = serializers.IntegerField(
         min_value=0, max_value=100, required=False, allow_null=True, source="default_max_retries"
@@ -71,12 +73,18 @@ class QueueSerializer(serializers.Serializer):
     byStatus = serializers.DictField(child=serializers.IntegerField())
     depth = serializers.IntegerField(help_text="PENDING tasks.")
     running = serializers.IntegerField()
-    oldestDueAgeSeconds = serializers.FloatField(allow_null=True, help_text="How long the longest-waiting due task has waited.")
+    oldestDueAgeSeconds = serializers.FloatField(
+        allow_null=True, help_text="How long the longest-waiting due task has waited."
+    )
     units = QueueUnitsSerializer(help_text="Units of the type that claim (ONLINE or BUSY).")
     settings = QueueSettingsSerializer()
     hasSettings = serializers.BooleanField(help_text="False: the queue has never been configured.")
-    nextStartAt = serializers.DateTimeField(allow_null=True, help_text="When the rate limit next allows a start (null: no rate limit).")
-    owner = serializers.IntegerField(allow_null=True, help_text="The API key id that configured it (null: an operator, or nobody).")
+    nextStartAt = serializers.DateTimeField(
+        allow_null=True, help_text="When the rate limit next allows a start (null: no rate limit)."
+    )
+    owner = serializers.IntegerField(
+        allow_null=True, help_text="The API key id that configured it (null: an operator, or nobody)."
+    )
 
 
 class QueueChangeSerializer(serializers.Serializer):
@@ -102,11 +110,11 @@ class BulkFilterSerializer(serializers.Serializer):
     createdBefore = BoundedDateTimeField(required=False)
     concurrencyKey = serializers.CharField(max_length=255, required=False)
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
+    def to_internal_value(self, data: Any) -> Any:
+        unknown = set(data) - set(self.fields) if isinstance(data, dict) else set()
         if unknown:
             raise serializers.ValidationError({sorted(unknown)[0]: ["Unknown filter"]})
-        return attrs
+        return super().to_internal_value(data)
 
 
 BULK_ACTIONS = ("cancel", "retry", "pause", "resume", "reprioritize")

@@ -188,7 +188,9 @@ class ClaimQueueSerializer(serializers.Serializer):
         child=serializers.ChoiceField(choices=["paused", "maxRunning", "rateLimit", "keyLimits"]),
         help_text="What held the claim back.",
     )
-    nextStartAt = serializers.DateTimeField(allow_null=True, help_text="When the queue's rate limit next allows a start.")
+    nextStartAt = serializers.DateTimeField(
+        allow_null=True, help_text="When the queue's rate limit next allows a start."
+    )
     retryAfterSeconds = serializers.FloatField(
         allow_null=True, help_text="Claim again no sooner than this (paused, or the rate limit is used up)."
     )

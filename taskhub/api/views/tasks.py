@@ -249,17 +249,6 @@ class TaskViewSet(viewsets.ViewSet):
         return Response(TaskSerializer(task).data)
 
     @extend_schema(
-        request=RedriveSerializer,
-        summary="Retry FAILED tasks in bulk (the dead set)",
-        responses=inline_serializer(
-            "RedriveResult",
-            {
-                "retried": serializers.ListField(child=serializers.IntegerField()),
-                "skipped": serializers.DictField(child=serializers.CharField()),
-            },
-        ),
-    )
-    @extend_schema(
         request=BulkActionSerializer,
         responses=BulkResultSerializer,
         summary="Act on every task a list filter matches (cancel, retry, pause, resume, reprioritize), in chunks",
@@ -282,6 +271,17 @@ class TaskViewSet(viewsets.ViewSet):
         )
         return Response({**result, "truncated": truncated})
 
+    @extend_schema(
+        request=RedriveSerializer,
+        summary="Retry FAILED tasks in bulk (the dead set)",
+        responses=inline_serializer(
+            "RedriveResult",
+            {
+                "retried": serializers.ListField(child=serializers.IntegerField()),
+                "skipped": serializers.DictField(child=serializers.CharField()),
+            },
+        ),
+    )
     @action(detail=False, methods=["post"])
     def redrive(self, request: Request) -> Response:
         body = validated(RedriveSerializer, request.data)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
@@ -180,7 +182,7 @@ class UnitViewSet(viewsets.ViewSet):
         body = validated(ClaimSerializer, request.data)
         self._refuse_a_replaced_instance(request, body.get("instance_id", ""))
         result = claim(self._own_unit_id(request, pk), body["max"], now=timezone.now())
-        reply = {"items": claimed_tasks(result.tasks), "unitStatus": str(result.unit_status)}
+        reply: dict[str, Any] = {"items": claimed_tasks(result.tasks), "unitStatus": str(result.unit_status)}
         if result.hold is not None:
             reply["queue"] = result.hold.as_reply()
         return Response(reply)
