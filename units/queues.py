@@ -174,16 +174,20 @@ def queue_detail(viewer: Viewer, task_type: str, *, now: datetime | None = None)
     return entry
 
 
-def paused_queue_count() -> int:
-    return QueueSettings.objects.filter(paused=True).count()
+LIMITS = {
+    "max_running": "maxRunning",
+    "per_key_concurrency": "perKeyConcurrency",
+    "rate_limit": "rateLimit",
+    "rate_period": "ratePeriodSeconds",
+    "key_rate_limit": "keyRateLimit",
+    "key_rate_period": "keyRatePeriodSeconds",
+}
 
 
-LIMITS = ("max_running", "per_key_concurrency", "rate_limit", "key_rate_limit")
-
-
-def limited_queues() -> dict[str, dict[str, int | None]]:
-    """The queues with settings and their limits (for /metrics)."""
+def queue_settings_summary() -> dict[str, tuple[bool, dict[str, int | None]]]:
+    """Every queue with settings: whether it is paused and its limits by API name (/metrics, the
+    dashboard). One query."""
     return {
-        task_type: dict(zip(LIMITS, limits, strict=True))
-        for task_type, *limits in QueueSettings.objects.values_list("task_type", *LIMITS)
+        task_type: (bool(paused), dict(zip(LIMITS.values(), limits, strict=True)))
+        for task_type, paused, *limits in QueueSettings.objects.values_list("task_type", "paused", *LIMITS)
     }

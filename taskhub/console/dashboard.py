@@ -19,6 +19,7 @@ from django.utils import timezone
 from tasks.models import TaskStatusHistory
 from tasks.selectors import status_counts
 from tasks.states import ReasonCode, TaskStatus
+from units.queues import queue_settings_summary
 from units.selectors import unit_load
 from units.states import CLAIMING, UnitStatus
 
@@ -121,4 +122,14 @@ def dashboard_data(now: datetime | None = None) -> dict[str, Any]:
             "failedOver": sum(flow["failedOver"]),
         },
         "recentFailures": recent_failures(floor),
+        "queues": queue_cards(),
     }
+
+
+def queue_cards() -> list[dict[str, Any]]:
+    """The queues with settings: paused ones first, with their limits (one query)."""
+    cards = [
+        {"taskType": task_type, "paused": paused, "limits": {k: v for k, v in limits.items() if v is not None}}
+        for task_type, (paused, limits) in queue_settings_summary().items()
+    ]
+    return sorted(cards, key=lambda card: (not card["paused"], card["taskType"]))

@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
 from taskhub.base.actors import Actor
 from taskhub.base.errors import DomainError, NotFound
 from taskhub.console.actions import Outcome, back_to_next, run_all, selected_pks
+from tasks.bulk_actions import bulk_act
 from tasks.models import Task
 from tasks.states import TERMINAL, VERBS, Verb, can_move
 from tasks.transitions import verbs
@@ -52,6 +53,8 @@ class TaskActions(admin.ModelAdmin):
 
     def act(self, request: HttpRequest, queryset: QuerySet[Task], verb: Verb) -> HttpResponse | None:
         actor = Actor.operator(request.user.get_username())
+        if request.POST.get("select_across") == "1":
+            return _act_on_all_matching(request, queryset, verb, actor)
 
         def apply(pks: list[Any]) -> tuple[list[Any], dict[Any, DomainError]]:
             moved, refused = verbs.act(
@@ -64,6 +67,33 @@ class TaskActions(admin.ModelAdmin):
         )
         outcome.report(request)
         return back_to_next(request)
+
+
+BULK_LIMIT = 100_000  # "all N matching this filter": at most this many per run (chunked transactions)
+
+
+def _act_on_all_matching(
+    request: HttpRequest, queryset: QuerySet[Task], verb: Verb, actor: Actor
+) -> HttpResponse | None:
+    """ "Select all N" of the list's filter: every matching task (not only the first
+    MAX_ROWS_PER_ACTION), through the service of POST /tasks/bulk, in chunks."""
+    ids = list(queryset.order_by("pk").values_list("pk", flat=True)[: BULK_LIMIT + 1])
+    result = bulk_act(
+        ids[:BULK_LIMIT],
+        verb.name,
+        queryset=Task.objects.all(),
+        actor=actor,
+        reason=f"{verb.past} {ACTION_REASON} (all matching)",
+        live_unit=is_alive,
+    )
+    text = f"{verb.past.capitalize()} {result['changed']} of {result['matched']} matching tasks"
+    text += f" in {result['chunks']} chunk(s)."
+    if result["skipped"]:
+        text += " Not changed: " + ", ".join(f"{n} {why}" for why, n in result["skipped"].items()) + "."
+    messages.add_message(request, messages.SUCCESS if result["changed"] else messages.WARNING, text)
+    if len(ids) > BULK_LIMIT:
+        messages.warning(request, f"Only the first {BULK_LIMIT} matching were processed; run the action again.")
+    return back_to_next(request)
 
 
 def buttons(task: Task) -> list[tuple[str, str]]:
