@@ -57,7 +57,7 @@ def update_queue_settings(
     one audit row with what changed. A refused change changes nothing."""
     now = now or timezone.now()
     if not can_see_queue(viewer, task_type):
-        raise NotFound(f"Queue {task_type} not found")
+        raise NotFound("Queue not found (or configured by another API key)")
     row = QueueSettings.objects.select_for_update().filter(pk=task_type).first()
     if not can_change_queue(viewer, row):
         raise Forbidden(f"Queue {task_type} is configured by an operator; this API key cannot change it")
@@ -165,7 +165,7 @@ def _next_start(row: QueueSettings | None, now: datetime) -> str | None:
 
 def queue_detail(viewer: Viewer, task_type: str, *, now: datetime | None = None) -> dict[str, Any]:
     if not can_see_queue(viewer, task_type):
-        raise NotFound(f"Queue {task_type} not found")
+        raise NotFound("Queue not found (or configured by another API key)")
     entry = queue_overview(viewer, [task_type], now=now)[0]
     entry["changes"] = [
         {"at": c.created_at.isoformat(), "actorType": c.actor_type, "actor": c.actor, "changes": c.changes}
