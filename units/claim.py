@@ -190,7 +190,7 @@ def _claim_limited(
             wanted = max(left, 0)
     key_room, key_windows = _key_rooms(unit_type, rules, now, now_ts)
     tasks: list[Task] = []
-    held_keys = _release_keys(unit_type, rules, key_room) if rules.keyed else set()
+    held_keys = _release_keys(unit_type, rules, key_room, now) if rules.keyed else set()
     for _ in range(KEY_ROUNDS if rules.keyed else 1):
         need = wanted - len(tasks)
         if need <= 0:
@@ -235,7 +235,7 @@ def _claim_limited(
     return tasks, (hold if hold.held_by or hold.next_start_at else None)
 
 
-def _release_keys(unit_type: str, rules: QueueRules, key_room: dict[str, float]) -> set[str]:
+def _release_keys(unit_type: str, rules: QueueRules, key_room: dict[str, float], now: datetime) -> set[str]:
     """Put back, for each key with held-back tasks that has room again, as many of its most urgent
     held-back tasks as it has room for; a key with none left is no longer held. Returns the keys
     still holding tasks back."""
@@ -246,8 +246,8 @@ def _release_keys(unit_type: str, rules: QueueRules, key_room: dict[str, float])
             still.add(key)
             continue
         n = int(min(room, 100))
-        if sql.release_held(unit_type, key, n) == n:
-            still.add(key)  # maybe more behind them
+        if sql.release_held(unit_type, key, n, now) == n or sql.has_held(unit_type, key):
+            still.add(key)  # more behind them, or some not due yet
     return still
 
 

@@ -138,13 +138,14 @@ def hold_key(task_type: str, key: str, limit: int) -> int:
     return _set_held(task_type, key, limit, held=True)
 
 
-def _set_held(task_type: str, key: str, limit: int, *, held: bool) -> int:
+def _set_held(task_type: str, key: str, limit: int, *, held: bool, due_by: datetime | None = None) -> int:
+    due = f" AND {qn('available_at')} <= %s" if due_by is not None else ""
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT {qn('id')} FROM {qn(TASK_TABLE)} WHERE {qn('status')} = %s AND {qn('task_type')} = %s"
-            f" AND {qn('concurrency_key')} = %s AND {qn('held_back')} = %s"
+            f" AND {qn('concurrency_key')} = %s AND {qn('held_back')} = %s{due}"
             f" ORDER BY {qn('priority')} DESC, {qn('id')} LIMIT {int(limit)}",
-            [TaskStatus.PENDING, task_type, key, not held],
+            [TaskStatus.PENDING, task_type, key, not held, *([db_datetime(due_by)] if due_by is not None else [])],
         )
         ids = [row[0] for row in cursor.fetchall()]
     if ids:
@@ -153,10 +154,21 @@ def _set_held(task_type: str, key: str, limit: int, *, held: bool) -> int:
     return len(ids)
 
 
-def release_held(task_type: str, key: str, n: int) -> int:
-    """Put the `n` most urgent held-back tasks of a key back in the claim's range (the same range,
-    then an UPDATE by id). Returns how many there were."""
-    return _set_held(task_type, key, n, held=False)
+def release_held(task_type: str, key: str, n: int, now: datetime) -> int:
+    """Put the `n` most urgent held-back tasks of a key that are due by `now` back in the claim's
+    range (the same range, then an UPDATE by id). Returns how many there were."""
+    return _set_held(task_type, key, n, held=False, due_by=now)
+
+
+def has_held(task_type: str, key: str) -> bool:
+    """Whether a key still has held-back PENDING tasks (not due yet, say): one index probe."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {qn(TASK_TABLE)} WHERE {qn('status')} = %s AND {qn('task_type')} = %s"
+            f" AND {qn('concurrency_key')} = %s AND {qn('held_back')} = %s LIMIT 1",
+            [TaskStatus.PENDING, task_type, key, True],
+        )
+        return cursor.fetchone() is not None
 
 
 def release_all_held(task_type: str) -> int:
