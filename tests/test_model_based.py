@@ -3,7 +3,8 @@ scheduling functions (create, claim, heartbeat, unit reports with live and stale
 sweeper, retry mover and timeout job on a moving fake clock, cancel, pause, resume, retry,
 redrive, unit restarts, tasks a client starts without a unit: their lease, renewed by the
 client's log lines, and their requeue; and queue settings: pause, concurrency limits per queue and
-per concurrency key, rate limits, changed at any time, with I8 checked at every claim) against a small in-memory model of what each step must do, and checks
+per concurrency key, rate limits, changed at any time, with I8 checked at every claim) against a
+small in-memory model of what each step must do, and checks
 the database against the model and the invariants I1-I7 after every step.
 
 Sizes: TASKHUB_MODEL_EXAMPLES (default 40) examples of up to TASKHUB_MODEL_STEPS (default 40)
@@ -36,9 +37,9 @@ from hypothesis.stateful import (
 
 from taskhub.base.actors import Actor
 from taskhub.base.errors import Conflict
+from taskhub.base.viewer import OPERATOR
 from tasks import fencing
 from tasks.jobs import fail_timeouts, move_due_retries
-from taskhub.base.viewer import OPERATOR
 from tasks.models import QueueChange, QueueSettings, Task, TaskExecutionLog, TaskStatusHistory
 from tasks.services import task_append_logs
 from tasks.states import TERMINAL, TaskStatus, can_transition

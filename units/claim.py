@@ -173,8 +173,11 @@ def _claim_limited(
         return [], None
     wanted = room
     now_ts = now.timestamp()
+    # One grouped count serves both concurrency limits when the queue has a per-key one.
+    by_key = sql.running_by_key(unit_type) if rules.per_key_concurrency is not None else {}
     if rules.max_running is not None:
-        free = rules.max_running - sql.running_of_type(unit_type)
+        total = sum(by_key.values()) if rules.per_key_concurrency is not None else sql.running_of_type(unit_type)
+        free = rules.max_running - total
         if free < wanted:
             hold.held_by.append("maxRunning")
             wanted = max(free, 0)
@@ -188,7 +191,7 @@ def _claim_limited(
         if left < wanted:
             hold.held_by.append("rateLimit")
             wanted = max(left, 0)
-    key_room, key_windows = _key_rooms(unit_type, rules, now, now_ts)
+    key_room, key_windows = _key_rooms(unit_type, rules, by_key, now, now_ts)
     tasks: list[Task] = []
     held_keys = _release_keys(unit_type, rules, key_room, now) if rules.keyed else set()
     for _ in range(KEY_ROUNDS if rules.keyed else 1):
@@ -258,14 +261,15 @@ def _fresh_key_room(rules: QueueRules) -> float:
 
 
 def _key_rooms(
-    unit_type: str, rules: QueueRules, now: datetime, now_ts: float
+    unit_type: str, rules: QueueRules, by_key: dict[str, int], now: datetime, now_ts: float
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """How many more tasks each key that has any running or recent starts may start now, and the
     recent per-key windows (to be appended to)."""
     rooms: dict[str, float] = {}
     if rules.per_key_concurrency is not None:
-        for key, n in sql.running_by_key(unit_type).items():
-            rooms[key] = rules.per_key_concurrency - n
+        for key, n in by_key.items():
+            if key:
+                rooms[key] = rules.per_key_concurrency - n
     windows: dict[str, list[float]] = {}
     if rules.key_rate_limit is not None and rules.key_rate_period is not None:
         since = now - timedelta(seconds=rules.key_rate_period)

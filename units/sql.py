@@ -107,11 +107,12 @@ def running_of_type(task_type: str) -> int:
 
 
 def running_by_key(task_type: str) -> dict[str, int]:
-    """RUNNING tasks of a type with a concurrency key, counted by key: the same range, grouped in
-    index order (no temporary table). As many rows as keys running, which the limits bound."""
+    """RUNNING tasks of a type counted by concurrency key ('' for the tasks without one): the same
+    range, grouped in index order (no temporary table). As many rows as keys running, which the
+    limits bound; their sum is the queue's running count."""
     statement = (
         f"SELECT {qn('concurrency_key')}, COUNT(*) FROM {qn(TASK_TABLE)} WHERE {qn('status')} = %s"
-        f" AND {qn('task_type')} = %s AND {qn('concurrency_key')} <> '' GROUP BY {qn('concurrency_key')}"
+        f" AND {qn('task_type')} = %s GROUP BY {qn('concurrency_key')}"
     )
     with connection.cursor() as cursor:
         cursor.execute(statement, [TaskStatus.RUNNING, task_type])
