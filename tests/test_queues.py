@@ -156,6 +156,12 @@ def test_per_key_concurrency_holds_back_a_busy_key_without_starving_the_others()
 # --- rate limits -------------------------------------------------------------------------------
 
 
+def test_a_rate_limit_without_a_period_is_per_minute(client_a):
+    body = client_a.patch(f"/api/v1/queues/{T}", {"rateLimit": 5}).json()
+    assert body["settings"]["rateLimit"] == 5 and body["settings"]["ratePeriodSeconds"] == 60
+    assert body["changes"][0]["changes"]["ratePeriodSeconds"] == [None, 60]
+
+
 def test_rate_limit_allows_n_starts_per_window_and_says_when_the_next_is_allowed(client_a):
     configure(rate_limit=2, rate_period=60)
     for _ in range(6):
@@ -222,8 +228,8 @@ def test_queue_overview_counts_depth_running_oldest_due_and_units(client_a, regi
     [
         ({"maxRunning": -1}, "maxRunning"),
         ({"perKeyConcurrency": 0}, "perKeyConcurrency"),
-        ({"rateLimit": 5}, "ratePeriodSeconds"),
-        ({"keyRatePeriodSeconds": 5}, "keyRateLimit"),
+        ({"ratePeriodSeconds": 0}, "ratePeriodSeconds"),
+        ({"keyRateLimit": -3}, "keyRateLimit"),
         ({"rateLimit": 10_001, "ratePeriodSeconds": 1}, "rateLimit"),
         ({"paused": "yes"}, "paused"),
         ({"speed": 3}, "speed"),

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
-from taskhub.base.errors import Forbidden, InvalidInput, NotFound
+from taskhub.base.errors import Forbidden, NotFound
 from taskhub.base.viewer import Viewer
 from tasks.models import QueueKeyWindow, QueueSettings, Task
 from tasks.queues import (
@@ -40,6 +40,7 @@ from units.states import CLAIMING
 
 PAIRS = (("rate_limit", "rate_period"), ("key_rate_limit", "key_rate_period"))
 UNITS_LISTED = 50
+DEFAULT_RATE_PERIOD = 60  # seconds: the window of a rate limit given without one
 
 
 @retry_on_lock_error()
@@ -72,11 +73,9 @@ def update_queue_settings(
             diff[SETTINGS_FIELDS[name]] = [old, value]
             setattr(row, name, value)
     for limit, period in PAIRS:
-        if (getattr(row, limit) is None) != (getattr(row, period) is None):
-            missing = period if getattr(row, period) is None else limit
-            raise InvalidInput(
-                SETTINGS_FIELDS[missing], f"{SETTINGS_FIELDS[limit]} and {SETTINGS_FIELDS[period]} go together"
-            )
+        if getattr(row, limit) is not None and getattr(row, period) is None:
+            setattr(row, period, DEFAULT_RATE_PERIOD)  # "N starts" alone: N per minute
+            diff.setdefault(SETTINGS_FIELDS[period], [None, DEFAULT_RATE_PERIOD])
     if "paused" in diff:
         row.paused_at, row.paused_by = (now, actor.label) if row.paused else (None, "")
     if "rateLimit" in diff or "ratePeriodSeconds" in diff:

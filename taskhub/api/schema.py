@@ -112,3 +112,19 @@ class OperatorSessionScheme(OpenApiAuthenticationExtension):
             "name": "sessionid",
             "description": "A staff user's admin session (browser use; CSRF token required).",
         }
+
+
+class BulkActionScheme(OpenApiSerializerExtension):
+    """A bulk action: `priority` with `reprioritize`, and only with it."""
+
+    target_class = "taskhub.api.serializers.queues.BulkActionSerializer"
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
+        if direction == "request":
+            others = [a for a in schema["properties"]["action"]["enum"] if a != "reprioritize"]
+            schema["oneOf"] = [
+                {"properties": {"action": {"enum": ["reprioritize"]}}, "required": ["priority"]},
+                {"properties": {"action": {"enum": others}}, "not": {"required": ["priority"]}},
+            ]
+        return schema

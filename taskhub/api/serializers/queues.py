@@ -24,11 +24,13 @@ class QueueUpdateSerializer(serializers.Serializer):
     maxRunning = _limit("max_running", "At most this many RUNNING tasks of the queue at once (null: no limit).")
     perKeyConcurrency = _limit("per_key_concurrency", "At most this many RUNNING per concurrencyKey (null: no limit).")
     rateLimit = _limit("rate_limit", "At most this many starts in any ratePeriodSeconds window.", MAX_RATE_LIMIT)
-    ratePeriodSeconds = _limit("rate_period", "The rate limit's window, in seconds.", MAX_PERIOD)
+    ratePeriodSeconds = _limit("rate_period", "The rate limit's window, in seconds (default 60).", MAX_PERIOD)
     keyRateLimit = _limit(
         "key_rate_limit", "At most this many starts per concurrencyKey per keyRatePeriodSeconds.", MAX_RATE_LIMIT
     )
-    keyRatePeriodSeconds = _limit("key_rate_period", "The per-key rate limit's window, in seconds.", MAX_PERIOD)
+    keyRatePeriodSeconds = _limit(
+        "key_rate_period", "The per-key rate limit's window, in seconds (default 60).", MAX_PERIOD
+    )
     defaultMaxRetries = serializers.IntegerField(
         min_value=0, max_value=100, required=False, allow_null=True, source="default_max_retries"
     )

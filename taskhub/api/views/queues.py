@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -12,7 +12,7 @@ from taskhub.api.serializers.queues import QueueDetailSerializer, QueueSerialize
 from taskhub.api.validation import validated
 from units import queues
 
-QueueList = inline_serializer("QueueList", {"items": QueueSerializer(many=True)})
+QueueList = extend_schema_serializer(many=False)(inline_serializer("QueueList", {"items": QueueSerializer(many=True)}))
 
 
 class QueueViewSet(viewsets.ViewSet):
