@@ -31,7 +31,8 @@ TASK_TYPE = "FUZZ"
 # - heartbeat: a task id listed twice is refused; Idempotency-Key is at most 255 characters;
 # - POST /tasks/batch: an idempotencyKey repeated in one batch is refused (and dates as above);
 # - POST /tasks/reports: a taskId repeated is refused; `error` is required for outcome fail and
-#   `progress` for outcome progress.
+#   `progress` for outcome progress;
+# - POST /tasks/bulk: the filter's dates as above.
 CROSS_FIELD_RULES = (
     r"^GET /api/v1/tasks$",
     r"^POST /api/v1/tasks$",
@@ -41,6 +42,7 @@ CROSS_FIELD_RULES = (
     r"^POST /api/v1/execution-units/\{id\}/heartbeat$",
     r"^POST /api/v1/tasks/batch$",
     r"^POST /api/v1/tasks/reports$",
+    r"^POST /api/v1/tasks/bulk$",
 )
 UNIT_ONLY = (
     r"^POST /api/v1/(execution-units/\{id\}/(heartbeat|claim)|tasks/\{id\}/(progress|complete|fail)|tasks/reports)$"

@@ -122,9 +122,23 @@ class BulkActionScheme(OpenApiSerializerExtension):
     def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
         schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
         if direction == "request":
-            others = [a for a in schema["properties"]["action"]["enum"] if a != "reprioritize"]
+            # Patterns, not enums: the enum post-processing would turn any `action` enum into the
+            # whole BulkActionActionEnum component.
+            others = "|".join(a for a in schema["properties"]["action"]["enum"] if a != "reprioritize")
             schema["oneOf"] = [
-                {"properties": {"action": {"enum": ["reprioritize"]}}, "required": ["priority"]},
-                {"properties": {"action": {"enum": others}}, "not": {"required": ["priority"]}},
+                {"properties": {"action": {"pattern": "^reprioritize$"}}, "required": ["priority"]},
+                {"properties": {"action": {"pattern": f"^({others})$"}}, "not": {"required": ["priority"]}},
             ]
+        return schema
+
+
+class BulkFilterScheme(OpenApiSerializerExtension):
+    """A bulk action's filter names only the list's filters (an unknown one is a 400)."""
+
+    target_class = "taskhub.api.serializers.queues.BulkFilterSerializer"
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
+        if direction == "request":
+            schema["additionalProperties"] = False
         return schema
