@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema, extend_schema_serializer, inline_serializer
-from rest_framework import viewsets
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
+from rest_framework import serializers, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -12,7 +12,10 @@ from taskhub.api.serializers.queues import QueueDetailSerializer, QueueSerialize
 from taskhub.api.validation import validated
 from units import queues
 
-QueueList = extend_schema_serializer(many=False)(inline_serializer("QueueList", {"items": QueueSerializer(many=True)}))
+# A list action answers with one object holding the items (as the paginated lists do).
+QueueList = extend_schema_serializer(many=False)(
+    type("QueueList", (serializers.Serializer,), {"items": QueueSerializer(many=True)})
+)
 
 
 class QueueViewSet(viewsets.ViewSet):
