@@ -33,6 +33,8 @@ TASK_TYPE = "FUZZ"
 # - POST /tasks/reports: a taskId repeated is refused; `error` is required for outcome fail and
 #   `progress` for outcome progress;
 # - POST /tasks/bulk: the filter's dates as above.
+# - POST/PATCH /schedules: a cron expression, an IANA time zone and a task template are checked by
+#   the server (a schema can say "string" and "object", not "a cron expression that fires").
 CROSS_FIELD_RULES = (
     r"^GET /api/v1/tasks$",
     r"^POST /api/v1/tasks$",
@@ -43,6 +45,8 @@ CROSS_FIELD_RULES = (
     r"^POST /api/v1/tasks/batch$",
     r"^POST /api/v1/tasks/reports$",
     r"^POST /api/v1/tasks/bulk$",
+    r"^POST /api/v1/schedules$",
+    r"^PATCH /api/v1/schedules/\{id\}$",
 )
 UNIT_ONLY = (
     r"^POST /api/v1/(execution-units/\{id\}/(heartbeat|claim)|tasks/\{id\}/(progress|complete|fail)|tasks/reports)$"

@@ -4,10 +4,12 @@ any hub process that dies on its own (as systemd or compose would) and counts it
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +87,32 @@ class Hub:
             with self.lock:
                 web.expected_down = False
 
+    def outage(self, how: str, down_for: float, rng: random.Random) -> None:
+        """The hub down for `down_for` seconds: "web" (the worker and beat go on), "full" (web,
+        worker and beat, all back at once), "beat-first" (all down; the worker and beat back a few
+        seconds before the web)."""
+        names = ["web"] if how == "web" else ["web", "worker", "beat"]
+        with self.lock:
+            for name in names:
+                self.procs[name].expected_down = True
+        try:
+            for name in names:
+                self.procs[name].stop(grace=20, sig=rng.choice([signal.SIGKILL, signal.SIGTERM]))
+            time.sleep(down_for)
+            if how == "beat-first":
+                for name in ("worker", "beat"):
+                    self.procs[name].start()
+                time.sleep(rng.uniform(2.0, 4.0))
+                self.procs["web"].start()
+            else:
+                for name in names:
+                    self.procs[name].start()
+            self.wait_web()
+        finally:
+            with self.lock:
+                for name in names:
+                    self.procs[name].expected_down = False
+
     def _supervise(self) -> None:
         while not self._stop.wait(0.5):
             for proc in self.procs.values():
@@ -106,6 +134,7 @@ class Unit:
     command: list[str]
     log: Path
     popen: subprocess.Popen[bytes] | None = None
+    data_dir: Path = Path()
     stopped: bool = False  # SIGSTOPped (a zombie in the making)
     killed: bool = False  # SIGKILLed and not started again yet
 
@@ -142,5 +171,5 @@ def unit_fleet(n: int, *, server: str, key: str, workdir: Path, capacity: int, t
         # The kill-unit fault restarts a unit as its supervisor would, within seconds: without
         # --replace the new process would find the killed one still live and stop (exit 4).
         command += ["--replace"]
-        units.append(Unit(unit_id, command, workdir / "logs" / f"{unit_id}.log"))
+        units.append(Unit(unit_id, command, workdir / "logs" / f"{unit_id}.log", data_dir=data))
     return units

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from chaos.faults import KINDS, SERVICE_KINDS, FaultLog, Injector
+from chaos.faults import HUB_OUTAGES, KINDS, PAUSE_AFTER_HANDLER, SERVICE_KINDS, THROTTLED_UNIT_RATE, FaultLog, Injector
 from chaos.hub import PY, ROOT, Hub, api, unit_fleet
 from chaos.proxy import ReportProxy
 from testkit import services
@@ -42,6 +42,8 @@ INVARIANTS = {
     "I5": "failover within bound",
     "I6": "none taken from live unit",
     "I7": "gap-free history",
+    "D": "no lease run twice",
+    "R14": "no spooled result lost",
 }
 
 
@@ -102,7 +104,8 @@ def hub_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
         "TASK_RETRY_BACKOFF_MAX": "2",
         "TASK_MAX_FAILOVER_COUNT": "10",
         "API_THROTTLE_CLIENT": "1000000/min",
-        "API_THROTTLE_UNIT": "1000000/min",
+        # The throttled-unit fault needs a rate a unit can use up; the other faults none.
+        "API_THROTTLE_UNIT": THROTTLED_UNIT_RATE if "throttled-unit" in args.kinds else "1000000/min",
         "API_THROTTLE_ANON": "1000000/min",
     }
 
@@ -277,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         task_type=TASK_TYPE,
     )
     unit_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKHUB_")}
+    if "crash-after-handler" in args.kinds:  # a window to kill units in, after a handler returned
+        unit_env["TASKHUB_UNIT_TEST_PAUSE_AFTER_HANDLER"] = PAUSE_AFTER_HANDLER
     injector = Injector(
         hub=hub,
         units=units,
@@ -286,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_timeout=float(env["UNIT_HEARTBEAT_TIMEOUT"]),
         rng=rng,
         log=faults,
+        key=key,
     )
     plan = injector.plan(args.kinds, args.per_kind)
     started = time.monotonic()
@@ -303,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         proxy.start()
         for unit in units:
             unit.start(unit_env)
-        duration = max(len(plan) * args.gap * 1.3, 20.0)
+        # The hub outages block the injector for about timeout + 8 s each: the stream lasts that
+        # much longer, so the later faults still meet running work.
+        outages = sum(1 for kind in plan if kind in HUB_OUTAGES)
+        duration = max(len(plan) * args.gap * 1.3 + outages * (float(env["UNIT_HEARTBEAT_TIMEOUT"]) + 8), 20.0)
         submitter = Submitter(hub.base, key, args.tasks, duration, random.Random(args.seed + 1))
         submitter.thread.start()
         for i, kind in enumerate(plan, 1):
@@ -333,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         "silences": faults.silences,
         "outages": faults.outages,
         "slack": 3.0,
+        "foreignAccepted": faults.foreign_accepted,
+        "duplicatesKept": faults.duplicates_kept,
+        "spooledAtKill": faults.spooled_at_kill,
     }
     facts_path = workdir / "facts.json"
     facts_path.write_text(json.dumps(facts))

@@ -37,7 +37,7 @@ def check(facts: dict[str, Any]) -> dict[str, Any]:
     history: dict[int, list[TaskStatusHistory]] = defaultdict(list)
     for row in TaskStatusHistory.objects.order_by("id"):
         history[row.task_id].append(row)
-    problems: dict[str, list[str]] = {f"I{i}": [] for i in range(1, 8)}
+    problems: dict[str, list[str]] = {key: [] for key in [*(f"I{i}" for i in range(1, 8)), "D", "R14"]}
     stats: Counter[str] = Counter()
 
     # I1: every acknowledged task is stored, once per Idempotency-Key, and after the drain it is
@@ -177,6 +177,32 @@ def check(facts: dict[str, Any]) -> dict[str, Any]:
             foreign_logs += 1
     if foreign_logs:
         problems["I2"].append(f"{foreign_logs} log lines stored from a unit that did not hold that attempt")
+    if facts.get("foreignAccepted"):
+        problems["I2"].append(f"{facts['foreignAccepted']} report items on other units' tasks accepted")
+
+    # D: no lease executed twice: the sleep handler's first line, once per (task, attempt); and no
+    # second process under a live unit's id kept running.
+    # A line delivered twice (a report replayed by the proxy) keeps the unit's timestamp: one run.
+    first_lines = TaskExecutionLog.objects.filter(message__startswith="sleeping ")
+    runs = Counter((t, a) for t, a, _ in set(first_lines.values_list("task_id", "attempt", "timestamp")))
+    stats["handler runs"] = sum(runs.values())
+    for (task_id, attempt), n in sorted(runs.items()):
+        if n > 1:
+            problems["D"].append(f"task {task_id} attempt {attempt}: its handler ran {n} times")
+    problems["D"] += facts.get("duplicatesKept", [])
+
+    # R14: a result spooled when its unit was killed is the attempt's outcome (replayed by the next
+    # process), not lost to a failover.
+    for task_id, attempt in facts.get("spooledAtKill", []):
+        stats["results spooled at a kill"] += 1
+        rows = history.get(task_id, [])
+        ended = [r for r in rows if r.attempt == attempt and r.from_status == "RUNNING"]
+        if not ended:
+            continue  # still to be seen (the drain check reports a stuck task)
+        if ended[0].actor_type != "unit" or ended[0].to_status not in ("COMPLETED", "FAILED"):
+            problems["R14"].append(
+                f"task {task_id} attempt {attempt}: spooled result lost ({ended[0].actor}: {ended[0].to_status})"
+            )
     return {
         "problems": {k: v[:20] for k, v in problems.items()},
         "counts": {k: len(v) for k, v in problems.items()},

@@ -7,6 +7,7 @@ variable, so a typo in a deployment never turns into a silently different system
 from __future__ import annotations
 
 import os
+import re
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -77,3 +78,22 @@ def env_choice(name: str, default: str, choices: tuple[str, ...], *, upper: bool
 
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in (_raw(name) or default).split(",") if item.strip()]
+
+
+PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])[a-z]*\s*$")
+
+
+def parse_rate(rate: str | None) -> tuple[int | None, int | None]:
+    """`N/period` as DRF writes it (`60/min`, `10/s`), also with a count of periods (`30/10s`):
+    (requests, seconds). A value it cannot read raises ValueError (settings name the variable)."""
+    if rate is None:
+        return None, None
+    match = _RATE.match(rate)
+    if not match:
+        raise ValueError(f"not a rate: {rate!r} (expected N/period, e.g. 6000/min or 30/10s)")
+    count, periods, unit = match.groups()
+    seconds = (int(periods) if periods else 1) * PERIODS[unit]
+    if seconds <= 0:
+        raise ValueError(f"not a rate: {rate!r} (the period must be at least one second)")
+    return int(count), seconds

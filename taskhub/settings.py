@@ -16,7 +16,7 @@ from urllib.parse import quote
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
-from taskhub.env import env_bool, env_choice, env_float, env_int, env_list, env_str
+from taskhub.env import env_bool, env_choice, env_float, env_int, env_list, env_str, parse_rate
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Real environment variables win over the file, as twelve-factor tools expect.
@@ -63,10 +63,13 @@ INSTALLED_APPS = [
     "taskhub.apikeys",
     "units",
     "tasks",
+    "taskhub.schedules",
     "taskhub.console",
 ]
 
 MIDDLEWARE = [
+    # First: DEBUG's technical pages only for callers on this machine (taskhub/api/middleware.py).
+    "taskhub.api.middleware.LocalDebugMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "taskhub.api.metrics.PrometheusMiddleware",
     "taskhub.api.middleware.AccessLogMiddleware",
@@ -78,11 +81,14 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+# Secrets never in a technical page, `diffsettings` or a log of settings: besides Django's own
+# (KEY, SECRET, PASS, TOKEN...), every URL and LOCATION (they carry Redis and broker passwords).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "taskhub.base.secrets.SecretFilter"
 if not TESTING:
     # gunicorn serves the admin's and Swagger UI's static files itself: STATIC_ROOT as
     # `collectstatic` filled it (the Docker image does at build time), or the apps' own files under
     # DEBUG. Left out under pytest, where nothing fetches them and STATIC_ROOT is not collected.
-    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+    MIDDLEWARE.insert(2, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 ROOT_URLCONF = "taskhub.urls"
 WSGI_APPLICATION = "taskhub.wsgi.application"
@@ -104,6 +110,24 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 DB_HOST = env_str("DB_HOST")
+
+
+def _server_kind() -> str:
+    """Which server runs this process, for how long its database connections may live: `runserver`
+    (a thread per HTTP connection, unbounded), `asgi` (uvicorn, daphne, hypercorn: Django runs sync
+    code in a thread pool, and persistent connections are not safe there), or `bounded` (gunicorn's
+    sync/gthread workers, Celery, management commands: a fixed number of threads)."""
+    if "runserver" in sys.argv[1:3]:
+        return "runserver"
+    if any(name in sys.modules for name in ("uvicorn", "daphne", "hypercorn")):
+        return "asgi"
+    return "bounded"
+
+
+SERVER_KIND = _server_kind()
+# Persistent connections only where the number of threads is bounded; under runserver and ASGI
+# servers every request closes its connection (one connection per request in flight, never more).
+DB_CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60, minimum=0) if SERVER_KIND == "bounded" else 0
 if DB_HOST:
     DATABASES = {
         "default": {
@@ -113,7 +137,7 @@ if DB_HOST:
             "USER": env_str("DB_USERNAME", "root"),
             "PASSWORD": env_str("DB_PASSWORD"),
             "NAME": env_str("DB_DATABASE", "task_management"),
-            "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60, minimum=0),
+            "CONN_MAX_AGE": DB_CONN_MAX_AGE,
             "CONN_HEALTH_CHECKS": True,
             "OPTIONS": {
                 "charset": "utf8mb4",
@@ -214,8 +238,20 @@ UNIT_HEARTBEAT_INTERVAL = env_float("UNIT_HEARTBEAT_INTERVAL", max(UNIT_HEARTBEA
 if UNIT_HEARTBEAT_INTERVAL >= UNIT_HEARTBEAT_TIMEOUT:
     raise ImproperlyConfigured("UNIT_HEARTBEAT_INTERVAL must be smaller than UNIT_HEARTBEAT_TIMEOUT")
 SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 5.0, minimum=0.1)
+# How long the sweeper believes a silence of every unit at once is the hub's own outage (units.hearing):
+# a unit silent for UNIT_HEARTBEAT_TIMEOUT + this is failed over even then. 0: never believed.
+HUB_OUTAGE_GRACE = env_float("HUB_OUTAGE_GRACE", 10 * UNIT_HEARTBEAT_TIMEOUT, minimum=0.0)
 TASK_LOG_RETENTION_DAYS = env_int("TASK_LOG_RETENTION_DAYS", 30, minimum=1)
+# The per-minute rollups the console charts (taskhub/jobs/rollups.py): kept this long.
+ROLLUP_RETENTION_HOURS = env_int("ROLLUP_RETENTION_HOURS", 48, minimum=1)
+# Finished tasks (with history and logs) are deleted after these days (tasks/retention.py)
+TASK_RETENTION_DAYS = env_int("TASK_RETENTION_DAYS", 30, minimum=1)
+TASK_DEAD_RETENTION_DAYS = env_int("TASK_DEAD_RETENTION_DAYS", 90, minimum=1)
+# How often the schedules' beat job looks for due fire times (seconds)
+SCHEDULE_TICK = env_float("SCHEDULE_TICK", 1.0, minimum=0.1)
 TASK_MAX_LOG_ENTRIES = env_int("TASK_MAX_LOG_ENTRIES", 10_000, minimum=1)
+# Log lines stored on all tasks of one API key (purged after TASK_LOG_RETENTION_DAYS): 409 past it.
+TASK_LOG_QUOTA_PER_KEY = env_int("TASK_LOG_QUOTA_PER_KEY", 1_000_000, minimum=1)
 TASK_BATCH_MAX = env_int("TASK_BATCH_MAX", 100, minimum=1, maximum=1000)  # items per batch request
 
 # --- API ------------------------------------------------------------------------------------
@@ -231,6 +267,36 @@ API_SEARCH_WINDOW = env_int("API_SEARCH_WINDOW", 5_000, minimum=1)
 API_THROTTLE_CLIENT = env_str("API_THROTTLE_CLIENT", "6000/min")
 API_THROTTLE_UNIT = env_str("API_THROTTLE_UNIT", "6000/min")
 API_THROTTLE_ANON = env_str("API_THROTTLE_ANON", "600/min")
+# Heartbeats: a bucket of their own, whose window must be shorter than the heartbeat timeout (a
+# throttled unit is heard again before it could be failed over). Default: a third of the timeout
+# (10 s at the default 30 s), room for 3x the heartbeats an agent sends in it, at least 30.
+_HB_WINDOW = max(1, int(UNIT_HEARTBEAT_TIMEOUT // 3))
+_HB_DEFAULT = f"{max(30, 3 * int(_HB_WINDOW / UNIT_HEARTBEAT_INTERVAL + 1))}/{_HB_WINDOW}s"
+API_THROTTLE_HEARTBEAT = env_str("API_THROTTLE_HEARTBEAT", _HB_DEFAULT)
+
+
+def _check_rates() -> None:
+    for name in ("API_THROTTLE_CLIENT", "API_THROTTLE_UNIT", "API_THROTTLE_ANON", "API_THROTTLE_HEARTBEAT"):
+        try:
+            parse_rate(globals()[name])
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {exc}") from None
+    if API_THROTTLE_HEARTBEAT == _HB_DEFAULT:
+        return
+    count, window = parse_rate(API_THROTTLE_HEARTBEAT)
+    if window is not None and window >= UNIT_HEARTBEAT_TIMEOUT:
+        raise ImproperlyConfigured(
+            f"API_THROTTLE_HEARTBEAT: its window ({window}s) must be shorter than UNIT_HEARTBEAT_TIMEOUT "
+            f"({UNIT_HEARTBEAT_TIMEOUT:g}s), or a throttled unit would be failed over"
+        )
+    if count is not None and window is not None and count < window / UNIT_HEARTBEAT_INTERVAL + 1:
+        raise ImproperlyConfigured(
+            f"API_THROTTLE_HEARTBEAT: {count} per {window}s is fewer than a unit heartbeating every "
+            f"UNIT_HEARTBEAT_INTERVAL ({UNIT_HEARTBEAT_INTERVAL:g}s) sends"
+        )
+
+
+_check_rates()
 METRICS_TOKEN = env_str("METRICS_TOKEN")  # Bearer token /metrics requires (see taskhub/api/metrics.py)
 
 REST_FRAMEWORK = {
@@ -248,6 +314,7 @@ REST_FRAMEWORK = {
         "client": API_THROTTLE_CLIENT,
         "unit": API_THROTTLE_UNIT,
         "anon": API_THROTTLE_ANON,
+        "heartbeat": API_THROTTLE_HEARTBEAT,
     },
     "UNAUTHENTICATED_USER": None,
     "COERCE_DECIMAL_TO_STRING": False,
@@ -300,6 +367,7 @@ if PRODUCTION:
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+FORMAT_MODULE_PATH = ["taskhub.formats"]  # times with seconds, one format (taskhub/formats/en)
 USE_I18N = True
 USE_TZ = True
 

@@ -11,6 +11,7 @@ from taskhub.api.errors import handler404 as handler404_view
 from taskhub.api.index import ApiIndexView, ApiIndexWithoutSlashView, favicon
 from taskhub.api.metrics import metrics_view
 from taskhub.api.views.queues import QueueViewSet
+from taskhub.api.views.schedules import ScheduleViewSet
 from taskhub.api.views.tasks import TaskViewSet
 from taskhub.api.views.units import UnitViewSet
 
@@ -18,6 +19,7 @@ router = SimpleRouter(trailing_slash=False)
 router.register("tasks", TaskViewSet, basename="task")
 router.register("execution-units", UnitViewSet, basename="unit")
 router.register("queues", QueueViewSet, basename="queue")
+router.register("schedules", ScheduleViewSet, basename="schedule")
 
 
 class PublicSchemaView(SpectacularAPIView):

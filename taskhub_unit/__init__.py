@@ -8,6 +8,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from taskhub_unit.context import NonRetryableError, TaskCancelled, TaskContext
+from taskhub_unit.context import NonRetryableError, TaskCancelled, TaskContext, TaskFailed
 
-__all__ = ["NonRetryableError", "TaskCancelled", "TaskContext", "__version__"]
+__all__ = ["NonRetryableError", "TaskCancelled", "TaskContext", "TaskFailed", "__version__"]

@@ -14,6 +14,7 @@ retries and the reporter's back-off keep real time.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import secrets
 import threading
@@ -26,9 +27,19 @@ from typing import Any
 from taskhub_unit.client import ApiError, Backoff, HubClient, HubUnavailable
 from taskhub_unit.context import TaskContext
 from taskhub_unit.execution import process_metadata, run_handler
-from taskhub_unit.registration import MAINTENANCE, DrainNotes, RegistrationRefused, UnitInUse, in_use, is_in_use
-from taskhub_unit.reporter import Reporter
+from taskhub_unit.registration import (
+    MAINTENANCE,
+    DrainNotes,
+    RegistrationRefused,
+    UnitEvicted,
+    UnitInUse,
+    in_use,
+    is_evicted,
+    is_in_use,
+)
+from taskhub_unit.reporter import REPORTS_MAX_ITEMS, REPORTS_PATH, Reporter
 from taskhub_unit.runs import Run, RunTable
+from taskhub_unit.spool import Spool
 from taskhub_unit.status import StatusLine
 
 log = logging.getLogger("taskhub_unit.agent")
@@ -59,6 +70,12 @@ class AgentConfig:
     metadata: dict[str, Any] = field(default_factory=dict)
     replace: bool = False  # take the unit id over from a live process (first registration only)
     status_interval: float = 30.0  # seconds between status lines; 0: none
+    spool: bool = False  # spool final outcomes under data_dir (taskhub_unit.spool); the CLI: --data-dir given
+
+
+# Tests only (tests/test_agent_e2e.py, chaos crash-after-handler): seconds to wait between a
+# handler's return and handing its outcome to the reporter, so a test can kill the process there.
+_PAUSE_AFTER_HANDLER = float(os.environ.get("TASKHUB_UNIT_TEST_PAUSE_AFTER_HANDLER") or 0)
 
 
 class Agent:
@@ -72,8 +89,11 @@ class Agent:
     ) -> None:
         self.config = config
         self.clock = clock
-        # This process, to the hub: it refuses a second live process under the same unit id.
+        # This process, to the hub: it refuses a second live process under the same unit id. A
+        # process that takes over the spool of a dead one is that unit's process again (run()).
         self.instance_id = instance_id or secrets.token_hex(8)
+        self._instance_given = instance_id is not None
+        self.spool = Spool(config.data_dir if config.spool else None, config.unit_id)
         self.backoff = Backoff(cap=config.retry_max)
         # Set on the first stop signal: calls stop retrying in place (the loops still go on).
         self.interrupt = threading.Event()
@@ -81,6 +101,7 @@ class Agent:
             config.server, timeout=config.request_timeout, backoff=self.backoff, stop=self.interrupt
         )
         self.runs = RunTable(clock)
+        self.runs.on_final = lambda run: self.spool.remove(run.ctx.id, run.ctx.attempt)
         self.status_line = StatusLine(self.runs, interval=config.status_interval, capacity=config.capacity, clock=clock)
         self.reporter = Reporter(
             self.client,
@@ -100,6 +121,10 @@ class Agent:
         self._claim_failures = 0
         self._queue_paused = False
         self._registered = False  # once: later registrations never `replace`
+        # Registrations in a row with no heartbeat or claim heard in between (a hub that accepts the
+        # registration but not the unit's token, e.g. an id it cannot route): each waits longer.
+        self._unheard_registrations = 0
+        self._heard_since_register = True
         self.drain_notes = DrainNotes(config.unit_id)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -117,6 +142,19 @@ class Agent:
     def run(self) -> int:
         """Run until drained. Returns the process exit code (0). Raises RegistrationRefused, and
         UnitInUse when another process holds the unit id or takes it over."""
+        try:
+            return self._run()
+        finally:
+            self.spool.close()
+
+    def _run(self) -> int:
+        if self.spool.open():
+            last = self.spool.state(self.config.enroll_key)
+            if last.get("instanceId") and not self._instance_given:
+                self.instance_id = str(last["instanceId"])
+            if not self._replay(last.get("token")):
+                log.info("stopped before registering")
+                return 0
         if not self._register():
             log.info("stopped before registering")
             return 0
@@ -196,6 +234,18 @@ class Agent:
         """Register (again), retrying until the hub answers. A re-registration makes the hub
         fail over every attempt we held, so they are dropped here. False: stopped meanwhile."""
         cfg = self.config
+        if self._registered and not self._heard_since_register:
+            self._unheard_registrations += 1
+            wait = self.backoff.delay(self._unheard_registrations)
+            log.warning(
+                "registering unit %s again although the hub heard nothing from it since the last registration "
+                "(%d in a row); waiting %.1fs first",
+                cfg.unit_id,
+                self._unheard_registrations,
+                wait,
+            )
+            if self.interrupt.wait(wait):
+                return False
         replacing = cfg.replace and not self._registered
         body = {
             "id": cfg.unit_id,
@@ -216,11 +266,15 @@ class Agent:
         except ApiError as exc:
             if is_in_use(exc):
                 raise in_use(exc, cfg.unit_id, self.instance_id, registered_before=self._registered) from None
+            if is_evicted(exc):
+                raise UnitEvicted(exc, cfg.unit_id) from None
             raise RegistrationRefused(f"the hub refused to register unit {cfg.unit_id}: {exc}") from None
         self._registered = True
+        self._heard_since_register = False
         with self._token_lock:
             self.client.token = str(reply["token"])
             self._need_register.clear()
+        self.spool.save_state(self.instance_id, self.client.token, self.config.enroll_key)
         if reply.get("clearedDrainAt"):
             log.info("cleared this unit's own drain from its last shutdown (drained at %s)", reply["clearedDrainAt"])
         self._apply_status(reply)
@@ -233,6 +287,11 @@ class Agent:
             f"every {self.heartbeat_interval:.1f}s"
         )
         return True
+
+    def _heard(self) -> None:
+        """The hub accepted a heartbeat or claim with our token: registering again is not a loop."""
+        self._heard_since_register = True
+        self._unheard_registrations = 0
 
     def _token_rejected(self, token: str | None) -> None:
         with self._token_lock:
@@ -288,6 +347,7 @@ class Agent:
             else:
                 log.error("heartbeat refused: %s", exc)
             return self.clock() + self.heartbeat_interval
+        self._heard()
         if self._heartbeat_failures:
             log.info("heartbeat: the hub is back after %d failed attempt(s)", self._heartbeat_failures)
             self._heartbeat_failures = 0
@@ -336,6 +396,7 @@ class Agent:
                 log.error("claim refused: %s", exc)
             return self.clock() + poll
         self._claim_failures = 0
+        self._heard()
         self._apply_status(reply)
         tasks = reply.get("items", reply.get("tasks")) or []  # `tasks`: hubs before the rename
         for task in tasks:
@@ -369,8 +430,59 @@ class Agent:
     # --- running a handler ---------------------------------------------------------------------
 
     def _execute(self, run: Run) -> None:
-        if self.runs.handler_finished(run, run_handler(self.config.handler, run)):
+        outcome = run_handler(self.config.handler, run)
+        if not run.dead:
+            # On disk before the reporter may send it: a death from here on does not lose it.
+            try:
+                self.spool.save(run.ctx.id, run.ctx.attempt, *outcome)
+            except OSError as exc:  # a full disk, say: report it all the same, unspooled
+                log.error("%s: could not spool the outcome (%s); reporting it without", run.label, exc)
+        if _PAUSE_AFTER_HANDLER:  # tests only: widen the window a crash after the handler falls in
+            time.sleep(_PAUSE_AFTER_HANDLER)
+        if self.runs.handler_finished(run, outcome):
             self.reporter.wake.set()
+
+    # --- replaying what the last process left ----------------------------------------------------
+
+    def _replay(self, token: Any) -> bool:
+        """Send the outcomes the last process spooled, with its token, before registering (which
+        fails over the attempts the unit held). Retries until the hub answers; False: stopped
+        meanwhile. Every outcome the hub answered (accepted, already recorded, refused) is removed."""
+        items = self.spool.pending()
+        if not items:
+            return True
+        if not token:
+            log.warning("%d spooled result(s) but no unit token to send them with: dropped", len(items))
+            self._forget(items)
+            return True
+        log.info("replaying %d result(s) the last process of this unit spooled", len(items))
+        for start in range(0, len(items), REPORTS_MAX_ITEMS):
+            chunk = items[start : start + REPORTS_MAX_ITEMS]
+            try:
+                reply = self.client.post(REPORTS_PATH, {"reports": chunk}, token=str(token))
+            except HubUnavailable as exc:
+                log.warning("replay interrupted: %s", exc)
+                return False
+            except ApiError as exc:
+                log.warning("the hub refused the spooled result(s) (%s): dropped; their tasks run again", exc)
+                self._forget(chunk)
+                continue
+            answers = reply.get("items") if isinstance(reply, dict) else None
+            for item, answer in zip(chunk, answers if isinstance(answers, list) else [], strict=False):
+                label = f"task {item['taskId']} attempt {item['attempt']}"
+                error = answer.get("error") if isinstance(answer, dict) else None
+                if error:
+                    message = error.get("message") if isinstance(error, dict) else error
+                    log.warning("%s: spooled %s refused by the hub: %s", label, item["outcome"], message)
+                else:
+                    said = "accepted" if answer.get("accepted") else "already recorded"
+                    log.info("%s: spooled %s replayed (%s)", label, item["outcome"], said)
+            self._forget(chunk)
+        return True
+
+    def _forget(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            self.spool.remove(item["taskId"], item["attempt"])
 
     # --- draining ------------------------------------------------------------------------------
 

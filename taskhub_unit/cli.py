@@ -22,12 +22,13 @@ from typing import Any
 from taskhub_unit import __version__
 from taskhub_unit.agent import Agent, AgentConfig
 from taskhub_unit.handlers import BUILTINS, resolve_handler
-from taskhub_unit.registration import RegistrationRefused, UnitInUse
+from taskhub_unit.registration import RegistrationRefused, UnitEvicted, UnitInUse
 
 log = logging.getLogger("taskhub_unit")
 
 EXIT_REFUSED = 3
 EXIT_IN_USE = 4  # another process holds the unit id, or took it over: see --replace
+EXIT_EVICTED = 5  # an operator deregistered the unit while this process ran it
 NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
@@ -140,7 +141,14 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     option("--name", "TASKHUB_UNIT_NAME", str, None, "a display name (default: the id)")
     option("--endpoint", "TASKHUB_ENDPOINT", str, "", "an http(s) URL shown to operators")
     option("--metadata", "TASKHUB_METADATA", _json_object, {}, "extra metadata as a JSON object")
-    option("--data-dir", "TASKHUB_DATA_DIR", Path, Path.cwd(), "directory data_processing reads and writes in")
+    option(
+        "--data-dir",
+        "TASKHUB_DATA_DIR",
+        Path,
+        None,
+        "directory data_processing reads and writes in (default: the working directory), and where results "
+        "are spooled before they are reported, so a crash does not lose them (none without it)",
+    )
     option("--poll-interval", "TASKHUB_POLL_INTERVAL", _positive_float, 1.0, "seconds between claims when idle")
     option("--drain-timeout", "TASKHUB_DRAIN_TIMEOUT", _positive_float, 30.0, "grace period on SIGTERM (s)")
     option(
@@ -227,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler_name=args.handler or getattr(handler, "__name__", ""),
         unit_name=args.name or "",
         endpoint=args.endpoint,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir or Path.cwd(),
+        spool=args.data_dir is not None,
         poll_interval=args.poll_interval,
         drain_timeout=args.drain_timeout,
         request_timeout=args.request_timeout,
@@ -243,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistrationRefused as exc:
         log.error("%s", exc)
         return EXIT_REFUSED
+    except UnitEvicted as exc:
+        log.error("%s", exc)
+        return EXIT_EVICTED
     except UnitInUse as exc:
         log.error("%s", exc)
         return EXIT_IN_USE

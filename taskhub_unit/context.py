@@ -25,6 +25,17 @@ class NonRetryableError(Exception):
     fails with `retryable: false`, so the hub does not schedule a retry."""
 
 
+class TaskFailed(Exception):
+    """Raise from a handler to fail the attempt with exactly this `error` text (the default names
+    the exception's type); `retryable=False` as NonRetryableError. Used by handlers that describe
+    the failure of the code they run themselves (taskhub_unit.django_tasks)."""
+
+    def __init__(self, error: str, *, retryable: bool = True) -> None:
+        super().__init__(error)
+        self.error = error
+        self.retryable = retryable
+
+
 class TaskCancelled(Exception):
     """Raised by `TaskContext.raise_if_cancelled()`; the agent reports nothing for the attempt."""
 

@@ -8,7 +8,7 @@ import socket
 from typing import Any
 
 from taskhub_unit import __version__
-from taskhub_unit.context import NonRetryableError, TaskCancelled, TaskContext
+from taskhub_unit.context import NonRetryableError, TaskCancelled, TaskContext, TaskFailed
 from taskhub_unit.reporter import result_problem
 from taskhub_unit.runs import Run
 
@@ -33,6 +33,9 @@ def run_handler(handler: Any, run: Run) -> Outcome:
     except NonRetryableError as exc:
         ctx.logger.error("failed (not retryable): %s", exc)
         outcome = ("fail", {**body, "error": str(exc) or type(exc).__name__, "retryable": False})
+    except TaskFailed as exc:
+        ctx.logger.error("failed: %s", exc.error.partition("\n")[0])
+        outcome = ("fail", {**body, "error": exc.error or type(exc).__name__, "retryable": exc.retryable})
     except BaseException as exc:  # a handler's bug must fail the attempt, not kill the unit
         ctx.logger.exception("handler raised %s", type(exc).__name__)
         outcome = ("fail", {**body, "error": f"{type(exc).__name__}: {exc}", "retryable": True})

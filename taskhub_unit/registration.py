@@ -5,8 +5,11 @@ One unit id, one live process: every process makes a random instance id at start
 register, heartbeat and claim. The hub refuses a register from a second instance while the first is
 live (409 `unit_in_use`), and a heartbeat or claim from an instance that was replaced (409
 `unit_replaced`, or 401 for its dead token, then `unit_in_use` when it registers again). Either way
-the process stops (exit code 4) instead of fighting over the id. `--replace` takes the id over at
-once, on the first registration only: a replaced process never replaces its replacement back.
+the process stops (exit code 4) instead of fighting over the id. A process whose unit an operator
+deregistered (`DELETE /execution-units/{id}`, "Deregister" in the console) is refused too (409
+`unit_evicted`) and stops with exit code 5; a new process (another instance id) may register the
+id. `--replace` takes the id over at once, on the first registration only: a replaced process
+never replaces its replacement back.
 """
 
 from __future__ import annotations
@@ -27,6 +30,23 @@ class RegistrationRefused(Exception):
 
 class UnitInUse(Exception):
     """Another process holds this unit id, or took it over from this one: stop, do not fight."""
+
+
+class UnitEvicted(UnitInUse):
+    """An operator deregistered this unit while this process ran it: the hub refuses this process's
+    registrations (409 `unit_evicted`), so it stops instead of coming back and restarting work."""
+
+    def __init__(self, exc: ApiError, unit_id: str) -> None:
+        by = exc.details.get("evictedBy") or "an operator"
+        at = exc.details.get("evictedAt") or "an unrecorded time"
+        super().__init__(
+            f"unit {unit_id} was deregistered by {by} at {at} while this process ran it; stopping. "
+            "Start a new process to register it again"
+        )
+
+
+def is_evicted(exc: ApiError) -> bool:
+    return exc.status == 409 and exc.code == "unit_evicted"
 
 
 def in_use(exc: ApiError, unit_id: str, instance_id: str, *, registered_before: bool) -> UnitInUse:

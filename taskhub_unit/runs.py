@@ -60,6 +60,9 @@ ENDINGS = ("completed", "failed", "dropped", "givenBack")
 
 class RunTable:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        # Called once an attempt's final report needs keeping no longer (reported, or dropped):
+        # the agent removes its spooled outcome (taskhub_unit.spool).
+        self.on_final: Callable[[Run], None] = lambda run: None
         self.clock = clock
         self.lock = threading.RLock()
         self._live: dict[Key, Run] = {}
@@ -133,6 +136,7 @@ class RunTable:
             self._end(run, ending)
         run.ctx.cancel(command, reason)
         run.ctx.logger.clear()
+        self.on_final(run)
         if source == "refused":
             log.warning("%s: report refused by the hub (%s); dropping the attempt", run.label, reason)
         elif source == "hub":
@@ -161,4 +165,5 @@ class RunTable:
             if self._live.get(run.key) is run:
                 del self._live[run.key]
             self._end(run, "completed" if what == "complete" else "failed")
+        self.on_final(run)
         self.changed.set()

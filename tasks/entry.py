@@ -15,11 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import DateTimeField, F, Value
+from django.db.models import Case, DateTimeField, F, Value, When
 from django.db.models.functions import Coalesce, Greatest
 
 from tasks.models import Task
-from tasks.states import TaskStatus
+from tasks.states import TERMINAL, TaskStatus
 
 S = TaskStatus
 
@@ -68,6 +68,12 @@ _LEASE = Effect(
     "lease_expires_at",
     lambda task, now: lease_deadline(now) if task.status == S.RUNNING and task.unit_id is None else None,
 )
+# A terminal task releases its uniqueKey slot (tasks/unique.py), unless a period (uniqueFor) holds it.
+_UNIQUE_RELEASE = Effect(
+    "unique_slot",
+    lambda task, now: task.unique_slot if task.unique_until is not None else None,
+    lambda now: Case(When(unique_until__isnull=True, then=Value(None)), default=F("unique_slot")),
+)
 _FINISHED = (_now("finished_at"), _constant("timeout_at", None), _constant("next_retry_at", None))
 
 ENTRY: dict[str, tuple[Effect, ...]] = {
@@ -90,10 +96,11 @@ ENTRY: dict[str, tuple[Effect, ...]] = {
         _constant("next_retry_at", None),
     ),
     S.PAUSED: (_constant("next_retry_at", None),),
-    S.COMPLETED: _FINISHED,
-    S.FAILED: _FINISHED,
-    S.CANCELLED: _FINISHED,
+    S.COMPLETED: (*_FINISHED, _UNIQUE_RELEASE),
+    S.FAILED: _FINISHED,  # not terminal: a retry (automatic or by hand) runs it again, under its key
+    S.CANCELLED: (*_FINISHED, _UNIQUE_RELEASE),
 }
+assert {s for s, effects in ENTRY.items() if _UNIQUE_RELEASE in effects} == TERMINAL
 
 
 def enter(task: Task, target: str, now: datetime) -> set[str]:

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import transaction
 
 from taskhub.base.dbretry import retry_on_lock_error
+from tasks import logs
 from tasks.models import Task, TaskExecutionLog
 from tasks.states import TaskStatus
 from tasks.transitions import bulk, reports
@@ -67,7 +68,10 @@ def purge_old_logs(now: datetime) -> dict[str, int]:
     cutoff = now - timedelta(days=settings.TASK_LOG_RETENTION_DAYS)
     deleted = 0
     while True:
-        ids = list(TaskExecutionLog.objects.filter(created_at__lt=cutoff).values_list("id", flat=True)[:BATCH])
-        if not ids:
+        rows = list(TaskExecutionLog.objects.filter(created_at__lt=cutoff).values_list("id", "task__owner_id")[:BATCH])
+        if not rows:
             return {"deleted": deleted}
-        deleted += TaskExecutionLog.objects.filter(id__in=ids).delete()[0]
+        with transaction.atomic():
+            n = TaskExecutionLog.objects.filter(id__in=[r[0] for r in rows]).delete()[0]
+            logs.refund_deleted([(owner, 1) for _, owner in rows] if n == len(rows) else [])
+        deleted += n

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from django.db import models
 
+from taskhub.apikeys.models import DEFAULT_POOL
 from taskhub.base.actors import ActorType
+from taskhub.base.fields import KeyField
 from tasks.states import ControlCommand, ReasonCode, TaskStatus
 
 __all__ = [
@@ -28,7 +30,10 @@ class Task(models.Model):
         help_text="The API key that created the task (empty: created by an operator).",
     )
     name = models.CharField(max_length=255)
-    task_type = models.CharField(max_length=64)
+    task_type = KeyField(max_length=64)
+    # The owner key's execution pool, copied at creation (operators' tasks: the default pool): a
+    # unit claims only tasks of its own pool, on the claim index.
+    pool = KeyField(max_length=64, default=DEFAULT_POOL, db_default=DEFAULT_POOL)
     priority = models.IntegerField(default=0, help_text="Higher number = more urgent.")
     config = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.PENDING)
@@ -69,13 +74,20 @@ class Task(models.Model):
     pending_command = models.CharField(max_length=8, choices=ControlCommand.choices, blank=True, default="")
 
     # Tasks sharing a key are limited together by their queue's perKeyConcurrency / key rate limit.
-    concurrency_key = models.CharField(max_length=255, blank=True, default="", db_default="")
+    concurrency_key = KeyField(max_length=255, blank=True, default="", db_default="")
     # Set by a limited queue's claim on PENDING tasks of a key at its limit (out of the claim's index
     # range, so claims do not scan them), cleared by the claim when the key has room again and by
     # every entry into PENDING.
     held_back = models.BooleanField(default=False, db_default=False)
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
-    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    idempotency_key = KeyField(max_length=255, null=True, blank=True)
+    request_fingerprint = KeyField(max_length=64, blank=True, default="")
+    # Unique tasks (tasks/unique.py): the client's key as given; the slot (a hash of owner and key)
+    # is UNIQUE and set while the key is held: racing creates make one row.
+    unique_key = KeyField(max_length=255, null=True, blank=True)
+    unique_slot = KeyField(max_length=64, null=True, blank=True, unique=True, editable=False)
+    unique_until = models.DateTimeField(
+        null=True, blank=True, help_text="uniqueFor: the key is held until then, whatever the state."
+    )
 
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
@@ -86,9 +98,10 @@ class Task(models.Model):
         db_table = "tasks"
         ordering = ["-id"]
         indexes = [
-            # The claim: WHERE status='PENDING' AND task_type=? AND held_back=0 ORDER BY priority DESC, id.
-            # Tasks a limited queue holds back (their key is at its limit) are outside its range.
-            models.Index(fields=["status", "task_type", "held_back", "-priority", "id"], name="task_claim_idx"),
+            # The claim: WHERE status='PENDING' AND pool=? AND task_type=? AND held_back=0
+            # ORDER BY priority DESC, id. Tasks a limited queue holds back (their key is at its limit)
+            # are outside its range.
+            models.Index(fields=["status", "pool", "task_type", "held_back", "-priority", "id"], name="task_claim_idx"),
             # A limited queue's reads under its lock: RUNNING by type (a range) and by key (grouped in
             # index order), and the release of a key's most urgent held-back tasks (one range each).
             models.Index(
@@ -135,7 +148,7 @@ class TaskStatusHistory(models.Model):
     reason_code = models.CharField(max_length=16, choices=ReasonCode.choices, blank=True, default="", db_default="")
     actor_type = models.CharField(max_length=16, choices=ActorType.choices)
     actor = models.CharField(max_length=150)
-    unit_id = models.CharField(max_length=64, null=True, blank=True)
+    unit_id = KeyField(max_length=64, null=True, blank=True)
     attempt = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField()
 
@@ -163,7 +176,7 @@ class TaskExecutionLog(models.Model):
     level = models.CharField(max_length=8, choices=LogLevel.choices, default=LogLevel.INFO)
     message = models.TextField()
     timestamp = models.DateTimeField()
-    unit_id = models.CharField(max_length=64, null=True, blank=True)
+    unit_id = KeyField(max_length=64, null=True, blank=True)
     source = models.CharField(max_length=150, blank=True, default="")
     created_at = models.DateTimeField()
 
@@ -187,7 +200,7 @@ class QueueSettings(models.Model):
     transaction, so claims of one limited queue are serialised across every node and its counts are
     exact; PATCH takes the same lock. The queue-wide rate window lives here too (`rate_starts`)."""
 
-    task_type = models.CharField(max_length=64, primary_key=True)
+    task_type = KeyField(max_length=64, primary_key=True)
     owner = models.ForeignKey(
         "apikeys.ApiKey",
         null=True,
@@ -238,8 +251,8 @@ class QueueKeyWindow(models.Model):
     seconds of its last starts. Written only under the queue's settings row lock (by the claim)."""
 
     id = models.BigAutoField(primary_key=True)
-    task_type = models.CharField(max_length=64)
-    concurrency_key = models.CharField(max_length=255)
+    task_type = KeyField(max_length=64)
+    concurrency_key = KeyField(max_length=255)
     starts = models.JSONField(default=list)
     last_start_at = models.DateTimeField()
 
@@ -260,7 +273,7 @@ class QueueChange(models.Model):
     transaction that made it, as task history is."""
 
     id = models.BigAutoField(primary_key=True)
-    task_type = models.CharField(max_length=64)
+    task_type = KeyField(max_length=64)
     actor_type = models.CharField(max_length=16, choices=ActorType.choices)
     actor = models.CharField(max_length=150)
     changes = models.JSONField(default=dict)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 
 from taskhub.base.viewer import Viewer
 from tasks import sql
@@ -50,13 +50,55 @@ def status_counts(queryset: QuerySet[Task] | None = None) -> dict[str, int]:
     return counts
 
 
+def status_counts_by_type(queryset: QuerySet[Task] | None = None) -> dict[str, dict[str, int]]:
+    """Tasks by type, then status (only the pairs present): one grouped query."""
+    qs = Task.objects.all() if queryset is None else queryset
+    out: dict[str, dict[str, int]] = {}
+    for row in qs.order_by().values("task_type", "status").annotate(n=Count("id")):
+        out.setdefault(row["task_type"], {})[row["status"]] = row["n"]
+    return out
+
+
+def oldest_due_by_type(now: datetime) -> dict[str, datetime]:
+    """The oldest `available_at` of the due PENDING tasks of each type (one grouped query over the
+    PENDING rows of the claim index): how long the head of each queue has waited."""
+    rows = (
+        Task.objects.filter(status=S.PENDING, available_at__lte=now)
+        .order_by()
+        .values("task_type")
+        .annotate(oldest=Min("available_at"))
+    )
+    return {row["task_type"]: row["oldest"] for row in rows}
+
+
+# FAILED splits in two: waiting for an automatic retry (next_retry_at set), and dead (no retry
+# left or not retryable: only an operator's retry brings it back). The stats API, the console's
+# filters and tiles and /metrics all ask these.
+WAITING_RETRY = Q(status=S.FAILED, next_retry_at__isnull=False)
+DEAD = Q(status=S.FAILED, next_retry_at__isnull=True)
+FAILED_KINDS: dict[str, tuple[str, Q]] = {
+    "dead": ("dead (no retries left)", DEAD),
+    "waiting_retry": ("waiting for retry", WAITING_RETRY),
+}
+
+
+def waiting_retry_count(queryset: QuerySet[Task] | None = None) -> int:
+    """FAILED tasks with an automatic retry due (one count on the retry index)."""
+    qs = Task.objects.all() if queryset is None else queryset
+    return qs.filter(WAITING_RETRY).count()
+
+
+def failed_split(by_status: dict[str, int], queryset: QuerySet[Task] | None = None) -> dict[str, int]:
+    """`waitingRetry` and `dead` of the FAILED count in `by_status` (one more count)."""
+    waiting = waiting_retry_count(queryset)
+    return {"waitingRetry": waiting, "dead": by_status[S.FAILED] - waiting}
+
+
 def task_stats(queryset: QuerySet[Task]) -> dict[str, Any]:
     """`GET /tasks/stats`: counts by status plus by type and the retry/dead split."""
     by_status = status_counts(queryset)
-    waiting_retry = queryset.filter(status=S.FAILED, next_retry_at__isnull=False).count()
-    by_type: dict[str, dict[str, int]] = {}
-    for row in queryset.order_by().values("task_type", "status").annotate(n=Count("id")):
-        by_type.setdefault(row["task_type"], {})[row["status"]] = row["n"]
+    waiting_retry = waiting_retry_count(queryset)
+    by_type = status_counts_by_type(queryset)
     return {
         "total": sum(by_status.values()),
         "byStatus": by_status,

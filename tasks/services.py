@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from taskhub.base.actors import Actor
 from taskhub.base.errors import Conflict, NotFound
-from tasks import logs
+from tasks import logs, unique
 from tasks.entry import AVAILABLE_AT
 from tasks.models import Task, TaskExecutionLog
 from tasks.states import EDITABLE_FIELDS, TaskStatus
@@ -36,34 +36,62 @@ def request_fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _creation_fields(owner: Any, data: dict[str, Any], idempotency_key: str | None, fingerprint: str) -> dict[str, Any]:
-    """A client's task as stored: its fields, its owner and, with a key, the body's fingerprint."""
+def _creation_fields(
+    owner: Any, data: dict[str, Any], idempotency_key: str | None, fingerprint: str, now: datetime
+) -> dict[str, Any]:
+    """A client's task as stored: its fields, its owner, with a key the body's fingerprint, with a
+    uniqueKey its slot (`data`'s unique_key/unique_for/on_conflict are taken out)."""
+    data = dict(data)
+    key, unique_for = data.pop("unique_key", None), data.pop("unique_for", None)
+    data.pop("on_conflict", None)
     return {
         "owner": owner,
         "idempotency_key": idempotency_key or None,
         "request_fingerprint": fingerprint if idempotency_key else "",
+        **unique.unique_fields(getattr(owner, "pk", None), key, unique_for, now),
         **data,
     }
 
 
+# How a submit ended: a new task, an Idempotency-Key replay, or the task holding the uniqueKey.
+CREATED, REPLAYED, UNIQUE_EXISTING = "created", "replayed", "unique_existing"
+_UNIQUE_ROUNDS = 3  # a holder can finish (and free the key) between our INSERT and our read
+
+
+def _unique_conflict(task: Task, on_conflict: str, field: str) -> Task:
+    if on_conflict == unique.ERROR:
+        raise Conflict(
+            "uniqueKey is held by another task", details={"taskId": task.pk, "status": task.status, "field": field}
+        )
+    return task
+
+
 def task_submit(
     *, owner: Any, actor: Actor, data: dict[str, Any], idempotency_key: str | None, fingerprint: str
-) -> tuple[Task, bool]:
+) -> tuple[Task, str]:
     """Create a task, or return the one created earlier with the same Idempotency-Key by the same
-    client. Returns (task, created)."""
-    if idempotency_key:
-        existing = _idempotent_match(owner, idempotency_key, fingerprint)
-        if existing is not None:
-            return existing, False
-    try:
-        task = create_task(actor=actor, **_creation_fields(owner, data, idempotency_key, fingerprint))
-    except IntegrityError:
-        # Two requests with the same key raced; the other one won.
-        existing = _idempotent_match(owner, idempotency_key or "", fingerprint) if idempotency_key else None
-        if existing is None:
-            raise
-        return existing, False
-    return task, True
+    client (REPLAYED), or the task holding its uniqueKey (UNIQUE_EXISTING; 409 with onConflict
+    "error"). The Idempotency-Key is looked at first: a replay returns the first task whatever
+    became of its uniqueKey. Returns (task, outcome)."""
+    now = timezone.now()
+    fields = _creation_fields(owner, data, idempotency_key, fingerprint, now)
+    slot, on_conflict = fields.get("unique_slot"), data.get("on_conflict") or unique.EXISTING
+    for _ in range(_UNIQUE_ROUNDS):
+        if idempotency_key:
+            existing = _idempotent_match(owner, idempotency_key, fingerprint)
+            if existing is not None:
+                return existing, REPLAYED
+        if slot:
+            holder = unique.holders([slot], now).get(slot)
+            if holder is not None:
+                return _unique_conflict(holder, on_conflict, "uniqueKey"), UNIQUE_EXISTING
+        try:
+            return create_task(actor=actor, now=now, **fields), CREATED
+        except IntegrityError:
+            # A concurrent create with the same Idempotency-Key or uniqueKey won: the next round finds it.
+            if not (idempotency_key or slot):
+                raise
+    raise Conflict("uniqueKey: the task holding it kept changing; try again", details={"field": "uniqueKey"})
 
 
 def _check_fingerprint(task: Task, fingerprint: str, field: str) -> Task:
@@ -82,21 +110,22 @@ def _idempotent_match(owner: Any, key: str, fingerprint: str) -> Task | None:
 
 def task_submit_batch(
     *, owner: Any, actor: Actor, items: list[tuple[dict[str, Any], str | None, str]]
-) -> list[tuple[Task, bool]]:
+) -> list[tuple[Task, str]]:
     """Create many tasks, all or nothing: `items` are (data, idempotency key or None, fingerprint)
-    in request order; returns (task, created) in the same order. A key already used by this client
-    returns its task (a different body: 409 for the whole batch, nothing created). One lookup of
-    the keys, one INSERT of the new tasks, one of their history rows."""
-    for round_ in range(2):
+    in request order; returns (task, outcome) in the same order, as `task_submit`. A key already
+    used by this client returns its task (a different body: 409 for the whole batch, nothing
+    created); so does a held uniqueKey (onConflict "error": 409 for the whole batch). One lookup of
+    the keys, one of the unique slots, one INSERT of the new tasks, one of their history rows."""
+    for round_ in range(_UNIQUE_ROUNDS):
         try:
             with transaction.atomic():
                 return _submit_batch(owner, actor, items)
         except IntegrityError:
-            # A concurrent request inserted one of the keys first: the second round finds it.
-            if round_:
+            # A concurrent request inserted one of the keys first: the next round finds it.
+            if round_ == _UNIQUE_ROUNDS - 1:
                 raise Conflict(
-                    "An idempotencyKey of this batch collides with another of the client's keys "
-                    "(keys are compared as the database compares them, e.g. case-insensitively)",
+                    "An idempotencyKey or uniqueKey of this batch collides with another of the client's keys "
+                    "(idempotency keys are compared as the database compares them, e.g. case-insensitively)",
                     details={"field": "tasks"},
                 ) from None
     raise AssertionError("unreachable")
@@ -104,7 +133,8 @@ def task_submit_batch(
 
 def _submit_batch(
     owner: Any, actor: Actor, items: list[tuple[dict[str, Any], str | None, str]]
-) -> list[tuple[Task, bool]]:
+) -> list[tuple[Task, str]]:
+    now = timezone.now()
     keys = [key for _, key, _ in items if key]
     exact: dict[str, Task] = {}
     folded: dict[str, Task] = {}
@@ -114,17 +144,25 @@ def _submit_batch(
             stored_key = task.idempotency_key or ""
             exact[stored_key] = task
             folded.setdefault(stored_key.casefold(), task)
-    replies: list[Task | None] = []
+    rows = [_creation_fields(owner, data, key, fingerprint, now) for data, key, fingerprint in items]
+    held = unique.holders([row["unique_slot"] for row in rows if row.get("unique_slot")], now)
+    replies: list[tuple[Task, str] | None] = []
     new_rows: list[dict[str, Any]] = []
-    for index, (data, key, fingerprint) in enumerate(items):
+    for index, ((data, key, fingerprint), row) in enumerate(zip(items, rows, strict=True)):
         existing = (exact.get(key) or folded.get(key.casefold())) if key else None
+        holder = held.get(row.get("unique_slot") or "")
         if existing is not None:
-            replies.append(_check_fingerprint(existing, fingerprint, f"tasks[{index}].idempotencyKey"))
+            replies.append((_check_fingerprint(existing, fingerprint, f"tasks[{index}].idempotencyKey"), REPLAYED))
+        elif holder is not None:
+            field = f"tasks[{index}].uniqueKey"
+            replies.append(
+                (_unique_conflict(holder, data.get("on_conflict") or unique.EXISTING, field), UNIQUE_EXISTING)
+            )
         else:
             replies.append(None)
-            new_rows.append(_creation_fields(owner, data, key, fingerprint))
-    created = iter(create_tasks(new_rows, actor=actor) if new_rows else [])
-    return [(task, False) if task is not None else (next(created), True) for task in replies]
+            new_rows.append(row)
+    created = iter(create_tasks(new_rows, actor=actor, now=now) if new_rows else [])
+    return [reply if reply is not None else (next(created), CREATED) for reply in replies]
 
 
 @transaction.atomic
@@ -167,6 +205,8 @@ def task_delete(task_id: int, *, queryset: QuerySet[Task]) -> None:
             f"Task {task_id} is RUNNING and cannot be deleted; cancel it first",
             details={"status": task.status},
         )
+    if task.owner_id is not None:  # its log lines no longer count against its key's quota
+        logs.refund_deleted([(task.owner_id, TaskExecutionLog.objects.filter(task_id=task.pk).count())])
     task.delete()
 
 
@@ -187,10 +227,12 @@ def task_append_logs(
         if actor.unit_id is not None:
             task = lock_live_attempt(task_id, actor.unit_id, attempt or 0)
         else:
-            task = queryset.filter(pk=task_id).first()  # type: ignore[assignment]
+            # Locked, as the unit's path locks it: concurrent appends count the cap one at a time.
+            task = queryset.select_for_update().filter(pk=task_id).first()  # type: ignore[assignment]
             if task is None:
                 raise NotFound(f"Task {task_id} not found")
         logs.check_log_room(task_id, logs.stored_log_counts([task_id]).get(task_id, 0), len(entries))
+        logs.charge_owner(task.owner_id, task.pk, len(entries))
         rows = logs.log_rows(task.pk, task.attempt if attempt is None else attempt, entries, actor=actor, now=now)
         TaskExecutionLog.objects.bulk_create(rows)
         if actor.unit_id is None and task.lease_expires_at is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import connection
 
+from taskhub.apikeys.models import DEFAULT_POOL
 from taskhub.base.rowload import fetch_models
 from taskhub.base.sql import db_datetime, execute, model_field, prepared, qn, scalar
 from tasks.fencing import lease_sql
@@ -21,40 +22,44 @@ S = TaskStatus
 TABLE = Task._meta.db_table
 
 
-def claimable(task_type: str, now: datetime):  # type: ignore[no-untyped-def]
-    """PENDING tasks of `task_type` due by `now` and not held back by their queue's key limits
-    (Task.held_back), most urgent first: the claim's query, served by
-    `task_claim_idx (status, task_type, held_back, priority DESC, id)` with no filesort."""
-    return Task.objects.filter(status=S.PENDING, task_type=task_type, held_back=False, available_at__lte=now).order_by(
-        "-priority", "id"
-    )
+def claimable(task_type: str, now: datetime, pool: str = DEFAULT_POOL):  # type: ignore[no-untyped-def]
+    """PENDING tasks of `task_type` in `pool` due by `now` and not held back by their queue's key
+    limits (Task.held_back), most urgent first: the claim's query, served by
+    `task_claim_idx (status, pool, task_type, held_back, priority DESC, id)` with no filesort."""
+    return Task.objects.filter(
+        status=S.PENDING, pool=pool, task_type=task_type, held_back=False, available_at__lte=now
+    ).order_by("-priority", "id")
 
 
 _TYPE_MARK = "\x00claim task type"
+_POOL_MARK = "\x00claim pool"
 _NOW_MARK = datetime(2001, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
 _statements: dict[tuple[str, int], tuple[str, list[Any]]] = {}
 
 
-def claim_statement(task_type: str, now: datetime, limit: int) -> tuple[str, list[Any]]:
+def claim_statement(task_type: str, now: datetime, limit: int, pool: str = DEFAULT_POOL) -> tuple[str, list[Any]]:
     """The SQL the ORM compiles for `claimable(task_type, now).select_for_update(skip_locked=True)
     [:limit]`, compiled once per (database, limit): its text does not depend on the type or the
     time, whose parameters are found by compiling with marker values (compiling cost more CPU than
     MariaDB spends running it)."""
     key = (connection.alias, limit)
     if key not in _statements:
-        query = claimable(_TYPE_MARK, _NOW_MARK).select_for_update(skip_locked=True)[:limit].query
+        query = claimable(_TYPE_MARK, _NOW_MARK, _POOL_MARK).select_for_update(skip_locked=True)[:limit].query
         sql, params = query.get_compiler(connection.alias).as_sql()
-        if list(params).count(_TYPE_MARK) != 1 or list(params).count(db_datetime(_NOW_MARK)) != 1:
+        marks = list(params)
+        if marks.count(_TYPE_MARK) != 1 or marks.count(_POOL_MARK) != 1 or marks.count(db_datetime(_NOW_MARK)) != 1:
             raise AssertionError(f"unexpected parameters of the claim query: {params}")
         _statements[key] = (sql, list(params))
     sql, template = _statements[key]
     stamp, marked_now = db_datetime(now), db_datetime(_NOW_MARK)
-    return sql, [task_type if p == _TYPE_MARK else stamp if p == marked_now else p for p in template]
+    return sql, [
+        task_type if p == _TYPE_MARK else pool if p == _POOL_MARK else stamp if p == marked_now else p for p in template
+    ]
 
 
-def lock_claimable(task_type: str, now: datetime, limit: int) -> list[Task]:
+def lock_claimable(task_type: str, now: datetime, limit: int, pool: str = DEFAULT_POOL) -> list[Task]:
     """Whole rows, locked (SKIP LOCKED: concurrent claimers take others): what the unit gets back."""
-    sql, params = claim_statement(task_type, now, limit)
+    sql, params = claim_statement(task_type, now, limit, pool)
     return fetch_models(Task, sql, params)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -128,3 +128,13 @@ def lapsed_orphans(n: int, at: datetime, actor: str = "key:many") -> list[int]:
     history = [TaskStatusHistory(task_id=t.pk, actor_type="api_key", actor=actor, **started) for t in tasks]
     TaskStatusHistory.objects.bulk_create(history, batch_size=2000)
     return [t.pk for t in tasks]
+
+
+def hub_listening(now: datetime) -> None:
+    """The hub heard its units all along up to `now` (units.hearing): its last sweep ran just before
+    and found no gap, so the next sweep judges silences by the timeout alone."""
+    from units.models import HubHearing
+
+    HubHearing.objects.update_or_create(
+        pk=1, defaults={"listening_since": None, "deaf": False, "last_sweep_at": now - timedelta(seconds=1)}
+    )

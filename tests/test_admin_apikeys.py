@@ -69,7 +69,9 @@ def test_revoke_action_revokes_and_reports_keys_already_revoked(op_client: Clien
     msgs = messages_of(
         op_client.post(LIST, {"action": "revoke_keys", "_selected_action": [key.pk], "index": "0"}, follow=True)
     )
-    assert "Revoked 1 API key." in msgs
+    assert any(
+        m.startswith("Revoked 1 API key.") and "Units registered with a revoked key are refused" in m for m in msgs
+    )
     key.refresh_from_db()
     assert key.revoked_at is not None
     assert Client(HTTP_AUTHORIZATION=f"Bearer {secret}").get("/api/v1/tasks").status_code == 401
@@ -90,3 +92,14 @@ def test_viewer_sees_keys_but_cannot_create_or_revoke() -> None:
     client.post(LIST, {"action": "revoke_keys", "_selected_action": [key.pk], "index": "0"})
     key.refresh_from_db()
     assert key.revoked_at is None
+
+
+def test_a_key_is_created_in_a_pool_and_a_bad_pool_is_refused(op_client: Client) -> None:
+    response = op_client.post(f"{LIST}add/", {"name": "tenant-key", "scopes": ["tasks:read"], "pool": "tenant-x"})
+    assert response.status_code == 200
+    assert ApiKey.objects.get(name="tenant-key").pool == "tenant-x"
+    _, secret = _create(op_client, "no-pool", ["tasks:read"])
+    assert secret and ApiKey.objects.get(name="no-pool").pool == "default"
+    bad = op_client.post(f"{LIST}add/", {"name": "bad-pool", "scopes": ["tasks:read"], "pool": "two words"})
+    assert bad.status_code == 200 and not ApiKey.objects.filter(name="bad-pool").exists()
+    assert b"letters, digits" in bad.content

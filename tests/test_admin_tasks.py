@@ -224,10 +224,12 @@ def test_pause_resume_and_cancel_actions_go_through_the_transitions(op_client: C
     assert "Resumed 1 task." in messages_of(response)
     assert Task.objects.get(pk=running.pk).status == S.PENDING
 
-    response = act(op_client, "cancel_tasks", running.pk)
+    response = act(op_client, "cancel_tasks", running.pk)  # asks first, changes nothing
+    assert Task.objects.get(pk=running.pk).status == S.PENDING
+    response = act(op_client, "cancel_tasks", running.pk, post="yes")
     assert "Cancelled 1 task." in messages_of(response)
     assert Task.objects.get(pk=running.pk).status == S.CANCELLED
-    response = act(op_client, "cancel_tasks", running.pk)
+    response = act(op_client, "cancel_tasks", running.pk, post="yes")
     assert f"Not changed: 1 task (#{running.pk}): CANCELLED is a final state." in messages_of(response)
 
 
@@ -284,7 +286,14 @@ def test_an_action_run_from_the_task_page_returns_to_it(op_client: Client) -> No
     )
     assert response.status_code == 302 and response["Location"] == page(failed.pk)
     evil = op_client.post(
-        LIST, {"action": "cancel_tasks", "_selected_action": str(failed.pk), "index": "0", "next": "https://evil.test/"}
+        LIST,
+        {
+            "action": "cancel_tasks",
+            "_selected_action": str(failed.pk),
+            "index": "0",
+            "next": "https://evil.test/",
+            "post": "yes",
+        },
     )
     assert evil["Location"] != "https://evil.test/"
 

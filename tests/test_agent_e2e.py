@@ -326,3 +326,29 @@ def test_replace_takes_the_id_over_and_the_old_process_stops(hub: Hub) -> None:
     (done,) = completions(hub, task_id)
     assert done["attempt"] == 2
     assert new.proc.poll() is None and new.stop() == 0
+
+
+def test_a_result_survives_a_kill_right_after_its_handler_returned(hub: Hub) -> None:
+    """Issue 18, finding 14: kill -9 between the handler's return and its report (a test-only pause
+    holds the process there); the next process of the unit replays the spooled result before it
+    registers: the task completes at its first attempt (claimed once, so its handler ran once)."""
+    data_dir = hub.tmp / "spool-s1"
+    data_dir.mkdir()
+    spool = data_dir / ".taskhub-unit" / "e2e-s1"
+    pause = {"TASKHUB_DATA_DIR": str(data_dir), "TASKHUB_UNIT_TEST_PAUSE_AFTER_HANDLER": "60"}
+    first = hub.start_unit("e2e-s1", "E2E_SPOOL", 1, **pause)
+    (task_id,) = hub.submit("E2E_SPOOL", 1, seconds=0.1)
+    wait_for(lambda: list(spool.glob("outcome-*.json")), 20, "the result to be spooled")
+    first.kill()
+    assert hub.api("GET", f"/tasks/{task_id}")["status"] == "RUNNING"
+    second = Unit(hub, "e2e-s1", "E2E_SPOOL", 1, {"TASKHUB_DATA_DIR": str(data_dir)}, log_name="e2e-s1-second")
+    hub.units.append(second)
+    wait_for(lambda: hub.api("GET", f"/tasks/{task_id}")["status"] == "COMPLETED", 20, "the replayed result")
+    assert f"task {task_id} attempt 1: spooled complete replayed (accepted)" in second.log()
+    assert [row["toStatus"] for row in hub.history(task_id)] == ["PENDING", "RUNNING", "COMPLETED"]
+    assert hub.api("GET", f"/tasks/{task_id}")["attempt"] == 1
+    assert not list(spool.glob("outcome-*.json"))
+    assert second.stop() == 0
+    without = hub.start_unit("e2e-s2", "E2E_SPOOL", 1)  # no --data-dir: no spool, and it says so
+    wait_for(without.log_matches(r"no --data-dir: results are not spooled"), 10, "the no-spool warning")
+    assert without.stop() == 0

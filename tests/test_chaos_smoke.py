@@ -20,12 +20,16 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from chaos.faults import KINDS
 from chaos.verify import check
 from tasks.models import Task, TaskStatusHistory
 from tests import factories
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE_RESTARTS = os.environ.get("TASKHUB_REQUIRE_SERVICES") == "1" or os.environ.get("CHAOS_SERVICE_RESTARTS") == "1"
+# Kept fast: of the hub outages, the web's alone (each is longer than the heartbeat timeout); and
+# throttled-unit waits for heartbeats to be exempt from the unit rate (issue 18, finding 5).
+SMOKE_KINDS = [k for k in KINDS if k not in ("outage-full", "outage-beat-first", "throttled-unit")]
 
 
 @pytest.mark.mariadb
@@ -42,6 +46,7 @@ def test_chaos_run_at_a_bounded_size_keeps_every_invariant(tmp_path: Path) -> No
     }
     argv = [sys.executable, "-m", "chaos", "--seed", "11", "--per-kind", "2", "--tasks", "80", "--gap", "1.0"]
     argv += ["--drain-timeout", "120", "--db-name", f"{test_db}_chaos", "--workdir", str(tmp_path)]
+    argv += ["--faults", ",".join(SMOKE_KINDS)]
     if not SERVICE_RESTARTS:
         argv.append("--no-service-restarts")
     try:
@@ -147,3 +152,37 @@ def test_i7_fails_on_a_gap_in_the_history(done_task: Task) -> None:
     _row(done_task, "PENDING", "CANCELLED", 3, attempt=1)
     _finish(done_task, "CANCELLED", 1, "u1")
     assert "I7" in _violations(_facts())
+
+
+def test_d_fails_on_a_lease_executed_twice(done_task: Task) -> None:
+    from tasks.models import TaskExecutionLog
+
+    def started(at: float) -> None:
+        TaskExecutionLog.objects.create(
+            task=done_task,
+            attempt=1,
+            unit_id="u1",
+            message="sleeping 0.50s in 4 steps on u1",
+            timestamp=T0 + timedelta(seconds=at),
+            created_at=T0,
+        )
+
+    started(1)
+    started(1)  # the same line delivered twice (a replayed report): one run
+    assert _violations(_facts()) == {}
+    started(5)
+    assert _violations(_facts()) == {"D": 1}
+    assert _violations(_facts(duplicatesKept=["a second u1 kept running for 30s"])) == {"D": 2}
+
+
+def test_r14_fails_when_a_spooled_result_was_failed_over(db: None) -> None:
+    factories.unit("u1")
+    task = factories.task(now=T0)
+    _ran(task, "u1", 1, 1)
+    _row(task, "RUNNING", "PENDING", 12, attempt=1, unit_id="u1", actor="job:sweep_heartbeats")
+    _ran(task, "u1", 2, 13)
+    _row(task, "RUNNING", "COMPLETED", 14, attempt=2, unit_id="u1", actor_type="unit", actor="unit:u1")
+    _finish(task, "COMPLETED", 2, "u1", result={"attempt": 2, "unit": "u1"})
+    silenced = [("u1", (T0 + timedelta(seconds=2)).timestamp(), (T0 + timedelta(seconds=4)).timestamp())]
+    assert _violations(_facts(silences=silenced, spooledAtKill=[[task.pk, 2]])) == {}
+    assert _violations(_facts(silences=silenced, spooledAtKill=[[task.pk, 1]])) == {"R14": 1}

@@ -358,7 +358,7 @@ def test_production_settings_are_hardened(tmp_path):
     code = (
         "import django; django.setup(); from django.conf import settings as s; "
         "print(s.DEBUG, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_SSL_REDIRECT, "
-        "s.MIDDLEWARE[1])"
+        "s.MIDDLEWARE[s.MIDDLEWARE.index('django.middleware.security.SecurityMiddleware') + 1])"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

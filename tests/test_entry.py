@@ -25,22 +25,32 @@ SET_BASED = [S.PENDING, S.FAILED, S.COMPLETED, S.CANCELLED, S.PAUSED]  # all but
     target=st.sampled_from(SET_BASED),
     schedule=st.one_of(st.none(), st.integers(min_value=-86_400, max_value=86_400)),
     stale=st.booleans(),
+    unique=st.sampled_from([None, "active", "period"]),
 )
-def test_the_set_based_form_stores_what_the_row_form_sets(target: str, schedule: int | None, stale: bool) -> None:
+def test_the_set_based_form_stores_what_the_row_form_sets(
+    target: str, schedule: int | None, stale: bool, unique: str | None
+) -> None:
     scheduled_at = None if schedule is None else NOW + timedelta(seconds=schedule, microseconds=schedule % 7)
     a, b = (factories.task(scheduled_at=scheduled_at, now=NOW - timedelta(days=2)) for _ in range(2))
     if stale:  # values a state leaves behind, which the entry must clear or keep as it says
         Task.objects.filter(pk__in=[a.pk, b.pk]).update(
             next_retry_at=NOW, timeout_at=NOW, finished_at=NOW - timedelta(hours=1), lease_expires_at=NOW
         )
+    if unique:  # a uniqueKey slot: a terminal state releases it, unless a period (uniqueFor) holds it
+        until = NOW + timedelta(hours=1) if unique == "period" else None
+        for task in (a, b):
+            Task.objects.filter(pk=task.pk).update(unique_key="k", unique_slot=f"slot-{task.pk}", unique_until=until)
     in_memory = Task.objects.get(pk=a.pk)
     fields = enter(in_memory, target, NOW)
     in_memory.save(update_fields=sorted(fields))
     Task.objects.filter(pk=b.pk).update(**entry_values(target, NOW))
     row, set_based = Task.objects.get(pk=a.pk), Task.objects.get(pk=b.pk)
     assert set(entry_values(target, NOW)) == fields
-    for name in fields:
+    for name in fields - {"unique_slot"}:
         assert getattr(row, name) == getattr(set_based, name), name
+    assert (row.unique_slot is None) == (set_based.unique_slot is None)
+    released = unique == "active" and target in (S.COMPLETED, S.CANCELLED)
+    assert (row.unique_slot is None) == (released or not unique)
 
 
 def test_a_pending_task_is_claimable_from_its_schedule_or_now_whichever_is_later() -> None:

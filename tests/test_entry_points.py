@@ -27,7 +27,7 @@ def test_api_root_is_documented_once_in_the_schema(api):
     schema = json.loads(api.get("/api/v1/schema?format=json").content)
     assert "/api/v1" not in schema["paths"]
     index = schema["paths"]["/api/v1/"]["get"]
-    assert index["operationId"] == "api_index" and "security" not in index
+    assert index["operationId"] == "getApiIndex" and "security" not in index
     assert index["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ApiIndex")
 
 

@@ -220,13 +220,13 @@ def test_throttle_counts_in_one_constant_size_key_and_reopens_after_the_window(
     register_unit: Any, tight_unit_rate: None
 ) -> None:
     unit, body = register_unit("thr-1")
-    url = f"/api/v1/execution-units/{body['id']}/heartbeat"
+    url = f"/api/v1/execution-units/{body['id']}/claim"  # heartbeats have their own bucket
     cache.set(f"throttle:unit:unit:{body['id']}", [1.0] * 50, 60)  # a list left by the old throttle
-    assert [unit.post(url, {"currentLoad": 0}).status_code for _ in range(3)] == [200] * 3
-    refused = unit.post(url, {"currentLoad": 0})
+    assert [unit.post(url, {"max": 1}).status_code for _ in range(3)] == [200] * 3
+    refused = unit.post(url, {"max": 1})
     assert refused.status_code == 429 and 0 < int(refused["Retry-After"]) <= 60
     key = f"throttle:unit:unit:{body['id']}"
     assert cache.get(key, version=COUNTER_VERSION) == 4  # one integer, whatever the rate
     cache.delete(key, version=COUNTER_VERSION)  # the window expires
-    assert unit.post(url, {"currentLoad": 0}).status_code == 200
+    assert unit.post(url, {"max": 1}).status_code == 200
     assert cache.get(key, version=COUNTER_VERSION) == 1

@@ -97,6 +97,8 @@ def test_failovers_retries_stale_reports_and_job_durations_are_counted(django_ca
     factories.task(now=now - timedelta(minutes=6))
     with django_capture_on_commit_callbacks(execute=True):
         claimed, _ = claim_tasks_with_status(unit.pk, 2, now=now - timedelta(minutes=5))
+    factories.unit("live-unit", now=now)  # the hub hears others: the lost unit's silence is its own
+    factories.hub_listening(now)
     before = scrape()
     with django_capture_on_commit_callbacks(execute=True):
         result = run_job("sweep_heartbeats", now)
@@ -118,10 +120,10 @@ def test_failovers_retries_stale_reports_and_job_durations_are_counted(django_ca
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("taskhub_task_failovers_total") == 2
-    assert delta("taskhub_tasks_poisoned_total") == 0
+    assert delta("taskhub_task_failovers_total", task_type="DATA_PROCESSING") == 2
+    assert delta("taskhub_tasks_poisoned_total", task_type="DATA_PROCESSING") == 0
     assert delta("taskhub_stale_reports_refused_total") == 1
-    assert delta("taskhub_task_retries_total") == 1
+    assert delta("taskhub_task_retries_total", task_type="EMAIL") == 1
     assert delta("taskhub_job_duration_seconds_count", job="sweep_heartbeats") == 1
     assert value(after, "taskhub_job_duration_seconds_sum", job="sweep_heartbeats") > 0
 

@@ -22,6 +22,7 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
+import time_machine
 from django.conf import settings as django_settings
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -38,7 +39,7 @@ from hypothesis.stateful import (
 from taskhub.base.actors import Actor
 from taskhub.base.errors import Conflict
 from taskhub.base.viewer import OPERATOR
-from tasks import fencing
+from tasks import fencing, services
 from tasks.jobs import fail_timeouts, move_due_retries
 from tasks.models import QueueChange, QueueSettings, Task, TaskExecutionLog, TaskStatusHistory
 from tasks.services import task_append_logs
@@ -87,6 +88,7 @@ class MTask:
     key: str = ""  # Task.concurrency_key
     failed_attempts: set[tuple[str | None, int]] = field(default_factory=set)  # FAILED history (unit, attempt)
     accepted_results: int = 0  # COMPLETED reports and requests that were accepted
+    unique_key: str | None = None  # created with uniqueKey (active scope): held until terminal
 
     def live_for(self, unit_id: str, attempt: int) -> bool:
         return self.status == S.RUNNING and self.unit == unit_id and self.attempt == attempt
@@ -245,6 +247,25 @@ class SchedulerMachine(RuleBasedStateMachine):
         )
         q = self.queues.setdefault(task_type, MQueue())
         q.paused, q.max_running, q.per_key, q.rate = paused, max_running, per_key, rate
+
+    @rule(key=st.sampled_from(["u1", "u2"]), task_type=st.sampled_from(["A", "B"]))
+    def create_unique(self, key: str, task_type: str) -> None:
+        """A create with a uniqueKey: the holder (a task with the key, not terminal) is returned,
+        else a new task takes the key."""
+        holder = [t for t in self.tasks.values() if t.unique_key == key and t.status not in TERMINAL]
+        assert len(holder) <= 1, f"two live tasks hold {key}"
+        self.created += 1
+        data = {"name": f"unique {self.created}", "task_type": task_type, "priority": 0, "config": {}}
+        data |= {"max_retries": 1, "unique_key": key}
+        with time_machine.travel(self.now, tick=False):
+            task, outcome = services.task_submit(
+                owner=None, actor=CLIENT, data=data, idempotency_key=None, fingerprint=""
+            )
+        if holder:
+            assert (task.pk, outcome) == (holder[0].id, services.UNIQUE_EXISTING)
+            return
+        assert outcome == services.CREATED
+        self.tasks[task.pk] = MTask(task.pk, task_type, 0, 1, None, available_at=self.now, unique_key=key)
 
     @precondition(lambda self: self.tasks)
     @rule(data=st.data(), op=st.sampled_from(["cancel", "pause", "resume", "retry", "complete", "fail", "start"]))
@@ -632,6 +653,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert r["available_at"] == t.available_at, task_id
             if t.status == S.COMPLETED:
                 assert r["progress"] == 100
+            # A uniqueKey is held (its slot set) exactly while its task is not terminal.
+            assert (r["unique_slot"] is not None) == (t.unique_key is not None and t.status not in TERMINAL), task_id
         units = dict(ExecutionUnit.objects.values_list("id", "status"))
         assert units == {u.id: u.status for u in self.units.values()}
 

@@ -3,10 +3,11 @@ revoked key and a made-up key, on A's objects and on B's. Each call gets the rig
 a refused call changes nothing, no response carries the other side's data (lists and stats
 included), and nothing a caller does touches the other side's rows.
 
-Also here: scopes, secrets stored only as digests, throttling (429 + Retry-After) per client and
-per unit, the body limit (413) on every operation of the schema, caps on log volume and page size,
-the admin behind its login with production cookie settings, and the unit agent never logging its
-token."""
+Also here: execution pools (a unit claims only its tenant's tasks), revoked keys ending their
+units' tokens, deregistration evicting the unit's process, scopes, secrets stored only as digests,
+throttling (429 + Retry-After) per client and per unit (heartbeats in a bucket of their own), the
+body limit (413) on every operation of the schema, caps on log volume and page size, the admin
+behind its login with production cookie settings, and the unit agent never logging its token."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ import pytest
 from django.apps import apps
 from django.core.cache import cache
 from django.db import models
+from django.utils import timezone
 
 from taskhub.api.throttling import PrincipalRateThrottle
 from taskhub.apikeys.models import ALL_SCOPES, ApiKey
 from taskhub.apikeys.services import api_key_revoke
 from taskhub.apikeys.tokens import digest
+from taskhub.schedules.models import Schedule
 from tasks.models import QueueChange, QueueSettings, Task, TaskExecutionLog, TaskStatusHistory
 from testkit.waiting import wait_for
 from tests.conftest import JsonClient
@@ -53,11 +56,13 @@ class Side:
     unit_id: str
     unit_token: str
     tasks: dict[str, int]  # "running" (leased to the side's unit), "pending", "failed"
+    schedule: int = 0  # a recurring schedule of the side's
 
     @property
     def task_type(self) -> str:
-        # Units claim any client's tasks of their type (a shared pool, as designed); each side has
-        # its own type here so that a unit's claim reply holds only its own client's tasks.
+        # Both sides' keys are in the default execution pool, whose units claim any of its clients'
+        # tasks of their type (a shared pool: see the pool tests at the end); each side has its own
+        # type here so that a unit's claim reply holds only its own client's tasks.
         return f"SEC_{self.name}"
 
     @property
@@ -126,7 +131,19 @@ def _build_side(make_client: Callable[..., JsonClient], name: str) -> Side:
     _ok(unit.post(f"{API}/tasks/{tasks['running']}/logs", {"attempt": 1, "message": f"log {marker}"}), 201)
     tasks["pending"] = create("pending")
     _ok(client.patch(f"{API}/queues/Q_{marker}", {"maxRunning": 3}), 200)
-    return Side(name, client, client.secret, unit, unit_id, reg["token"], tasks)  # type: ignore[attr-defined]
+    schedule = _ok(
+        client.post(
+            f"{API}/schedules",
+            {
+                "name": f"schedule {marker}",
+                "cron": "0 3 * * *",
+                "template": {"name": marker, "taskType": f"SEC_{name}"},
+            },
+        ),
+        201,
+    )["id"]
+    side = Side(name, client, client.secret, unit, unit_id, reg["token"], tasks, schedule)  # type: ignore[attr-defined]
+    return side
 
 
 @pytest.fixture
@@ -152,6 +169,7 @@ def _rows_of(side: str | None) -> dict[str, list[Any]]:
         "queueChanges": list(
             QueueChange.objects.filter(**({"task_type__contains": f"MARK-{side}-"} if side else {})).values()
         ),
+        "schedules": list(Schedule.objects.filter(**owner).order_by("id").values()),
     }
 
 
@@ -173,7 +191,7 @@ class Op:
 
     def url(self, side: Side) -> str:
         task_id = side.tasks.get(self.target or "", 0)
-        return API + self.path.format(task=task_id, unit=side.unit_id, queue=side.queue)
+        return API + self.path.format(task=task_id, unit=side.unit_id, queue=side.queue, schedule=side.schedule)
 
 
 def _report(extra: dict[str, Any]) -> Body:
@@ -278,6 +296,18 @@ OPS = [
     Op("list-queues", "get", "/queues", "queues:read", 200),
     Op("get-queue", "get", "/queues/{queue}", "queues:read", 200, "queue"),
     Op("patch-queue", "patch", "/queues/{queue}", "queues:write", 200, "queue", body=lambda s: {"maxRunning": 2}),
+    Op("list-schedules", "get", "/schedules", "tasks:read", 200),
+    Op(
+        "create-schedule",
+        "post",
+        "/schedules",
+        "tasks:write",
+        201,
+        body=lambda s: {"name": "n", "cron": "*/5 * * * *", "template": {"name": "n", "taskType": s.task_type}},
+    ),
+    Op("get-schedule", "get", "/schedules/{schedule}", "tasks:read", 200, "schedule"),
+    Op("patch-schedule", "patch", "/schedules/{schedule}", "tasks:write", 200, "schedule", lambda s: {"paused": True}),
+    Op("delete-schedule", "delete", "/schedules/{schedule}", "tasks:write", 204, "schedule"),
 ]
 OPS_BY_NAME = {op.name: op for op in OPS}
 REPORTS = {"write-logs", "progress", "complete", "fail"}
@@ -458,7 +488,11 @@ def test_secrets_never_reach_the_server_logs(world: World, caplog: pytest.LogCap
 @pytest.fixture
 def tight_rates(monkeypatch: pytest.MonkeyPatch) -> None:
     # SimpleRateThrottle reads its rates into a class attribute at import time.
-    monkeypatch.setattr(PrincipalRateThrottle, "THROTTLE_RATES", {"client": "5/min", "unit": "4/min", "anon": "3/min"})
+    monkeypatch.setattr(
+        PrincipalRateThrottle,
+        "THROTTLE_RATES",
+        {"client": "5/min", "unit": "4/min", "anon": "3/min", "heartbeat": "3/5s"},
+    )
     cache.clear()  # the world's set-up requests counted too
 
 
@@ -478,13 +512,76 @@ def test_clients_are_throttled_per_key_with_retry_after(world: World, tight_rate
 
 
 def test_units_are_throttled_per_unit_with_retry_after(world: World, tight_rates: None) -> None:
-    beat = {"currentLoad": 0}
-    assert [world.a.unit.post(f"{API}/execution-units/unit-a/heartbeat", beat).status_code for _ in range(4)] == [
-        200
-    ] * 4
-    _throttled(world.a.unit.post(f"{API}/execution-units/unit-a/heartbeat", beat))
-    assert world.b.unit.post(f"{API}/execution-units/unit-b/heartbeat", beat).status_code == 200
+    claim = {"max": 1}
+    assert [world.a.unit.post(f"{API}/execution-units/unit-a/claim", claim).status_code for _ in range(4)] == [200] * 4
+    _throttled(world.a.unit.post(f"{API}/execution-units/unit-a/claim", claim))
+    assert world.b.unit.post(f"{API}/execution-units/unit-b/claim", claim).status_code == 200
     assert world.a.client.get(f"{API}/tasks").status_code == 200  # the unit's key is another bucket
+
+
+def test_a_throttled_unit_still_heartbeats_and_keeps_its_task(
+    world: World, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """API_THROTTLE_UNIT=60/min: a unit that used up its bucket on claims is still heard, so it is
+    never failed over for being throttled (heartbeats have a bucket of their own)."""
+    from units.sweeper import sweep_heartbeats
+
+    rates = {**PrincipalRateThrottle.THROTTLE_RATES, "unit": "60/min", "heartbeat": settings.API_THROTTLE_HEARTBEAT}
+    monkeypatch.setattr(PrincipalRateThrottle, "THROTTLE_RATES", rates)
+    cache.clear()
+    claim = [world.a.unit.post(f"{API}/execution-units/unit-a/claim", {"max": 1}).status_code for _ in range(61)]
+    assert claim[:60] == [200] * 60 and claim[60] == 429
+    running = world.a.tasks["running"]
+    beat = {"currentLoad": 1, "tasks": [{"id": running, "attempt": 1}]}
+    for _ in range(20):
+        reply = world.a.unit.post(f"{API}/execution-units/unit-a/heartbeat", beat)
+        assert reply.status_code == 200, reply.content
+    sweep_heartbeats(now=timezone.now())
+    assert ExecutionUnit.objects.get(pk="unit-a").status != "OFFLINE"
+    assert Task.objects.get(pk=running).status == "RUNNING"
+
+
+def test_the_heartbeat_bucket_window_is_shorter_than_the_timeout(
+    world: World, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    from taskhub.env import parse_rate
+
+    count, window = parse_rate(settings.API_THROTTLE_HEARTBEAT)
+    assert count is not None and window is not None
+    assert window < settings.UNIT_HEARTBEAT_TIMEOUT
+    assert count >= window / settings.UNIT_HEARTBEAT_INTERVAL + 1
+    monkeypatch.setattr(
+        PrincipalRateThrottle,
+        "THROTTLE_RATES",
+        {"client": "5/min", "unit": "2/min", "anon": "3/min", "heartbeat": "3/5s"},
+    )
+    cache.clear()
+    beat = {"currentLoad": 0}
+    statuses = [world.a.unit.post(f"{API}/execution-units/unit-a/heartbeat", beat) for _ in range(4)]
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+    assert 0 < int(statuses[3]["Retry-After"]) <= 5  # heard again well before the timeout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"API_THROTTLE_HEARTBEAT": "100/min", "UNIT_HEARTBEAT_TIMEOUT": "30"}, "shorter than UNIT_HEARTBEAT_TIMEOUT"),
+        ({"API_THROTTLE_HEARTBEAT": "1/10s", "UNIT_HEARTBEAT_TIMEOUT": "30"}, "fewer than a unit"),
+        ({"API_THROTTLE_UNIT": "lots"}, "API_THROTTLE_UNIT"),
+    ],
+)
+def test_a_heartbeat_rate_that_could_fail_units_over_stops_startup(env: dict[str, str], message: str) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "REDIS_", "TASK_", "UNIT_", "API_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env=base | {"DJANGO_SETTINGS_MODULE": "taskhub.settings", "VAR_DIR": "/tmp/taskhub-i18-var"} | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and message in result.stderr
 
 
 @pytest.mark.redis
@@ -493,10 +590,12 @@ def test_throttle_counters_live_in_redis_when_it_is_configured(world: World, tig
 
     world.a.client.get(f"{API}/tasks")
     world.a.unit.post(f"{API}/execution-units/unit-a/heartbeat", {"currentLoad": 0})
+    world.a.unit.post(f"{API}/execution-units/unit-a/claim", {"max": 1})
     keys = {k.decode() for k in get_redis_connection("default").keys("*throttle:*")}
     key_id = ApiKey.objects.get(name="client-a").pk
     assert any(k.endswith(f"throttle:client:key:{key_id}") for k in keys), keys
     assert any(k.endswith("throttle:unit:unit:unit-a") for k in keys), keys
+    assert any(k.endswith("throttle:heartbeat:unit:unit-a") for k in keys), keys
 
 
 # --- limits ----------------------------------------------------------------------------------
@@ -729,3 +828,140 @@ def test_unknown_api_paths_and_methods_answer_json_even_without_a_csrf_token(wor
     health = browser.post(f"{API}/health", {}, format="json")
     assert health.status_code == 405 and health.json()["code"] == "method_not_allowed"
     assert "GET" in health["Allow"]
+
+
+# --- revocation and deregistration end a unit's access (issue 18 #4) ----------------------------
+
+
+def test_revoking_a_key_ends_the_unit_tokens_it_issued(world: World) -> None:
+    running = world.a.tasks["running"]
+    before = _rows_of("A")
+    api_key_revoke(ApiKey.objects.get(name="client-a"))
+    beat = {"currentLoad": 1, "tasks": [{"id": running, "attempt": 1}]}
+    for path, body in (("heartbeat", beat), ("claim", {"max": 1})):
+        reply = world.a.unit.post(f"{API}/execution-units/unit-a/{path}", body)
+        assert reply.status_code == 401, (path, reply.content)
+        assert "revoked" in reply.json()["message"]
+    reply = world.a.unit.post(f"{API}/tasks/{running}/complete", {"attempt": 1, "result": {}})
+    assert reply.status_code == 401
+    assert _rows_of("A") == before  # refused: nothing changed
+    # B's key and unit are untouched.
+    assert world.b.unit.post(f"{API}/execution-units/unit-b/heartbeat", {"currentLoad": 0}).status_code == 200
+
+
+def test_a_deregistered_process_is_evicted_and_a_new_one_may_register(world: World) -> None:
+    body = {"id": "unit-e", "unitType": "SEC_A", "unitName": "e", "capacity": 1, "instanceId": "proc-1"}
+    reg = _ok(world.a.client.post(f"{API}/execution-units/register", body), 201)
+    assert world.a.client.delete(f"{API}/execution-units/unit-e").status_code == 204
+    assert (
+        JsonClient(reg["token"]).post(f"{API}/execution-units/unit-e/heartbeat", {"currentLoad": 0}).status_code == 401
+    )
+    again = world.a.client.post(f"{API}/execution-units/register", body)
+    assert again.status_code == 409, again.content
+    assert again.json()["code"] == "unit_evicted"
+    assert again.json()["details"]["evictedBy"].startswith("key:")
+    assert not ExecutionUnit.objects.filter(pk="unit-e").exists()  # refused: nothing changed
+    fresh = world.a.client.post(f"{API}/execution-units/register", {**body, "instanceId": "proc-2"})
+    assert fresh.status_code == 201, fresh.content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_running_agent_whose_unit_is_deregistered_stops_with_exit_code_5(
+    live_server: Any, tmp_path: Path, make_client: Callable[..., JsonClient]
+) -> None:
+    """A real `taskhub-unit` process running a task: "Deregister" fails the task over, and the agent
+    stops (exit code 5, a clear line) instead of registering again and taking the task back."""
+    client = make_client("agent-evict")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKHUB_", "DB_", "REDIS_"))}
+    env["TASKHUB_ENROLL_KEY"] = client.secret  # type: ignore[attr-defined]
+    cmd = [sys.executable, "-m", "taskhub_unit", "--server", live_server.url, "--id", "agent-evict"]
+    cmd += ["--type", "SEC_EVICT", "--capacity", "1", "--handler", "sleep", "--poll-interval", "0.2"]
+    task = _ok(client.post(f"{API}/tasks", {"name": "s", "taskType": "SEC_EVICT", "config": {"seconds": 60}}), 201)
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: Task.objects.get(pk=task["id"]).status == "RUNNING", 60, "the agent to claim", interval=0.2)
+        assert client.delete(f"{API}/execution-units/agent-evict").status_code == 204
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert code == 5, text[-3000:]
+    assert "was deregistered by key:agent-evict" in text
+    assert not ExecutionUnit.objects.filter(pk="agent-evict").exists()
+    task_row = Task.objects.get(pk=task["id"])
+    assert task_row.status == "PENDING" and task_row.attempt == 1  # failed over once, never claimed again
+
+
+# --- execution pools: a unit claims only its own tenant's tasks (issue 18 #13) -------------------
+
+
+def _register(client: JsonClient, unit_id: str, unit_type: str) -> JsonClient:
+    body = {"id": unit_id, "unitType": unit_type, "unitName": unit_id, "capacity": 5}
+    return JsonClient(_ok(client.post(f"{API}/execution-units/register", body), 201)["token"])
+
+
+def _task(client: JsonClient, task_type: str, marker: str) -> int:
+    body = {"name": marker, "taskType": task_type, "config": {"password": marker}}
+    return int(_ok(client.post(f"{API}/tasks", body), 201)["id"])
+
+
+def test_a_unit_of_another_pool_never_claims_a_tenants_tasks() -> None:
+    from taskhub.apikeys.services import api_key_create
+
+    _, key_a = api_key_create(name="tenant-a", scopes=ALL_SCOPES, pool="tenant-a")
+    _, key_b = api_key_create(name="tenant-b", scopes=ALL_SCOPES, pool="tenant-b")
+    _, key_a2 = api_key_create(name="tenant-a-workers", scopes=["units:register"], pool="tenant-a")
+    a, b = JsonClient(key_a), JsonClient(key_b)
+    secret = _task(a, "SHARED", "A-password-9d2")
+    unit_b = _register(b, "unit-pool-b", "SHARED")
+    reply = _ok(unit_b.post(f"{API}/execution-units/unit-pool-b/claim", {"max": 5}), 200)
+    assert reply["items"] == [] and "A-password-9d2" not in json.dumps(reply)
+    assert Task.objects.get(pk=secret).status == "PENDING" and Task.objects.get(pk=secret).attempt == 0
+    # B's own task of the same type: B's unit claims it.
+    own = _task(b, "SHARED", "B-task")
+    assert [
+        t["id"] for t in _ok(unit_b.post(f"{API}/execution-units/unit-pool-b/claim", {"max": 5}), 200)["items"]
+    ] == [own]
+    # A unit registered by another key of A's pool claims A's task.
+    unit_a = _register(JsonClient(key_a2), "unit-pool-a", "SHARED")
+    claimed = _ok(unit_a.post(f"{API}/execution-units/unit-pool-a/claim", {"max": 5}), 200)["items"]
+    assert [t["id"] for t in claimed] == [secret] and claimed[0]["config"] == {"password": "A-password-9d2"}
+
+
+def test_one_pool_by_default_is_a_shared_worker_pool(world: World) -> None:
+    """Keys made without a pool share the default one: any unit claims any client's tasks of its
+    type (today's single-tenant behaviour)."""
+    assert set(ApiKey.objects.values_list("pool", flat=True)) == {"default"}
+    body = {"name": "B-in-A-type", "taskType": "SEC_A", "priority": 9, "config": {}}
+    shared = int(_ok(world.b.client.post(f"{API}/tasks", body), 201)["id"])
+    claimed = _ok(world.a.unit.post(f"{API}/execution-units/unit-a/claim", {"max": 1}), 200)["items"]
+    assert [t["id"] for t in claimed] == [shared]
+    assert Task.objects.get(pk=shared).pool == "default"
+    assert ExecutionUnit.objects.get(pk="unit-a").pool == "default"
+
+
+def test_operators_tasks_are_in_the_default_pool_and_pools_are_validated() -> None:
+    from taskhub.apikeys.services import api_key_create
+    from taskhub.base.errors import InvalidInput
+    from tests import factories
+
+    assert factories.task(task_type="OPS").pool == "default"
+    with pytest.raises(InvalidInput) as bad:
+        api_key_create(name="bad-pool", scopes=["tasks:read"], pool="no spaces")
+    assert "pool" in bad.value.details["fields"]
+
+
+def test_create_api_key_takes_a_pool() -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("create_api_key", "cli-tenant", "--scopes", "units:register", "--pool", "tenant-cli", stdout=out)
+    assert "in pool 'tenant-cli'" in out.getvalue()
+    key = ApiKey.objects.get(name="cli-tenant")
+    assert key.pool == "tenant-cli" and key.key_hash == digest(out.getvalue().strip().splitlines()[-1])

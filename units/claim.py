@@ -1,5 +1,5 @@
-"""The claim: a unit leases up to `max` PENDING tasks of its type, within its free capacity and
-within its queue's settings (pause, concurrency and rate limits: the one place these rules live).
+"""The claim: a unit leases up to `max` PENDING tasks of its type and pool, within its free capacity
+and within its queue's settings (pause, concurrency and rate limits: the one place these rules live).
 
 The unit row lock (units.sql) serialises one unit's claims, so its capacity count is exact; the
 tasks are taken by `tasks.transitions.bulk.lease_to_unit` (one locked read with SKIP LOCKED: concurrent
@@ -41,10 +41,10 @@ from taskhub.base.errors import NotFound
 from tasks.models import QueueKeyWindow, Task
 from tasks.selectors import running_on
 from tasks.transitions.bulk import lease_to_unit
-from units import sql
+from units import lifecycle, sql
 from units.states import CLAIMING, Cause, UnitStatus, check_move
 
-UNIT_COLUMNS = ("id", "status", "capacity", "unit_type")
+UNIT_COLUMNS = ("id", "status", "capacity", "unit_type", "pool", "instance_id")
 # Per-key rooms are applied to the locked rows: read this many times `wanted` (at most 100) so that
 # one key's tasks at the head of the queue do not leave the claim short.
 KEY_LOOKAHEAD = 4
@@ -119,26 +119,33 @@ class ClaimResult:
     hold: QueueHold | None = None
 
 
-def claim_tasks(unit_id: str, max_tasks: int, *, now: datetime) -> list[Task]:
+def claim_tasks(unit_id: str, max_tasks: int, *, now: datetime, instance_id: str = "") -> list[Task]:
     """Lease up to `max_tasks` tasks of the unit's type, within its free capacity."""
-    return claim_tasks_with_status(unit_id, max_tasks, now=now)[0]
+    return claim_tasks_with_status(unit_id, max_tasks, now=now, instance_id=instance_id)[0]
 
 
-def claim_tasks_with_status(unit_id: str, max_tasks: int, *, now: datetime) -> tuple[list[Task], str]:
+def claim_tasks_with_status(
+    unit_id: str, max_tasks: int, *, now: datetime, instance_id: str = ""
+) -> tuple[list[Task], str]:
     """`claim_tasks`, also returning the unit's status as this claim left it (what the claim
     endpoint replies), so no query re-reads either after the commit."""
-    result = claim(unit_id, max_tasks, now=now)
+    result = claim(unit_id, max_tasks, now=now, instance_id=instance_id)
     return result.tasks, result.unit_status
 
 
 @retry_on_lock_error()
 @transaction.atomic
-def claim(unit_id: str, max_tasks: int, *, now: datetime) -> ClaimResult:
-    """The claim, with what its queue's settings held back (`ClaimResult.hold`, None if nothing)."""
+def claim(unit_id: str, max_tasks: int, *, now: datetime, instance_id: str = "") -> ClaimResult:
+    """The claim, with what its queue's settings held back (`ClaimResult.hold`, None if nothing).
+
+    `instance_id` (the calling process, see units.lifecycle) is checked against the stored one in
+    the same locked read: a process replaced by another one registering as this unit, even a moment
+    before this claim took the lock, gets UnitReplaced (409) and no task."""
     locked = sql.lock_unit_for_claim(unit_id, UNIT_COLUMNS)
     if locked is None:
         raise NotFound(f"Execution unit {unit_id} not found")
-    unit_pk, unit_status, capacity, unit_type = locked[: len(UNIT_COLUMNS)]
+    unit_pk, unit_status, capacity, unit_type, pool, stored_instance = locked[: len(UNIT_COLUMNS)]
+    lifecycle.refuse_a_replaced_instance(unit_pk, stored_instance, instance_id)
     rules = QueueRules.from_row(locked[len(UNIT_COLUMNS) :])
     if unit_status not in CLAIMING:
         return ClaimResult([], unit_status)
@@ -146,9 +153,9 @@ def claim(unit_id: str, max_tasks: int, *, now: datetime) -> ClaimResult:
     room = min(max_tasks, capacity - running)
     hold = None
     if rules is None:
-        tasks = lease_to_unit(unit_pk, unit_type, room, now)
+        tasks = lease_to_unit(unit_pk, unit_type, room, now, pool)
     else:
-        tasks, hold = _claim_limited(unit_pk, unit_type, room, rules, now)
+        tasks, hold = _claim_limited(unit_pk, unit_type, pool, room, rules, now)
     metrics.record_claim(unit_type, len(tasks))
     status = UnitStatus.BUSY if running + len(tasks) >= capacity else UnitStatus.ONLINE
     if status != unit_status:
@@ -162,7 +169,7 @@ def _window(starts: list[float], period: int, now_ts: float) -> list[float]:
 
 
 def _claim_limited(
-    unit_pk: str, unit_type: str, room: int, rules: QueueRules, now: datetime
+    unit_pk: str, unit_type: str, pool: str, room: int, rules: QueueRules, now: datetime
 ) -> tuple[list[Task], QueueHold | None]:
     """The claim of a queue with a settings row, under that row's lock (see the module's doc)."""
     hold = QueueHold(unit_type)
@@ -216,7 +223,7 @@ def _claim_limited(
             return chosen
 
         fetch = min(100, need * KEY_LOOKAHEAD) if rules.keyed else need
-        got = lease_to_unit(unit_pk, unit_type, fetch, now, pick=pick if rules.keyed else None)
+        got = lease_to_unit(unit_pk, unit_type, fetch, now, pool, pick=pick if rules.keyed else None)
         tasks += got
         for key in held:  # out of the claim's range, all of the key's PENDING tasks (a chunk per claim)
             sql.hold_key(unit_type, key, HOLD_CHUNK)

@@ -22,7 +22,7 @@ from django.conf import settings
 
 from taskhub.base.actors import Actor, ActorType
 from taskhub.base.errors import Conflict
-from units.models import ExecutionUnit
+from units.models import ExecutionUnit, UnitEviction
 from units.states import ALIVE, DrainedBy, UnitStatus
 
 
@@ -32,6 +32,42 @@ class UnitInUse(Conflict):
 
 class UnitReplaced(Conflict):
     code = "unit_replaced"
+
+
+class UnitEvicted(Conflict):
+    code = "unit_evicted"
+
+
+EVICTION_DAYS = 7
+
+
+def refuse_an_evicted_instance(unit_id: str, instance_id: str) -> None:
+    """A register from the process whose unit an operator deregistered: refused, so its agent stops
+    (a process without an instance id cannot be told apart, and is not checked)."""
+    if not instance_id:
+        return
+    evicted = UnitEviction.objects.filter(unit_id=unit_id, instance_id=instance_id).order_by("-id").first()
+    if evicted is not None:
+        raise UnitEvicted(
+            f"Execution unit {unit_id} was deregistered by {evicted.evicted_by or 'an operator'} at "
+            f"{evicted.evicted_at.isoformat()} while this process (instance {instance_id}) ran it: it must "
+            "stop. A new process may register the id again.",
+            details={
+                "unitId": unit_id,
+                "instanceId": instance_id,
+                "evictedBy": evicted.evicted_by,
+                "evictedAt": evicted.evicted_at.isoformat(),
+            },
+        )
+
+
+def record_eviction(unit: ExecutionUnit, actor: Actor, now: datetime) -> None:
+    """Deregistration: remember the process that ran the unit (and forget old tombstones)."""
+    UnitEviction.objects.filter(evicted_at__lt=now - timedelta(days=EVICTION_DAYS)).delete()
+    if unit.instance_id:
+        UnitEviction.objects.create(
+            unit_id=unit.pk, instance_id=unit.instance_id, evicted_by=actor.label, evicted_at=now
+        )
 
 
 def is_live(status: str, last_heartbeat_at: datetime, now: datetime) -> bool:

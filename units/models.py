@@ -2,14 +2,16 @@ from __future__ import annotations
 
 from django.db import models
 
+from taskhub.apikeys.models import DEFAULT_POOL
+from taskhub.base.fields import KeyField
 from units.states import DrainedBy, UnitStatus
 
-__all__ = ["DrainedBy", "ExecutionUnit", "UnitStatus"]
+__all__ = ["DrainedBy", "ExecutionUnit", "HubHearing", "UnitEviction", "UnitStatus"]
 
 
 class ExecutionUnit(models.Model):
-    id = models.CharField(primary_key=True, max_length=64)
-    unit_type = models.CharField(max_length=64, db_index=True)
+    id = KeyField(primary_key=True, max_length=64)
+    unit_type = KeyField(max_length=64, db_index=True)
     unit_name = models.CharField(max_length=255)
     capacity = models.PositiveIntegerField()
     endpoint = models.CharField(max_length=500, blank=True, default="")
@@ -17,7 +19,7 @@ class ExecutionUnit(models.Model):
     status = models.CharField(max_length=16, choices=UnitStatus.choices, default=UnitStatus.ONLINE)
     current_load = models.PositiveIntegerField(default=0, help_text="Load the unit last reported.")
     # Hash of the unit's own bearer token (sha256 hex); the token itself is shown once.
-    token_hash = models.CharField(max_length=64, unique=True)
+    token_hash = KeyField(max_length=64, unique=True)
     owner = models.ForeignKey(
         "apikeys.ApiKey",
         null=True,
@@ -30,7 +32,9 @@ class ExecutionUnit(models.Model):
     # process is live, a register from another instance is refused (two processes never share a
     # unit id). Empty when the registration sent none (older agents, hand-made requests).
     # Database defaults too: tools that insert units in plain SQL (bench/seed.py) need not know these.
-    instance_id = models.CharField(max_length=64, blank=True, default="", db_default="")
+    instance_id = KeyField(max_length=64, blank=True, default="", db_default="")
+    # The registering key's execution pool (copied at register): the claim takes only tasks of it.
+    pool = KeyField(max_length=64, default=DEFAULT_POOL, db_default=DEFAULT_POOL)
     drained_by = models.CharField(max_length=16, choices=DrainedBy.choices, blank=True, default="", db_default="")
     drained_by_actor = models.CharField(
         max_length=200,
@@ -54,3 +58,44 @@ class ExecutionUnit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} ({self.unit_type})"
+
+
+class UnitEviction(models.Model):
+    """A tombstone: the process (instance id) that ran a unit an operator deregistered. That
+    process's registrations are refused (409 `unit_evicted`) so its agent stops instead of coming
+    back under the same id and restarting work; a new process (another instance id) may register
+    the id again. Kept for EVICTION_DAYS."""
+
+    unit_id = KeyField(max_length=64)
+    instance_id = KeyField(max_length=64)
+    evicted_by = models.CharField(max_length=200, blank=True, default="")
+    evicted_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "unit_evictions"
+        ordering = ["id"]
+        indexes = [models.Index(fields=["unit_id", "instance_id"], name="unit_eviction_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.unit_id} ({self.instance_id})"
+
+
+class HubHearing(models.Model):
+    """One row: what the sweeper knows of when the hub could hear its units (units.hearing)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    listening_since = models.DateTimeField(
+        null=True, blank=True, help_text="Since when the hub has heard units without a gap (None: always)."
+    )
+    deaf = models.BooleanField(default=False, help_text="The last sweep heard no heartbeat anywhere.")
+    deaf_from = models.DateTimeField(
+        null=True, blank=True, help_text="What the hub had heard up to before its last gap (None: unknown)."
+    )
+    heard_until = models.DateTimeField(null=True, blank=True, help_text="What the last sweep had heard up to.")
+    last_sweep_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "hub_hearing"
+
+    def __str__(self) -> str:
+        return f"hub hearing (listening since {self.listening_since}, last sweep {self.last_sweep_at})"

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 
 from taskhub.base.viewer import Viewer
+from tasks.models import Task
 from tasks.selectors import running_count_by
+from tasks.states import TaskStatus
 from units.models import ExecutionUnit
 from units.states import ALIVE, CLAIMING, UnitStatus
 
@@ -70,3 +72,32 @@ def is_alive(unit_id: str) -> bool:
     """Whether the unit may still be running what it holds (one query): the `live_unit` question
     the task transitions ask through the layer above (a requeue is refused while it holds the task)."""
     return ExecutionUnit.objects.filter(pk=unit_id, status__in=ALIVE).exists()
+
+
+# A RUNNING task no live unit holds (no unit, or its unit is OFFLINE or gone): nobody runs it for the
+# hub; the sweeper's orphan pass takes it back when its lease runs out, an operator may requeue it.
+ORPHANED = Q(status=TaskStatus.RUNNING) & (Q(unit__isnull=True) | ~Q(unit__status__in=ALIVE))
+
+
+def orphaned_running(queryset: QuerySet[Task] | None = None) -> QuerySet[Task]:
+    qs = Task.objects.all() if queryset is None else queryset
+    return qs.filter(ORPHANED)
+
+
+def unserved_types(limit: int = 20) -> list[dict[str, Any]]:
+    """Task types with PENDING tasks and no unit of that type to claim them (none ONLINE or BUSY):
+    two grouped queries (PENDING by type on the claim index; the claiming units' types)."""
+    pending = {
+        row["task_type"]: row["n"]
+        for row in Task.objects.filter(status=TaskStatus.PENDING).order_by().values("task_type").annotate(n=Count("id"))
+    }
+    served = set(ExecutionUnit.objects.filter(status__in=CLAIMING).order_by().values_list("unit_type", flat=True))
+    rows = [{"taskType": t, "pending": n} for t, n in sorted(pending.items()) if t not in served]
+    return rows[:limit]
+
+
+def is_orphaned(task: Task) -> bool:
+    """The list's flag (the unit is joined in): RUNNING and no live unit holds it."""
+    if task.status != TaskStatus.RUNNING:
+        return False
+    return task.unit_id is None or task.unit is None or task.unit.status not in ALIVE

@@ -11,15 +11,16 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from taskhub.apikeys.models import DEFAULT_POOL
 from taskhub.apikeys.tokens import digest, new_unit_token
 from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
 from taskhub.base.errors import Forbidden, NotFound
-from taskhub.base.sql import aware
+from taskhub.base.sql import aware, db_now
 from tasks import heartbeat
 from tasks.states import TaskStatus
 from tasks.transitions.bulk import fail_over_tasks
-from units import lifecycle, sql
+from units import hearing, lifecycle, sql
 from units.models import ExecutionUnit
 from units.states import CLAIMING, Cause, UnitStatus, check_move
 
@@ -49,18 +50,20 @@ def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = No
     (take the unit from a live process): see units.lifecycle. The unit row lock serialises
     registrations of one id, so of two instances registering at once the second finds the first
     live."""
-    now = now or timezone.now()
+    now = now or db_now()  # the database's clock: the sweeper reads last_heartbeat_at with it
     token = new_unit_token()
     fields = {**data, "token_hash": digest(token), "last_heartbeat_at": now}
     unit_id = fields.pop("id")
     replace = bool(fields.pop("replace", False))
     fields["instance_id"] = fields.get("instance_id") or ""
+    lifecycle.refuse_an_evicted_instance(unit_id, fields["instance_id"])
+    pool = getattr(owner, "pool", None) or DEFAULT_POOL  # the registering key's execution pool
     try:
         with transaction.atomic():
             unit = ExecutionUnit.objects.select_for_update().filter(pk=unit_id).first()
             if unit is None:
                 unit = ExecutionUnit.objects.create(
-                    id=unit_id, owner=owner, registered_at=now, status=UnitStatus.ONLINE, **fields
+                    id=unit_id, owner=owner, registered_at=now, status=UnitStatus.ONLINE, pool=pool, **fields
                 )
                 return Registration(unit, token, True, None)
             if unit.owner_id != getattr(owner, "pk", None):
@@ -68,6 +71,7 @@ def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = No
             lifecycle.refuse_another_live_instance(unit, fields["instance_id"], replace=replace, now=now)
             for name, value in fields.items():
                 setattr(unit, name, value)
+            unit.pool = pool
             before = unit.status
             cleared = lifecycle.drain_after_register(unit, now)
             check_move(before, unit.status, Cause.REGISTER)
@@ -77,6 +81,7 @@ def unit_register(*, owner: Any, data: dict[str, Any], now: datetime | None = No
                 reason=f"unit {unit_id} re-registered (restarted)",
                 actor=Actor.system("register"),
                 now=now,
+                counted=not hearing.recovering(now),
             )
             return Registration(unit, token, False, cleared)
     except IntegrityError:
@@ -104,7 +109,9 @@ def unit_heartbeat(
     listed fail over at once (unless claimed within the last `list_grace()` seconds); listed tasks
     that are no longer the unit's get a command: the stored cancel/pause, or abort for a stale
     attempt. `stopping`: the process is exiting; the unit goes OFFLINE (so a new process may
-    register at once). A heartbeat from an instance that was replaced is refused (409)."""
+    register at once). A heartbeat from an instance that was replaced is refused (409). Without
+    `now`, the liveness stamp is the database's clock (what the sweeper compares it with)."""
+    db_clock = now is None
     now = now or timezone.now()
     # The hot path of every unit, in plain SQL (the ORM spent more CPU building these statements
     # than the database spends answering them): the unit row lock, one read of the leases, the
@@ -139,6 +146,7 @@ def unit_heartbeat(
                 reason=f"unit {unit_id} no longer runs this attempt (heartbeat)",
                 actor=Actor.system("heartbeat"),
                 now=now,
+                counted=not hearing.recovering(now),  # e.g. a claim reply lost in the hub's outage
             )
             failed_over = lost
         stored = {tid: progress for tid, _, status, progress, _ in rows if status == S.RUNNING}
@@ -169,7 +177,7 @@ def unit_heartbeat(
     else:
         status = UnitStatus.BUSY if running >= capacity else UnitStatus.ONLINE
     unit_status = check_move(unit_status, status, Cause.HEARTBEAT)
-    sql.save_heartbeat(unit_id, now, current_load, unit_status, metadata, stored_metadata)
+    sql.save_heartbeat(unit_id, None if db_clock else now, current_load, unit_status, metadata, stored_metadata)
     claiming = unit_status in CLAIMING
     return {
         "unitId": unit_id,
@@ -214,8 +222,11 @@ def unit_update(
 
 @transaction.atomic
 def unit_delete(unit_id: str, *, queryset: QuerySet[ExecutionUnit], actor: Actor) -> dict[str, int]:
-    """Deregister: the unit's RUNNING tasks fail over first, then the row goes (its token dies)."""
+    """Deregister: the unit's RUNNING tasks fail over first, then the row goes (its token dies).
+    The process that ran it is evicted: its registrations are refused from now on (see
+    units.lifecycle), so it stops instead of registering again and restarting work."""
     unit = _lock_unit(unit_id, queryset)
+    lifecycle.record_eviction(unit, actor, timezone.now())
     counts = fail_over_tasks(
         Q(unit_id=unit_id),
         reason=f"unit {unit_id} deregistered by {actor.label}",

@@ -10,7 +10,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from taskhub.base.rowload import fetch_models
-from taskhub.base.sql import db_datetime, execute, for_update, lock_columns, qn, scalar
+from taskhub.base.sql import db_datetime, db_now_sql, execute, for_update, lock_columns, qn, scalar
 from tasks.models import QueueSettings, Task
 from tasks.states import TaskStatus
 from units.models import ExecutionUnit
@@ -39,24 +39,26 @@ def set_status(unit_id: str, status: str) -> None:
 
 def save_heartbeat(
     unit_id: str,
-    now: datetime,
+    now: datetime | None,
     current_load: int,
     status: str,
     metadata: dict[str, Any] | None,
     stored_metadata: Any,
 ) -> None:
     """The unit UPDATE of a heartbeat, in one plain statement. Metadata is written only when its
-    JSON differs from the stored text (agents resend the same metadata on every heartbeat)."""
-    stamp = db_datetime(now)
-    sets = [f"{qn('last_heartbeat_at')} = %s", f"{qn('current_load')} = %s", f"{qn('status')} = %s"]
-    params: list[Any] = [stamp, current_load, str(status)]
+    JSON differs from the stored text (agents resend the same metadata on every heartbeat). `now`
+    None: stamped with the database's clock (the one the sweeper reads: node clocks may skew)."""
+    stamp = db_datetime(now) if now is not None else None
+    clock = "%s" if stamp is not None else db_now_sql()
+    sets = [f"{qn('last_heartbeat_at')} = {clock}", f"{qn('current_load')} = %s", f"{qn('status')} = %s"]
+    params: list[Any] = ([stamp] if stamp is not None else []) + [current_load, str(status)]
     if metadata is not None:
         text = ExecutionUnit._meta.get_field("metadata").get_db_prep_save(metadata, connection)
         if text != stored_metadata:
             sets.append(f"{qn('metadata')} = %s")
             params.append(text)
-    sets.append(f"{qn('updated_at')} = %s")
-    params += [stamp, unit_id]
+    sets.append(f"{qn('updated_at')} = {clock}")
+    params += ([stamp] if stamp is not None else []) + [unit_id]
     execute(f"UPDATE {qn(TABLE)} SET {', '.join(sets)} WHERE {qn('id')} = %s", params)
 
 

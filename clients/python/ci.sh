@@ -44,6 +44,15 @@ leaked = sorted(name for name in sys.modules if name.split(".")[0] in {"django",
 assert not leaked, f"taskhub_client imported {leaked}"
 EOF
 
+log "pip install './clients/python[django]' (the Django Tasks backend)"
+before="$(du -sk "$site" | cut -f1)"
+PIP_ONLY_BINARY=:all: "$venv/bin/pip" install -q "$here[django]"
+after="$(du -sk "$site" | cut -f1)"
+"$venv/bin/pip" list --format=freeze --exclude pip --exclude setuptools | grep -i -E '^(django|asgiref|sqlparse)'
+echo "install size of the extra: $((after - before)) KiB more (Django, django-tasks and their dependencies)"
+echo "import time (median of 5): taskhub_client.django_tasks $(import_ms taskhub_client.django_tasks) ms;" \
+  "django_tasks alone $(import_ms django_tasks) ms"
+
 log "taskhub-client: mypy --strict"
 PIP_ONLY_BINARY=:all: "$venv/bin/pip" install -q "$here[test]"
 (cd "$here" && "$venv/bin/mypy" taskhub_client tests)

@@ -29,6 +29,19 @@ def _by_digest(model: type[M], column: str, hashed: str) -> M | None:
     return next(iter(fetch_models(model, sql, [hashed])), None)
 
 
+def _unit_by_token(hashed: str) -> ExecutionUnit | None:
+    """The unit whose token digest is `hashed`, unless the API key that registered it was revoked:
+    revoking a key ends the unit tokens it issued. One statement on the unique index (the key by
+    primary key inside it)."""
+    qn = connection.ops.quote_name
+    units, keys = qn(ExecutionUnit._meta.db_table), qn(ApiKey._meta.db_table)
+    sql = (
+        f"SELECT * FROM {units} WHERE {qn('token_hash')} = %s AND NOT EXISTS (SELECT 1 FROM {keys} "
+        f"WHERE {keys}.{qn('id')} = {units}.{qn('owner_id')} AND {keys}.{qn('revoked_at')} IS NOT NULL)"
+    )
+    return next(iter(fetch_models(ExecutionUnit, sql, [hashed])), None)
+
+
 def _remember(request: Request, principal: Principal) -> Principal:
     """Expose the caller to plain Django middleware (the access log)."""
     request._request.taskhub_principal = principal  # type: ignore[attr-defined]
@@ -50,9 +63,12 @@ class BearerAuthentication(BaseAuthentication):
             raise AuthenticationFailed("Invalid credentials")
         hashed = digest(token)
         if token.startswith(UNIT_TOKEN_PREFIX):
-            unit = _by_digest(ExecutionUnit, "token_hash", hashed)
+            unit = _unit_by_token(hashed)
             if unit is None:
-                raise AuthenticationFailed("Invalid unit token (the unit may have been deleted or re-registered)")
+                raise AuthenticationFailed(
+                    "Invalid unit token (the unit may have been deleted or re-registered, or the API key "
+                    "that registered it revoked)"
+                )
             return _remember(request, Principal.for_unit(unit)), token
         key = _by_digest(ApiKey, "key_hash", hashed)
         if key is None or key.revoked_at is not None:

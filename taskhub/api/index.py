@@ -40,7 +40,6 @@ class ApiIndexView(APIView):
     public = True
 
     @extend_schema(
-        operation_id="api_index",
         summary="Index of the API's entry points (no key needed)",
         responses=ApiIndexSerializer,
         tags=["index"],

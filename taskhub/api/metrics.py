@@ -17,15 +17,17 @@ from collections.abc import Callable, Iterator
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from taskhub.api.errors import json_error
 from taskhub.base import metrics
-from tasks.selectors import status_counts
+from taskhub.jobs.rollups import last_rollup_minute
+from tasks.selectors import failed_split, oldest_due_by_type, status_counts, status_counts_by_type
 from units.queues import queue_settings_summary
-from units.selectors import unit_status_counts
+from units.selectors import orphaned_running, unit_status_counts, unserved_types
 
 logger = logging.getLogger("taskhub.metrics")
 
@@ -33,9 +35,66 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 class DatabaseCollector:
-    """Tasks and units by status, one grouped query each, every scrape."""
+    """Tasks and units by status, one grouped query each, every scrape; then the gauges operators
+    alert on (tasks by type and status, the dead set, the oldest due task's age by type, orphaned
+    RUNNING tasks, types with work and no unit to claim it, the newest rollup as proof of beat)."""
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._by_status()
+        yield from self._alerting()
+
+    def _alerting(self) -> Iterator[Metric]:
+        now = timezone.now()
+        try:
+            by_type = status_counts_by_type()
+            split = failed_split(status_counts())
+            oldest = oldest_due_by_type(now)
+            orphaned = orphaned_running().count()
+            unserved = unserved_types(limit=1000)
+            last_rollup = last_rollup_minute()
+        except DatabaseError:
+            logger.exception("metrics: could not read the alerting gauges")
+            return
+        typed = GaugeMetricFamily(
+            "taskhub_tasks_by_type", "Tasks by type and status (read from the database)", labels=["task_type", "status"]
+        )
+        for task_type, counts in sorted(by_type.items()):
+            for status, n in sorted(counts.items()):
+                typed.add_metric([task_type, status], n)
+        yield typed
+        yield GaugeMetricFamily("taskhub_tasks_dead", "FAILED tasks with no automatic retry left", value=split["dead"])
+        yield GaugeMetricFamily(
+            "taskhub_tasks_waiting_retry", "FAILED tasks with an automatic retry due", value=split["waitingRetry"]
+        )
+        age = GaugeMetricFamily(
+            "taskhub_task_oldest_due_age_seconds",
+            "Age of the oldest due PENDING task (now - available_at), by type",
+            labels=["task_type"],
+        )
+        for task_type, since in sorted(oldest.items()):
+            age.add_metric([task_type], max((now - since).total_seconds(), 0.0))
+        yield age
+        yield GaugeMetricFamily(
+            "taskhub_tasks_orphaned",
+            "RUNNING tasks no live unit holds (taken back when their lease runs out)",
+            orphaned,
+        )
+        unclaimed = GaugeMetricFamily(
+            "taskhub_tasks_pending_unserved",
+            "PENDING tasks of a type no ONLINE or BUSY unit serves, by type (absent: every type with work is served)",
+            labels=["task_type"],
+        )
+        for row in unserved:
+            unclaimed.add_metric([row["taskType"]], row["pending"])
+        yield unclaimed
+        if last_rollup is not None:
+            yield GaugeMetricFamily(
+                "taskhub_rollup_last_minute_timestamp_seconds",
+                "End of the newest minute the rollup_minute beat job wrote (Unix time): beat and a worker run",
+                value=last_rollup.timestamp() + 60,
+            )
+
+    def _by_status(self) -> Iterator[Metric]:
         tasks = GaugeMetricFamily("taskhub_tasks", "Tasks by status (read from the database)", labels=["status"])
         units = GaugeMetricFamily(
             "taskhub_units", "Execution units by status (read from the database)", labels=["status"]

@@ -14,6 +14,45 @@ access_log = logging.getLogger("taskhub.access")
 Handler = Callable[[HttpRequest], HttpResponse]
 
 
+LOOPBACK = ("127.", "::1", "::ffff:127.")
+
+
+def is_loopback(request: HttpRequest) -> bool:
+    return str(request.META.get("REMOTE_ADDR") or "").startswith(LOOPBACK)
+
+
+class LocalDebugMiddleware:
+    """Django's technical pages (DEBUG: the 400 of a foreign Host header with the settings and the
+    environment, the 404 listing every URL pattern, the 500 traceback) only for callers on this
+    machine. For anyone else an error is the API's JSON shape, whatever DEBUG says.
+
+    Outermost: Django turns an exception inside the stack into its response before this sees it,
+    so every technical page passes here. It reads REMOTE_ADDR only (never the Host header, which
+    raises for a foreign host)."""
+
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if not settings.DEBUG or response.status_code < 400 or is_loopback(request):
+            return response
+        if str(response.get("Content-Type", "")).startswith("application/json"):
+            return response
+        status = response.status_code
+        code = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+        return json_error(status, code.get(status, "server_error" if status >= 500 else "error"), _reason(status))
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 class BodyLimitMiddleware:
     """413 for any body over API_MAX_BODY_BYTES, before a parser sees it.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from drf_spectacular.extensions import (
@@ -10,6 +11,8 @@ from drf_spectacular.extensions import (
     OpenApiSerializerFieldExtension,
 )
 from drf_spectacular.openapi import AutoSchema as BaseAutoSchema
+from drf_spectacular.plumbing import ResolvedComponent
+from drf_spectacular.settings import spectacular_settings
 from rest_framework import serializers
 
 from taskhub.api.errors import ErrorSerializer
@@ -20,7 +23,73 @@ _PORT = r"(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-
 HTTP_URL = r"^https?://[A-Za-z0-9._~-]*[A-Za-z0-9]" + _PORT + r"([/?#][^\s\u0000]*)?$"  # blank: its own branch
 
 
+# Operation ids (what generated clients name their functions) say what each call does. They are
+# made here, and only here, from the method and the path below SCHEMA_PATH_PREFIX (see
+# `operation_id`), so a new endpoint gets one too; this table names those the rule reads badly for.
+OPERATION_IDS = {
+    ("GET", ""): "getApiIndex",
+    ("POST", "execution-units/register"): "registerExecutionUnit",
+    ("POST", "execution-units/{}/claim"): "claimTasks",
+    ("POST", "execution-units/{}/heartbeat"): "sendHeartbeat",
+    ("POST", "tasks/batch"): "createTasks",
+    ("POST", "tasks/reports"): "sendReports",
+    ("GET", "tasks/{}/logs"): "listTaskLogs",
+    ("POST", "tasks/{}/logs"): "writeTaskLogs",
+    ("POST", "tasks/{}/progress"): "reportTaskProgress",
+    ("PUT", "tasks/{}/status"): "changeTaskStatus",
+}
+_ITEM_VERBS = {"GET": "get", "PATCH": "update", "PUT": "replace", "DELETE": "delete", "POST": "create"}
+
+
+def _pascal(word: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[-_]", word) if part)
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
+
+
+def operation_id(method: str, path: str) -> str:
+    """`listTasks`, `createTask`, `getTask`, `updateTask`, `deleteTask` for a collection and its
+    items; `completeTask` (POST /tasks/{id}/complete), `getTaskHistory` (GET /tasks/{id}/history),
+    `redriveTasks` (POST /tasks/redrive), `getTaskStats` (GET /tasks/stats) below them."""
+    shape = re.sub(r"\{[^}]*\}", "{}", path.strip("/"))
+    if (method, shape) in OPERATION_IDS:
+        return OPERATION_IDS[method, shape]
+    parts = shape.split("/") if shape else []
+    verb = _ITEM_VERBS.get(method, method.lower())
+    if not parts:
+        return f"{verb}Index"
+    plural, noun = _pascal(parts[0]), _pascal(_singular(parts[0]))
+    rest = parts[1:]
+    if not rest:
+        return {"GET": f"list{plural}", "POST": f"create{noun}"}.get(method, f"{verb}{plural}")
+    if rest == ["{}"]:
+        return f"{verb}{noun}"
+    if len(rest) == 2 and rest[0] == "{}" and rest[1] != "{}":
+        word = rest[1]
+        return f"{_camel(word)}{noun}" if method == "POST" else f"{_set(verb, method)}{noun}{_pascal(word)}"
+    if len(rest) == 1:
+        word = rest[0]
+        return f"{_camel(word)}{plural}" if method == "POST" else f"{_set(verb, method)}{noun}{_pascal(word)}"
+    return verb + "".join(_pascal(part) for part in parts if part != "{}")
+
+
+def _camel(word: str) -> str:
+    pascal = _pascal(word)
+    return pascal[:1].lower() + pascal[1:]
+
+
+def _set(verb: str, method: str) -> str:
+    return "set" if method in ("PUT", "PATCH") else verb
+
+
 class AutoSchema(BaseAutoSchema):
+    def get_operation_id(self) -> str:
+        prefix = spectacular_settings.SCHEMA_PATH_PREFIX or ""
+        path = self.path[len(prefix) :] if prefix and self.path.startswith(prefix) else self.path
+        return operation_id(self.method, path)
+
     def _map_serializer(self, serializer: Any, direction: Any, bypass_extensions: bool = False) -> dict[str, Any]:
         schema: dict[str, Any] = super()._map_serializer(serializer, direction, bypass_extensions)
         if direction == "request" and self.method == "PATCH" and schema.get("type") == "object":
@@ -67,16 +136,34 @@ class AutoSchema(BaseAutoSchema):
 
 
 class LogWriteScheme(OpenApiSerializerExtension):
-    """Log lines: a batch (`entries`, 1-500) or one line (`message`), exactly one of the two."""
+    """Log lines: a batch (`entries`, 1-500) or one line (`message`), exactly one of the two: a
+    `oneOf` of two whole objects (components LogEntriesWrite, LogLineWrite), each requiring its
+    own key, so a body with both matches both and is invalid, as the server says. (Branches that
+    only list `required` keys make generators such as openapi-python-client write broken code.)"""
 
     target_class = "taskhub.api.serializers.tasks.LogWriteSerializer"
+    BRANCHES = {
+        "LogEntriesWrite": ("entries", ("attempt", "entries")),
+        "LogLineWrite": ("message", ("attempt", "level", "message", "timestamp")),
+    }
 
     def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
         schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
-        if direction == "request":
-            schema["properties"]["entries"] |= {"minItems": 1, "maxItems": 500}
-            schema["oneOf"] = [{"required": ["entries"]}, {"required": ["message"]}]
-        return schema
+        if direction != "request":
+            return schema
+        properties = schema["properties"]
+        properties["entries"] |= {"minItems": 1, "maxItems": 500}
+        branches = []
+        for name, (required, fields) in self.BRANCHES.items():
+            branch = {
+                "type": "object",
+                "properties": {field: properties[field] for field in fields},
+                "required": [required],
+            }
+            component = ResolvedComponent(name=name, type=ResolvedComponent.SCHEMA, object=name, schema=branch)
+            auto_schema.registry.register_on_missing(component)
+            branches.append(component.ref)
+        return {"oneOf": branches}
 
 
 class EndpointFieldScheme(OpenApiSerializerFieldExtension):

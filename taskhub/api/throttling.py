@@ -6,9 +6,15 @@ from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
 from taskhub.api.principals import Principal
+from taskhub.env import parse_rate
 
 # Version 1 of these keys held DRF's lists of request timestamps; counters never read them.
 COUNTER_VERSION = 2
+
+
+def is_heartbeat(view: Any) -> bool:
+    """The unit heartbeat endpoint: counted in its own bucket (see PrincipalRateThrottle)."""
+    return getattr(view, "action", None) == "heartbeat"
 
 
 class PrincipalRateThrottle(SimpleRateThrottle):
@@ -19,7 +25,13 @@ class PrincipalRateThrottle(SimpleRateThrottle):
     expiry), every request increments it, and requests beyond the rate's count within the window
     are refused until it expires (Retry-After: the seconds left). One round trip (INCR) per
     request and a constant-size key, where DRF's sliding window read and rewrote a pickled list of
-    up to the rate's count of timestamps (6,000 at 6000/min) on every request."""
+    up to the rate's count of timestamps (6,000 at 6000/min) on every request.
+
+    Heartbeats have a bucket of their own (`heartbeat`, API_THROTTLE_HEARTBEAT), apart from the
+    unit's claims and reports: a unit throttled for its other traffic still heartbeats, so it is
+    never failed over for being throttled. That bucket's window is shorter than
+    UNIT_HEARTBEAT_TIMEOUT (settings refuse to start otherwise), so even a unit that passes it is
+    heard again before the sweeper would take its tasks."""
 
     scope = "client"
 
@@ -28,6 +40,8 @@ class PrincipalRateThrottle(SimpleRateThrottle):
         kind = "anon"
         if isinstance(principal, Principal):
             kind = "unit" if principal.is_unit else "client"
+            if principal.is_unit and is_heartbeat(view):
+                kind = "heartbeat"
         self.scope = kind
         self.rate = self.get_rate()
         self.num_requests, self.duration = self.parse_rate(self.rate)
@@ -40,6 +54,14 @@ class PrincipalRateThrottle(SimpleRateThrottle):
         if count is None or count <= self.num_requests:  # None: no counter store, degrade open
             return True
         return self.throttle_failure()
+
+    def get_rate(self) -> str | None:
+        if self.scope == "heartbeat" and "heartbeat" not in self.THROTTLE_RATES:  # rates set without it
+            return self.THROTTLE_RATES.get("unit")
+        return super().get_rate()
+
+    def parse_rate(self, rate: str | None) -> tuple[int | None, int | None]:
+        return parse_rate(rate)
 
     def _count(self, key: str) -> int | None:
         try:

@@ -14,7 +14,8 @@ deadlock, or a sweep that rolled back, counts once or not at all.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
@@ -38,12 +39,46 @@ HTTP_LATENCY = Histogram(
 )
 CLAIMS = Counter("taskhub_claims", "Claim calls by units, by outcome (claimed: at least one task)", ["outcome"])
 TASKS_CLAIMED = Counter("taskhub_tasks_claimed", "Tasks leased to units by claims, by task type", ["task_type"])
-FAILOVERS = Counter("taskhub_task_failovers", "RUNNING tasks taken back from a lost unit and made PENDING again")
-POISONED = Counter("taskhub_tasks_poisoned", "RUNNING tasks failed as poison after too many failovers")
+FAILOVERS = Counter(
+    "taskhub_task_failovers", "RUNNING tasks taken back from a lost unit and made PENDING again, by type", ["task_type"]
+)
+POISONED = Counter(
+    "taskhub_tasks_poisoned", "RUNNING tasks failed as poison after too many failovers, by type", ["task_type"]
+)
 STALE_REPORTS = Counter(
     "taskhub_stale_reports_refused", "Unit reports refused because their attempt was no longer live (409)"
 )
-RETRIES = Counter("taskhub_task_retries", "Automatic retries: FAILED tasks moved back to PENDING after backoff")
+RETRIES = Counter(
+    "taskhub_task_retries",
+    "Automatic retries: FAILED tasks moved back to PENDING after backoff, by type",
+    ["task_type"],
+)
+COMPLETED = Counter("taskhub_tasks_completed", "Tasks that reached COMPLETED, by type", ["task_type"])
+FAILED = Counter(
+    "taskhub_tasks_failed", "Moves to FAILED (an attempt failed, timed out or was poisoned), by type", ["task_type"]
+)
+# Seconds: from a few milliseconds (a busy hub) to a day (a backlog, a long job).
+_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0)
+QUEUE_WAIT = Histogram(
+    "taskhub_task_queue_wait_seconds",
+    "Time a due PENDING task waited for a claim (claim time - available_at), each attempt, by type",
+    ["task_type"],
+    buckets=_WAIT_BUCKETS,
+)
+DISPATCH_LATENCY = Histogram(
+    "taskhub_task_dispatch_latency_seconds",
+    "Time from a task's submission (or its scheduled time) to its first claim, by type",
+    ["task_type"],
+    buckets=_WAIT_BUCKETS,
+)
+RUN_TIME = Histogram(
+    "taskhub_task_run_seconds",
+    "Run time of an attempt that ended COMPLETED or FAILED (from its claim), by type",
+    ["task_type"],
+    buckets=_WAIT_BUCKETS,
+)
+PRUNED = Counter("taskhub_pruned_rows", "Rows deleted by retention (tasks/retention.py), by kind", ["kind"])
+SCHEDULE_FIRES = Counter("taskhub_schedule_fires", "Fire times of recurring schedules handled, by outcome", ["outcome"])
 JOB_DURATION = Histogram(
     "taskhub_job_duration_seconds", "Run time of the periodic jobs, by job", ["job"], buckets=_JOB_BUCKETS
 )
@@ -63,15 +98,52 @@ def record_claim(task_type: str, claimed: int) -> None:
     _on_commit(bump)
 
 
-def record_failover(counts: Mapping[str, int]) -> None:
-    failed_over, poisoned = counts.get("failedOver", 0), counts.get("poisoned", 0)
+def record_failover(failed_over: Mapping[str, int], poisoned: Mapping[str, int]) -> None:
+    """Failovers and poisoned tasks, each by task type."""
 
     def bump() -> None:
-        FAILOVERS.inc(failed_over)
-        POISONED.inc(poisoned)
+        for task_type, n in failed_over.items():
+            FAILOVERS.labels(task_type).inc(n)
+        for task_type, n in poisoned.items():
+            POISONED.labels(task_type).inc(n)
+            FAILED.labels(task_type).inc(n)
 
-    if failed_over or poisoned:
+    if any(failed_over.values()) or any(poisoned.values()):
         _on_commit(bump)
+
+
+def record_dispatch(task_type: str, queue_waits: Sequence[float], first_dispatches: Sequence[float]) -> None:
+    """A claim's tasks: each one's queue wait, and the dispatch latency of those claimed first."""
+
+    def observe() -> None:
+        for seconds in queue_waits:
+            QUEUE_WAIT.labels(task_type).observe(max(seconds, 0.0))
+        for seconds in first_dispatches:
+            DISPATCH_LATENCY.labels(task_type).observe(max(seconds, 0.0))
+
+    if queue_waits:
+        _on_commit(observe)
+
+
+class Outcome(NamedTuple):
+    task_type: str
+    target: str  # the status moved to
+    run_seconds: float | None  # an attempt's end (from RUNNING): its run time
+
+
+def record_outcomes(outcomes: Sequence[Outcome]) -> None:
+    """Moves to COMPLETED / FAILED, with the run time of the attempts they ended."""
+    if not outcomes:
+        return
+
+    def bump() -> None:
+        for outcome in outcomes:
+            counter = COMPLETED if outcome.target == "COMPLETED" else FAILED
+            counter.labels(outcome.task_type).inc()
+            if outcome.run_seconds is not None:
+                RUN_TIME.labels(outcome.task_type).observe(max(outcome.run_seconds, 0.0))
+
+    _on_commit(bump)
 
 
 def record_stale_report() -> None:
@@ -79,9 +151,29 @@ def record_stale_report() -> None:
     STALE_REPORTS.inc()
 
 
-def record_retries(count: int) -> None:
-    if count:
-        _on_commit(lambda: RETRIES.inc(count))
+def record_retries(by_type: Mapping[str, int]) -> None:
+    def bump() -> None:
+        for task_type, n in by_type.items():
+            RETRIES.labels(task_type).inc(n)
+
+    if any(by_type.values()):
+        _on_commit(bump)
+
+
+def record_pruned(counts: Mapping[str, int]) -> None:
+    # Each chunk commits on its own: the counts are of committed deletes.
+    for kind, n in counts.items():
+        if n:
+            PRUNED.labels(kind).inc(n)
+
+
+def record_fires(counts: Mapping[str, int]) -> None:
+    def bump() -> None:
+        for outcome, n in counts.items():
+            if n:
+                SCHEDULE_FIRES.labels(outcome).inc(n)
+
+    _on_commit(bump)
 
 
 def observe_job(name: str, seconds: float) -> None:

@@ -95,3 +95,21 @@ def insert_rows(model: type[Model], rows: Sequence[Model], batch_size: int = 100
         batch = rows[start : start + batch_size]
         params = [prepared(f, getattr(row, f.attname), memo) for row in batch for f in fields]
         execute(f"INSERT INTO {qn(meta.db_table)} ({columns}) VALUES {', '.join([one] * len(batch))}", params)
+
+
+def db_now_sql() -> str:
+    """The database's own clock (UTC, microseconds where it has them) as an SQL expression: the one
+    clock every hub node shares, for liveness stamps and the sweep's "now" (node clocks may skew)."""
+    if connection.vendor == "mysql":
+        return "UTC_TIMESTAMP(6)"
+    return "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"  # in a statement run with parameters
+
+
+def db_now() -> datetime:
+    """The database's clock, as an aware UTC datetime (see `db_now_sql`)."""
+    value = scalar(f"SELECT {db_now_sql()}", [])
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    now = aware(value)
+    assert now is not None
+    return now

@@ -1,7 +1,8 @@
 """The operator dashboard: what the hub is doing now, and over the last hour.
 
-Every number comes from a handful of grouped queries (about six per refresh, however large the
-tables): tasks by status, units by status with capacity, tasks running on alive units (the same
+Every number comes from a handful of grouped queries (about ten per refresh, however large the
+tables): tasks by status and the dead / waiting-retry split, units by status with capacity, tasks
+running on alive units, orphaned RUNNING tasks, PENDING types no claiming unit serves (the same
 selectors as the stats API and /metrics), and the last hour's history (completions, failures,
 failovers per minute) read through a primary-key range so it never scans the whole history table.
 """
@@ -17,10 +18,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tasks.models import TaskStatusHistory
-from tasks.selectors import status_counts
+from tasks.selectors import failed_split, status_counts
 from tasks.states import ReasonCode, TaskStatus
 from units.queues import queue_settings_summary
-from units.selectors import unit_load
+from units.selectors import orphaned_running, unit_load, unserved_types
 from units.states import CLAIMING, UnitStatus
 
 S = TaskStatus
@@ -113,7 +114,13 @@ def dashboard_data(now: datetime | None = None) -> dict[str, Any]:
     floor = flow.pop("floorId")
     return {
         "generatedAt": now,
-        "tasks": {"byStatus": tasks, "total": sum(tasks.values())},
+        "tasks": {
+            "byStatus": tasks,
+            "total": sum(tasks.values()),
+            **failed_split(tasks),  # waitingRetry, dead: as GET /tasks/stats says them
+            "orphaned": orphaned_running().count(),
+        },
+        "unservedTypes": unserved_types(),
         "units": unit_counts(),
         "throughput": flow,
         "lastHour": {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -17,6 +17,18 @@ def format_duration(delta: timedelta) -> str:
     if minutes:
         return f"{minutes}m {secs:02d}s"
     return f"{secs}s"
+
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # the console's one way to write a time (UTC, with seconds)
+
+
+def format_time(when: datetime | None) -> str:
+    return "—" if when is None else f"{when:{TIME_FORMAT}}"
+
+
+def plural(n: int, noun: str, nouns: str = "") -> str:
+    """`1 line`, `2 lines`."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
 
 
 def status_badge(status: str, title: str = "") -> SafeString:

@@ -2,6 +2,10 @@ from __future__ import annotations
 
 from django.db import models
 
+from taskhub.jobs.rollups import MinuteRollup  # the console's table, declared beside its job
+
+__all__ = ["Console", "MinuteRollup"]
+
 
 class Console(models.Model):
     """No table: a holder for the console's own permissions (Django ties permissions to a model).

@@ -27,6 +27,8 @@ _VIEWED = [
     ("tasks", "taskexecutionlog"),
     ("units", "executionunit"),
     ("apikeys", "apikey"),
+    ("schedules", "schedule"),
+    ("schedules", "schedulefire"),
     *(("django_celery_beat", model) for model in _BEAT_MODELS),
 ]
 
@@ -42,17 +44,32 @@ OPERATOR_PERMISSIONS: list[tuple[str, str]] = [
     ("units", "change_executionunit"),
     ("apikeys", "add_apikey"),
     ("apikeys", "change_apikey"),
+    *(("schedules", f"{action}_schedule") for action in ("add", "change", "delete")),
     *(("django_celery_beat", f"{action}_{model}") for model in _BEAT_MODELS for action in ("add", "change", "delete")),
 ]
 ROLES: dict[str, list[tuple[str, str]]] = {VIEWERS: VIEWER_PERMISSIONS, OPERATORS: OPERATOR_PERMISSIONS}
 
 
-def sync_roles(apps: Any = global_apps, using: str = "default") -> dict[str, int]:
+def _known(apps: Any, app_label: str) -> bool:
+    try:
+        apps.get_app_config(app_label)
+    except LookupError:
+        return False
+    return True
+
+
+def sync_roles(apps: Any = global_apps, using: str = "default", *, known_apps_only: bool = False) -> dict[str, int]:
     """Create the groups if needed and set their permissions to exactly ROLES. Returns the number
-    of permissions per group. Raises LookupError naming any permission that does not exist."""
+    of permissions per group. Raises LookupError naming any permission that does not exist.
+
+    A data migration passes known_apps_only: the permissions of apps its historical state does
+    not hold yet are left to the later migration that syncs again (console 0004)."""
     group_model = apps.get_model("auth", "Group")
     permission_model = apps.get_model("auth", "Permission")
-    wanted = {pair for pairs in ROLES.values() for pair in pairs}
+    roles = {
+        name: [pair for pair in pairs if not known_apps_only or _known(apps, pair[0])] for name, pairs in ROLES.items()
+    }
+    wanted = {pair for pairs in roles.values() for pair in pairs}
     found = {
         (app_label, codename): pk
         for pk, app_label, codename in permission_model.objects.using(using)
@@ -63,7 +80,7 @@ def sync_roles(apps: Any = global_apps, using: str = "default") -> dict[str, int
     if missing:
         raise LookupError(f"permissions not found (run migrate first): {', '.join(missing)}")
     counts = {}
-    for name, pairs in ROLES.items():
+    for name, pairs in roles.items():
         group, _ = group_model.objects.using(using).get_or_create(name=name)
         group.permissions.set([found[pair] for pair in pairs])
         counts[name] = len(pairs)

@@ -15,6 +15,7 @@ from taskhub.console.dashboard import dashboard_data
 from taskhub.console.permissions import VIEW_DASHBOARD
 
 DEFAULT_REFRESH_SECONDS = 5
+APP_ORDER = {"tasks": 0, "units": 1, "apikeys": 2, "console": 3, "auth": 4}
 
 
 class ConsoleAdminSite(admin.AdminSite):
@@ -53,6 +54,11 @@ class ConsoleAdminSite(admin.AdminSite):
     def dashboard_data_view(self, request: HttpRequest) -> HttpResponse:
         self._check_dashboard(request)
         return JsonResponse(dashboard_data(), encoder=DjangoJSONEncoder)
+
+    def get_app_list(self, request: HttpRequest, app_label: str | None = None) -> list[dict[str, Any]]:
+        """Tasks first, then units and keys; the periodic jobs (Celery beat) last."""
+        apps = super().get_app_list(request, app_label)
+        return sorted(apps, key=lambda app: APP_ORDER.get(app["app_label"], len(APP_ORDER)))
 
     def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> TemplateResponse:
         extra = {"show_dashboard_link": request.user.has_perm(VIEW_DASHBOARD), **(extra_context or {})}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task as CeleryTask
-from django.utils import timezone
 
+from taskhub.base.sql import db_now
 from taskhub.celery import app
 from taskhub.jobs.registry import JOBS, Job
 from taskhub.jobs.runner import run_job
@@ -14,7 +14,7 @@ from taskhub.jobs.runner import run_job
 
 def _celery_task(job: Job) -> CeleryTask:
     def run() -> dict[str, Any]:
-        return run_job(job.name, timezone.now())
+        return run_job(job.name, db_now())
 
     run.__name__ = run.__qualname__ = job.name
     run.__doc__ = f"Celery beat's entry to {job.where}."

@@ -1,6 +1,7 @@
 """The periodic jobs, declared once: the name operators see (`manage.py runjob NAME`, the beat
 schedule `taskhub: NAME`), the plain function of `now` it runs, the Celery task name beat sends, and
-how often beat runs it by default (`manage.py setup_beat`)."""
+how often beat runs it by default (`manage.py setup_beat`). Callers pass the database's clock
+(taskhub.base.sql.db_now): every node's jobs see the time the heartbeats were stamped with."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from typing import Any
 
 from django.conf import settings
 
+from taskhub.jobs.rollups import write_rollups
+from taskhub.schedules.firing import fire_schedules, schedule_tick
 from tasks.jobs import fail_timeouts, move_due_retries, purge_old_logs
-from units.sweeper import sweep_heartbeats
+from tasks.retention import prune_tasks
+from units.sweeper import sweep_job
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,12 @@ def _sweep_interval() -> float:
 JOBS: dict[str, Job] = {
     job.name: job
     for job in (
-        Job("sweep_heartbeats", sweep_heartbeats, _sweep_interval),
+        Job("sweep_heartbeats", sweep_job, _sweep_interval),
         Job("move_due_retries", move_due_retries, _sweep_interval),
         Job("fail_timeouts", fail_timeouts, _sweep_interval),
         Job("purge_old_logs", purge_old_logs, lambda: 3600.0),
+        Job("rollup_minute", write_rollups, lambda: 60.0),  # the console's per-minute time-series
+        Job("prune_tasks", prune_tasks, lambda: 30.0),
+        Job("fire_schedules", fire_schedules, schedule_tick),
     )
 }

@@ -11,14 +11,17 @@ the others); history rows go through `tasks.history`.
 
 from __future__ import annotations
 
+from collections import Counter as TypeCounter
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 
+from taskhub.apikeys.models import DEFAULT_POOL
 from taskhub.base import metrics
 from taskhub.base.actors import Actor, ActorType
 from tasks import sql
@@ -43,6 +46,7 @@ def lease_to_unit(
     unit_type: str,
     wanted: int,
     now: datetime,
+    pool: str = DEFAULT_POOL,
     *,
     pick: Callable[[list[Task]], list[Task]] | None = None,
 ) -> list[Task]:
@@ -52,9 +56,14 @@ def lease_to_unit(
     per-row value besides the attempt increment) writes the same values; one INSERT writes their
     history rows. A limited queue's claim (units.claim) passes `pick`, which chooses among the
     locked rows (it may hold others back; the rest stay PENDING, untouched)."""
-    tasks = sql.lock_claimable(unit_type, now, wanted) if wanted > 0 else []
+    tasks = sql.lock_claimable(unit_type, now, wanted, pool) if wanted > 0 else []
     if pick is not None:
         tasks = pick(tasks)
+    metrics.record_dispatch(
+        unit_type,
+        [(now - task.available_at).total_seconds() for task in tasks],
+        [(now - (task.scheduled_at or task.created_at)).total_seconds() for task in tasks if task.attempt == 0],
+    )
     groups: dict[int | None, list[Task]] = defaultdict(list)
     changed: set[str] = set()
     for task in tasks:
@@ -94,27 +103,34 @@ def fail_over_tasks(
     now: datetime,
     reasons: Mapping[int, str] | None = None,
     limit: int | None = None,
+    counted: bool = True,
 ) -> dict[str, int]:
     """Fail over every RUNNING task matching `where` (up to `limit`), taken with SKIP LOCKED. Must
     run inside a transaction (the caller holds the unit rows locked, so no claim adds tasks
     underneath). `reasons` may say why per task (in its history row); `reason` stands for the
-    others and goes into a poison task's error. Returns counts."""
+    others and goes into a poison task's error. `counted=False`: a failover the unit is not to blame
+    for (the hub's own outage, units.hearing): not counted toward TASK_MAX_FAILOVER_COUNT, never
+    poison. Returns counts."""
     assert transaction.get_connection().in_atomic_block
     why: Callable[[int], str] = (lambda task_id: reasons.get(task_id, reason)) if reasons else (lambda _: reason)
     counts = {"failedOver": 0, "poisoned": 0}
+    failed_over: TypeCounter[str] = TypeCounter()
+    poisoned: TypeCounter[str] = TypeCounter()
     cap = settings.TASK_MAX_FAILOVER_COUNT
     running = (
         Task.objects.filter(where, status=S.RUNNING)
         .select_for_update(skip_locked=True)
         .order_by("id")
-        .values_list("id", "attempt", "unit_id", "failover_count")
+        .values_list("id", "attempt", "unit_id", "failover_count", "task_type")
     )
     rows = list(running if limit is None else running[:limit])
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
-        back = [r for r in chunk if r[3] + 1 <= cap]
-        poison = [r for r in chunk if r[3] + 1 > cap]
-        taken = {"failover_count": F("failover_count") + 1, "pending_command": ControlCommand.ABORT}
+        back = [r for r in chunk if r[3] + 1 <= cap or not counted]
+        poison = [r for r in chunk if r[3] + 1 > cap and counted]
+        taken: dict[str, Any] = {"pending_command": ControlCommand.ABORT}
+        if counted:
+            taken["failover_count"] = F("failover_count") + 1
         if back:
             Task.objects.filter(id__in=[r[0] for r in back], status=S.RUNNING).update(
                 **entry_values(S.PENDING, now), **taken
@@ -138,21 +154,24 @@ def fail_over_tasks(
         )
         counts["failedOver"] += len(back)
         counts["poisoned"] += len(poison)
-    metrics.record_failover(counts)
+        failed_over.update(r[4] for r in back)
+        poisoned.update(r[4] for r in poison)
+    metrics.record_failover(failed_over, poisoned)
     return counts
 
 
-def fail_over_orphans(now: datetime, limit: int, *, actor: Actor) -> dict[str, int]:
+def fail_over_orphans(now: datetime, limit: int, *, actor: Actor, lapsed_before: datetime | None) -> dict[str, int]:
     """Fail over up to `limit` RUNNING tasks that no unit holds and nobody reports on: those whose
     lease ran out (started with PUT status: `Task.lease_expires_at`), and those whose unit row was
     deleted without a deregistration (SET_NULL left them neither a unit nor a lease). Two polls,
-    each on its index; the rows stay locked (SKIP LOCKED: a second sweeper takes others)."""
+    each on its index; the rows stay locked (SKIP LOCKED: a second sweeper takes others).
+    `lapsed_before`: leases count as run out before this time (`now`, or less when the hub could
+    not hear; None: it heard nobody long enough to tell, see units.hearing, and none has run out)."""
     running = Task.objects.select_for_update(skip_locked=True).filter(status=S.RUNNING)
     # Past the lease, not at it: like a unit, a task is lost when silent for more than the timeout.
-    polls = [
-        running.filter(lease_expires_at__lt=now).order_by("lease_expires_at"),
-        running.filter(unit__isnull=True, lease_expires_at__isnull=True).order_by("id"),
-    ]
+    polls = [running.filter(unit__isnull=True, lease_expires_at__isnull=True).order_by("id")]
+    if lapsed_before is not None:
+        polls.insert(0, running.filter(lease_expires_at__lt=lapsed_before).order_by("lease_expires_at"))
     ids: list[int] = []
     for poll in polls:
         if len(ids) < limit:
@@ -183,7 +202,7 @@ def fail_over_orphans(now: datetime, limit: int, *, actor: Actor) -> dict[str, i
 
 
 def _history(
-    rows: Iterable[tuple[int, int, str | None, int]],
+    rows: Iterable[tuple[int, int, str | None, int, str]],
     target: str,
     why: Callable[[int], str],
     code: str,
@@ -192,7 +211,7 @@ def _history(
 ) -> list[TaskStatusHistory]:
     return [
         new_history(task_id, attempt, unit_id, S.RUNNING, target, actor=actor, reason=why(task_id), code=code, now=now)
-        for task_id, attempt, unit_id, _ in rows
+        for task_id, attempt, unit_id, *_ in rows
     ]
 
 
@@ -206,7 +225,7 @@ def retry_due(now: datetime, limit: int) -> int:
         Task.objects.select_for_update(skip_locked=True)
         .filter(status=S.FAILED, next_retry_at__lte=now)
         .order_by("next_retry_at")
-        .values_list("id", "attempt", "unit_id", "retry_count", "max_retries")[:limit]
+        .values_list("id", "attempt", "unit_id", "retry_count", "max_retries", "task_type")[:limit]
     )
     if not rows:
         return 0
@@ -225,8 +244,8 @@ def retry_due(now: datetime, limit: int) -> int:
                 code=ReasonCode.RETRIED,
                 now=now,
             )
-            for task_id, attempt, unit_id, retries, max_retries in rows
+            for task_id, attempt, unit_id, retries, max_retries, _ in rows
         ]
     )
-    metrics.record_retries(len(rows))
+    metrics.record_retries(TypeCounter(row[5] for row in rows))
     return len(rows)

@@ -18,6 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import QuerySet
 
+from taskhub.base import metrics
 from taskhub.base.actors import Actor
 from taskhub.base.errors import Conflict, NotFound
 from tasks.entry import enter
@@ -26,6 +27,7 @@ from tasks.models import Task, TaskStatusHistory
 from tasks.states import SYSTEM_ONLY, TaskStatus, allowed_targets, can_transition
 
 S = TaskStatus
+OUTCOMES = frozenset({S.COMPLETED, S.FAILED})  # moves counted (and timed) in /metrics
 MAX_GROUPED_UPDATES = 4
 # Whether a unit (by id) may still be running what it holds: the units' question, asked by the
 # layer above (which sees both) and passed down, since tasks never import units.
@@ -139,7 +141,22 @@ def write(moves: Sequence[Move]) -> None:
     else:
         names = sorted(set().union(*(move.fields for move in moves)))
         Task.objects.bulk_update([move.task for move in moves if move.fields], names)
-    write_history([row for move in moves for row in move.history])
+    rows = [row for move in moves for row in move.history]
+    write_history(rows)
+    metrics.record_outcomes(
+        [
+            metrics.Outcome(
+                move.task.task_type,
+                row.to_status,
+                (row.created_at - move.task.started_at).total_seconds()
+                if row.from_status == S.RUNNING and move.task.started_at is not None
+                else None,
+            )
+            for move in moves
+            for row in move.history
+            if row.to_status in OUTCOMES
+        ]
+    )
 
 
 def save(move: Move) -> Task:

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from taskhub.apikeys.models import DEFAULT_POOL
 from taskhub.base.actors import Actor
 from tasks.entry import enter
 from tasks.history import history_row, write_history
@@ -23,6 +24,7 @@ S = TaskStatus
 def build_task(*, now: datetime, **fields: Any) -> Task:
     """A new PENDING task in memory, with the creation defaults (one place for single and batch)."""
     fields.setdefault("max_retries", settings.TASK_MAX_RETRY_COUNT)
+    fields.setdefault("pool", getattr(fields.get("owner"), "pool", None) or DEFAULT_POOL)  # the owner key's
     task = Task(created_at=now, **fields)
     enter(task, S.PENDING, now)  # available_at from scheduled_at, as every entry into PENDING
     return task

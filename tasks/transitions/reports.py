@@ -2,12 +2,14 @@
 one request (`POST /tasks/reports`). Fenced by the one rule in `tasks.fencing`. The timeout of an
 attempt fails it by the same path as a unit's failure report.
 
-A batch is one transaction. Every task named is locked in one statement, in id order (two batches
-never wait on each other in a cycle). Each item is fenced on its own, by the rules of the single
-endpoints: a stale item is refused with its error and does not fail the others. An item is
-all-or-nothing: its logs (under the per-task cap) and its outcome are applied together or not at
-all. The writes are set-based: one INSERT of log lines, one UPDATE of the tasks (`core.write`), one
-INSERT of history rows, whatever the batch size.
+A batch is one transaction. The tasks named that the unit holds (or held last) are locked in one
+statement, in id order (two batches never wait on each other in a cycle); the others are read
+without a lock and refused by the fencing (a unit's refused reports on another unit's tasks lock no
+row of that unit: they cannot hold up its sweep, failover or claims). Each item is fenced on its
+own, by the rules of the single endpoints: a stale item is refused with its error and does not
+fail the others. An item is all-or-nothing: its logs (under the per-task cap) and its outcome are
+applied together or not at all. The writes are set-based: one INSERT of log lines, one UPDATE of
+the tasks (`core.write`), one INSERT of history rows, whatever the batch size.
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def report_attempts(
 @transaction.atomic
 def _report(unit_id: str, reports: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
     actor = Actor.unit(unit_id)
-    locked = lock_many(r["taskId"] for r in reports)
+    locked = _lock_own(unit_id, [r["taskId"] for r in reports])
     replies: list[dict[str, Any]] = []
     live: list[tuple[dict[str, Any], Task, dict[str, Any]]] = []
     for report in reports:
@@ -201,18 +203,43 @@ def _report(unit_id: str, reports: list[dict[str, Any]], now: datetime) -> list[
             continue
         live.append((report, task, reply))
     stored = logs.stored_log_counts([task.pk for report, task, _ in live if report.get("logs")])
+    # The per-key log quota: one guarded UPDATE per owner key for the whole batch; lines of items
+    # refused afterwards (the per-task cap, a refused move) are given back.
+    wanted: dict[int | None, int] = {}
+    for report, task, _ in live:
+        if report.get("logs"):
+            wanted[task.owner_id] = wanted.get(task.owner_id, 0) + len(report["logs"])
+    over = logs.charge_owners(wanted)
+    refunds: list[tuple[int | None, int]] = []
     batch = _Plan()
     for report, task, reply in live:
+        entries = len(report.get("logs") or [])
         try:
+            if entries and task.owner_id in over:
+                raise logs.quota_exceeded(task.pk, entries)
             _plan_item(batch, report, task, stored.get(task.pk, 0), actor=actor, now=now)
         except DomainError as exc:
             reply["error"] = _error(exc)
+            if entries and task.owner_id not in over:
+                refunds.append((task.owner_id, entries))
             continue
         reply |= {"status": task.status, "accepted": True}
+    if refunds:
+        logs.refund_deleted(refunds)
     if batch.logs:
         TaskExecutionLog.objects.bulk_create(batch.logs)
     write(batch.moves)
     return replies
+
+
+def _lock_own(unit_id: str, task_ids: list[int]) -> dict[int, Task]:
+    """The named tasks: locked if they are the unit's (a plain read picks them first: a locking read
+    filtered on the unit would lock every row it scans on MariaDB), read unlocked otherwise. A task
+    that changed hands between the two reads is fenced on what the lock read."""
+    own = list(Task.objects.filter(pk__in=task_ids, unit_id=unit_id).values_list("pk", flat=True))
+    locked = lock_many(own) if own else {}
+    others = [task_id for task_id in task_ids if task_id not in locked]
+    return locked | {task.pk: task for task in Task.objects.filter(pk__in=others)} if others else locked
 
 
 def _fence(task: Task | None, report: dict[str, Any], unit_id: str) -> Task | None:

@@ -13,6 +13,13 @@ MAX_RESULT_BYTES = 262_144
 MAX_LOG_MESSAGE = 10_000
 MAX_LOG_BATCH = 500
 NAME_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
+# A unit id is a URL path segment (/execution-units/{id}/heartbeat): "." and ".." (any id of dots
+# only) are normalised away by URL handling and would leave the unit unreachable.
+UNIT_ID_PATTERN = r"^(?!\.+$)[A-Za-z0-9_.:\-]+$"
+UNIT_ID_INVALID = (
+    "must be letters, digits and _ . : - only, and not only dots "
+    "('.' and '..' are path segments that URLs normalise away)"
+)
 MAX_ID = 2**63 - 1
 MAX_ATTEMPT = 2**31 - 1
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)

@@ -18,6 +18,7 @@ from taskhub.api.serializers.fields import (
     BoundedDateTimeField,
     check_json_size,
 )
+from tasks import unique
 from tasks.models import LogLevel, Task, TaskExecutionLog, TaskStatusHistory
 from tasks.states import TaskStatus
 
@@ -46,6 +47,8 @@ class TaskSerializer(serializers.ModelSerializer):
     finishedAt = serializers.DateTimeField(source="finished_at", allow_null=True)
     config = serializers.JSONField()
     result = serializers.JSONField(allow_null=True)
+    uniqueKey = serializers.CharField(source="unique_key", allow_null=True)
+    uniqueUntil = serializers.DateTimeField(source="unique_until", allow_null=True)
 
     class Meta:
         model = Task
@@ -74,11 +77,15 @@ class TaskSerializer(serializers.ModelSerializer):
             "updatedAt",
             "startedAt",
             "finishedAt",
+            "uniqueKey",
+            "uniqueUntil",
         ]
         read_only_fields = fields
 
 
-class TaskCreateSerializer(serializers.Serializer):
+class TaskFieldsSerializer(serializers.Serializer):
+    """The fields of a task a client sets (create, PATCH, a schedule's template)."""
+
     name = serializers.CharField(max_length=255, allow_blank=False)
     taskType = serializers.RegexField(NAME_PATTERN, max_length=64, source="task_type")
     priority = serializers.IntegerField(
@@ -102,7 +109,37 @@ class TaskCreateSerializer(serializers.Serializer):
         return check_json_size(value, MAX_CONFIG_BYTES, "config")
 
 
-class TaskUpdateSerializer(TaskCreateSerializer):
+class TaskCreateSerializer(TaskFieldsSerializer):
+    uniqueKey = serializers.CharField(
+        max_length=255,
+        required=False,
+        source="unique_key",
+        help_text="At most one task of this client holds the key (compared byte-exact): while it is not "
+        "COMPLETED or CANCELLED, or with uniqueFor for that many seconds after its creation. A create "
+        "with a held key returns the holder (200, header Taskhub-Unique-Existing: true) or, with "
+        'onConflict "error", 409.',
+    )
+    uniqueFor = serializers.IntegerField(
+        min_value=1,
+        max_value=366 * 24 * 3600,
+        required=False,
+        source="unique_for",
+        help_text="Seconds: the key is held this long after the creation, whatever the task's state.",
+    )
+    onConflict = serializers.ChoiceField(
+        choices=unique.ON_CONFLICT,
+        default=unique.EXISTING,
+        source="on_conflict",
+        help_text="What a create with a held uniqueKey gets: the existing task (200) or an error (409).",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("unique_for") is not None and not attrs.get("unique_key"):
+            raise serializers.ValidationError({"uniqueFor": ["needs uniqueKey"]})
+        return attrs
+
+
+class TaskUpdateSerializer(TaskFieldsSerializer):
     """PATCH: every field optional; which may change depends on the task's state (the service)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -301,14 +338,16 @@ class TaskBatchCreateSerializer(serializers.Serializer):
     def validate_tasks(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Keys are compared case-insensitively (as MySQL's collation does) so no backend sees two.
         _unique_items(value, "idempotency_key", "idempotencyKey", fold=True)
+        _unique_items(value, "unique_key", "uniqueKey")
         return _within(value, settings.TASK_BATCH_MAX)
 
 
 class TaskBatchItemResultSerializer(TaskSerializer):
     created = serializers.BooleanField(help_text="false: an idempotent replay of a task created earlier")
+    uniqueExisting = serializers.BooleanField(help_text="true: the task holding the item's uniqueKey")
 
     class Meta(TaskSerializer.Meta):
-        fields = [*TaskSerializer.Meta.fields, "created"]
+        fields = [*TaskSerializer.Meta.fields, "created", "uniqueExisting"]
         read_only_fields = fields
 
 

@@ -9,7 +9,14 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from taskhub.api.serializers.fields import MAX_ID, NAME_PATTERN, check_metadata, datetime_or_none
+from taskhub.api.serializers.fields import (
+    MAX_ID,
+    NAME_PATTERN,
+    UNIT_ID_INVALID,
+    UNIT_ID_PATTERN,
+    check_metadata,
+    datetime_or_none,
+)
 from units import lifecycle
 from units.models import DrainedBy, ExecutionUnit, UnitStatus
 
@@ -98,7 +105,7 @@ class UnitSerializer(serializers.ModelSerializer):
 
 
 class RegisterSerializer(serializers.Serializer):
-    id = serializers.RegexField(NAME_PATTERN, max_length=64)
+    id = serializers.RegexField(UNIT_ID_PATTERN, max_length=64, error_messages={"invalid": UNIT_ID_INVALID})
     unitType = serializers.RegexField(NAME_PATTERN, max_length=64, source="unit_type")
     unitName = serializers.CharField(max_length=255, source="unit_name")
     capacity = serializers.IntegerField(min_value=1, max_value=1000)

@@ -70,6 +70,23 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     required=False,
     description="A repeat with the same key from the same client returns the first task (200).",
 )
+UNIQUE_HEADER = "Taskhub-Unique-Existing"
+CREATE_REPLY_HEADERS = [
+    OpenApiParameter(
+        "Idempotency-Replayed",
+        OpenApiTypes.STR,
+        OpenApiParameter.HEADER,
+        response=[200],
+        description="true: an Idempotency-Key replay of the first task",
+    ),
+    OpenApiParameter(
+        UNIQUE_HEADER,
+        OpenApiTypes.STR,
+        OpenApiParameter.HEADER,
+        response=[200],
+        description="true: the task already holding this uniqueKey (see uniqueKey)",
+    ),
+]
 ORDERING_FIELDS = {"createdAt": "created_at", "updatedAt": "updated_at"}
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -143,8 +160,11 @@ class TaskViewSet(viewsets.ViewSet):
 
     @extend_schema(
         request=TaskCreateSerializer,
-        parameters=[IDEMPOTENCY_HEADER],
-        responses={201: TaskSerializer, 200: OpenApiResponse(TaskSerializer, "Idempotent replay")},
+        parameters=[IDEMPOTENCY_HEADER, *CREATE_REPLY_HEADERS],
+        responses={
+            201: TaskSerializer,
+            200: OpenApiResponse(TaskSerializer, "An Idempotency-Key replay, or the task holding the uniqueKey"),
+        },
         summary="Create a task",
     )
     def create(self, request: Request) -> Response:
@@ -153,14 +173,19 @@ class TaskViewSet(viewsets.ViewSet):
         if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
             raise serializers.ValidationError({"Idempotency-Key": [f"at most {MAX_IDEMPOTENCY_KEY} characters"]})
         principal = principal_of(request)
-        task, created = services.task_submit(
+        task, outcome = services.task_submit(
             owner=principal.api_key,
             actor=principal.actor,
             data=data,
             idempotency_key=key,
             fingerprint=services.request_fingerprint(request.data),
         )
-        headers = {} if created else {"Idempotency-Replayed": "true"}
+        headers = {
+            services.CREATED: {},
+            services.REPLAYED: {"Idempotency-Replayed": "true"},
+            services.UNIQUE_EXISTING: {UNIQUE_HEADER: "true"},
+        }[outcome]
+        created = outcome == services.CREATED
         return Response(TaskSerializer(task).data, status=201 if created else 200, headers=headers)
 
     @extend_schema(
@@ -186,9 +211,10 @@ class TaskViewSet(viewsets.ViewSet):
             items.append((data, key, services.request_fingerprint(body_only)))
         results = services.task_submit_batch(owner=principal.api_key, actor=principal.actor, items=items)
         rendered = TaskSerializer([task for task, _ in results], many=True).data  # one set of fields for all
-        for item, (_, created) in zip(rendered, results, strict=True):
-            item["created"] = created
-        return Response({"items": rendered}, status=201 if any(c for _, c in results) else 200)
+        for item, (_, outcome) in zip(rendered, results, strict=True):
+            item["created"] = outcome == services.CREATED
+            item["uniqueExisting"] = outcome == services.UNIQUE_EXISTING
+        return Response({"items": rendered}, status=201 if any(i["created"] for i in rendered) else 200)
 
     @extend_schema(
         request=ReportBatchSerializer,

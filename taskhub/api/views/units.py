@@ -81,9 +81,9 @@ class UnitViewSet(viewsets.ViewSet):
         return pk
 
     def _refuse_a_replaced_instance(self, request: Request, instance_id: str) -> None:
-        """Checked against the unit row the authentication read with the caller's token (no query):
-        a claim that races a replacement past this check gets leases the new process does not list,
-        and its next heartbeat fails them over."""
+        """Checked against the unit row the authentication read with the caller's token (no query),
+        so a replaced process is refused before any lock; the claim checks again under the unit
+        row lock (units.claim), which closes the race with a replacement committing meanwhile."""
         unit = principal_of(request).unit
         if unit is not None:
             lifecycle.refuse_a_replaced_instance(unit.pk, unit.instance_id, instance_id)
@@ -181,7 +181,9 @@ class UnitViewSet(viewsets.ViewSet):
     def claim(self, request: Request, pk: str) -> Response:
         body = validated(ClaimSerializer, request.data)
         self._refuse_a_replaced_instance(request, body.get("instance_id", ""))
-        result = claim(self._own_unit_id(request, pk), body["max"], now=timezone.now())
+        result = claim(
+            self._own_unit_id(request, pk), body["max"], now=timezone.now(), instance_id=body.get("instance_id", "")
+        )
         reply: dict[str, Any] = {"items": claimed_tasks(result.tasks), "unitStatus": str(result.unit_status)}
         if result.hold is not None:
             reply["queue"] = result.hold.as_reply()

@@ -19,7 +19,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from taskhub.apikeys.models import ApiKey, Scope
-from taskhub.apikeys.services import api_key_create, api_key_revoke, parse_scopes
+from taskhub.apikeys.services import api_key_create, api_key_revoke, parse_pool, parse_scopes
 from taskhub.base.errors import DomainError, InvalidInput
 from taskhub.console.actions import Outcome, back_to_next, run_each, selected_pks
 
@@ -33,11 +33,21 @@ class ApiKeyCreateForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ("name", "scopes")
+        fields = ("name", "scopes", "pool")
 
     def clean_scopes(self) -> list[str]:
         try:
             return parse_scopes(self.cleaned_data.get("scopes") or [])
+        except InvalidInput as exc:
+            raise forms.ValidationError(exc.message) from None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["pool"].required = False  # empty: the default pool
+
+    def clean_pool(self) -> str:
+        try:
+            return parse_pool(self.cleaned_data.get("pool"))
         except InvalidInput as exc:
             raise forms.ValidationError(exc.message) from None
 
@@ -59,7 +69,7 @@ class RevokedFilter(admin.SimpleListFilter):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix_col", "scopes_col", "state_col", "created_at", "created_by", "last_used_at")
+    list_display = ("name", "prefix_col", "scopes_col", "pool", "state_col", "created_at", "created_by", "last_used_at")
     list_filter = (RevokedFilter,)
     list_select_related = ("created_by",)
     search_fields = ("name", "prefix")
@@ -68,6 +78,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "name",
         "prefix_col",
         "scopes_col",
+        "pool",
         "state_col",
         "created_at",
         "created_by",
@@ -88,7 +99,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
-            return [(None, {"fields": ("name", "scopes")})]
+            return [(None, {"fields": ("name", "scopes", "pool")})]
         return [(None, {"fields": self.readonly_fields})]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
@@ -116,7 +127,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if change:
             return  # nothing on a key's page is editable; scopes change by revoking and re-creating
         row, secret = api_key_create(
-            name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"], created_by=request.user
+            name=form.cleaned_data["name"],
+            scopes=form.cleaned_data["scopes"],
+            created_by=request.user,
+            pool=form.cleaned_data.get("pool"),
         )
         for field in ApiKey._meta.concrete_fields:
             setattr(obj, field.attname, getattr(row, field.attname))
@@ -146,7 +160,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     # --- revoke ---------------------------------------------------------------------------------
 
-    @admin.action(description="Revoke selected API keys", permissions=["change"])
+    @admin.action(
+        description="Revoke selected API keys (the unit tokens they issued stop working too)", permissions=["change"]
+    )
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
         active = {key.pk: key for key in queryset.filter(revoked_at__isnull=True)}
 
@@ -158,7 +174,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
             self.log_change(request, key, "Revoked")
             return None
 
-        run_each(selected_pks(queryset), Outcome("Revoked", "API key", "API keys"), revoke, _explain).report(request)
+        outcome = run_each(selected_pks(queryset), Outcome("Revoked", "API key", "API keys"), revoke, _explain)
+        outcome.notes.append(
+            "Units registered with a revoked key are refused from now on (401 on heartbeat and claim): "
+            "their leases fail over when the sweeper finds them silent."
+        )
+        outcome.report(request)
         return back_to_next(request)
 
 

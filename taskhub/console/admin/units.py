@@ -19,6 +19,7 @@ from django.contrib import admin
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -26,6 +27,7 @@ from django.utils.safestring import SafeString
 from taskhub.base.actors import Actor
 from taskhub.base.errors import DomainError
 from taskhub.console.actions import Outcome, back_to_next, run_each, selected_pks
+from taskhub.console.charts import unit_load_chart
 from taskhub.console.formatting import format_duration
 from taskhub.console.permissions import OPERATE_UNITS
 from tasks.models import Task
@@ -33,9 +35,10 @@ from tasks.states import TaskStatus
 from units.lifecycle import drained_by
 from units.models import ExecutionUnit
 from units.services import unit_delete, unit_update
-from units.states import CLAIMING, DrainedBy, UnitStatus
+from units.states import CLAIMING, Cause, DrainedBy, UnitStatus, can_move
 
 EDITABLE = ("unit_name", "capacity", "endpoint")
+UNIT_TASKS_SHOWN = 50
 
 
 def _running_subquery() -> Coalesce:
@@ -77,8 +80,51 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
         ("Metadata", {"fields": ("metadata_pretty",)}),
     )
 
+    change_form_template = "admin/units/executionunit/change_form.html"
+
     class Media:
         css = {"all": ("console/admin.css",)}
+        js = ("console/live_list.js",)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra = dict(extra_context or {})
+        unit = self.get_object(request, object_id) if self.has_view_or_change_permission(request) else None
+        if unit is not None:
+            extra.update(self._unit_context(request, unit))
+        return super().change_view(request, object_id, form_url, extra)
+
+    def _unit_context(self, request: HttpRequest, unit: ExecutionUnit) -> dict[str, Any]:
+        """Its tasks (those RUNNING on it, then the latest others it held) and the buttons its
+        status allows (units.states.MOVES: drain from ONLINE/BUSY, resume from MAINTENANCE)."""
+        fields = ("id", "name", "task_type", "status", "attempt", "started_at", "finished_at", "updated_at")
+        running = list(
+            Task.objects.filter(unit_id=unit.pk, status=TaskStatus.RUNNING)
+            .order_by("started_at", "id")
+            .only(*fields)[:UNIT_TASKS_SHOWN]
+        )
+        recent = list(
+            Task.objects.filter(unit_id=unit.pk)
+            .exclude(status=TaskStatus.RUNNING)
+            .order_by("-id")
+            .only(*fields)[:UNIT_TASKS_SHOWN]
+        )
+        buttons: list[tuple[str, str]] = []
+        if request.user.has_perm(OPERATE_UNITS):
+            if can_move(unit.status, UnitStatus.MAINTENANCE, Cause.DRAIN) and unit.status != UnitStatus.MAINTENANCE:
+                buttons.append(("drain_units", "Put in MAINTENANCE (drain)"))
+            if can_move(unit.status, UnitStatus.ONLINE, Cause.RESUME) and unit.status == UnitStatus.MAINTENANCE:
+                buttons.append(("resume_units", "Resume (back to ONLINE)"))
+        return {
+            "th_running": running,
+            "th_recent": recent,
+            "th_unit_buttons": buttons,
+            "th_drained": self.drain_col(unit),
+            "th_task_list_url": reverse("admin:tasks_task_changelist") + f"?unit__id__exact={unit.pk}",
+            "th_unit_changelist_url": reverse("admin:units_executionunit_changelist"),
+            "th_load": unit_load_chart(unit.pk, timezone.now()),
+        }
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ExecutionUnit]:
         return super().get_queryset(request).annotate(running=_running_subquery())
@@ -166,7 +212,8 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
         return run_each(selected_pks(queryset), Outcome(verb, "unit", "units"), apply, _explain)
 
     @admin.action(
-        description="Drain selected units (MAINTENANCE: claim nothing, finish running tasks)", permissions=["operate"]
+        description="Put selected units in MAINTENANCE (drain: claim nothing, finish running tasks)",
+        permissions=["operate"],
     )
     def drain_units(self, request: HttpRequest, queryset: QuerySet[ExecutionUnit]) -> HttpResponse | None:
         actor = _operator(request)
@@ -216,7 +263,8 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
         outcome.notes.append(
             f"{moved['failedOver']} running task{'s' if moved['failedOver'] != 1 else ''} failed over"
             + (f", {moved['poisoned']} failed as poison" if moved["poisoned"] else "")
-            + "."
+            + ". Their processes are evicted: a taskhub-unit that ran them stops (exit code 5) instead of "
+            "registering again; start a new one to bring a unit back."
         )
         outcome.report(request)
         return back_to_next(request)

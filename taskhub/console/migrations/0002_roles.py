@@ -10,7 +10,7 @@ from taskhub.console.roles import ROLES, create_all_permissions, sync_roles
 def forward(apps: Any, schema_editor: Any) -> None:
     alias = schema_editor.connection.alias
     create_all_permissions(apps, alias)
-    sync_roles(apps, using=alias)
+    sync_roles(apps, using=alias, known_apps_only=True)
 
 
 def backward(apps: Any, schema_editor: Any) -> None:

@@ -15,12 +15,13 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
+from django.db.models.functions import Substr
 from django.http import HttpRequest
 
 from taskhub.console.admin.tasks.actions import TaskActions
-from taskhub.console.admin.tasks.columns import TaskColumns
+from taskhub.console.admin.tasks.columns import ERROR_READ, TaskColumns
 from taskhub.console.admin.tasks.editing import TaskAdminForm, TaskEditing
-from taskhub.console.admin.tasks.filters import TaskSearch, TaskTypeFilter
+from taskhub.console.admin.tasks.filters import FailedKindFilter, OrphanFilter, TaskSearch, TaskTypeFilter
 from taskhub.console.admin.tasks.page import TaskPage
 from taskhub.console.paging import CappedCountPaginator
 from taskhub.console.permissions import OPERATE_TASKS
@@ -35,6 +36,7 @@ class TaskAdmin(TaskColumns, TaskSearch, TaskEditing, TaskActions, TaskPage, adm
         "id",
         "name",
         "status_col",
+        "error_col",
         "task_type",
         "priority",
         "unit_col",
@@ -45,7 +47,14 @@ class TaskAdmin(TaskColumns, TaskSearch, TaskEditing, TaskActions, TaskPage, adm
         "duration_col",
     )
     list_display_links = ("id", "name")
-    list_filter = ("status", TaskTypeFilter, "unit", ("created_at", admin.DateFieldListFilter))
+    list_filter = (
+        "status",
+        FailedKindFilter,
+        OrphanFilter,
+        TaskTypeFilter,
+        "unit",
+        ("created_at", admin.DateFieldListFilter),
+    )
     list_select_related = ("unit",)
     list_per_page = 50
     paginator = CappedCountPaginator
@@ -68,7 +77,7 @@ class TaskAdmin(TaskColumns, TaskSearch, TaskEditing, TaskActions, TaskPage, adm
                     "progress_col",
                     "timeout_seconds",
                     "pending_command",
-                    "error",
+                    "error_col",
                 )
             },
         ),
@@ -95,6 +104,7 @@ class TaskAdmin(TaskColumns, TaskSearch, TaskEditing, TaskActions, TaskPage, adm
 
     class Media:
         css = {"all": ("console/admin.css",)}
+        js = ("console/live_list.js",)
 
     # --- permissions --------------------------------------------------------------------
 
@@ -110,12 +120,23 @@ class TaskAdmin(TaskColumns, TaskSearch, TaskEditing, TaskActions, TaskPage, adm
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         editable = EDITABLE_FIELDS.get(obj.status, frozenset()) if obj is not None else frozenset()
         model_fields = [f.name for f in Task._meta.concrete_fields if f.name not in editable]
-        return [*model_fields, "status_col", "unit_col", "retries_col", "progress_col", "duration_col", "result_col"]
+        return [
+            *model_fields,
+            "status_col",
+            "error_col",
+            "unit_col",
+            "retries_col",
+            "progress_col",
+            "duration_col",
+            "result_col",
+        ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
         qs = super().get_queryset(request)
         match = request.resolver_match
         if match is not None and match.url_name == "tasks_task_changelist":
             # The list never shows these and they can be large.
-            qs = qs.defer("config", "result", "error", "request_fingerprint")
+            qs = qs.defer("config", "result", "error", "request_fingerprint").annotate(
+                error_head=Substr("error", 1, ERROR_READ)
+            )
         return qs

@@ -10,10 +10,12 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 
 from taskhub.base.actors import Actor
 from taskhub.base.errors import DomainError, NotFound
 from taskhub.console.actions import Outcome, back_to_next, run_all, selected_pks
+from taskhub.console.formatting import plural
 from tasks.bulk_actions import bulk_act
 from tasks.models import Task
 from tasks.states import TERMINAL, VERBS, Verb, can_move
@@ -30,6 +32,9 @@ LABELS: dict[str, tuple[str, str]] = {  # verb: (button, bulk action)
     "requeue": ("Requeue", "Requeue (take back from its unit)"),
     "cancel": ("Cancel", "Cancel selected tasks"),
 }
+# Verbs that ask for a confirmation first (a final state: nothing brings the task back).
+CONFIRM = frozenset(verb.name for verb in VERBS.values() if verb.console and verb.target in TERMINAL)
+CONFIRM_SHOWN = 50
 CONSOLE_VERBS = [verb for verb in VERBS.values() if verb.console]
 assert set(LABELS) == {verb.name for verb in CONSOLE_VERBS}, "a console verb without words, or words without one"
 
@@ -52,6 +57,8 @@ class TaskActions(admin.ModelAdmin):
     actions = [_bulk_action(verb) for verb in CONSOLE_VERBS]
 
     def act(self, request: HttpRequest, queryset: QuerySet[Task], verb: Verb) -> HttpResponse | None:
+        if verb.name in CONFIRM and request.POST.get("post") != "yes":
+            return self.confirm(request, queryset, verb)
         actor = Actor.operator(request.user.get_username())
         if request.POST.get("select_across") == "1":
             return _act_on_all_matching(request, queryset, verb, actor)
@@ -67,6 +74,26 @@ class TaskActions(admin.ModelAdmin):
         )
         outcome.report(request)
         return back_to_next(request)
+
+    def confirm(self, request: HttpRequest, queryset: QuerySet[Task], verb: Verb) -> HttpResponse:
+        """A final verb (cancel) asks first: the page lists what it would change and posts the
+        same action again with `post=yes` (the admin's own confirmation convention)."""
+        pks = selected_pks(queryset)
+        shown = list(Task.objects.filter(pk__in=pks[:CONFIRM_SHOWN]).order_by("pk").only("id", "name", "status"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"{LABELS[verb.name][0]} {plural(len(pks), 'task')}?",
+            "verb": verb,
+            "label": LABELS[verb.name][0],
+            "action": action_name(verb),
+            "pks": pks,
+            "tasks": shown,
+            "more": max(len(pks) - len(shown), 0),
+            "next": request.POST.get("next", ""),
+            "final": verb.target in TERMINAL,
+        }
+        return TemplateResponse(request, "admin/tasks/task/confirm_action.html", context)
 
 
 BULK_LIMIT = 100_000  # "all N matching this filter": at most this many per run (chunked transactions)

@@ -12,11 +12,14 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from taskhub.console.formatting import format_duration, status_badge
+from taskhub.console.formatting import format_duration, format_time, status_badge
 from tasks.models import Task
 from tasks.states import TaskStatus
+from units.selectors import is_orphaned
 
 S = TaskStatus
+ERROR_SHOWN = 48  # characters of the error in the list (the annotation reads ERROR_READ)
+ERROR_READ = 200
 
 
 def task_duration(task: Task, now: datetime) -> str:
@@ -35,14 +38,31 @@ class TaskColumns(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_col(self, obj: Task) -> SafeString:
-        title = ""
+        title, flag = "", SafeString("")
         if obj.status == S.FAILED and obj.next_retry_at:
-            title = f"automatic retry at {obj.next_retry_at:%H:%M:%S} UTC"
+            title = f"automatic retry at {format_time(obj.next_retry_at)} UTC"
+            flag = format_html(' <span class="th-flag th-flag-retry" title="{}">waiting retry</span>', title)
+        elif obj.status == S.FAILED:
+            title = "no automatic retry left: only a retry by hand brings it back"
+            flag = format_html(' <span class="th-flag th-flag-dead" title="{}">dead</span>', title)
         elif obj.pending_command:
             title = f"{obj.pending_command} sent to unit {obj.unit_id}"
-        elif obj.status == S.RUNNING and obj.lease_expires_at:
-            title = f"no unit holds it: back to PENDING at {obj.lease_expires_at:%H:%M:%S} UTC unless reported on"
-        return status_badge(obj.status, title)
+        elif is_orphaned(obj):
+            title = "no unit holds it"
+            if obj.lease_expires_at:
+                title += f": back to PENDING at {format_time(obj.lease_expires_at)} UTC unless reported on"
+            flag = format_html(' <span class="th-flag th-flag-orphan" title="{}">orphaned</span>', title)
+        return format_html("{}{}", status_badge(obj.status, title), flag)
+
+    @admin.display(description="error")
+    def error_col(self, obj: Task) -> SafeString | str:
+        """The current attempt's error: only a FAILED task has one (a later attempt's success or
+        retry leaves the old text in the row; it is history, not the task's state)."""
+        text = obj.error_head if hasattr(obj, "error_head") else obj.error  # the list reads only the head
+        if obj.status != S.FAILED or not text:
+            return "—"
+        short = text if len(text) <= ERROR_SHOWN else text[: ERROR_SHOWN - 1] + "…"
+        return format_html('<span class="th-error-text" title="{}">{}</span>', text, short)
 
     @admin.display(description="unit", ordering="unit_id")
     def unit_col(self, obj: Task) -> SafeString | str:
@@ -72,8 +92,7 @@ class TaskColumns(admin.ModelAdmin):
 
     @admin.display(description="created (UTC)", ordering="created_at")
     def created_col(self, obj: Task) -> SafeString:
-        full, short = f"{obj.created_at:%Y-%m-%d %H:%M:%S}", f"{obj.created_at:%m-%d %H:%M}"
-        return format_html('<span title="{}">{}</span>', full, short)
+        return format_html("<span>{}</span>", format_time(obj.created_at))
 
     @admin.display(description="duration")
     def duration_col(self, obj: Task) -> str:

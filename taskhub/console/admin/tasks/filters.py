@@ -10,8 +10,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from tasks.models import Task
-from tasks.selectors import search_tasks
+from tasks.selectors import FAILED_KINDS, search_tasks
 from units.models import ExecutionUnit
+from units.selectors import orphaned_running
 
 
 class TaskTypeFilter(admin.SimpleListFilter):
@@ -50,3 +51,31 @@ class TaskSearch(admin.ModelAdmin):
                 "narrow them (status, type, unit, date) to search older ones.",
             )
         return found, False
+
+
+class FailedKindFilter(admin.SimpleListFilter):
+    """FAILED split as the stats API splits it: dead (only an operator's retry brings it back) and
+    waiting for an automatic retry (tasks.selectors.FAILED_KINDS)."""
+
+    title = "failed"
+    parameter_name = "failed"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(key, label) for key, (label, _) in FAILED_KINDS.items()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        kind = FAILED_KINDS.get(str(self.value()))
+        return queryset.filter(kind[1]) if kind else queryset
+
+
+class OrphanFilter(admin.SimpleListFilter):
+    """RUNNING tasks no live unit holds (units.selectors.ORPHANED)."""
+
+    title = "needs attention"
+    parameter_name = "flag"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("orphaned", "RUNNING, no live unit holds it")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return orphaned_running(queryset) if self.value() == "orphaned" else queryset

@@ -4,8 +4,8 @@ import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
-from django.utils import timezone
 
+from taskhub.base.sql import db_now
 from taskhub.jobs.registry import JOBS
 from taskhub.jobs.runner import run_job
 
@@ -17,5 +17,5 @@ class Command(BaseCommand):
         parser.add_argument("name", choices=sorted(JOBS))
 
     def handle(self, *args: Any, **options: Any) -> None:
-        result = run_job(options["name"], timezone.now())
+        result = run_job(options["name"], db_now())
         self.stdout.write(json.dumps({"job": options["name"], **result}))

@@ -92,6 +92,12 @@
     var stamp = document.getElementById("th-updated-at");
     stamp.textContent = fmtTime(data.generatedAt);
     stamp.setAttribute("datetime", data.generatedAt);
+    var unserved = document.getElementById("th-unserved");
+    if (unserved) {
+      var list = (data.unservedTypes || []).map(function (q) { return q.taskType + " (" + q.pending + " PENDING)"; });
+      document.getElementById("th-unserved-list").textContent = list.join(", ");
+      unserved.hidden = !list.length;
+    }
     drawChart(document.getElementById("th-chart"), data.throughput);
     drawFailures(document.querySelector("#th-failures tbody"), data.recentFailures);
   }

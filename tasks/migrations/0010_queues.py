@@ -3,12 +3,14 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+import taskhub.base.fields
+
 
 class Migration(migrations.Migration):
 
     dependencies = [
         ('apikeys', '0001_initial'),
-        ('tasks', '0004_history_reason_code'),
+        ('tasks', '0006_unique_schedules'),
         ('units', '0002_unit_drain_and_instance'),
     ]
 
@@ -17,7 +19,7 @@ class Migration(migrations.Migration):
             name='QueueChange',
             fields=[
                 ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('task_type', models.CharField(max_length=64)),
+                ('task_type', taskhub.base.fields.KeyField(max_length=64)),
                 ('actor_type', models.CharField(choices=[('operator', 'Operator'), ('api_key', 'Api Key'), ('unit', 'Unit'), ('system', 'System')], max_length=16)),
                 ('actor', models.CharField(max_length=150)),
                 ('changes', models.JSONField(default=dict)),
@@ -32,8 +34,8 @@ class Migration(migrations.Migration):
             name='QueueKeyWindow',
             fields=[
                 ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('task_type', models.CharField(max_length=64)),
-                ('concurrency_key', models.CharField(max_length=255)),
+                ('task_type', taskhub.base.fields.KeyField(max_length=64)),
+                ('concurrency_key', taskhub.base.fields.KeyField(max_length=255)),
                 ('starts', models.JSONField(default=list)),
                 ('last_start_at', models.DateTimeField()),
             ],
@@ -44,7 +46,7 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name='QueueSettings',
             fields=[
-                ('task_type', models.CharField(max_length=64, primary_key=True, serialize=False)),
+                ('task_type', taskhub.base.fields.KeyField(max_length=64, primary_key=True, serialize=False)),
                 ('paused', models.BooleanField(default=False)),
                 ('paused_at', models.DateTimeField(blank=True, null=True)),
                 ('paused_by', models.CharField(blank=True, default='', max_length=150)),
@@ -76,7 +78,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='task',
             name='concurrency_key',
-            field=models.CharField(blank=True, db_default='', default='', max_length=255),
+            field=taskhub.base.fields.KeyField(blank=True, db_default='', default='', max_length=255),
         ),
         migrations.AddField(
             model_name='task',
@@ -85,7 +87,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='task',
-            index=models.Index(fields=['status', 'task_type', 'held_back', '-priority', 'id'], name='task_claim_idx'),
+            index=models.Index(fields=['status', 'pool', 'task_type', 'held_back', '-priority', 'id'], name='task_claim_idx'),
         ),
         migrations.AddIndex(
             model_name='task',
