@@ -62,11 +62,13 @@ def test_all_matching_this_filter_acts_on_every_matching_task_in_chunks(op_clien
     now = timezone.now()
     factories.tasks_in_bulk(CHUNK + 50, now=now, task_type="EXPORT")
     factories.tasks_in_bulk(5, now=now, task_type="OTHER")
-    response = op_client.post(
-        "/admin/tasks/task/?task_type=EXPORT",
-        {"action": "cancel_tasks", "_selected_action": ["1"], "select_across": "1", "index": "0"},
-        follow=True,
-    )
+    form = {"action": "cancel_tasks", "_selected_action": ["1"], "select_across": "1", "index": "0"}
+    # Cancel asks first: the page counts every matching task and posts back to the filtered list.
+    asked = op_client.post("/admin/tasks/task/?task_type=EXPORT", form).content.decode()
+    assert f"Cancel all {CHUNK + 50} tasks matching this filter?" in asked
+    assert 'action="/admin/tasks/task/?task_type=EXPORT"' in asked and 'name="select_across" value="1"' in asked
+    assert Task.objects.filter(status="CANCELLED").count() == 0
+    response = op_client.post("/admin/tasks/task/?task_type=EXPORT", {**form, "post": "yes"}, follow=True)
     assert any(
         f"Cancelled {CHUNK + 50} of {CHUNK + 50} matching tasks in 2 chunk(s)" in m for m in messages_of(response)
     )

@@ -78,18 +78,27 @@ class TaskActions(admin.ModelAdmin):
     def confirm(self, request: HttpRequest, queryset: QuerySet[Task], verb: Verb) -> HttpResponse:
         """A final verb (cancel) asks first: the page lists what it would change and posts the
         same action again with `post=yes` (the admin's own confirmation convention)."""
-        pks = selected_pks(queryset)
-        shown = list(Task.objects.filter(pk__in=pks[:CONFIRM_SHOWN]).order_by("pk").only("id", "name", "status"))
+        across = request.POST.get("select_across") == "1"  # "all N matching this filter"
+        pks = [] if across else selected_pks(queryset)
+        count = min(queryset.count(), BULK_LIMIT) if across else len(pks)
+        ordered = (
+            queryset.select_related(None) if across else Task.objects.filter(pk__in=pks[:CONFIRM_SHOWN])
+        ).order_by("pk")
+        shown = list(ordered.only("id", "name", "status")[:CONFIRM_SHOWN])
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
-            "title": f"{LABELS[verb.name][0]} {plural(len(pks), 'task')}?",
+            "title": f"{LABELS[verb.name][0]} {plural(count, 'task')}?",
             "verb": verb,
             "label": LABELS[verb.name][0],
             "action": action_name(verb),
             "pks": pks,
+            "count": count,
+            "across": across,
+            # the list's filter is in the query string: "all matching" posts back to the same list
+            "action_url": request.get_full_path() if across else "",
             "tasks": shown,
-            "more": max(len(pks) - len(shown), 0),
+            "more": max(count - len(shown), 0),
             "next": request.POST.get("next", ""),
             "final": verb.target in TERMINAL,
         }
