@@ -1,5 +1,5 @@
 # taskhub image. One image, several roles (see docker-compose.yml):
-#   web (default)  gunicorn --config taskhub/gunicorn.conf.py
+#   web (default)  gunicorn --config taskhub/gunicorn.conf.py (uvicorn workers on taskhub.asgi)
 #   worker         celery -A taskhub worker
 #   beat           celery -A taskhub beat --scheduler django_celery_beat.schedulers:DatabaseScheduler
 #   one-shot       python manage.py migrate / setup_beat / createsuperuser / create_api_key ...
@@ -76,4 +76,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["python", "docker/healthcheck.py"]
 
-CMD ["gunicorn", "--config", "taskhub/gunicorn.conf.py", "taskhub.wsgi:application"]
+CMD ["gunicorn", "--config", "taskhub/gunicorn.conf.py"]

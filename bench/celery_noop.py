@@ -45,3 +45,14 @@ def _redis() -> redis.Redis:
 @app.task(name="bench.noop", ignore_result=True)
 def noop() -> None:
     _redis().incr(DONE_KEY)
+
+
+STAMP_KEY = "bench:noop:dispatch"
+
+
+@app.task(name="bench.stamp", ignore_result=True)
+def stamp(sent: float) -> None:
+    """Dispatch latency of Celery (bench.dispatch): apply_async at `sent` -> this task starts."""
+    import time
+
+    _redis().rpush(STAMP_KEY, time.time() - sent)

@@ -180,6 +180,7 @@ class Stack:
                 "API_THROTTLE_CLIENT": "1000000/s",
                 "API_THROTTLE_UNIT": "1000000/s",
                 "API_THROTTLE_ANON": "1000000/s",
+                "API_THROTTLE_HEARTBEAT": "1000000/s",
                 "LOG_DIR": str(self.run_dir / "logs"),
                 "VAR_DIR": str(self.run_dir / "var"),
                 "LOG_LEVEL": "info",

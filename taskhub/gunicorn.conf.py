@@ -6,7 +6,10 @@ reads this file before Django starts, so it loads `.env` itself). A bad value st
 message naming the variable.
 
     WEB_CONCURRENCY      worker processes (default 2; about 2 x CPU cores is a common start)
-    GUNICORN_THREADS     threads per worker (default 4; > 1 selects the gthread worker)
+    WEB_WORKER           "asgi" (default): uvicorn workers serving taskhub.asgi (long-poll claims wait in
+                         the event loop; sync views run on WEB_THREADS threads per process);
+                         "wsgi": the gthread worker serving taskhub.wsgi (no long-poll: waits hold a thread)
+    GUNICORN_THREADS     threads per worker (default 4): gthread's threads, or WEB_THREADS' default
     HOST, PORT           listen address (default 127.0.0.1:8000; the Docker image sets HOST=0.0.0.0)
     GUNICORN_ACCESS_LOG  "-" stdout (default), "off" none, or a file path
     GUNICORN_TIMEOUT     seconds a silent worker process gets before it is replaced (default 30)
@@ -50,11 +53,15 @@ def _bind(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-wsgi_app = "taskhub.wsgi:application"
+_web_worker = os.environ.get("WEB_WORKER", "").strip().lower() or "asgi"
+if _web_worker not in ("asgi", "wsgi"):
+    raise ValueError(f"WEB_WORKER must be asgi or wsgi, got {_web_worker!r}")
+wsgi_app = "taskhub.asgi:application" if _web_worker == "asgi" else "taskhub.wsgi:application"
 bind = [_bind(os.environ.get("HOST", ""), _int("PORT", 8000, 1, 65535))]
 workers = _int("WEB_CONCURRENCY", 2, 1, 256)
 threads = _int("GUNICORN_THREADS", 4, 1, 256)
-worker_class = "gthread" if threads > 1 else "sync"
+_wsgi_class = "gthread" if threads > 1 else "sync"
+worker_class = "taskhub.uvicorn_worker.Worker" if _web_worker == "asgi" else _wsgi_class
 timeout = _int("GUNICORN_TIMEOUT", 30, 1, 3600)
 # Matches runhub: long enough for in-flight claims and reports to finish on SIGTERM.
 graceful_timeout = 10

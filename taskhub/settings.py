@@ -373,8 +373,17 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT") or BASE_DIR / "var" / "static")
+# Under DEBUG (`make run`) WhiteNoise serves the apps' static files as they are, no collectstatic.
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
 
 PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+# Threads per ASGI web process for sync views and the database calls of async views
+# (taskhub.base.syncpool): also the most database connections one web process holds.
+WEB_THREADS = env_int("WEB_THREADS", env_int("GUNICORN_THREADS", 4, minimum=1, maximum=256), minimum=1, maximum=256)
+# The longest a long-poll claim waits, whatever its `waitSeconds` (at most 30) asks; the reply's
+# `waitSeconds` says what was applied.
+CLAIM_WAIT_MAX = env_float("CLAIM_WAIT_MAX", 30.0, minimum=0.0)
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_DIR.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from taskhub.api import health
 from taskhub.api.errors import handler404 as handler404_view
 from taskhub.api.index import ApiIndexView, ApiIndexWithoutSlashView, favicon
 from taskhub.api.metrics import metrics_view
+from taskhub.api.views import longpoll
 from taskhub.api.views.queues import QueueViewSet
 from taskhub.api.views.schedules import ScheduleViewSet
 from taskhub.api.views.tasks import TaskViewSet
@@ -42,6 +43,9 @@ api_v1 = [
     path("health/database", health.database_health(), name="health-database"),
     path("health/redis", health.redis_health(), name="health-redis"),
     path("schema", PublicSchemaView.as_view(), name="schema"),
+    # The claim, served by an async view that can wait (long poll) in front of the DRF action;
+    # the action stays in the router for the OpenAPI schema and does the claim itself.
+    re_path(rf"^execution-units/(?P<pk>{UnitViewSet.lookup_value_regex})/claim$", longpoll.claim, name="claim-wait"),
     path("", include(router.urls)),
     # Anything else under /api is a JSON 404, whatever DEBUG says.
     re_path(r"^.*$", handler404_view),

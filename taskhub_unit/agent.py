@@ -2,9 +2,12 @@
 
 Threads: the control loop (the caller's thread: registration, heartbeats, claims, timeouts,
 draining, the status line), one reporter thread (logs, progress, results: see `reporter.py`) and
-one thread per running attempt. Heartbeats and claims share the control loop on purpose: a
-heartbeat lists the attempts the unit holds and the hub fails over at once any leased task it does
-not list, so a claim must never land between taking that list and the hub reading it.
+one thread per running attempt, and one claim thread for long-poll claims (`claim_wait`): the
+hub holds such a claim until work for the unit's type arrives, and the control loop goes on
+heartbeating meanwhile. A heartbeat lists the attempts the unit holds and the hub fails over any
+leased task it does not list, except leases younger than its grace (units.services.list_grace):
+a claim's reply still on its way is such a lease. Against a hub that refuses `waitSeconds` (400)
+or ignores it (no `waitSeconds` echo), the unit polls every `poll_interval` instead.
 
 The loop runs on an injectable clock (`Agent(clock=...)`, `time.monotonic` by default): claim and
 heartbeat times, task durations and timeouts, the drain deadline and the status line. Network
@@ -20,8 +23,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 from taskhub_unit.client import ApiError, Backoff, HubClient, HubUnavailable
@@ -45,6 +50,7 @@ from taskhub_unit.status import StatusLine
 log = logging.getLogger("taskhub_unit.agent")
 
 Handler = Callable[[TaskContext], Any]
+CLAIM_DRAIN_WAIT = 2.0
 OFFLINE = "OFFLINE"
 MAX_QUEUE_WAIT = 60.0  # the longest a paused or rate-limited queue makes the agent wait between claims
 __all__ = ["Agent", "AgentConfig", "RegistrationRefused", "UnitInUse"]
@@ -63,6 +69,7 @@ class AgentConfig:
     endpoint: str = ""
     data_dir: Path = field(default_factory=Path.cwd)
     poll_interval: float = 1.0
+    claim_wait: float = 20.0  # long-poll claims: seconds the hub may hold one (0: poll every poll_interval)
     drain_timeout: float = 30.0
     flush_interval: float = 0.5
     request_timeout: float = 10.0
@@ -120,6 +127,10 @@ class Agent:
         self._heartbeat_failures = 0
         self._claim_failures = 0
         self._queue_paused = False
+        # The long-poll claim in flight: (its future, the free slots it asked for, when it began).
+        self._claim_job: tuple[Future[Any], int, float] | None = None
+        self._claimer: _Worker | None = None
+        self._long_poll = config.claim_wait > 0  # off for good once the hub shows it lacks it
         self._registered = False  # once: later registrations never `replace`
         # Registrations in a row with no heartbeat or claim heard in between (a hub that accepts the
         # registration but not the unit's token, e.g. an id it cannot route): each waits longer.
@@ -179,18 +190,25 @@ class Agent:
         next_heartbeat = now + self.heartbeat_interval
         next_claim = now
         drain_deadline: float | None = None
+        drain_started = 0.0
         while True:
             now = self.clock()
             if self.draining:
                 if drain_deadline is None:
                     drain_deadline = now + self.config.drain_timeout
+                    drain_started = now
                     self._announce_drain()
                     log.info(
                         "draining: claiming nothing more; %d task(s) to finish within %.0fs",
                         len(self.runs),
                         self.config.drain_timeout,
                     )
-                if not len(self.runs):
+                if self._claim_job is not None and self._claim_job[0].done():
+                    self._claim_finished(now)  # what it got runs within the grace like the rest
+                # A long-poll claim in flight ends when the hub sees the drain (announced above);
+                # past CLAIM_DRAIN_WAIT we stop without it (what it may still get fails over).
+                claim_done = self._claim_job is None or now >= drain_started + CLAIM_DRAIN_WAIT
+                if not len(self.runs) and claim_done:
                     log.info("drained: every task finished and reported")
                     self._last_heartbeat()
                     return
@@ -208,8 +226,10 @@ class Agent:
                 if now >= next_heartbeat:
                     next_heartbeat = self._heartbeat(now)
                 self.runs.cancel_timed_out(now)
-                if self._can_claim() and now >= next_claim:
-                    next_claim = self._claim(now)
+                if self._claim_job is not None and self._claim_job[0].done():
+                    next_claim = self._claim_finished(now)
+                if self._claim_job is None and self._can_claim() and now >= next_claim:
+                    next_claim = self._start_long_poll(now) if self._long_poll else self._claim(now)
             except UnitInUse:
                 raise
             except Exception:  # an answer we did not expect must not kill the unit and its tasks
@@ -218,7 +238,7 @@ class Agent:
             line = self.status_line.tick(self.status, now)
             if line:
                 log.info("%s", line)
-            can_claim = self._can_claim()
+            can_claim = self._can_claim() and self._claim_job is None
             wake_at = min(next_heartbeat, next_claim if can_claim else now + 1.0, now + 1.0, self.status_line.next_at)
             if drain_deadline is not None:
                 wake_at = min(wake_at, drain_deadline)
@@ -371,6 +391,82 @@ class Agent:
             and self.runs.busy() < self.config.capacity
         )
 
+    def _start_long_poll(self, now: float) -> float:
+        """Send a long-poll claim from the claim thread; its end wakes the loop (`runs.changed`)."""
+        wanted = min(self.config.capacity - self.runs.busy(), 100)
+        body = {"max": wanted, "instanceId": self.instance_id, "waitSeconds": self.config.claim_wait}
+        if self._claimer is None:
+            self._claimer = _Worker("taskhub-claim")
+        future = self._claimer.submit(
+            self.client.post,
+            f"/execution-units/{self.config.unit_id}/claim",
+            body,
+            max_attempts=1,
+            timeout=self.config.claim_wait + self.config.request_timeout,
+        )
+        future.add_done_callback(lambda _: self.runs.changed.set())
+        self._claim_job = (future, wanted, self.clock())
+        return now
+
+    def _claim_finished(self, now: float) -> float:
+        """The long-poll claim came back: start what it got; returns when to claim next."""
+        assert self._claim_job is not None
+        future, wanted, began = self._claim_job
+        self._claim_job = None
+        poll = self.config.poll_interval * random.uniform(0.8, 1.2)
+        try:
+            reply = future.result()
+        except ApiError as exc:
+            if exc.status == 400 and "waitSeconds" in str(exc.details) + exc.message:
+                log.warning("the hub does not take long-poll claims (waitSeconds): polling every %.1fs", poll)
+                self._long_poll = False
+                return now
+            return self._claim_failed(exc, poll, self.client.token)
+        except HubUnavailable as exc:
+            return self._claim_failed(exc, poll, self.client.token)
+        self._claim_failures = 0
+        reply = reply or {}
+        empty = not reply.get("items", reply.get("tasks"))
+        # A hub that ignores waitSeconds answers an empty claim at once, with no echo: poll it instead.
+        if "waitSeconds" not in reply and empty and self.clock() - began < self.config.claim_wait / 2:
+            log.warning("the hub answered a long-poll claim at once: polling every %.1fs", poll)
+            self._long_poll = False
+        at = self._claim_reply(reply, wanted, now, poll)
+        # An empty long poll the hub ended early (it caps waits, or the unit was drained): never
+        # claim again sooner than a poll would have.
+        return max(at, began + poll) if empty else at
+
+    def _claim_failed(self, exc: Exception, poll: float, token: str | None) -> float:
+        if isinstance(exc, HubUnavailable):
+            self._claim_failures += 1
+            if self._claim_failures == 1:
+                log.warning("claim failed (%s); backing off", exc)
+            return self.clock() + max(poll, self.backoff.delay(self._claim_failures - 1))
+        assert isinstance(exc, ApiError)
+        if is_in_use(exc):
+            raise in_use(exc, self.config.unit_id, self.instance_id, registered_before=True) from None
+        if exc.unit_unknown:
+            self._token_rejected(token)
+        else:
+            log.error("claim refused: %s", exc)
+        return self.clock() + poll
+
+    def _claim_reply(self, reply: dict[str, Any], wanted: int, now: float, poll: float) -> float:
+        self._heard()
+        self._apply_status(reply)
+        tasks = reply.get("items", reply.get("tasks")) or []  # `tasks`: hubs before the rename
+        for task in tasks:
+            self._start(task)
+        if tasks and len(tasks) == wanted:
+            return now  # the queue may hold more: claim again as soon as a slot is free
+        hold = self._queue_hold(reply, got=bool(tasks))
+        if hold > 0:
+            return self.clock() + max(poll, hold)
+        # A claim the queue's settings held back comes back at once (the hub does not wait on it).
+        if self._long_poll and not tasks and not self.draining and not reply.get("queue"):
+            return self.clock()  # the wait is over: wait again at once
+        return self.clock() + poll
+
     def _claim(self, now: float) -> float:
         """Claim up to the free capacity; start the tasks. Returns when to claim next."""
         free = self.config.capacity - self.runs.busy()
@@ -382,28 +478,10 @@ class Agent:
             # leases over at our next heartbeat, which does not list them.
             body = {"max": wanted, "instanceId": self.instance_id}
             reply = self.client.post(f"/execution-units/{self.config.unit_id}/claim", body, max_attempts=1)
-        except HubUnavailable as exc:
-            self._claim_failures += 1
-            if self._claim_failures == 1:
-                log.warning("claim failed (%s); backing off", exc)
-            return self.clock() + max(poll, self.backoff.delay(self._claim_failures - 1))
-        except ApiError as exc:
-            if is_in_use(exc):
-                raise in_use(exc, self.config.unit_id, self.instance_id, registered_before=True) from None
-            if exc.unit_unknown:
-                self._token_rejected(token)
-            else:
-                log.error("claim refused: %s", exc)
-            return self.clock() + poll
+        except (HubUnavailable, ApiError) as exc:
+            return self._claim_failed(exc, poll, token)
         self._claim_failures = 0
-        self._heard()
-        self._apply_status(reply)
-        tasks = reply.get("items", reply.get("tasks")) or []  # `tasks`: hubs before the rename
-        for task in tasks:
-            self._start(task)
-        if tasks and len(tasks) == wanted:
-            return now  # the queue may hold more: claim again as soon as a slot is free
-        return self.clock() + max(poll, self._queue_hold(reply, got=bool(tasks)))
+        return self._claim_reply(reply, wanted, now, poll)
 
     def _queue_hold(self, reply: dict[str, Any], *, got: bool) -> float:
         """How long the hub asked us to wait (its queue is paused or its rate limit is used up):
@@ -529,3 +607,27 @@ class Agent:
                 "OFFLINE after the heartbeat timeout",
                 exc,
             )
+
+
+class _Worker:
+    """One daemon thread running calls in turn (its HTTP session, and so its connection, stays);
+    a daemon, so a process stopping never waits for a long-poll claim to come back."""
+
+    def __init__(self, name: str) -> None:
+        self.calls: SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.calls.put((future, fn, args, kwargs))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, fn, args, kwargs = self.calls.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)

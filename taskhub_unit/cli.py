@@ -46,6 +46,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _claim_wait(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 30:
+        raise ValueError("must be between 0 (poll) and 30 seconds")
+    return value
+
+
 def _seconds_or_off(raw: str) -> float:
     value = float(raw)
     if not value >= 0 or value == float("inf"):
@@ -150,6 +157,13 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "are spooled before they are reported, so a crash does not lose them (none without it)",
     )
     option("--poll-interval", "TASKHUB_POLL_INTERVAL", _positive_float, 1.0, "seconds between claims when idle")
+    option(
+        "--claim-wait",
+        "TASKHUB_CLAIM_WAIT",
+        _claim_wait,
+        20.0,
+        "long-poll claims: seconds the hub may hold an idle claim until work comes (0-30; 0: poll instead)",
+    )
     option("--drain-timeout", "TASKHUB_DRAIN_TIMEOUT", _positive_float, 30.0, "grace period on SIGTERM (s)")
     option(
         "--replace",
@@ -238,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_dir=args.data_dir or Path.cwd(),
         spool=args.data_dir is not None,
         poll_interval=args.poll_interval,
+        claim_wait=args.claim_wait,
         drain_timeout=args.drain_timeout,
         request_timeout=args.request_timeout,
         retry_max=args.retry_max,

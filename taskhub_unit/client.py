@@ -152,9 +152,11 @@ class HubClient:
         max_attempts: int | None = None,
         deadline: float | None = None,
         backoff: Backoff | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Send one call, retrying transient failures. `max_attempts` (None: unlimited) and
         `deadline` (a `time.monotonic()` value) bound the retries; so does the stop event.
+        `timeout`: this call's own read timeout (a long-poll claim waits longer than others).
         Returns the decoded JSON body (None for an empty one)."""
         url = self.base_url + path
         secret = token if token is not None else self.token
@@ -167,7 +169,9 @@ class HubClient:
             attempt += 1
             hint: float | None = None
             try:
-                response = self._session().request(method, url, json=body, headers=headers, timeout=self.timeout)
+                response = self._session().request(
+                    method, url, json=body, headers=headers, timeout=timeout or self.timeout
+                )
             except requests.RequestException as exc:
                 problem = f"{type(exc).__name__}: cannot reach the hub"
             else:

@@ -35,6 +35,12 @@ def running_on(unit_id: str) -> int:
     return sql.running_count(unit_id)
 
 
+def next_claimable_at(task_type: str) -> datetime | None:
+    """When the earliest PENDING task of `task_type` is (or was) claimable; None if none is
+    PENDING: the long-poll waiters' safety net (taskhub.base.doorbell), one query per type."""
+    return Task.objects.filter(status=S.PENDING, task_type=task_type).aggregate(at=Min("available_at"))["at"]
+
+
 def running_count_by(field: str, **filters: Any) -> dict[Any, int]:
     """RUNNING tasks matching `filters`, counted by `field` (one grouped query)."""
     rows = Task.objects.filter(status=S.RUNNING, **filters).order_by().values(field).annotate(n=Count("id"))

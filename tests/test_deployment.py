@@ -395,9 +395,17 @@ def test_gunicorn_config_takes_its_knobs_from_the_environment(tmp_path):
     config = dict(re.findall(r"^(\w+)\s+= (.*)$", result.stdout, re.MULTILINE))
     assert config["workers"] == "3"
     assert config["threads"] == "5"
-    assert config["worker_class"] == "gthread"
+    assert config["worker_class"] == "taskhub.uvicorn_worker.Worker"
     assert config["bind"] == "['0.0.0.0:9123']"
     assert config["accesslog"] == "None"
+    assert config["wsgi_app"] == "taskhub.asgi:application"
+
+
+def test_gunicorn_config_serves_wsgi_with_gthread_when_asked(tmp_path):
+    result = _gunicorn_config(_isolated_env(tmp_path, WEB_WORKER="wsgi", GUNICORN_THREADS="5"))
+    assert result.returncode == 0, result.stderr
+    config = dict(re.findall(r"^(\w+)\s+= (.*)$", result.stdout, re.MULTILINE))
+    assert config["worker_class"] == "gthread"
     assert config["wsgi_app"] == "taskhub.wsgi:application"
 
 

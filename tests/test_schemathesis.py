@@ -23,9 +23,13 @@ EXAMPLES = int(os.environ.get("TASKHUB_FUZZ_EXAMPLES", "10"))
 
 
 @pytest.mark.django_db(transaction=True)
-def test_schemathesis_finds_nothing_on_any_operation(live_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_schemathesis_finds_nothing_on_any_operation(
+    live_server: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
     # The fuzzer is one client sending thousands of requests: throttling would only answer 429.
     monkeypatch.setattr(PrincipalRateThrottle, "THROTTLE_RATES", {k: "1000000/min" for k in ("client", "unit", "anon")})
+    # Long-poll claims (waitSeconds) would hold the fuzzer's requests for up to 30 s each.
+    settings.CLAIM_WAIT_MAX = 0.05
     _, key = api_key_create(name="fuzz", scopes=list(ALL_SCOPES))
     target = fuzz.prepare(live_server.url, key)
     result = fuzz.run(target, max_examples=EXAMPLES, workers=1)

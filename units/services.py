@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from taskhub.apikeys.models import DEFAULT_POOL
 from taskhub.apikeys.tokens import digest, new_unit_token
+from taskhub.base import doorbell
 from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
 from taskhub.base.errors import Forbidden, NotFound
@@ -217,6 +218,8 @@ def unit_update(
     for name, value in changes.items():
         setattr(unit, name, value)
     unit.save()
+    # A long-poll claim of this unit waiting now re-claims (and sees a drain or new capacity).
+    doorbell.ring_on_commit([(doorbell.unit_key(unit_id), doorbell.ALL, None)])
     return unit
 
 
@@ -234,4 +237,5 @@ def unit_delete(unit_id: str, *, queryset: QuerySet[ExecutionUnit], actor: Actor
         now=timezone.now(),
     )
     unit.delete()
+    doorbell.ring_on_commit([(doorbell.unit_key(unit_id), doorbell.ALL, None)])
     return counts

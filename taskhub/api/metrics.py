@@ -12,7 +12,8 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -23,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from taskhub.api.errors import json_error
+from taskhub.api.middleware import BothModes
 from taskhub.base import metrics
 from taskhub.jobs.rollups import last_rollup_minute
 from tasks.selectors import failed_split, oldest_due_by_type, status_counts, status_counts_by_type
@@ -172,15 +174,13 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(render_process_metrics() + render_state_metrics(), content_type=CONTENT_TYPE_LATEST)
 
 
-class PrometheusMiddleware:
+class PrometheusMiddleware(BothModes):
     """Counts and times every request, labelled by route name (bounded), never by raw path."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
+    def before(self, request: HttpRequest) -> tuple[HttpResponse | None, Any]:
+        return None, time.perf_counter()
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        started = time.perf_counter()
-        response = self.get_response(request)
+    def after(self, request: HttpRequest, response: HttpResponse, started: Any) -> HttpResponse:
         elapsed = time.perf_counter() - started
         match = getattr(request, "resolver_match", None)
         view = (match.view_name if match is not None else "") or "<unmatched>"

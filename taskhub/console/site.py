@@ -15,7 +15,16 @@ from taskhub.console.dashboard import dashboard_data
 from taskhub.console.permissions import VIEW_DASHBOARD
 
 DEFAULT_REFRESH_SECONDS = 5
-APP_ORDER = {"tasks": 0, "units": 1, "apikeys": 2, "console": 3, "auth": 4}
+APP_ORDER = {
+    "tasks": 0,
+    "units": 1,
+    "schedules": 2,
+    "webhooks": 3,
+    "apikeys": 4,
+    "console": 5,
+    "auth": 6,
+    "django_celery_beat": 99,
+}
 
 
 class ConsoleAdminSite(admin.AdminSite):

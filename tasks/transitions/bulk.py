@@ -22,7 +22,7 @@ from django.db import transaction
 from django.db.models import F, Q
 
 from taskhub.apikeys.models import DEFAULT_POOL
-from taskhub.base import metrics
+from taskhub.base import doorbell, metrics
 from taskhub.base.actors import Actor, ActorType
 from tasks import sql
 from tasks.entry import enter, entry_values
@@ -156,6 +156,7 @@ def fail_over_tasks(
         counts["poisoned"] += len(poison)
         failed_over.update(r[4] for r in back)
         poisoned.update(r[4] for r in poison)
+        doorbell.ring_on_commit(doorbell.claimable_rings((r[4], None) for r in back))
     metrics.record_failover(failed_over, poisoned)
     return counts
 
@@ -247,5 +248,6 @@ def retry_due(now: datetime, limit: int) -> int:
             for task_id, attempt, unit_id, retries, max_retries, _ in rows
         ]
     )
+    doorbell.ring_on_commit(doorbell.claimable_rings((r[5], None) for r in rows))
     metrics.record_retries(TypeCounter(row[5] for row in rows))
     return len(rows)

@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import QuerySet
 
-from taskhub.base import metrics
+from taskhub.base import doorbell, metrics
 from taskhub.base.actors import Actor
 from taskhub.base.errors import Conflict, NotFound
 from tasks.entry import enter
@@ -156,6 +156,23 @@ def write(moves: Sequence[Move]) -> None:
             for row in move.history
             if row.to_status in OUTCOMES
         ]
+    )
+    ring_for(moves)
+
+
+def ring_for(moves: Sequence[Move]) -> None:
+    """After the commit, wake long-poll claims (taskhub.base.doorbell): one waiter per task that is
+    PENDING now (claimable from its `available_at`), and the unit of a task that left RUNNING (its
+    capacity freed)."""
+    pending = [(m.task.task_type, m.task.available_at) for m in moves if m.task.status == S.PENDING and m.fields]
+    freed = {
+        row.unit_id
+        for m in moves
+        for row in m.history
+        if row.from_status == S.RUNNING and row.to_status != S.RUNNING and row.unit_id
+    }
+    doorbell.ring_on_commit(
+        doorbell.claimable_rings(pending) + [(doorbell.unit_key(u), doorbell.ALL, None) for u in sorted(freed)]
     )
 
 

@@ -11,6 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from taskhub.apikeys.models import DEFAULT_POOL
+from taskhub.base import doorbell
 from taskhub.base.actors import Actor
 from tasks.entry import enter
 from tasks.history import history_row, write_history
@@ -41,6 +42,7 @@ def create_task(*, actor: Actor, now: datetime | None = None, **fields: Any) -> 
     task = build_task(now=now, **fields)
     task.save(force_insert=True)
     write_history([_created(task, actor, now)])
+    doorbell.ring_on_commit(doorbell.claimable_rings([(task.task_type, task.available_at)]))
     return task
 
 
@@ -57,4 +59,5 @@ def create_tasks(rows: Sequence[dict[str, Any]], *, actor: Actor, now: datetime 
         for task in tasks:
             task.save(force_insert=True)
     write_history([_created(task, actor, now) for task in tasks])
+    doorbell.ring_on_commit(doorbell.claimable_rings((task.task_type, task.available_at) for task in tasks))
     return tasks

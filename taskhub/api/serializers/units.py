@@ -158,6 +158,16 @@ class ClaimSerializer(serializers.Serializer):
         source="instance_id",
         help_text="As on heartbeat: refused with 409 `unit_replaced` once another instance has registered.",
     )
+    waitSeconds = serializers.FloatField(
+        min_value=0,
+        max_value=30,
+        default=0,
+        source="wait_seconds",
+        help_text="Long poll: when nothing is claimable, hold the request up to this many seconds until a "
+        "task of the unit's type is (then claim it, with every rule of the claim), else reply with no "
+        "items. 0 (the default): reply at once, as a plain claim. The hub may wait less (CLAIM_WAIT_MAX); "
+        "the reply's `waitSeconds` says how long it did.",
+    )
 
 
 class ClaimedTaskSerializer(serializers.Serializer):
@@ -209,6 +219,11 @@ class ClaimReplySerializer(serializers.Serializer):
     unitStatus = serializers.ChoiceField(choices=UnitStatus.choices)
     queue = ClaimQueueSerializer(
         required=False, help_text="Only when the queue's settings (pause, limits) held this claim back."
+    )
+    waitSeconds = serializers.FloatField(
+        required=False,
+        help_text="The wait applied to a long poll (the request's `waitSeconds`, at most CLAIM_WAIT_MAX); "
+        "present when one was asked for.",
     )
 
 

@@ -35,8 +35,10 @@ from taskhub.api.validation import query_params, validated
 from taskhub.base.errors import Forbidden, NotFound
 from units import lifecycle, services
 from units.claim import claim
+from units.longpoll import ClaimWait
 from units.models import ExecutionUnit, UnitStatus
 from units.selectors import unit_stats, visible_units
+from units.states import CLAIMING
 
 UnitPage = page_serializer("UnitPage", UnitSerializer)
 UnitStats = inline_serializer(
@@ -175,7 +177,8 @@ class UnitViewSet(viewsets.ViewSet):
     @extend_schema(
         request=ClaimSerializer,
         responses=ClaimReplySerializer,
-        summary="Claim up to `max` tasks of the unit's type, within its free capacity",
+        summary="Claim up to `max` tasks of the unit's type, within its free capacity; with `waitSeconds`, "
+        "wait for them (long poll)",
     )
     @action(detail=True, methods=["post"])
     def claim(self, request: Request, pk: str) -> Response:
@@ -184,9 +187,22 @@ class UnitViewSet(viewsets.ViewSet):
         result = claim(
             self._own_unit_id(request, pk), body["max"], now=timezone.now(), instance_id=body.get("instance_id", "")
         )
-        reply: dict[str, Any] = {"items": claimed_tasks(result.tasks), "unitStatus": str(result.unit_status)}
+        tasks, unit_status = result.tasks, result.unit_status
+        reply: dict[str, Any] = {"items": claimed_tasks(tasks), "unitStatus": str(unit_status)}
         if result.hold is not None:
             reply["queue"] = result.hold.as_reply()
+        wait_seconds = min(body["wait_seconds"], settings.CLAIM_WAIT_MAX)
+        if body["wait_seconds"] > 0:
+            reply["waitSeconds"] = wait_seconds
+        # A claim its queue's settings held back (paused, limits) does not wait: no doorbell rings
+        # when a limit frees up; the reply says when to ask again (`queue.retryAfterSeconds`).
+        if not tasks and wait_seconds > 0 and unit_status in CLAIMING and result.hold is None:
+            # Nothing now: the async view in front of this one (taskhub.api.views.longpoll) waits.
+            unit = principal_of(request).unit
+            assert unit is not None
+            request._request.taskhub_claim_wait = ClaimWait(  # type: ignore[attr-defined]
+                unit.pk, unit.unit_type, body["max"], wait_seconds, unit.token_hash, unit.instance_id
+            )
         return Response(reply)
 
     @extend_schema(responses=UnitStats, summary="Units by status, capacity and utilisation")

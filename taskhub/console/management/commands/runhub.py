@@ -1,4 +1,5 @@
-"""Start the whole hub in one command: web server, Celery worker and Celery beat.
+"""Start the whole hub in one command: web server (gunicorn + uvicorn workers on taskhub.asgi, as in
+production), Celery worker and Celery beat.
 
 Ctrl-C, SIGTERM and SIGHUP (the terminal that ran `make run` closing) stop all three; if one of them
 dies, the others are stopped too, so a half-running hub never hides behind a live web server. If
@@ -143,17 +144,20 @@ def _commands(host: str, port: int, web: str, workers: int, verbose: bool) -> di
     python = sys.executable
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     runserver = [python, "manage.py", "runserver", bind, "--noreload"]
+    # gunicorn with uvicorn workers serving taskhub.asgi, as in production: long-poll claims wait
+    # in the event loop without a thread; sync views run on WEB_THREADS threads per worker. Static
+    # files come through WhiteNoise (from the apps' folders as they change under DEBUG).
     gunicorn = [
-        *(python, "-m", "gunicorn", "taskhub.wsgi:application", "--bind", bind),
-        *("--workers", str(workers), "--threads", "4", "--graceful-timeout", "10"),
+        *(python, "-m", "gunicorn", "taskhub.asgi:application", "--bind", bind),
+        *("--worker-class", "taskhub.uvicorn_worker.Worker", "--workers", str(workers)),
+        *("--graceful-timeout", "10", "--keep-alive", "75"),
         *(("--access-logfile", "-") if verbose else ("--log-level", "warning")),
     ]
-    # In development runserver serves the apps' static files as they change, with no collectstatic
-    # step; production gunicorn serves STATIC_ROOT through WhiteNoise.
+    # `--web runserver`: Django's development server (WSGI: a long-poll claim holds a thread there).
     celery = [python, "-m", "celery", "-A", "taskhub", "--quiet"]
     loglevel = "INFO" if verbose else "WARNING"
     return {
-        "web": gunicorn if web == "gunicorn" and not settings.DEBUG else runserver,
+        "web": gunicorn if web == "gunicorn" else runserver,
         "worker": [
             *celery,
             *("worker", "--loglevel", loglevel, "--concurrency", "2"),

@@ -1,0 +1,73 @@
+"""`POST /execution-units/{id}/claim` as an async view: the long poll.
+
+The claim itself is the DRF action (taskhub.api.views.units: authentication, permissions,
+throttling, validation, the claim of units.claim), run at once in the web process's thread pool.
+When it found nothing and the body asked for `waitSeconds`, this view waits on the doorbell for the
+unit's task type (or the unit itself), holding no thread and no database connection, and claims
+again when it rings; the reply is the claim's (`items`, `unitStatus`), empty when the wait ends.
+A client that disconnects ends the wait (Django cancels the view): nothing is claimed for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from taskhub.api.serializers.units import claimed_tasks
+from taskhub.api.views.units import UnitViewSet
+from taskhub.base import doorbell
+from taskhub.base.syncpool import run_sync
+from units import longpoll
+from units.states import CLAIMING
+
+_claim_now = UnitViewSet.as_view({"post": "claim"})
+
+
+async def _probe(task_type: str) -> Any:
+    return await run_sync(longpoll.probe, task_type)
+
+
+WAITERS = doorbell.Waiters(_probe)
+
+
+def _claim_rendered(request: HttpRequest, pk: str) -> HttpResponse:
+    response = _claim_now(request, pk=pk)
+    response.render()  # in this thread: DRF's renderers are sync
+    return response
+
+
+@csrf_exempt
+async def claim(request: HttpRequest, pk: str) -> HttpResponse:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await run_sync(_claim_rendered, request, pk)
+    wait: longpoll.ClaimWait | None = getattr(request, "taskhub_claim_wait", None)
+    if wait is None:
+        return response
+    unit_status = json.loads(response.content)["unitStatus"]
+    deadline = started + wait.seconds
+    future = WAITERS.enqueue(wait.keys)
+    if WAITERS.rang_since(wait.keys[0], started):
+        future.set_result(None)  # a ring came while the first claim ran: it may have missed that task
+    while True:
+        if not await WAITERS.wait_on(future, deadline - loop.time()):
+            break
+        future = WAITERS.enqueue(wait.keys)  # before the claim: a ring during it is not lost
+        outcome = await run_sync(longpoll.claim_again, wait, now=timezone.now())
+        if outcome is None:
+            break
+        tasks, unit_status = outcome
+        if tasks or unit_status not in CLAIMING:
+            future.cancel()
+            return _reply(claimed_tasks(tasks), unit_status, wait)
+    future.cancel()
+    return _reply([], unit_status, wait)
+
+
+def _reply(items: list[dict[str, Any]], unit_status: str, wait: longpoll.ClaimWait) -> JsonResponse:
+    return JsonResponse({"items": items, "unitStatus": str(unit_status), "waitSeconds": wait.seconds})

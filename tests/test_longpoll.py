@@ -1,0 +1,244 @@
+"""Long-poll claims (issue 14): the doorbell wakes O(1) waiters per ring, a waiting unit gets a new
+task without polling, a unit killed mid-wait loses its tasks within the failover bound, and the
+production web server (gunicorn + uvicorn) holds slow clients while units heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskhub.base import doorbell
+from testkit import services
+from testkit.hub import QUICK_LIVENESS, Hub, call, embedded_env, running_hub, unit_argv, unit_env
+from testkit.processes import Process
+from testkit.waiting import wait_for
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.new_event_loop().run_until_complete(coro)
+
+
+async def _no_work(task_type: str):  # type: ignore[no-untyped-def]
+    return None
+
+
+def test_one_ring_wakes_one_of_a_thousand_waiters_and_a_batch_wakes_as_many_as_its_tasks():
+    async def scenario() -> tuple[int, int, int]:
+        waiters = doorbell.Waiters(_no_work)
+        key = doorbell.type_key("t")
+        futures = [waiters.enqueue([key, doorbell.unit_key(f"u{i}")]) for i in range(1000)]
+        waiters._deliver(json.dumps([key, 1, None]).encode())
+        one = sum(f.done() for f in futures)
+        waiters._deliver(json.dumps([key, 5, None]).encode())
+        six = sum(f.done() for f in futures)
+        waiters._deliver(json.dumps([doorbell.unit_key("u999"), doorbell.ALL, None]).encode())
+        seven = sum(f.done() for f in futures)
+        for task in waiters.tasks:
+            task.cancel()
+        return one, six, seven
+
+    assert _run(scenario()) == (1, 6, 7)
+
+
+def test_a_due_time_wakes_a_waiter_when_it_comes_not_before():
+    async def scenario() -> tuple[bool, bool]:
+        waiters = doorbell.Waiters(_no_work)
+        key = doorbell.type_key("t")
+        future = waiters.enqueue([key])
+        waiters._deliver(json.dumps([key, 1, time.time() + 0.3]).encode())
+        early = future.done()
+        await asyncio.sleep(0.6)
+        for task in waiters.tasks:
+            task.cancel()
+        return early, future.done()
+
+    assert _run(scenario()) == (False, True)
+
+
+def test_a_ring_reaches_a_waiting_process_through_the_configured_transport(settings, tmp_path):
+    """Unix datagram sockets in the embedded default, Redis pub/sub when REDIS_HOST is set."""
+
+    async def scenario() -> bool:
+        waiters = doorbell.Waiters(_no_work)
+        key = doorbell.type_key(f"t-{os.getpid()}")
+        future = waiters.enqueue([key])
+        await asyncio.sleep(0.3)  # the listener subscribes
+        await asyncio.get_running_loop().run_in_executor(None, doorbell.ring, key, 1, None)
+        woke = await waiters.wait_on(future, 5)
+        for task in waiters.tasks:
+            task.cancel()
+        return woke
+
+    if not settings.REDIS_URL:
+        settings.VAR_DIR = tmp_path
+    doorbell._transport_instance = None
+    try:
+        assert _run(scenario())
+    finally:
+        doorbell._transport_instance = None
+
+
+BACKENDS = [
+    pytest.param("embedded", id="sqlite-embedded"),
+    pytest.param("mariadb", id="mariadb-redis", marks=[pytest.mark.mariadb, pytest.mark.redis]),
+]
+
+
+@contextmanager
+def _hub(backend: str, workdir: Path) -> Iterator[Hub]:
+    """`manage.py runhub` (gunicorn + uvicorn workers, Celery worker and beat) on the embedded
+    default, or on MariaDB (a database of its own) + Redis (this run's REDIS_DB): the doorbell
+    through Unix sockets or Redis pub/sub."""
+    if backend == "embedded":
+        with running_hub(workdir) as hub:
+            yield hub
+        return
+    name = f"{os.environ.get('DB_TEST_NAME') or 'test_taskhub'}_lp"[:60]
+    server: dict[str, Any] = {
+        "host": os.environ["DB_HOST"],
+        "port": int(os.environ.get("DB_PORT", "3306")),
+        "user": os.environ.get("DB_USERNAME", "taskhub"),
+        "password": os.environ.get("DB_PASSWORD", ""),
+    }
+    services.recreate_database(**server, name=name)
+    env: dict[str, str] = embedded_env(workdir, **QUICK_LIVENESS) | {
+        "DB_HOST": server["host"],
+        "DB_PORT": str(server["port"]),
+        "DB_USERNAME": str(server["user"]),
+        "DB_PASSWORD": str(server["password"]),
+        "DB_DATABASE": name,
+        "REDIS_HOST": os.environ["REDIS_HOST"],
+        "REDIS_PORT": os.environ.get("REDIS_PORT", "6379"),
+        "REDIS_DB": os.environ.get("REDIS_DB", "0"),
+        "CACHE_KEY_PREFIX": f"lp-{os.getpid()}",
+    }
+    hub = Hub(workdir, env=env)
+    try:
+        yield hub.start()
+    finally:
+        hub.stop()
+        print(hub.output()[-3000:])
+        services.drop_database(**server, name=name)
+
+
+def _register(hub, unit_id: str, capacity: int = 1) -> str:  # type: ignore[no-untyped-def]
+    body = {"id": unit_id, "unitType": "lp", "unitName": unit_id, "capacity": capacity, "endpoint": ""}
+    status, reply = call(hub.base, "POST", "/execution-units/register", hub.key, body)
+    assert status == 201, reply
+    return str(reply["token"])
+
+
+def _claims_logged(hub, unit_id: str) -> int:  # type: ignore[no-untyped-def]
+    log = Path(hub.env["LOG_DIR"]) / "access.log"
+    return sum(f"/execution-units/{unit_id}/claim" in line for line in log.read_text().splitlines())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_waiting_unit_gets_a_new_task_in_its_one_claim_request(backend, tmp_path):
+    with _hub(backend, tmp_path) as hub:
+        token = _register(hub, "w1")
+        got: dict[str, Any] = {}
+
+        def wait() -> None:
+            body = {"max": 1, "waitSeconds": 20}
+            got["reply"] = call(hub.base, "POST", "/execution-units/w1/claim", token, body, timeout=30)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        wait_for(lambda: _claims_logged(hub, "w1") == 0 and waiter.is_alive(), 5, "the claim to be waiting")
+        time.sleep(1.0)  # the claim found nothing and waits on the doorbell
+        task = hub.api("POST", "/tasks", {"name": "x", "taskType": "lp", "priority": 1, "config": {}})
+        waiter.join(30)
+        status, reply = got["reply"]
+        assert status == 200 and [t["id"] for t in reply["items"]] == [task["id"]]
+        assert reply["waitSeconds"] == 20
+        assert _claims_logged(hub, "w1") == 1  # one request: no polling
+        assert hub.api("GET", f"/tasks/{task['id']}")["status"] == "RUNNING"
+
+
+def _slow_clients(port: int, count: int) -> list[socket.socket]:
+    """Connections that send half a request line and then nothing (slowloris)."""
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n")
+        socks.append(sock)
+    return socks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_9_mid_wait_fails_over_within_the_bound_while_slow_clients_do_not_stall_heartbeats(backend, tmp_path):
+    """One hub (production web server: gunicorn + uvicorn workers): a real taskhub-unit holds a task
+    and long-polls for more; 100 slowloris connections are open; its heartbeats keep it and its
+    task; kill -9 it mid-wait and the task is PENDING again within timeout + sweep interval."""
+    with running_hub(tmp_path) as hub:
+        task = hub.api("POST", "/tasks", {"name": "long", "taskType": "lp", "priority": 1, "config": {"seconds": 60}})
+        env = unit_env(hub.url, hub.key, "k1", "lp", 2, TASKHUB_CLAIM_WAIT="20")
+        unit = Process("unit-k1", unit_argv(), env=env, log_path=tmp_path / "unit.log").start()
+        try:
+            wait_for(lambda: hub.api("GET", f"/tasks/{task['id']}")["status"] == "RUNNING", 30, "the task to run")
+            slow = _slow_clients(hub.port, 100)
+            try:
+                beats = _claims_logged(hub, "k1")
+                # Several heartbeat timeouts pass with the slow clients holding their connections.
+                time.sleep(3 * float(QUICK_LIVENESS["UNIT_HEARTBEAT_TIMEOUT"]))
+                assert hub.api("GET", f"/tasks/{task['id']}")["status"] == "RUNNING"
+                assert hub.api("GET", "/execution-units/k1")["status"] in ("ONLINE", "BUSY")
+                # Long polls: a handful of claims in that time, not one per poll interval.
+                assert _claims_logged(hub, "k1") - beats <= 3
+            finally:
+                for sock in slow:
+                    sock.close()
+            unit.signal(signal.SIGKILL)
+            killed = time.monotonic()
+            bound = float(QUICK_LIVENESS["UNIT_HEARTBEAT_TIMEOUT"]) + float(QUICK_LIVENESS["SWEEP_INTERVAL"])
+            wait_for(lambda: hub.api("GET", f"/tasks/{task['id']}")["status"] == "PENDING", 30, "the failover")
+            # The bound plus the sweep's and this poll's own granularity (no speed assertion).
+            assert time.monotonic() - killed <= bound + 3.0
+        finally:
+            unit.stop(2)
+
+
+def test_every_middleware_of_the_async_path_is_async_capable_so_no_waiter_holds_a_thread():
+    """A sync-only middleware in an async view's chain makes Django run the request inside a
+    thread (asgiref's one shared thread without a ThreadSensitiveContext: waits would queue)."""
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    from taskhub.asgi import AsyncViewHandler
+
+    AsyncViewHandler()  # loads its chain (a sync-only middleware would still load, adapted)
+    for path in settings.MIDDLEWARE:
+        if path.startswith("whitenoise."):
+            continue  # left out of the async path (static files are never async views)
+        assert getattr(import_string(path), "async_capable", False), path
+
+
+@pytest.mark.slow
+def test_sigterm_mid_wait_stops_the_unit_without_sitting_out_its_long_poll(tmp_path):
+    """The agent drains on SIGTERM: its drain (PATCH MAINTENANCE) rings the unit's doorbell, the
+    hub ends the waiting claim, and the process exits long before the 25 s wait would end."""
+    with running_hub(tmp_path) as hub:
+        env = unit_env(hub.url, hub.key, "t1", "lp", 1, TASKHUB_CLAIM_WAIT="25")
+        unit = Process("unit-t1", unit_argv(), env=env, log_path=tmp_path / "unit.log").start()
+        try:
+            wait_for(lambda: _claims_logged(hub, "t1") == 0 and "registered" in unit.output(), 30, "registration")
+            time.sleep(1.0)  # its first long-poll claim is waiting
+            unit.signal(signal.SIGTERM)
+            assert unit.wait(timeout=10) == 0  # a bound well under the wait, not a speed
+            assert _claims_logged(hub, "t1") == 1  # the waiting claim ended (and nothing polled)
+        finally:
+            unit.stop(2)
