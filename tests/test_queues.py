@@ -3,6 +3,7 @@ queues API (400s naming the field, ownership), and the unlimited claim unchanged
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -103,6 +104,18 @@ def test_pause_and_resume_through_the_api_are_persistent_audited_and_in_the_clai
     reply = unit.post("/api/v1/execution-units/u1/claim", {"max": 5}).json()
     assert len(reply["items"]) == 1 and "queue" not in reply
     assert QueueChange.objects.filter(task_type=T).count() == 2
+
+
+def test_a_long_poll_claim_of_a_paused_queue_replies_at_once_with_the_hold(make_client, register_unit, client_a):
+    operator_like = make_client("queues-admin")
+    unit, _ = register_unit("u1")
+    client_a.post("/api/v1/tasks", {"name": "t", "taskType": T})
+    operator_like.patch(f"/api/v1/queues/{T}", {"paused": True})
+    started = time.monotonic()
+    reply = unit.post("/api/v1/execution-units/u1/claim", {"max": 5, "waitSeconds": 20}).json()
+    # No doorbell rings when a queue is resumed or a limit frees up: the unit is told when to ask again.
+    assert time.monotonic() - started < 10
+    assert reply["items"] == [] and reply["queue"]["paused"] is True and reply["waitSeconds"] > 0
 
 
 # --- concurrency limits ----------------------------------------------------------------------------
