@@ -207,6 +207,13 @@ def render(results: dict[str, Any]) -> str:
             ceilings.append(f"c={f['concurrency']} {f['perSecond'] / r['tasksPerSecond']:.2f}")
     if ceilings:
         lines.append("HTTP floor / raw claim LIMIT 1 (no HTTP claim can beat the floor): " + ", ".join(ceilings))
+    queues = results.get("queues")
+    if queues:
+        lines.append(
+            f"claim with queue limits / none: {queues['ratio']:.2f} tasks/s wall, "
+            f"{queues['claimRatio']:.2f} in the claim"
+            f" ({queues['limited']['tasksPerSecond']} vs {queues['none']['tasksPerSecond']} tasks/s; target >= 0.8)"
+        )
     queries = results.get("queries")
     if queries:
         lines.append("SQL statements per request: " + ", ".join(f"{k} {v['queries']}" for k, v in queries.items()))

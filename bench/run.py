@@ -67,7 +67,7 @@ PROFILES = {
     "full": Profile(
         "full",
         redis_db=3,
-        scenarios=("queries", "raw", "floor", "heartbeat", "claim", "lifecycle", "failover"),
+        scenarios=("queries", "raw", "floor", "heartbeat", "claim", "lifecycle", "failover", "queues"),
         knobs={"UNIT_HEARTBEAT_TIMEOUT": "30", "SWEEP_INTERVAL": "5"},
     ),
     "smoke": Profile(
@@ -230,6 +230,11 @@ class Runner:
             self.log("SQL statements per request (Django test client through the whole stack)")
             self.results["queries"] = self.stack.probe("bench.query_probe")
             self.log("  " + ", ".join(f"{k}: {v['queries']}" for k, v in self.results["queries"].items()))
+        if "queues" in p.scenarios:
+            self.log("claim with queue limits (maxRunning, perKeyConcurrency, rateLimit) vs none (bench.queue_probe)")
+            self.results["queues"] = self.stack.probe("bench.queue_probe")
+            q = self.results["queues"]
+            self.log(f"  limited/none: {q['ratio']:.2f} wall, {q['claimRatio']:.2f} in the claim (target >= 0.8)")
         if "raw" in p.scenarios:
             self.log("1 raw claim limit (plain MySQLdb)")
             self.results["raw"] = [

@@ -32,6 +32,7 @@ TASK_TYPE = "FUZZ"
 # - POST /tasks/batch: an idempotencyKey repeated in one batch is refused (and dates as above);
 # - POST /tasks/reports: a taskId repeated is refused; `error` is required for outcome fail and
 #   `progress` for outcome progress;
+# - POST /tasks/bulk: the filter's dates as above.
 # - POST/PATCH /schedules: a cron expression, an IANA time zone and a task template are checked by
 #   the server (a schema can say "string" and "object", not "a cron expression that fires");
 # - POST /webhooks: the URL's host must resolve, to public addresses only (SSRF; docs/webhooks.md).
@@ -44,6 +45,7 @@ CROSS_FIELD_RULES = (
     r"^POST /api/v1/execution-units/\{id\}/heartbeat$",
     r"^POST /api/v1/tasks/batch$",
     r"^POST /api/v1/tasks/reports$",
+    r"^POST /api/v1/tasks/bulk$",
     r"^POST /api/v1/schedules$",
     r"^PATCH /api/v1/schedules/\{id\}$",
     r"^POST /api/v1/webhooks$",

@@ -12,6 +12,7 @@ from taskhub.api.index import ApiIndexView, ApiIndexWithoutSlashView, favicon
 from taskhub.api.metrics import metrics_view
 from taskhub.api.views import longpoll
 from taskhub.api.views.results import EventStreamView, WebhookViewSet
+from taskhub.api.views.queues import QueueViewSet
 from taskhub.api.views.schedules import ScheduleViewSet
 from taskhub.api.views.tasks import TaskViewSet
 from taskhub.api.views.units import UnitViewSet
@@ -19,6 +20,7 @@ from taskhub.api.views.units import UnitViewSet
 router = SimpleRouter(trailing_slash=False)
 router.register("tasks", TaskViewSet, basename="task")
 router.register("execution-units", UnitViewSet, basename="unit")
+router.register("queues", QueueViewSet, basename="queue")
 router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("webhooks", WebhookViewSet, basename="webhook")
 

@@ -52,6 +52,7 @@ log = logging.getLogger("taskhub_unit.agent")
 Handler = Callable[[TaskContext], Any]
 CLAIM_DRAIN_WAIT = 2.0
 OFFLINE = "OFFLINE"
+MAX_QUEUE_WAIT = 60.0  # the longest a paused or rate-limited queue makes the agent wait between claims
 __all__ = ["Agent", "AgentConfig", "RegistrationRefused", "UnitInUse"]
 
 
@@ -125,6 +126,7 @@ class Agent:
         self._token_lock = threading.Lock()
         self._heartbeat_failures = 0
         self._claim_failures = 0
+        self._queue_paused = False
         # The long-poll claim in flight: (its future, the free slots it asked for, when it began).
         self._claim_job: tuple[Future[Any], int, float] | None = None
         self._claimer: _Worker | None = None
@@ -457,7 +459,11 @@ class Agent:
             self._start(task)
         if tasks and len(tasks) == wanted:
             return now  # the queue may hold more: claim again as soon as a slot is free
-        if self._long_poll and not tasks and not self.draining:
+        hold = self._queue_hold(reply, got=bool(tasks))
+        if hold > 0:
+            return self.clock() + max(poll, hold)
+        # A claim the queue's settings held back comes back at once (the hub does not wait on it).
+        if self._long_poll and not tasks and not self.draining and not reply.get("queue"):
             return self.clock()  # the wait is over: wait again at once
         return self.clock() + poll
 
@@ -476,6 +482,20 @@ class Agent:
             return self._claim_failed(exc, poll, token)
         self._claim_failures = 0
         return self._claim_reply(reply, wanted, now, poll)
+
+    def _queue_hold(self, reply: dict[str, Any], *, got: bool) -> float:
+        """How long the hub asked us to wait (its queue is paused or its rate limit is used up):
+        claiming sooner would only spin. Capped, so a resume is seen within a minute."""
+        queue = reply.get("queue") or {}
+        wait = queue.get("retryAfterSeconds")
+        paused = bool(queue.get("paused"))
+        if paused != self._queue_paused:
+            self._queue_paused = paused
+            state = "paused: backing off" if paused else "claimable again"
+            log.info("queue %s is %s", queue.get("taskType", "") or self.config.unit_id, state)
+        if got or not isinstance(wait, int | float) or wait <= 0:
+            return 0.0
+        return min(float(wait), MAX_QUEUE_WAIT)
 
     def _start(self, task: dict[str, Any]) -> None:
         ctx = TaskContext(task, unit_id=self.config.unit_id, data_dir=self.config.data_dir)

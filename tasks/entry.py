@@ -79,6 +79,7 @@ _FINISHED = (_now("finished_at"), _constant("timeout_at", None), _constant("next
 ENTRY: dict[str, tuple[Effect, ...]] = {
     S.PENDING: (
         AVAILABLE_AT,
+        _constant("held_back", False),  # a limited queue's claim holds it back again if its key is full
         _constant("next_retry_at", None),
         _constant("timeout_at", None),
         _constant("finished_at", None),

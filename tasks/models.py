@@ -7,7 +7,16 @@ from taskhub.base.actors import ActorType
 from taskhub.base.fields import KeyField
 from tasks.states import ControlCommand, ReasonCode, TaskStatus
 
-__all__ = ["ControlCommand", "LogLevel", "Task", "TaskExecutionLog", "TaskStatusHistory"]
+__all__ = [
+    "ControlCommand",
+    "LogLevel",
+    "QueueChange",
+    "QueueKeyWindow",
+    "QueueSettings",
+    "Task",
+    "TaskExecutionLog",
+    "TaskStatusHistory",
+]
 
 
 class Task(models.Model):
@@ -64,6 +73,12 @@ class Task(models.Model):
     # heartbeat replies until it stops listing the task.
     pending_command = models.CharField(max_length=8, choices=ControlCommand.choices, blank=True, default="")
 
+    # Tasks sharing a key are limited together by their queue's perKeyConcurrency / key rate limit.
+    concurrency_key = KeyField(max_length=255, blank=True, default="", db_default="")
+    # Set by a limited queue's claim on PENDING tasks of a key at its limit (out of the claim's index
+    # range, so claims do not scan them), cleared by the claim when the key has room again and by
+    # every entry into PENDING.
+    held_back = models.BooleanField(default=False, db_default=False)
     idempotency_key = KeyField(max_length=255, null=True, blank=True)
     request_fingerprint = KeyField(max_length=64, blank=True, default="")
     # Unique tasks (tasks/unique.py): the client's key as given; the slot (a hash of owner and key)
@@ -83,8 +98,16 @@ class Task(models.Model):
         db_table = "tasks"
         ordering = ["-id"]
         indexes = [
-            # The claim: WHERE status='PENDING' AND pool=? AND task_type=? ORDER BY priority DESC, id.
-            models.Index(fields=["status", "pool", "task_type", "-priority", "id"], name="task_claim_idx"),
+            # The claim: WHERE status='PENDING' AND pool=? AND task_type=? AND held_back=0
+            # ORDER BY priority DESC, id. Tasks a limited queue holds back (their key is at its limit)
+            # are outside its range.
+            models.Index(fields=["status", "pool", "task_type", "held_back", "-priority", "id"], name="task_claim_idx"),
+            # A limited queue's reads under its lock: RUNNING by type (a range) and by key (grouped in
+            # index order), and the release of a key's most urgent held-back tasks (one range each).
+            models.Index(
+                fields=["status", "task_type", "concurrency_key", "held_back", "-priority", "id"],
+                name="task_running_key_idx",
+            ),
             models.Index(fields=["status", "next_retry_at"], name="task_retry_due_idx"),
             models.Index(fields=["status", "timeout_at"], name="task_timeout_due_idx"),
             # The sweeper's poll of leases run out. Only RUNNING tasks that no unit holds have one, and
@@ -167,3 +190,99 @@ class TaskExecutionLog(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.task_id}/{self.attempt} {self.level}"
+
+
+class QueueSettings(models.Model):
+    """A queue's settings (a queue is a task type). No row: the queue behaves as it always did (no
+    pause, no limits, the global creation defaults), and the claim reads nothing more for it.
+
+    With a row, the claim locks it (joined to the unit row's lock: units/sql.py) for the rest of its
+    transaction, so claims of one limited queue are serialised across every node and its counts are
+    exact; PATCH takes the same lock. The queue-wide rate window lives here too (`rate_starts`)."""
+
+    task_type = KeyField(max_length=64, primary_key=True)
+    owner = models.ForeignKey(
+        "apikeys.ApiKey",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="queues",
+        help_text="The API key that first configured the queue (empty: an operator); other keys do not see it.",
+    )
+    paused = models.BooleanField(default=False)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    paused_by = models.CharField(max_length=150, blank=True, default="")
+    max_running = models.PositiveIntegerField(null=True, blank=True, help_text="At most this many RUNNING at once.")
+    per_key_concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many RUNNING per concurrencyKey."
+    )
+    rate_limit = models.PositiveIntegerField(null=True, blank=True, help_text="At most this many starts ...")
+    rate_period = models.PositiveIntegerField(null=True, blank=True, help_text="... in any window of these seconds.")
+    key_rate_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Starts per concurrencyKey ...")
+    key_rate_period = models.PositiveIntegerField(null=True, blank=True, help_text="... per window of these seconds.")
+    # The queue's sliding-window log: the epoch seconds of its last starts (at most rate_limit of them).
+    rate_starts = models.JSONField(default=list, blank=True)
+    # The concurrency keys with held-back PENDING tasks (Task.held_back): the claim releases them.
+    held_keys = models.JSONField(default=list, blank=True)
+    default_max_retries = models.PositiveIntegerField(null=True, blank=True)
+    default_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    default_priority = models.IntegerField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "queue_settings"
+        ordering = ["task_type"]
+        verbose_name = "queue"
+        verbose_name_plural = "queues"
+
+    def __str__(self) -> str:
+        return self.task_type
+
+    @property
+    def has_limits(self) -> bool:
+        return any(
+            v is not None for v in (self.max_running, self.per_key_concurrency, self.rate_limit, self.key_rate_limit)
+        )
+
+
+class QueueKeyWindow(models.Model):
+    """The sliding-window log of one concurrencyKey of a queue with a per-key rate limit: the epoch
+    seconds of its last starts. Written only under the queue's settings row lock (by the claim)."""
+
+    id = models.BigAutoField(primary_key=True)
+    task_type = KeyField(max_length=64)
+    concurrency_key = KeyField(max_length=255)
+    starts = models.JSONField(default=list)
+    last_start_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "queue_key_windows"
+        constraints = [
+            models.UniqueConstraint(fields=["task_type", "concurrency_key"], name="queue_key_window_uniq"),
+        ]
+        # The claim reads only the windows of keys started within the period: a range of this index.
+        indexes = [models.Index(fields=["task_type", "last_start_at"], name="queue_key_window_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.task_type}/{self.concurrency_key}"
+
+
+class QueueChange(models.Model):
+    """One row per change of a queue's settings (who, when, what: {field: [old, new]}), written in the
+    transaction that made it, as task history is."""
+
+    id = models.BigAutoField(primary_key=True)
+    task_type = KeyField(max_length=64)
+    actor_type = models.CharField(max_length=16, choices=ActorType.choices)
+    actor = models.CharField(max_length=150)
+    changes = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "queue_changes"
+        ordering = ["id"]
+        indexes = [models.Index(fields=["task_type", "id"], name="queue_change_type_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.task_type} {self.created_at:%Y-%m-%d %H:%M:%S} by {self.actor}"

@@ -128,6 +128,7 @@ class TaskFilters:
     created_after: datetime | None = None
     created_before: datetime | None = None
     search: str | None = None
+    concurrency_key: str | None = None
 
 
 def filter_tasks(qs: QuerySet[Task], filters: TaskFilters, *, search_window: int) -> tuple[QuerySet[Task], bool]:
@@ -140,6 +141,7 @@ def filter_tasks(qs: QuerySet[Task], filters: TaskFilters, *, search_window: int
         "priority": filters.priority,
         "created_at__gte": filters.created_after,
         "created_at__lt": filters.created_before,
+        "concurrency_key": filters.concurrency_key,
     }
     qs = qs.filter(**{lookup: value for lookup, value in exact.items() if value is not None})
     if filters.search is None:

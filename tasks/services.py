@@ -28,6 +28,7 @@ CAMEL = {
     "max_retries": "maxRetries",
     "timeout_seconds": "timeoutSeconds",
     "scheduled_at": "scheduledAt",
+    "concurrency_key": "concurrencyKey",
 }
 
 

@@ -23,11 +23,12 @@ TABLE = Task._meta.db_table
 
 
 def claimable(task_type: str, now: datetime, pool: str = DEFAULT_POOL):  # type: ignore[no-untyped-def]
-    """PENDING tasks of `task_type` in `pool` due by `now`, most urgent first: the claim's query,
-    served by `task_claim_idx (status, pool, task_type, priority DESC, id)` with no filesort."""
-    return Task.objects.filter(status=S.PENDING, pool=pool, task_type=task_type, available_at__lte=now).order_by(
-        "-priority", "id"
-    )
+    """PENDING tasks of `task_type` in `pool` due by `now` and not held back by their queue's key
+    limits (Task.held_back), most urgent first: the claim's query, served by
+    `task_claim_idx (status, pool, task_type, held_back, priority DESC, id)` with no filesort."""
+    return Task.objects.filter(
+        status=S.PENDING, pool=pool, task_type=task_type, held_back=False, available_at__lte=now
+    ).order_by("-priority", "id")
 
 
 _TYPE_MARK = "\x00claim task type"

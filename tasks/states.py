@@ -163,7 +163,9 @@ assert len(VERB_FOR) == sum(len(v.sources) for v in VERBS.values()), "a move is 
 assert set(VERB_FOR) == {(s, t) for s, ts in TRANSITIONS.items() for t in ts} | set(COMPOSITE)
 
 # Which fields a client may edit in which state. Config and schedule only before the work starts again.
-_ALL_EDITABLE = frozenset({"name", "priority", "config", "max_retries", "timeout_seconds", "scheduled_at"})
+_ALL_EDITABLE = frozenset(
+    {"name", "priority", "config", "max_retries", "timeout_seconds", "scheduled_at", "concurrency_key"}
+)
 EDITABLE_FIELDS: dict[str, frozenset[str]] = {
     S.PENDING: _ALL_EDITABLE,
     S.PAUSED: _ALL_EDITABLE,

@@ -99,8 +99,8 @@ def test_throughput_and_the_whole_dashboard_take_a_bounded_number_of_queries(
         throughput(timezone.now())
     op_client.get("/admin/dashboard/data.json")
     # session + user + 2 permission loads + six dashboard queries + the dead/waiting-retry split,
-    # the orphaned count, and PENDING by type against the claiming units' types
-    with django_assert_max_num_queries(14):
+    # the orphaned count, PENDING by type against the claiming units' types, and the queues with settings
+    with django_assert_max_num_queries(15):
         assert op_client.get("/admin/dashboard/data.json").status_code == 200
 
 
@@ -167,3 +167,18 @@ def test_tasks_running_on_a_draining_unit_count_as_running_but_not_against_onlin
     client.force_login(operator())
     stats = client.get("/api/v1/execution-units/stats").json()
     assert (stats["runningTasks"], stats["onlineCapacity"], stats["utilisation"]) == (2, 4, 0.25)
+
+
+def test_dashboard_shows_paused_queues_first_with_their_limits(op_client: Client) -> None:
+    from taskhub.base.actors import Actor
+    from tests.test_queues import Operator
+    from units.queues import update_queue_settings
+
+    for task_type, changes in (("A", {"max_running": 2}), ("B", {"paused": True})):
+        update_queue_settings(task_type, changes, viewer=Operator(), actor=Actor.operator("op"), owner_id=None)
+    data = op_client.get("/admin/dashboard/data.json").json()
+    assert data["queues"] == [
+        {"taskType": "B", "paused": True, "limits": {}},
+        {"taskType": "A", "paused": False, "limits": {"maxRunning": 2}},
+    ]
+    assert "PAUSED" in op_client.get("/admin/dashboard/").content.decode()

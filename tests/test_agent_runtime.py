@@ -61,6 +61,7 @@ class FakeHub:
         self.instance_live = True  # it heartbeated within the timeout (tests flip this)
         self.drain: dict[str, Any] = {"drainedBy": None, "drainedByActor": None, "drainedAt": None}
         self.peak_running = 0  # the most tasks RUNNING at once (only a claim adds to them)
+        self.queue_paused = False  # the unit type's queue is paused: claims say so, with a retry-after
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
 
@@ -175,6 +176,9 @@ class FakeHub:
         key = "items" if self.batch else "tasks"  # the older hub also names the claimed tasks `tasks`
         if self.status == "MAINTENANCE":
             return Response(200, {key: [], "unitStatus": self.status})
+        if self.queue_paused:
+            hold = {"taskType": "T", "paused": True, "heldBy": ["paused"], "nextStartAt": None, "retryAfterSeconds": 30}
+            return Response(200, {key: [], "unitStatus": self.status, "queue": hold})
         claimed: list[dict[str, Any]] = []
         for task in self.tasks.values():
             if task["status"] == "PENDING" and len(claimed) < wanted:
@@ -495,6 +499,26 @@ def test_maintenance_claims_nothing(hub: FakeHub, start: Callable[..., Running])
     assert unit.agent.status == "MAINTENANCE"
     hub.status = "ONLINE"
     unit.tick_until(clock, lambda: status(hub, task_id) != "PENDING", what="a claim once ONLINE again")
+
+
+def test_a_paused_queue_makes_the_agent_back_off_instead_of_spinning(
+    hub: FakeHub, start: Callable[..., Running]
+) -> None:
+    hub.queue_paused = True
+    task_id = hub.add()
+    clock = FakeClock()
+    unit = start(clock=clock)
+
+    def claims() -> int:
+        return sum(1 for _, path, _ in list(hub.calls) if path.endswith("/claim"))
+
+    unit.tick_until(clock, lambda: claims() >= 1, what="the first claim")
+    for _ in range(20):  # 20 s with a 0.02 s poll interval: one claim only, the hub said 30 s
+        unit.tick(clock, 1)
+        time.sleep(0.01)
+    assert claims() == 1
+    hub.queue_paused = False
+    unit.tick_until(clock, lambda: status(hub, task_id) != "PENDING", what="a claim after the retry-after")
 
 
 def test_drain_finishes_running_tasks_reports_them_and_claims_nothing_more(

@@ -191,3 +191,19 @@ def test_several_worker_processes_are_summed_in_multiprocess_mode(tmp_path: Path
     }
     assert value(samples, "taskhub_stale_reports_refused_total") == 4
     assert value(samples, "taskhub_job_duration_seconds_count", job="sweep_heartbeats") == 2
+
+
+def test_paused_queues_and_queue_limits_are_gauges() -> None:
+    from taskhub.base.actors import Actor
+    from taskhub.base.viewer import OPERATOR
+    from units.queues import update_queue_settings
+
+    for task_type, changes in (("A", {"paused": True}), ("B", {"max_running": 3, "rate_limit": 10})):
+        update_queue_settings(task_type, changes, viewer=OPERATOR, actor=Actor.operator("op"), owner_id=None)
+    samples = scrape()
+    assert value(samples, "taskhub_queues_paused") == 1
+    assert value(samples, "taskhub_queue_paused", task_type="A") == 1
+    assert value(samples, "taskhub_queue_paused", task_type="B") == 0
+    assert value(samples, "taskhub_queue_limit", task_type="B", limit="maxRunning") == 3
+    assert value(samples, "taskhub_queue_limit", task_type="B", limit="ratePeriodSeconds") == 60
+    assert ("taskhub_queue_limit", (("limit", "maxRunning"), ("task_type", "A"))) not in samples

@@ -1,8 +1,10 @@
 """Model-based test of the scheduler: a Hypothesis state machine drives the real transition and
 scheduling functions (create, claim, heartbeat, unit reports with live and stale attempts, the
 sweeper, retry mover and timeout job on a moving fake clock, cancel, pause, resume, retry,
-redrive, unit restarts, and tasks a client starts without a unit: their lease, renewed by the
-client's log lines, and their requeue) against a small in-memory model of what each step must do, and checks
+redrive, unit restarts, tasks a client starts without a unit: their lease, renewed by the
+client's log lines, and their requeue; and queue settings: pause, concurrency limits per queue and
+per concurrency key, rate limits, changed at any time, with I8 checked at every claim) against a
+small in-memory model of what each step must do, and checks
 the database against the model and the invariants I1-I7 after every step.
 
 Sizes: TASKHUB_MODEL_EXAMPLES (default 40) examples of up to TASKHUB_MODEL_STEPS (default 40)
@@ -36,15 +38,17 @@ from hypothesis.stateful import (
 
 from taskhub.base.actors import Actor
 from taskhub.base.errors import Conflict
+from taskhub.base.viewer import OPERATOR
 from tasks import fencing, services
 from tasks.jobs import fail_timeouts, move_due_retries
-from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
+from tasks.models import QueueChange, QueueSettings, Task, TaskExecutionLog, TaskStatusHistory
 from tasks.services import task_append_logs
 from tasks.states import TERMINAL, TaskStatus, can_transition
 from tasks.transitions import core, creation, reports, verbs
 from tests import factories
 from units.claim import claim_tasks
 from units.models import ExecutionUnit, UnitStatus
+from units.queues import update_queue_settings
 from units.services import list_grace, unit_heartbeat, unit_register
 from units.sweeper import sweep_heartbeats
 
@@ -81,6 +85,7 @@ class MTask:
     started_at: datetime | None = None
     lease: datetime | None = None  # Task.lease_expires_at: only while RUNNING with no unit
     command: str = ""
+    key: str = ""  # Task.concurrency_key
     failed_attempts: set[tuple[str | None, int]] = field(default_factory=set)  # FAILED history (unit, attempt)
     accepted_results: int = 0  # COMPLETED reports and requests that were accepted
     unique_key: str | None = None  # created with uniqueKey (active scope): held until terminal
@@ -100,6 +105,17 @@ class MUnit:
     believes: set[tuple[int, int]] = field(default_factory=set)
 
 
+@dataclass
+class MQueue:
+    """A queue's settings (tasks.models.QueueSettings) and the starts its rate limit counts."""
+
+    paused: bool = False
+    max_running: int | None = None
+    per_key: int | None = None
+    rate: tuple[int, int] | None = None  # (limit, period seconds)
+    starts: list[datetime] = field(default_factory=list)
+
+
 class SchedulerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -110,7 +126,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.now = T0
         self.tasks: dict[int, MTask] = {}
         self.units: dict[str, MUnit] = {}
+        self.queues: dict[str, MQueue] = {}
         self.created = 0
+        QueueSettings.objects.all().delete()
+        QueueChange.objects.all().delete()
 
     @initialize()
     def make_units(self) -> None:
@@ -184,8 +203,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         priority=st.integers(-2, 2),
         max_retries=st.integers(0, 2),
         timeout=st.sampled_from([None, None, 20, 90]),
+        key=st.sampled_from(["", "", "k1", "k2"]),
     )
-    def create(self, task_type: str, priority: int, max_retries: int, timeout: int | None) -> None:
+    def create(self, task_type: str, priority: int, max_retries: int, timeout: int | None, key: str) -> None:
         self.created += 1
         task = creation.create_task(
             actor=CLIENT,
@@ -196,8 +216,37 @@ class SchedulerMachine(RuleBasedStateMachine):
             config={},
             max_retries=max_retries,
             timeout_seconds=timeout,
+            concurrency_key=key,
         )
-        self.tasks[task.pk] = MTask(task.pk, task_type, priority, max_retries, timeout, available_at=self.now)
+        self.tasks[task.pk] = MTask(task.pk, task_type, priority, max_retries, timeout, available_at=self.now, key=key)
+
+    @rule(
+        task_type=st.sampled_from(["A", "B"]),
+        paused=st.booleans(),
+        max_running=st.sampled_from([None, 1, 2]),
+        per_key=st.sampled_from([None, 1]),
+        rate=st.sampled_from([None, None, (2, 10), (1, 30)]),
+    )
+    def set_queue(
+        self, task_type: str, paused: bool, max_running: int | None, per_key: int | None, rate: tuple[int, int] | None
+    ) -> None:
+        """An operator sets a queue's pause and limits (PATCH /queues/{type})."""
+        update_queue_settings(
+            task_type,
+            {
+                "paused": paused,
+                "max_running": max_running,
+                "per_key_concurrency": per_key,
+                "rate_limit": rate[0] if rate else None,
+                "rate_period": rate[1] if rate else None,
+            },
+            viewer=OPERATOR,
+            actor=Actor.operator("model-op"),
+            owner_id=None,
+            now=self.now,
+        )
+        q = self.queues.setdefault(task_type, MQueue())
+        q.paused, q.max_running, q.per_key, q.rate = paused, max_running, per_key, rate
 
     @rule(key=st.sampled_from(["u1", "u2"]), task_type=st.sampled_from(["A", "B"]))
     def create_unique(self, key: str, task_type: str) -> None:
@@ -344,7 +393,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 for t in self.tasks.values()
                 if t.status == S.PENDING and t.task_type == u.task_type and t.available_at <= self.now
             ]
-            expected = sorted(ready, key=lambda t: (-t.priority, t.id))[: max(room, 0)]
+            expected = self._queue_pick(u.task_type, sorted(ready, key=lambda t: (-t.priority, t.id)), room)
             u.status = UnitStatus.BUSY if running + len(expected) >= u.capacity else UnitStatus.ONLINE
         assert [(c.pk, c.attempt) for c in claimed] == [(t.id, t.attempt + 1) for t in expected]
         for t in expected:
@@ -354,6 +403,43 @@ class SchedulerMachine(RuleBasedStateMachine):
             # Like taskhub-unit, a unit that gets a newer attempt of a task drops the older one.
             u.believes = {(i, a) for i, a in u.believes if i != t.id}
             u.believes.add((t.id, t.attempt))
+
+    def _queue_pick(self, task_type: str, ready: list[MTask], room: int) -> list[MTask]:
+        """What the claim must take from `ready` (in claim order) within `room` and the queue's
+        settings (none: the first `room`), checking I8 on the way: a claim never starts a task past
+        a limit."""
+        q = self.queues.get(task_type)
+        if q is None:
+            return ready[: max(room, 0)]
+        if q.paused or room <= 0:
+            return []
+        running = [t for t in self.tasks.values() if t.status == S.RUNNING and t.task_type == task_type]
+        want = room
+        if q.max_running is not None:
+            want = min(want, q.max_running - len(running))
+        if q.rate is not None:
+            limit, period = q.rate
+            q.starts = [s for s in q.starts if s > self.now - timedelta(seconds=period)]
+            want = min(want, limit - len(q.starts))
+        by_key = Counter(t.key for t in running if t.key)
+        chosen: list[MTask] = []
+        for t in ready:
+            if len(chosen) >= want:
+                break
+            if t.key and q.per_key is not None and by_key[t.key] >= q.per_key:
+                continue
+            by_key[t.key] += 1
+            chosen.append(t)
+        # I8: what this claim starts keeps every limit (a limit lowered below the running count
+        # admits nothing until the count is under it).
+        if chosen and q.max_running is not None:
+            assert len(running) + len(chosen) <= q.max_running, "I8: queue concurrency exceeded"
+        if chosen and q.per_key is not None:
+            assert all(n <= q.per_key for k, n in by_key.items() if k), "I8: key concurrency exceeded"
+        if q.rate is not None:
+            q.starts += [self.now] * len(chosen)
+            assert len(q.starts) <= q.rate[0], "I8: rate limit exceeded"
+        return chosen
 
     @rule(
         data=st.data(),

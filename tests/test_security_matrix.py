@@ -35,7 +35,7 @@ from taskhub.apikeys.services import api_key_revoke
 from taskhub.apikeys.tokens import digest
 from taskhub.schedules.models import Schedule
 from taskhub.webhooks.models import WebhookSubscription
-from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
+from tasks.models import QueueChange, QueueSettings, Task, TaskExecutionLog, TaskStatusHistory
 from testkit.waiting import wait_for
 from tests.conftest import JsonClient
 from units.models import ExecutionUnit
@@ -71,6 +71,11 @@ class Side:
     def marker(self) -> str:
         """Appears in every piece of data the side owns: names, config, results, logs, units."""
         return f"MARK-{self.name}-7f3e"
+
+    @property
+    def queue(self) -> str:
+        """A queue the side's key configured (it owns its settings)."""
+        return f"Q_{self.marker}"
 
 
 @dataclass
@@ -127,6 +132,7 @@ def _build_side(make_client: Callable[..., JsonClient], name: str) -> Side:
     assert [t["id"] for t in claimed] == [tasks["running"]]
     _ok(unit.post(f"{API}/tasks/{tasks['running']}/logs", {"attempt": 1, "message": f"log {marker}"}), 201)
     tasks["pending"] = create("pending")
+    _ok(client.patch(f"{API}/queues/Q_{marker}", {"maxRunning": 3}), 200)
     schedule = _ok(
         client.post(
             f"{API}/schedules",
@@ -172,6 +178,10 @@ def _rows_of(side: str | None) -> dict[str, list[Any]]:
         "history": list(TaskStatusHistory.objects.filter(**via_task).order_by("id").values()),
         "logs": list(TaskExecutionLog.objects.filter(**via_task).order_by("id").values()),
         "units": list(ExecutionUnit.objects.filter(**owner).order_by("id").values()),
+        "queues": list(QueueSettings.objects.filter(**owner).order_by("task_type").values()),
+        "queueChanges": list(
+            QueueChange.objects.filter(**({"task_type__contains": f"MARK-{side}-"} if side else {})).values()
+        ),
         "schedules": list(Schedule.objects.filter(**owner).order_by("id").values()),
         "webhooks": list(WebhookSubscription.objects.filter(**owner).order_by("id").values()),
     }
@@ -195,7 +205,9 @@ class Op:
 
     def url(self, side: Side) -> str:
         task_id = side.tasks.get(self.target or "", 0)
-        return API + self.path.format(task=task_id, unit=side.unit_id, schedule=side.schedule, webhook=side.webhook)
+        return API + self.path.format(
+            task=task_id, unit=side.unit_id, queue=side.queue, schedule=side.schedule, webhook=side.webhook
+        )
 
 
 def _report(extra: dict[str, Any]) -> Body:
@@ -303,6 +315,17 @@ OPS = [
         unit_may=True,
     ),
     Op("claim", "post", "/execution-units/{unit}/claim", None, 200, "unit", body=lambda s: {"max": 1}, unit_may=True),
+    Op(
+        "bulk",
+        "post",
+        "/tasks/bulk",
+        "tasks:write",
+        200,
+        body=lambda s: {"filter": {}, "action": "reprioritize", "priority": 9},
+    ),
+    Op("list-queues", "get", "/queues", "queues:read", 200),
+    Op("get-queue", "get", "/queues/{queue}", "queues:read", 200, "queue"),
+    Op("patch-queue", "patch", "/queues/{queue}", "queues:write", 200, "queue", body=lambda s: {"maxRunning": 2}),
     Op("list-schedules", "get", "/schedules", "tasks:read", 200),
     Op(
         "create-schedule",

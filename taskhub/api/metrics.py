@@ -28,6 +28,7 @@ from taskhub.api.middleware import BothModes
 from taskhub.base import metrics
 from taskhub.jobs.rollups import last_rollup_minute
 from tasks.selectors import failed_split, oldest_due_by_type, status_counts, status_counts_by_type
+from units.queues import queue_settings_summary
 from units.selectors import orphaned_running, unit_status_counts, unserved_types
 
 logger = logging.getLogger("taskhub.metrics")
@@ -104,9 +105,17 @@ class DatabaseCollector:
             "taskhub_units_capacity", "Summed capacity of execution units, by status", labels=["status"]
         )
         up = GaugeMetricFamily("taskhub_metrics_database_up", "1 if the state gauges could be read from the database")
+        paused = GaugeMetricFamily(
+            "taskhub_queue_paused", "1 for each paused queue (task type with settings)", labels=["task_type"]
+        )
+        limits = GaugeMetricFamily(
+            "taskhub_queue_limit", "The limits set on each queue (absent: no limit)", labels=["task_type", "limit"]
+        )
+        paused_total = GaugeMetricFamily("taskhub_queues_paused", "Queues paused")
         try:
             by_task = status_counts()
             by_unit = unit_status_counts()
+            queues = queue_settings_summary()
         except DatabaseError:
             logger.exception("metrics: could not read task and unit counts")
             up.add_metric([], 0)
@@ -117,8 +126,14 @@ class DatabaseCollector:
         for status, row in by_unit.items():
             units.add_metric([status], row.units)
             capacity.add_metric([status], row.capacity)
+        for task_type, (is_paused, values) in queues.items():
+            paused.add_metric([task_type], 1 if is_paused else 0)
+            for name, value in values.items():
+                if value is not None:
+                    limits.add_metric([task_type, name], value)
+        paused_total.add_metric([], sum(1 for is_paused, _ in queues.values() if is_paused))
         up.add_metric([], 1)
-        yield from (tasks, units, capacity, up)
+        yield from (tasks, units, capacity, paused, paused_total, limits, up)
 
 
 def render_process_metrics() -> bytes:

@@ -19,6 +19,9 @@ OPERATOR_SCOPE_PERMISSIONS = {
     "units:read": "units.view_executionunit",
     "units:write": "console.operate_units",
     "units:register": "console.operate_units",
+    # Queues: who reads tasks reads their queues; who operates tasks steers them.
+    "queues:read": "tasks.view_task",
+    "queues:write": "console.operate_tasks",
 }
 assert set(OPERATOR_SCOPE_PERMISSIONS) == set(ALL_SCOPES)
 

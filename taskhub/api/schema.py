@@ -200,3 +200,33 @@ class OperatorSessionScheme(OpenApiAuthenticationExtension):
             "name": "sessionid",
             "description": "A staff user's admin session (browser use; CSRF token required).",
         }
+
+
+class BulkActionScheme(OpenApiSerializerExtension):
+    """A bulk action: `priority` with `reprioritize`, and only with it."""
+
+    target_class = "taskhub.api.serializers.queues.BulkActionSerializer"
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
+        if direction == "request":
+            # Patterns, not enums: the enum post-processing would turn any `action` enum into the
+            # whole BulkActionActionEnum component.
+            others = "|".join(a for a in schema["properties"]["action"]["enum"] if a != "reprioritize")
+            schema["oneOf"] = [
+                {"properties": {"action": {"pattern": "^reprioritize$"}}, "required": ["priority"]},
+                {"properties": {"action": {"pattern": f"^({others})$"}}, "not": {"required": ["priority"]}},
+            ]
+        return schema
+
+
+class BulkFilterScheme(OpenApiSerializerExtension):
+    """A bulk action's filter names only the list's filters (an unknown one is a 400)."""
+
+    target_class = "taskhub.api.serializers.queues.BulkFilterSerializer"
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
+        if direction == "request":
+            schema["additionalProperties"] = False
+        return schema

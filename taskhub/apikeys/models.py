@@ -12,6 +12,8 @@ class Scope(models.TextChoices):
     UNITS_READ = "units:read"
     UNITS_WRITE = "units:write"
     UNITS_REGISTER = "units:register"
+    QUEUES_READ = "queues:read"
+    QUEUES_WRITE = "queues:write"
 
 
 ALL_SCOPES: tuple[str, ...] = tuple(Scope.values)

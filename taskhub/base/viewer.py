@@ -17,3 +17,14 @@ class Viewer(Protocol):
     @property
     def api_key_id(self) -> int | None:
         """The API key calling (None for an operator or a unit)."""
+
+
+class OperatorViewer:
+    """An operator seen by the selectors and services (the console's actions, jobs): sees everything."""
+
+    is_operator = True
+    unit_id: str | None = None
+    api_key_id: int | None = None
+
+
+OPERATOR = OperatorViewer()

@@ -20,6 +20,7 @@ from django.utils import timezone
 from tasks.models import TaskStatusHistory
 from tasks.selectors import failed_split, status_counts
 from tasks.states import ReasonCode, TaskStatus
+from units.queues import queue_settings_summary
 from units.selectors import orphaned_running, unit_load, unserved_types
 from units.states import CLAIMING, UnitStatus
 
@@ -128,4 +129,14 @@ def dashboard_data(now: datetime | None = None) -> dict[str, Any]:
             "failedOver": sum(flow["failedOver"]),
         },
         "recentFailures": recent_failures(floor),
+        "queues": queue_cards(),
     }
+
+
+def queue_cards() -> list[dict[str, Any]]:
+    """The queues with settings: paused ones first, with their limits (one query)."""
+    cards = [
+        {"taskType": task_type, "paused": paused, "limits": {k: v for k, v in limits.items() if v is not None}}
+        for task_type, (paused, limits) in queue_settings_summary().items()
+    ]
+    return sorted(cards, key=lambda card: (not card["paused"], card["taskType"]))

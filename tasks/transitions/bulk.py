@@ -41,13 +41,24 @@ assert can_transition(S.FAILED, S.PENDING, system=True)
 # --- the claim's lease --------------------------------------------------------------------------
 
 
-def lease_to_unit(unit_pk: str, unit_type: str, wanted: int, now: datetime, pool: str = DEFAULT_POOL) -> list[Task]:
+def lease_to_unit(
+    unit_pk: str,
+    unit_type: str,
+    wanted: int,
+    now: datetime,
+    pool: str = DEFAULT_POOL,
+    *,
+    pick: Callable[[list[Task]], list[Task]] | None = None,
+) -> list[Task]:
     """PENDING -> RUNNING for up to `wanted` claimable tasks of `unit_type`, leased to the unit (the
     claim; the caller holds the unit row lock). The locked rows are what the unit gets back: the
     entry into RUNNING is applied to them in memory, and one UPDATE per distinct timeout (the only
     per-row value besides the attempt increment) writes the same values; one INSERT writes their
-    history rows."""
+    history rows. A limited queue's claim (units.claim) passes `pick`, which chooses among the
+    locked rows (it may hold others back; the rest stay PENDING, untouched)."""
     tasks = sql.lock_claimable(unit_type, now, wanted, pool) if wanted > 0 else []
+    if pick is not None:
+        tasks = pick(tasks)
     metrics.record_dispatch(
         unit_type,
         [(now - task.available_at).total_seconds() for task in tasks],

@@ -16,6 +16,7 @@ from taskhub.base.actors import Actor
 from tasks.entry import enter
 from tasks.history import history_row, write_history
 from tasks.models import Task
+from tasks.queues import apply_queue_defaults
 from tasks.states import ReasonCode, TaskStatus
 
 S = TaskStatus
@@ -37,6 +38,7 @@ def _created(task: Task, actor: Actor, now: datetime) -> Any:
 @transaction.atomic
 def create_task(*, actor: Actor, now: datetime | None = None, **fields: Any) -> Task:
     now = now or timezone.now()
+    apply_queue_defaults([fields])
     task = build_task(now=now, **fields)
     task.save(force_insert=True)
     write_history([_created(task, actor, now)])
@@ -48,6 +50,8 @@ def create_task(*, actor: Actor, now: datetime | None = None, **fields: Any) -> 
 def create_tasks(rows: Sequence[dict[str, Any]], *, actor: Actor, now: datetime | None = None) -> list[Task]:
     """Many tasks at once: one INSERT of tasks, one of their "created" history rows."""
     now = now or timezone.now()
+    rows = [dict(row) for row in rows]
+    apply_queue_defaults(rows)
     tasks = [build_task(now=now, **row) for row in rows]
     if connection.features.can_return_rows_from_bulk_insert:  # SQLite, MariaDB 10.5+: INSERT ... RETURNING
         Task.objects.bulk_create(tasks)

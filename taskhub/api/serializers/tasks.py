@@ -39,6 +39,7 @@ class TaskSerializer(serializers.ModelSerializer):
         "renews it by UNIT_HEARTBEAT_TIMEOUT. Null otherwise.",
     )
     unitId = serializers.CharField(source="unit_id", allow_null=True)
+    concurrencyKey = serializers.CharField(source="concurrency_key")
     pendingCommand = serializers.CharField(source="pending_command")
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
@@ -57,6 +58,7 @@ class TaskSerializer(serializers.ModelSerializer):
             "taskType",
             "priority",
             "config",
+            "concurrencyKey",
             "status",
             "attempt",
             "progress",
@@ -86,8 +88,17 @@ class TaskFieldsSerializer(serializers.Serializer):
 
     name = serializers.CharField(max_length=255, allow_blank=False)
     taskType = serializers.RegexField(NAME_PATTERN, max_length=64, source="task_type")
-    priority = serializers.IntegerField(min_value=-1000, max_value=1000, default=0)
+    priority = serializers.IntegerField(
+        min_value=-1000, max_value=1000, required=False, help_text="Default 0, or the queue's defaultPriority."
+    )
     config = serializers.DictField(default=dict)
+    concurrencyKey = serializers.CharField(
+        max_length=255,
+        required=False,
+        allow_blank=True,
+        source="concurrency_key",
+        help_text="Tasks sharing a key are limited together by their queue's perKeyConcurrency and key rate limit.",
+    )
     maxRetries = serializers.IntegerField(min_value=0, max_value=100, required=False, source="max_retries")
     timeoutSeconds = serializers.IntegerField(
         min_value=1, max_value=7 * 24 * 3600, required=False, allow_null=True, source="timeout_seconds"

@@ -198,10 +198,28 @@ def claimed_tasks(tasks: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
+class ClaimQueueSerializer(serializers.Serializer):
+    taskType = serializers.CharField()
+    paused = serializers.BooleanField(help_text="The queue is paused: nothing is claimed until it is resumed.")
+    heldBy = serializers.ListField(
+        child=serializers.ChoiceField(choices=["paused", "maxRunning", "rateLimit", "keyLimits"]),
+        help_text="What held the claim back.",
+    )
+    nextStartAt = serializers.DateTimeField(
+        allow_null=True, help_text="When the queue's rate limit next allows a start."
+    )
+    retryAfterSeconds = serializers.FloatField(
+        allow_null=True, help_text="Claim again no sooner than this (paused, or the rate limit is used up)."
+    )
+
+
 class ClaimReplySerializer(serializers.Serializer):
     # `items`, as in every other collection of the API (lists, batches); hubs before 0.1 said `tasks`.
     items = ClaimedTaskSerializer(many=True)
     unitStatus = serializers.ChoiceField(choices=UnitStatus.choices)
+    queue = ClaimQueueSerializer(
+        required=False, help_text="Only when the queue's settings (pause, limits) held this claim back."
+    )
     waitSeconds = serializers.FloatField(
         required=False,
         help_text="The wait applied to a long poll (the request's `waitSeconds`, at most CLAIM_WAIT_MAX); "

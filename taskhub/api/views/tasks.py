@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from taskhub.api.pagination import page_serializer, paginate
 from taskhub.api.principals import principal_of
 from taskhub.api.serializers.results import TaskWaitQuerySerializer
+from taskhub.api.serializers.queues import BulkActionSerializer, BulkResultSerializer
 from taskhub.api.serializers.tasks import (
     CompleteSerializer,
     FailSerializer,
@@ -37,7 +38,7 @@ from taskhub.api.serializers.tasks import (
 from taskhub.api.streaming import held_task
 from taskhub.api.validation import query_params, validated
 from taskhub.base.errors import NotFound
-from tasks import services
+from tasks import bulk_actions, services
 from tasks.events import is_done
 from tasks.models import Task
 from tasks.selectors import TaskFilters, filter_tasks, task_stats, visible_tasks
@@ -112,6 +113,7 @@ def _filters(q: dict[str, Any]) -> TaskFilters:
         created_after=q.get("createdAfter"),
         created_before=q.get("createdBefore"),
         search=q.get("search"),
+        concurrency_key=q.get("concurrencyKey"),
     )
 
 
@@ -137,6 +139,7 @@ class TaskViewSet(viewsets.ViewSet):
         "retry": "tasks:write",
         "redrive": "tasks:write",
         "create_batch": "tasks:write",
+        "bulk": "tasks:write",
     }
     unit_actions = frozenset({"retrieve", "add_logs", "progress", "complete", "fail", "reports"})
 
@@ -289,6 +292,29 @@ class TaskViewSet(viewsets.ViewSet):
     def retry(self, request: Request, pk: str) -> Response:
         task = verbs.retry_task(int(pk), actor=principal_of(request).actor, queryset=self._tasks(request))
         return Response(TaskSerializer(task).data)
+
+    @extend_schema(
+        request=BulkActionSerializer,
+        responses=BulkResultSerializer,
+        summary="Act on every task a list filter matches (cancel, retry, pause, resume, reprioritize), in chunks",
+    )
+    @action(detail=False, methods=["post"])
+    def bulk(self, request: Request) -> Response:
+        body = validated(BulkActionSerializer, request.data)
+        queryset = self._tasks(request)
+        ids, truncated = bulk_actions.matching_ids(
+            queryset, _filters(body["filter"]), limit=body["limit"], search_window=settings.API_SEARCH_WINDOW
+        )
+        result = bulk_actions.bulk_act(
+            ids,
+            body["action"],
+            queryset=queryset,
+            actor=principal_of(request).actor,
+            reason=body["reason"],
+            priority=body.get("priority"),
+            live_unit=is_alive,
+        )
+        return Response({**result, "truncated": truncated})
 
     @extend_schema(
         request=RedriveSerializer,

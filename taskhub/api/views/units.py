@@ -34,7 +34,7 @@ from taskhub.api.serializers.units import (
 from taskhub.api.validation import query_params, validated
 from taskhub.base.errors import Forbidden, NotFound
 from units import lifecycle, services
-from units.claim import claim_tasks_with_status
+from units.claim import claim
 from units.longpoll import ClaimWait
 from units.models import ExecutionUnit, UnitStatus
 from units.selectors import unit_stats, visible_units
@@ -184,14 +184,19 @@ class UnitViewSet(viewsets.ViewSet):
     def claim(self, request: Request, pk: str) -> Response:
         body = validated(ClaimSerializer, request.data)
         self._refuse_a_replaced_instance(request, body.get("instance_id", ""))
-        tasks, unit_status = claim_tasks_with_status(
+        result = claim(
             self._own_unit_id(request, pk), body["max"], now=timezone.now(), instance_id=body.get("instance_id", "")
         )
+        tasks, unit_status = result.tasks, result.unit_status
         reply: dict[str, Any] = {"items": claimed_tasks(tasks), "unitStatus": str(unit_status)}
+        if result.hold is not None:
+            reply["queue"] = result.hold.as_reply()
         wait_seconds = min(body["wait_seconds"], settings.CLAIM_WAIT_MAX)
         if body["wait_seconds"] > 0:
             reply["waitSeconds"] = wait_seconds
-        if not tasks and wait_seconds > 0 and unit_status in CLAIMING:
+        # A claim its queue's settings held back (paused, limits) does not wait: no doorbell rings
+        # when a limit frees up; the reply says when to ask again (`queue.retryAfterSeconds`).
+        if not tasks and wait_seconds > 0 and unit_status in CLAIMING and result.hold is None:
             # Nothing now: the async view in front of this one (taskhub.api.views.longpoll) waits.
             unit = principal_of(request).unit
             assert unit is not None

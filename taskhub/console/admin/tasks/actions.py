@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -16,6 +16,7 @@ from taskhub.base.actors import Actor
 from taskhub.base.errors import DomainError, NotFound
 from taskhub.console.actions import Outcome, back_to_next, run_all, selected_pks
 from taskhub.console.formatting import plural
+from tasks.bulk_actions import bulk_act
 from tasks.models import Task
 from tasks.states import TERMINAL, VERBS, Verb, can_move
 from tasks.transitions import verbs
@@ -59,6 +60,8 @@ class TaskActions(admin.ModelAdmin):
         if verb.name in CONFIRM and request.POST.get("post") != "yes":
             return self.confirm(request, queryset, verb)
         actor = Actor.operator(request.user.get_username())
+        if request.POST.get("select_across") == "1":
+            return _act_on_all_matching(request, queryset, verb, actor)
 
         def apply(pks: list[Any]) -> tuple[list[Any], dict[Any, DomainError]]:
             moved, refused = verbs.act(
@@ -75,22 +78,58 @@ class TaskActions(admin.ModelAdmin):
     def confirm(self, request: HttpRequest, queryset: QuerySet[Task], verb: Verb) -> HttpResponse:
         """A final verb (cancel) asks first: the page lists what it would change and posts the
         same action again with `post=yes` (the admin's own confirmation convention)."""
-        pks = selected_pks(queryset)
-        shown = list(Task.objects.filter(pk__in=pks[:CONFIRM_SHOWN]).order_by("pk").only("id", "name", "status"))
+        across = request.POST.get("select_across") == "1"  # "all N matching this filter"
+        pks = [] if across else selected_pks(queryset)
+        count = min(queryset.count(), BULK_LIMIT) if across else len(pks)
+        ordered = (
+            queryset.select_related(None) if across else Task.objects.filter(pk__in=pks[:CONFIRM_SHOWN])
+        ).order_by("pk")
+        shown = list(ordered.only("id", "name", "status")[:CONFIRM_SHOWN])
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
-            "title": f"{LABELS[verb.name][0]} {plural(len(pks), 'task')}?",
+            "title": f"{LABELS[verb.name][0]} {plural(count, 'task')}?",
             "verb": verb,
             "label": LABELS[verb.name][0],
             "action": action_name(verb),
             "pks": pks,
+            "count": count,
+            "across": across,
+            # the list's filter is in the query string: "all matching" posts back to the same list
+            "action_url": request.get_full_path() if across else "",
             "tasks": shown,
-            "more": max(len(pks) - len(shown), 0),
+            "more": max(count - len(shown), 0),
             "next": request.POST.get("next", ""),
             "final": verb.target in TERMINAL,
         }
         return TemplateResponse(request, "admin/tasks/task/confirm_action.html", context)
+
+
+BULK_LIMIT = 100_000  # "all N matching this filter": at most this many per run (chunked transactions)
+
+
+def _act_on_all_matching(
+    request: HttpRequest, queryset: QuerySet[Task], verb: Verb, actor: Actor
+) -> HttpResponse | None:
+    """ "Select all N" of the list's filter: every matching task (not only the first
+    MAX_ROWS_PER_ACTION), through the service of POST /tasks/bulk, in chunks."""
+    ids = list(queryset.order_by("pk").values_list("pk", flat=True)[: BULK_LIMIT + 1])
+    result = bulk_act(
+        ids[:BULK_LIMIT],
+        verb.name,
+        queryset=Task.objects.all(),
+        actor=actor,
+        reason=f"{verb.past} {ACTION_REASON} (all matching)",
+        live_unit=is_alive,
+    )
+    text = f"{verb.past.capitalize()} {result['changed']} of {result['matched']} matching tasks"
+    text += f" in {result['chunks']} chunk(s)."
+    if result["skipped"]:
+        text += " Not changed: " + ", ".join(f"{n} {why}" for why, n in result["skipped"].items()) + "."
+    messages.add_message(request, messages.SUCCESS if result["changed"] else messages.WARNING, text)
+    if len(ids) > BULK_LIMIT:
+        messages.warning(request, f"Only the first {BULK_LIMIT} matching were processed; run the action again.")
+    return back_to_next(request)
 
 
 def buttons(task: Task) -> list[tuple[str, str]]:
