@@ -11,8 +11,8 @@ from taskhub.api.errors import handler404 as handler404_view
 from taskhub.api.index import ApiIndexView, ApiIndexWithoutSlashView, favicon
 from taskhub.api.metrics import metrics_view
 from taskhub.api.views import longpoll
-from taskhub.api.views.results import EventStreamView, WebhookViewSet
 from taskhub.api.views.queues import QueueViewSet
+from taskhub.api.views.results import EventStreamView, WebhookViewSet
 from taskhub.api.views.schedules import ScheduleViewSet
 from taskhub.api.views.tasks import TaskViewSet
 from taskhub.api.views.units import UnitViewSet

@@ -85,6 +85,28 @@ def test_a_paused_queue_claims_nothing_keeps_its_running_tasks_and_accepts_creat
     assert len(claim_tasks(unit.pk, 5, now=timezone.now())) == 2
 
 
+def test_resuming_a_queue_rings_its_doorbell_for_as_many_waiting_claims_as_it_has_pending_tasks(
+    monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Long-poll claims of a paused queue wait on its doorbell (taskhub.api.views.longpoll): a
+    resume must wake them, not leave them to their wait's end or the once-a-second probe."""
+    from taskhub.base import doorbell
+
+    rung: list[tuple[str, int]] = []
+    monkeypatch.setattr(doorbell, "ring", lambda key, count=1, due=None: rung.append((key, count)))
+    configure(paused=True)
+    for _ in range(3):
+        factories.task()
+    factories.task(task_type="OTHER")
+    rung.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        configure(paused=False)
+    assert rung == [(doorbell.type_key(T), 3)]
+    with django_capture_on_commit_callbacks(execute=True):
+        configure(paused=False)  # no change: nothing to wake
+    assert rung == [(doorbell.type_key(T), 3)]
+
+
 def test_pause_and_resume_through_the_api_are_persistent_audited_and_in_the_claim_reply(
     make_client, register_unit, client_a
 ):

@@ -18,6 +18,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from taskhub.base import doorbell
 from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
 from taskhub.base.errors import Forbidden, NotFound
@@ -41,6 +42,7 @@ from units.states import CLAIMING
 PAIRS = (("rate_limit", "rate_period"), ("key_rate_limit", "key_rate_period"))
 UNITS_LISTED = 50
 DEFAULT_RATE_PERIOD = 60  # seconds: the window of a rate limit given without one
+WAKE_MAX = 1000  # waiting claims a settings change wakes at most (each claims through units.claim)
 
 
 @retry_on_lock_error()
@@ -91,7 +93,19 @@ def update_queue_settings(
     elif diff:
         row.save()
     record_queue_change(task_type, diff, actor=actor, now=now)
+    if diff:
+        _wake_waiters(task_type)
     return row
+
+
+def _wake_waiters(task_type: str) -> None:
+    """A resume or a raised limit can make the queue's PENDING tasks claimable at once: ring its
+    doorbell for as many waiting claims as it has PENDING tasks (at most WAKE_MAX), once this
+    change commits. Each woken claim takes what the claim's rules allow; the rest wait on."""
+    pending = Task.objects.filter(task_type=task_type, status=TaskStatus.PENDING).values_list("id", flat=True)
+    count = len(pending[:WAKE_MAX])
+    if count:
+        doorbell.ring_on_commit([(doorbell.type_key(task_type), count, None)])
 
 
 def set_paused(

@@ -14,8 +14,8 @@ from rest_framework.response import Response
 
 from taskhub.api.pagination import page_serializer, paginate
 from taskhub.api.principals import principal_of
-from taskhub.api.serializers.results import TaskWaitQuerySerializer
 from taskhub.api.serializers.queues import BulkActionSerializer, BulkResultSerializer
+from taskhub.api.serializers.results import TaskWaitQuerySerializer
 from taskhub.api.serializers.tasks import (
     CompleteSerializer,
     FailSerializer,
