@@ -344,10 +344,12 @@ def test_a_result_survives_a_kill_right_after_its_handler_returned(hub: Hub) -> 
     second = Unit(hub, "e2e-s1", "E2E_SPOOL", 1, {"TASKHUB_DATA_DIR": str(data_dir)}, log_name="e2e-s1-second")
     hub.units.append(second)
     wait_for(lambda: hub.api("GET", f"/tasks/{task_id}")["status"] == "COMPLETED", 20, "the replayed result")
-    assert f"task {task_id} attempt 1: spooled complete replayed (accepted)" in second.log()
+    # The hub answers the replay before the unit logs it and removes its spooled file.
+    replayed = f"task {task_id} attempt 1: spooled complete replayed (accepted)"
+    wait_for(lambda: replayed in second.log(), 10, "the replay's log line")
     assert [row["toStatus"] for row in hub.history(task_id)] == ["PENDING", "RUNNING", "COMPLETED"]
     assert hub.api("GET", f"/tasks/{task_id}")["attempt"] == 1
-    assert not list(spool.glob("outcome-*.json"))
+    wait_for(lambda: not list(spool.glob("outcome-*.json")), 10, "the replayed result's file to go")
     assert second.stop() == 0
     without = hub.start_unit("e2e-s2", "E2E_SPOOL", 1)  # no --data-dir: no spool, and it says so
     wait_for(without.log_matches(r"no --data-dir: results are not spooled"), 10, "the no-spool warning")
