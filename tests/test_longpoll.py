@@ -277,3 +277,21 @@ def test_the_hubs_own_server_streams_each_event_as_it_happens_and_holds_waits_in
         waiter.join(15)
         status, reply = got["reply"]
         assert status == 200 and reply["status"] == "CANCELLED"
+
+
+@pytest.mark.django_db
+def test_a_threaded_wsgi_server_answers_a_long_poll_at_once_so_waiting_units_never_hold_its_threads(register_unit):
+    """Under gunicorn's gthread worker (WEB_WORKER=wsgi) or runserver, a waiting claim would hold a
+    request thread for its whole wait: four idle long-polling units took all four threads of a
+    worker in a chaos run and starved the heartbeats (a live unit's task failed over). There the
+    claim answers at once with `waitSeconds: 0`; the agent then polls."""
+    unit, _ = register_unit("u-wsgi")
+    threaded = unit.post(
+        "/api/v1/execution-units/u-wsgi/claim", {"max": 1, "waitSeconds": 20}, **{"wsgi.multithread": True}
+    )
+    assert threaded.status_code == 200
+    assert threaded.json() == {"items": [], "unitStatus": "ONLINE", "waitSeconds": 0}
+    assert getattr(threaded.wsgi_request, "taskhub_claim_wait", None) is None  # nothing waits
+    # Django's test client (not multithreaded) keeps the wait, as taskhub.asgi does.
+    plain = unit.post("/api/v1/execution-units/u-wsgi/claim", {"max": 1, "waitSeconds": 0.2})
+    assert plain.json()["waitSeconds"] == 0.2

@@ -5,6 +5,7 @@ database connections."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -477,6 +478,12 @@ def test_diffsettings_prints_no_secret(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "REDIS_"))}
     env |= {"REDIS_HOST": "redis.internal", "REDIS_PASSWORD": "redis-pw-7c1d", "DB_HOST": "db.internal"}
     env |= {"DB_PASSWORD": "db-pw-7c1d", "VAR_DIR": str(tmp_path), "SECRET_KEY": "sk-7c1d-" + "x" * 50}
+    secrets = ["redis-pw-7c1d", "db-pw-7c1d", "sk-7c1d-"]
+    if importlib.util.find_spec("MySQLdb") is None:
+        # The embedded install has no MySQL driver (issue 12): MySQL settings cannot load there, so
+        # this pass checks the Redis password and the secret key (the MariaDB pass checks all three).
+        env.pop("DB_HOST"), env.pop("DB_PASSWORD")
+        secrets.remove("db-pw-7c1d")
     out = subprocess.run(
         [sys.executable, "manage.py", "diffsettings", "--all"],
         cwd=ROOT,
@@ -487,5 +494,5 @@ def test_diffsettings_prints_no_secret(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "CACHES" in out.stdout and "DATABASES" in out.stdout
-    for secret in ("redis-pw-7c1d", "db-pw-7c1d", "sk-7c1d-"):
+    for secret in secrets:
         assert secret not in out.stdout

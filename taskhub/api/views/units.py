@@ -33,6 +33,7 @@ from taskhub.api.serializers.units import (
 )
 from taskhub.api.validation import query_params, validated
 from taskhub.base.errors import Forbidden, NotFound
+from taskhub.base.syncpool import SERVED
 from units import lifecycle, services
 from units.claim import claim
 from units.longpoll import ClaimWait
@@ -192,6 +193,8 @@ class UnitViewSet(viewsets.ViewSet):
         if result.hold is not None:
             reply["queue"] = result.hold.as_reply()
         wait_seconds = min(body["wait_seconds"], settings.CLAIM_WAIT_MAX)
+        if wait_seconds > 0 and _served_by_a_threaded_wsgi_server(request):
+            wait_seconds = 0  # a wait would hold one of the server's few threads: answer now
         if body["wait_seconds"] > 0:
             reply["waitSeconds"] = wait_seconds
         # A claim its queue's settings held back (paused, limits) does not wait: no doorbell rings
@@ -209,3 +212,14 @@ class UnitViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["get"])
     def stats(self, request: Request) -> Response:
         return Response(unit_stats(self._units(request)))
+
+
+def _served_by_a_threaded_wsgi_server(request: Request) -> bool:
+    """A WSGI server (gunicorn's gthread worker, `WEB_WORKER=wsgi`, runserver) runs the long-poll view
+    through async_to_sync in one of its few request threads: a waiting claim would hold that thread
+    for its whole wait, and a handful of waiting units would starve every heartbeat (their leases
+    then fail over). There the claim answers at once (`waitSeconds: 0` in the reply) and the agent
+    polls, as before long polls. Under taskhub.asgi (SERVED) waits hold no thread; Django's test
+    client (not multithreaded) keeps its waits for the tests."""
+    environ = request._request.META
+    return not SERVED.get() and bool(environ.get("wsgi.multithread")) and "wsgi.input" in environ
