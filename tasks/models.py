@@ -88,6 +88,9 @@ class Task(models.Model):
     unique_until = models.DateTimeField(
         null=True, blank=True, help_text="uniqueFor: the key is held until then, whatever the state."
     )
+    # The W3C trace context the task was created in (taskhub/base/tracing.py): handed to the unit
+    # with the claim, sent back on its reports. A version-00 traceparent, or null.
+    traceparent = models.CharField(max_length=55, null=True, blank=True)
 
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()

@@ -18,6 +18,7 @@ from taskhub.api.serializers.fields import (
     BoundedDateTimeField,
     check_json_size,
 )
+from taskhub.base import tracing
 from tasks import unique
 from tasks.models import LogLevel, Task, TaskExecutionLog, TaskStatusHistory
 from tasks.states import TaskStatus
@@ -49,6 +50,12 @@ class TaskSerializer(serializers.ModelSerializer):
     result = serializers.JSONField(allow_null=True)
     uniqueKey = serializers.CharField(source="unique_key", allow_null=True)
     uniqueUntil = serializers.DateTimeField(source="unique_until", allow_null=True)
+    traceparent = serializers.CharField(
+        allow_null=True,
+        help_text="The W3C trace context the task was created in (the `traceparent` header of the create, "
+        "or the batch item's `traceparent`; with the hub's OpenTelemetry tracing on, its enqueue span's), "
+        "as version 00; null without one. See docs/operations.md, Tracing.",
+    )
 
     class Meta:
         model = Task
@@ -79,6 +86,7 @@ class TaskSerializer(serializers.ModelSerializer):
             "finishedAt",
             "uniqueKey",
             "uniqueUntil",
+            "traceparent",
         ]
         read_only_fields = fields
 
@@ -328,6 +336,25 @@ class TaskBatchItemSerializer(TaskCreateSerializer):
         source="idempotency_key",
         help_text="Like the Idempotency-Key header of POST /tasks: a repeat returns the task created first.",
     )
+    traceparent = serializers.CharField(
+        max_length=512,
+        required=False,
+        allow_null=True,
+        help_text="This item's W3C trace context (version-traceid-parentid-flags), instead of the request's "
+        "`traceparent` header. Unlike the header (ignored when invalid, as the W3C says), an invalid value "
+        "here is refused (400). Not part of the idempotency fingerprint.",
+    )
+
+    def validate_traceparent(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = tracing.parse_traceparent(value)
+        if parsed is None:
+            raise serializers.ValidationError(
+                "Not a W3C traceparent: version-traceid-parentid-flags in lowercase hex, e.g. "
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            )
+        return parsed
 
 
 class TaskBatchCreateSerializer(serializers.Serializer):

@@ -17,6 +17,7 @@ from taskhub.api.serializers.fields import (
     check_metadata,
     datetime_or_none,
 )
+from taskhub.base import tracing
 from units import lifecycle
 from units.models import DrainedBy, ExecutionUnit, UnitStatus
 
@@ -178,12 +179,18 @@ class ClaimedTaskSerializer(serializers.Serializer):
     config = serializers.JSONField()
     attempt = serializers.IntegerField()
     timeoutSeconds = serializers.IntegerField(source="timeout_seconds", allow_null=True)
+    traceparent = serializers.CharField(
+        allow_null=True,
+        help_text="The task's W3C trace context (with the hub's OpenTelemetry tracing on: its claim span's); "
+        "send it back as the `traceparent` header of this attempt's reports. Null without one.",
+    )
 
 
 def claimed_tasks(tasks: list[Any]) -> list[dict[str, Any]]:
     """`ClaimedTaskSerializer(tasks, many=True).data` as plain dicts (the same JSON; a test compares
     the two): up to 100 tasks per claim, and DRF's per-field machinery cost more than the claim's
-    SQL."""
+    SQL. Each task's `traceparent` is the one it is handed with (taskhub.base.tracing: the claim's
+    span is recorded there while tracing)."""
     return [
         {
             "id": int(t.id),
@@ -193,6 +200,14 @@ def claimed_tasks(tasks: list[Any]) -> list[dict[str, Any]]:
             "config": t.config,
             "attempt": int(t.attempt),
             "timeoutSeconds": None if t.timeout_seconds is None else int(t.timeout_seconds),
+            "traceparent": tracing.claim_traceparent(
+                t.traceparent,
+                task_id=int(t.id),
+                task_type=str(t.task_type),
+                attempt=int(t.attempt),
+                unit_id=t.unit_id,
+                claimed_at=t.started_at,
+            ),
         }
         for t in tasks
     ]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.conf import settings
@@ -37,6 +38,7 @@ from taskhub.api.serializers.tasks import (
 )
 from taskhub.api.streaming import held_task
 from taskhub.api.validation import query_params, validated
+from taskhub.base import tracing
 from taskhub.base.errors import NotFound
 from tasks import bulk_actions, services
 from tasks.events import is_done
@@ -73,6 +75,23 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     OpenApiParameter.HEADER,
     required=False,
     description="A repeat with the same key from the same client returns the first task (200).",
+)
+TRACEPARENT_HEADER = OpenApiParameter(
+    tracing.TRACEPARENT_HEADER,
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="W3C Trace Context (version-traceid-parentid-flags): stored with the task, handed to the "
+    "unit that claims it. An invalid value is ignored (the W3C rule: a new trace starts), never refused. "
+    "See docs/operations.md, Tracing.",
+)
+REPORT_TRACEPARENT_HEADER = OpenApiParameter(
+    tracing.TRACEPARENT_HEADER,
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="W3C Trace Context of the report: the `traceparent` the claim handed the unit. Links the "
+    "hub's span of the report to the task's trace; an invalid value is ignored.",
 )
 UNIQUE_HEADER = "Taskhub-Unique-Existing"
 CREATE_REPLY_HEADERS = [
@@ -164,7 +183,7 @@ class TaskViewSet(viewsets.ViewSet):
 
     @extend_schema(
         request=TaskCreateSerializer,
-        parameters=[IDEMPOTENCY_HEADER, *CREATE_REPLY_HEADERS],
+        parameters=[IDEMPOTENCY_HEADER, TRACEPARENT_HEADER, *CREATE_REPLY_HEADERS],
         responses={
             201: TaskSerializer,
             200: OpenApiResponse(TaskSerializer, "An Idempotency-Key replay, or the task holding the uniqueKey"),
@@ -177,13 +196,17 @@ class TaskViewSet(viewsets.ViewSet):
         if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
             raise serializers.ValidationError({"Idempotency-Key": [f"at most {MAX_IDEMPOTENCY_KEY} characters"]})
         principal = principal_of(request)
-        task, outcome = services.task_submit(
-            owner=principal.api_key,
-            actor=principal.actor,
-            data=data,
-            idempotency_key=key,
-            fingerprint=services.request_fingerprint(request.data),
-        )
+        incoming = tracing.header_traceparent(request.headers)
+        with tracing.enqueue_span(incoming, task_type=data["task_type"], name=data["name"]) as span:
+            data["traceparent"] = span.traceparent  # the enqueue span's context while tracing
+            task, outcome = services.task_submit(
+                owner=principal.api_key,
+                actor=principal.actor,
+                data=data,
+                idempotency_key=key,
+                fingerprint=services.request_fingerprint(request.data),
+            )
+            span.set(**{"task.id": task.pk, "outcome": outcome})
         headers = {
             services.CREATED: {},
             services.REPLAYED: {"Idempotency-Replayed": "true"},
@@ -194,6 +217,7 @@ class TaskViewSet(viewsets.ViewSet):
 
     @extend_schema(
         request=TaskBatchCreateSerializer,
+        parameters=[TRACEPARENT_HEADER],
         responses={
             201: inline_serializer("TaskBatchCreated", {"items": TaskBatchItemResultSerializer(many=True)}),
             200: OpenApiResponse(
@@ -207,13 +231,30 @@ class TaskViewSet(viewsets.ViewSet):
     def create_batch(self, request: Request) -> Response:
         body = validated(TaskBatchCreateSerializer, request.data)
         principal = principal_of(request)
-        items = []
+        incoming = tracing.header_traceparent(request.headers)
+        items, spans = [], []
         for raw, data in zip(request.data["tasks"], body["tasks"], strict=True):
             key = data.pop("idempotency_key", None)
-            # The fingerprint of an item is that of the same body sent to POST /tasks.
-            body_only = {name: value for name, value in raw.items() if name != "idempotencyKey"}
+            # An item's own traceparent, else the request's header; while tracing, its enqueue span's.
+            spans.append(
+                tracing.enqueue_span(
+                    data.get("traceparent") or incoming, task_type=data["task_type"], name=data["name"]
+                )
+            )
+            data["traceparent"] = spans[-1].traceparent
+            # The fingerprint of an item is that of the same body sent to POST /tasks (whose
+            # traceparent is a header, outside it).
+            body_only = {name: value for name, value in raw.items() if name not in ("idempotencyKey", "traceparent")}
             items.append((data, key, services.request_fingerprint(body_only)))
-        results = services.task_submit_batch(owner=principal.api_key, actor=principal.actor, items=items)
+        try:
+            results = services.task_submit_batch(owner=principal.api_key, actor=principal.actor, items=items)
+        except BaseException as exc:
+            for span in spans:
+                span.end(exc)
+            raise
+        for span, (task, outcome) in zip(spans, results, strict=True):
+            span.set(**{"task.id": task.pk, "outcome": outcome})
+            span.end()
         rendered = TaskSerializer([task for task, _ in results], many=True).data  # one set of fields for all
         for item, (_, outcome) in zip(rendered, results, strict=True):
             item["created"] = outcome == services.CREATED
@@ -222,13 +263,23 @@ class TaskViewSet(viewsets.ViewSet):
 
     @extend_schema(
         request=ReportBatchSerializer,
+        parameters=[REPORT_TRACEPARENT_HEADER],
         responses=inline_serializer("ReportBatchResult", {"items": ReportResultSerializer(many=True)}),
         summary="Report many attempts at once (unit): results, progress and logs, each fenced on its own",
     )
     @action(detail=False, methods=["post"])
     def reports(self, request: Request) -> Response:
         body = validated(ReportBatchSerializer, request.data)
-        return Response({"items": reports.report_attempts(self._unit_id(request), body["reports"])})
+        started, unit_id = time.time_ns(), self._unit_id(request)
+        replies = reports.report_attempts(unit_id, body["reports"])
+        if tracing.recording():  # the tasks' stored contexts, for the spans' links: read only while tracing
+            ids = [report["taskId"] for report in body["reports"]]
+            stored = dict(Task.objects.filter(pk__in=ids).values_list("pk", "traceparent"))
+            pairs = list(zip(body["reports"], replies, strict=True))
+            tracing.record_reports(
+                tracing.header_traceparent(request.headers), pairs, stored, unit_id=unit_id, started=started
+            )
+        return Response({"items": replies})
 
     @extend_schema(
         parameters=[TaskWaitQuerySerializer],
@@ -377,40 +428,68 @@ class TaskViewSet(viewsets.ViewSet):
         )
         return Response({"stored": stored}, status=201)
 
-    @extend_schema(request=ProgressSerializer, responses=AcceptedBody, summary="Report progress (unit)")
+    @extend_schema(
+        request=ProgressSerializer,
+        parameters=[REPORT_TRACEPARENT_HEADER],
+        responses=AcceptedBody,
+        summary="Report progress (unit)",
+    )
     @action(detail=True, methods=["post"])
     def progress(self, request: Request, pk: str) -> Response:
         body = validated(ProgressSerializer, request.data)
         unit_id = self._unit_id(request)
-        task = reports.report_progress(int(pk), unit_id=unit_id, attempt=body["attempt"], progress=body["progress"])
+        with self._report_span("progress", request, pk, body) as span:
+            task = reports.report_progress(int(pk), unit_id=unit_id, attempt=body["attempt"], progress=body["progress"])
+            span.done(task.traceparent, accepted=True, status=task.status)
         return Response({"taskId": task.pk, "attempt": task.attempt, "status": task.status, "accepted": True})
 
-    @extend_schema(request=CompleteSerializer, responses=AcceptedBody, summary="Report a result (unit)")
+    @extend_schema(
+        request=CompleteSerializer,
+        parameters=[REPORT_TRACEPARENT_HEADER],
+        responses=AcceptedBody,
+        summary="Report a result (unit)",
+    )
     @action(detail=True, methods=["post"])
     def complete(self, request: Request, pk: str) -> Response:
         body = validated(CompleteSerializer, request.data)
-        task, accepted = reports.complete_attempt(
-            int(pk), unit_id=self._unit_id(request), attempt=body["attempt"], result=body["result"]
-        )
+        with self._report_span("complete", request, pk, body) as span:
+            task, accepted = reports.complete_attempt(
+                int(pk), unit_id=self._unit_id(request), attempt=body["attempt"], result=body["result"]
+            )
+            span.done(task.traceparent, accepted=accepted, status=task.status)
         return Response({"taskId": task.pk, "attempt": body["attempt"], "status": task.status, "accepted": accepted})
 
-    @extend_schema(request=FailSerializer, responses=AcceptedBody, summary="Report a failed attempt (unit)")
+    @extend_schema(
+        request=FailSerializer,
+        parameters=[REPORT_TRACEPARENT_HEADER],
+        responses=AcceptedBody,
+        summary="Report a failed attempt (unit)",
+    )
     @action(detail=True, methods=["post"])
     def fail(self, request: Request, pk: str) -> Response:
         body = validated(FailSerializer, request.data)
-        task, accepted = reports.fail_attempt(
-            int(pk),
-            unit_id=self._unit_id(request),
-            attempt=body["attempt"],
-            error=body["error"],
-            retryable=body["retryable"],
-        )
+        with self._report_span("fail", request, pk, body) as span:
+            task, accepted = reports.fail_attempt(
+                int(pk),
+                unit_id=self._unit_id(request),
+                attempt=body["attempt"],
+                error=body["error"],
+                retryable=body["retryable"],
+            )
+            span.done(task.traceparent, accepted=accepted, status=task.status, retryable=body["retryable"])
         return Response({"taskId": task.pk, "attempt": body["attempt"], "status": task.status, "accepted": accepted})
 
     @extend_schema(responses=StatsBody, summary="Counts by status and type")
     @action(detail=False, methods=["get"])
     def stats(self, request: Request) -> Response:
         return Response(task_stats(self._tasks(request)))
+
+    def _report_span(self, outcome: str, request: Request, pk: str, body: dict[str, Any]) -> Any:
+        return tracing.report_span(
+            outcome,
+            tracing.header_traceparent(request.headers),
+            **{"task.id": int(pk), "attempt": body["attempt"], "unit.id": self._unit_id(request)},
+        )
 
     @staticmethod
     def _unit_id(request: Request) -> str:
