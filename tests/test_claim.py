@@ -48,7 +48,7 @@ def test_claim_reply_carries_the_contract_fields(client_a, register_unit):
         {"name": "t", "taskType": "DATA_PROCESSING", "priority": 2, "config": {"k": "v"}, "timeoutSeconds": 30},
     )
     task = unit.post("/api/v1/execution-units/u1/claim", {"max": 1}).json()["items"][0]
-    assert set(task) == {"id", "name", "taskType", "priority", "config", "attempt", "timeoutSeconds"}
+    assert set(task) == {"id", "name", "taskType", "priority", "config", "attempt", "timeoutSeconds", "traceparent"}
     assert task["config"] == {"k": "v"} and task["attempt"] == 1 and task["timeoutSeconds"] == 30
 
 

@@ -111,7 +111,7 @@ def test_an_idempotent_replay_with_another_trace_returns_the_first_task(client_a
 
 @pytest.mark.django_db
 def test_a_batch_item_takes_its_own_traceparent_else_the_request_header(client_a: JsonClient) -> None:
-    body = {
+    body: dict[str, list[dict[str, Any]]] = {
         "tasks": [
             {"name": "own", "taskType": "DATA_PROCESSING", "traceparent": OTHER_TP, "idempotencyKey": "b0"},
             {"name": "header", "taskType": "DATA_PROCESSING"},

@@ -40,7 +40,9 @@ import sys
 
 import taskhub_client
 
-leaked = sorted(name for name in sys.modules if name.split(".")[0] in {"django", "rest_framework", "requests"})
+leaked = sorted(
+    name for name in sys.modules if name.split(".")[0] in {"django", "rest_framework", "requests", "opentelemetry"}
+)
 assert not leaked, f"taskhub_client imported {leaked}"
 EOF
 

@@ -38,11 +38,14 @@ class AsyncClient:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        tracer_provider: Any = None,
     ) -> None:
         self._http = httpx.AsyncClient(
             base_url=_core.api_base(url), headers=client_headers(key), timeout=timeout, transport=transport
         )
-        self._core = Core(self._http, timeout=timeout, retries=retries, clock=clock, rng=rng)
+        self._core = Core(
+            self._http, timeout=timeout, retries=retries, clock=clock, rng=rng, tracer_provider=tracer_provider
+        )
         if sleep is None:
             # Here rather than at the top: importing asyncio costs a blocking client's import ~35 ms.
             import asyncio
@@ -108,8 +111,11 @@ class AsyncClient:
         timeout_seconds: int | None = None,
         scheduled_at: datetime | None = None,
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> Task:
-        item = BatchItem(name, task_type, config, priority, max_retries, timeout_seconds, scheduled_at, idempotency_key)
+        item = BatchItem(
+            name, task_type, config, priority, max_retries, timeout_seconds, scheduled_at, idempotency_key, traceparent
+        )
         return await self._run(self._core.submit(item))
 
     async def submit_many(self, items: Iterable[BatchItem | Mapping[str, Any]]) -> builtins.list[Task]:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import httpx
 
 from taskhub_client._steps import Close, Emit, Read, Send, Sleep, Steps
+from taskhub_client._tracing import SubmitSpan, check_traceparent
 from taskhub_client._version import __version__
 from taskhub_client.errors import HubUnavailable, ServerError, TaskhubError, WaitTimeout, error_from_response
 from taskhub_client.errors import retry_after as retry_after_of
@@ -172,6 +173,7 @@ class Core:
         retries: int,
         clock: Callable[[], float],
         rng: Callable[[], float] = random.random,
+        tracer_provider: Any = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -180,6 +182,7 @@ class Core:
         self.retries = retries
         self.clock = clock
         self.rng = rng
+        self.tracer_provider = tracer_provider  # None: OpenTelemetry's global one (if installed)
         # Whether the hub long-polls GET /tasks/{id}?waitFor=terminal: None until a wait finds out;
         # False for the rest of this client's life once the hub answered without waiting.
         self.long_poll: bool | None = None
@@ -234,20 +237,45 @@ class Core:
 
     def submit(self, item: BatchItem) -> Steps[Task]:
         key = item.idempotency_key or new_idempotency_key()
-        call = Call("POST", "/tasks", json=task_body(item), headers={"Idempotency-Key": key})
-        response = yield from self.request(call)
-        replayed = response.headers.get("Idempotency-Replayed", "").lower() == "true"
-        return decode(Task, _json(response), replayed=replayed)
+        span = SubmitSpan(
+            self.tracer_provider,
+            check_traceparent(item.traceparent),
+            {"taskhub.task.type": item.task_type, "taskhub.task.name": item.name},
+        )
+        try:
+            # The same traceparent on every retry of the call, as the same idempotency key.
+            call = Call("POST", "/tasks", json=task_body(item), headers={"Idempotency-Key": key, **span.headers()})
+            response = yield from self.request(call)
+            replayed = response.headers.get("Idempotency-Replayed", "").lower() == "true"
+            task = decode(Task, _json(response), replayed=replayed)
+        except BaseException as exc:
+            span.end(exc)
+            raise
+        span.end(**{"task.id": task.id, "replayed": replayed})
+        return task
 
     def submit_many(self, items: Iterable[BatchItem | Mapping[str, Any]]) -> Steps[list[Task]]:
         specs = [item if isinstance(item, BatchItem) else BatchItem(**item) for item in items]
         if not specs:
             return []
-        body = {
-            "tasks": [{**task_body(s), "idempotencyKey": s.idempotency_key or new_idempotency_key()} for s in specs]
-        }
-        response = yield from self.request(Call("POST", "/tasks/batch", json=body))
-        return [decode(Task, row, replayed=row.get("created") is False) for row in _json(response)["items"]]
+        rows = []
+        for spec in specs:
+            row = {**task_body(spec), "idempotencyKey": spec.idempotency_key or new_idempotency_key()}
+            if spec.traceparent is not None:
+                row["traceparent"] = check_traceparent(spec.traceparent)
+            rows.append(row)
+        # One span for the request; an item's own traceparent goes with the item instead.
+        span = SubmitSpan(self.tracer_provider, None, {"taskhub.batch.size": len(specs)})
+        try:
+            response = yield from self.request(
+                Call("POST", "/tasks/batch", json={"tasks": rows}, headers=span.headers())
+            )
+            tasks = [decode(Task, row, replayed=row.get("created") is False) for row in _json(response)["items"]]
+        except BaseException as exc:
+            span.end(exc)
+            raise
+        span.end()
+        return tasks
 
     def get(self, task_id: int) -> Steps[Task]:
         return decode(Task, (yield from self.get_json(f"/tasks/{int(task_id)}")))

@@ -29,7 +29,9 @@ class Client:
     per request; `retries` how many times a failed call is repeated where that is safe (see
     `taskhub_client._core`), with exponential backoff and the hub's Retry-After. `transport` is
     passed to httpx (a proxy, a test's transport); `sleep`, `clock` and `rng` let tests run the
-    backoff without waiting. Thread-safe; use it as a context manager or call `close()`."""
+    backoff without waiting. `tracer_provider`: the OpenTelemetry TracerProvider of the submit
+    spans (default: the global one; see `submit`). Thread-safe; use it as a context manager or call
+    `close()`."""
 
     def __init__(
         self,
@@ -42,11 +44,14 @@ class Client:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        tracer_provider: Any = None,
     ) -> None:
         self._http = httpx.Client(
             base_url=_core.api_base(url), headers=client_headers(key), timeout=timeout, transport=transport
         )
-        self._core = Core(self._http, timeout=timeout, retries=retries, clock=clock, rng=rng)
+        self._core = Core(
+            self._http, timeout=timeout, retries=retries, clock=clock, rng=rng, tracer_provider=tracer_provider
+        )
         self._sleep = sleep
 
     # --- performing steps: the only I/O ---------------------------------------------------------
@@ -107,11 +112,19 @@ class Client:
         timeout_seconds: int | None = None,
         scheduled_at: datetime | None = None,
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> Task:
         """Create a task (POST /tasks). Without `idempotency_key` one is made for this call and sent
         on each of its retries, so a retried submit never creates a second task; `task.replayed`
-        says the hub returned a task an earlier request with the key created."""
-        item = BatchItem(name, task_type, config, priority, max_retries, timeout_seconds, scheduled_at, idempotency_key)
+        says the hub returned a task an earlier request with the key created.
+
+        Trace context: `traceparent` (W3C) is sent as the request's header and stored with the task
+        (handed to the unit that runs it). With OpenTelemetry installed (`taskhub-client[otel]`) and
+        a TracerProvider set, a `taskhub.submit` span is made around the request, a child of the
+        current span (or of `traceparent`), and its context is the one sent."""
+        item = BatchItem(
+            name, task_type, config, priority, max_retries, timeout_seconds, scheduled_at, idempotency_key, traceparent
+        )
         return self._run(self._core.submit(item))
 
     def submit_many(self, items: Iterable[BatchItem | Mapping[str, Any]]) -> builtins.list[Task]:

@@ -25,6 +25,9 @@ How the framework's terms map onto taskhub's:
   the hub's TASK_MAX_RETRY_COUNT, no timeout). Failover of a lost unit needs nothing: the hub
   hands the task to another unit and the attempt count grows.
 
+Trace context: `.enqueue()` submits in the current OpenTelemetry context, when the `otel` extra is
+installed and a TracerProvider set (a `taskhub.submit` span, whose traceparent the task keeps).
+
 Other OPTIONS: `timeout` (seconds per HTTP request, 30) and `retries` (3), passed to `Client`.
 Nothing of Django is imported by `import taskhub_client`; only importing this module does.
 """

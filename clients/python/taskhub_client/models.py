@@ -83,6 +83,8 @@ class Task:
     updated_at: datetime | None = _when("updatedAt")
     started_at: datetime | None = _when("startedAt")
     finished_at: datetime | None = _when("finishedAt")
+    # The W3C trace context the task was created in (the submit's traceparent), or None.
+    traceparent: str | None = _wire("traceparent", default=None)
     # Not a field of the hub's task: True when a submit got back the task an earlier request with
     # the same idempotency key created (header `Idempotency-Replayed`, or a batch item's `created`).
     replayed: bool = False
@@ -153,6 +155,7 @@ class BatchItem:
     timeout_seconds: int | None = None
     scheduled_at: datetime | None = None
     idempotency_key: str | None = None
+    traceparent: str | None = None  # this item's W3C trace context, instead of the request's
 
 
 @dataclass(frozen=True, slots=True)
