@@ -6,6 +6,7 @@ trace. Without OpenTelemetry nothing of it is imported and nothing changes."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,16 @@ def test_a_later_version_is_read_for_its_four_fields_and_sent_on_as_00() -> None
 )
 def test_an_invalid_traceparent_is_none(value: Any) -> None:
     assert parse_traceparent(value) is None
+    # The schema's pattern of a batch item's traceparent says the same.
+    assert not isinstance(value, str) or re.search(tracing.TRACEPARENT_PATTERN, value) is None
+
+
+@pytest.mark.parametrize(
+    "value", [TP, f"00-{TRACE}-{PARENT}-00", f"cc-{TRACE}-{PARENT}-09-later", f"01-{TRACE}-{PARENT}-02"]
+)
+def test_the_schema_pattern_accepts_what_the_parser_accepts(value: str) -> None:
+    assert parse_traceparent(value) is not None
+    assert re.search(tracing.TRACEPARENT_PATTERN, value) is not None
 
 
 # --- over the API (no spans: tracing is off unless a test turns it on) --------------------------

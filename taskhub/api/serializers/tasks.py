@@ -336,7 +336,8 @@ class TaskBatchItemSerializer(TaskCreateSerializer):
         source="idempotency_key",
         help_text="Like the Idempotency-Key header of POST /tasks: a repeat returns the task created first.",
     )
-    traceparent = serializers.CharField(
+    traceparent = serializers.RegexField(
+        tracing.TRACEPARENT_PATTERN,
         max_length=512,
         required=False,
         allow_null=True,
