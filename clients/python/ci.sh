@@ -55,6 +55,15 @@ echo "install size of the extra: $((after - before)) KiB more (Django, django-ta
 echo "import time (median of 5): taskhub_client.django_tasks $(import_ms taskhub_client.django_tasks) ms;" \
   "django_tasks alone $(import_ms django_tasks) ms"
 
+log "pip install './clients/python[otel]' (submit spans with OpenTelemetry)"
+before="$(du -sk "$site" | cut -f1)"
+PIP_ONLY_BINARY=:all: "$venv/bin/pip" install -q "$here[otel]"
+after="$(du -sk "$site" | cut -f1)"
+"$venv/bin/pip" list --format=freeze --exclude pip --exclude setuptools | grep -i '^opentelemetry'
+echo "install size of the extra: $((after - before)) KiB more (opentelemetry-api, -sdk and their dependencies)"
+echo "import time (median of 5): taskhub_client with OpenTelemetry installed $(import_ms taskhub_client) ms" \
+  "(it is imported on the first submit, not here); opentelemetry.sdk.trace alone $(import_ms opentelemetry.sdk.trace) ms"
+
 log "taskhub-client: mypy --strict"
 PIP_ONLY_BINARY=:all: "$venv/bin/pip" install -q "$here[test]"
 (cd "$here" && "$venv/bin/mypy" taskhub_client tests)
