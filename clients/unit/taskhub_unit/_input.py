@@ -92,10 +92,11 @@ def _convert(expected: Any, value: Any, path: str) -> Any:
     if origin is typing.Union or origin is types.UnionType:
         if value is None and type(None) in args:
             return None
+        options = [option for option in args if option is not type(None)]
+        if len(options) == 1:  # `X | None`: X's own error, which may name a field inside it
+            return _convert(options[0], value, path)
         problems = []
-        for option in args:
-            if option is type(None):
-                continue
+        for option in options:
             try:
                 return _convert(option, value, path)
             except InvalidInput as exc:
