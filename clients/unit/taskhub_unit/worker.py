@@ -88,7 +88,7 @@ def _input_type(fn: Callable[..., Any], given: type[Any] | None) -> tuple[bool, 
             raise TypeError(f"input={given!r} of handler {fn.__qualname__} is not a dataclass")
         else:
             model = None  # an annotation we do not validate against: the config as it is
-    return True, model  # type: ignore[return-value]
+    return True, model
 
 
 def bind(fn: Callable[..., Any], input_type: type[Any] | None = None) -> Callable[[TaskContext], Any]:
