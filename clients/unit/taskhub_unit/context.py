@@ -216,8 +216,8 @@ class TaskContext:
         if self._cancel.is_set():
             raise TaskCancelled(self.cancel_reason or "cancelled")
 
-    def cancel(self, command: str, reason: str) -> None:
-        """Called by the agent (first reason wins)."""
+    def _stop(self, command: str, reason: str) -> None:
+        """The runtime's, not the handler's: tell the handler to stop (first reason wins)."""
         if not self._cancel.is_set():
             self.cancel_command = command
             self.cancel_reason = reason
