@@ -29,6 +29,10 @@ WORKDIR /build
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['mysql']))" > requirements.txt \
     && pip install --requirement requirements.txt
+# The unit SDK (clients/unit: taskhub_unit and the `taskhub-unit` command) is a distribution of its
+# own: installed whole (it is small), so `docker compose run web taskhub-unit ...` runs a unit.
+COPY clients/unit ./clients/unit
+RUN pip install ./clients/unit
 
 # --- runtime stage: the MariaDB client library, no compilers ------------------------------------
 FROM python:3.11-slim-bookworm AS runtime

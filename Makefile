@@ -43,9 +43,11 @@ $(VENV)/.installed-dev:     MARKS := runtime test dev
 $(VENV)/.installed-mysql:   EXTRA := [mysql]
 $(VENV)/.installed-mysql:   WHAT  := the MySQL/MariaDB driver (mysqlclient: builds with gcc, pkg-config, libmariadb-dev)
 $(VENV)/.installed-mysql:   MARKS := runtime mysql
-$(VENV)/.installed-runtime $(VENV)/.installed-test $(VENV)/.installed-dev $(VENV)/.installed-mysql: pyproject.toml | $(PY)
+# The unit SDK (clients/unit: taskhub_unit and the taskhub-unit script, which make demo, the tests, the
+# benchmarks and the chaos run start) is a distribution of its own, installed beside the hub, editable.
+$(VENV)/.installed-runtime $(VENV)/.installed-test $(VENV)/.installed-dev $(VENV)/.installed-mysql: pyproject.toml clients/unit/pyproject.toml | $(PY)
 	@echo "installing $(WHAT) into $(VENV) ..."
-	@started=$$(date +%s); $(PY) -m pip install -q -e '.$(EXTRA)' \
+	@started=$$(date +%s); $(PY) -m pip install -q -e '.$(EXTRA)' -e ./clients/unit \
 	  && for mark in $(MARKS); do touch $(VENV)/.installed-$$mark; done \
 	  && echo "  done in $$(( $$(date +%s) - started ))s"
 

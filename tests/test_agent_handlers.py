@@ -108,7 +108,7 @@ def test_sleep_reports_progress_and_returns_where_it_ran() -> None:
 
 def test_sleep_stops_early_when_cancelled() -> None:
     ctx = context({"seconds": 30, "steps": 3})
-    threading.Timer(0.05, ctx.cancel, args=("cancel", "task was cancelled")).start()
+    threading.Timer(0.05, ctx._stop, args=("cancel", "task was cancelled")).start()
     assert sleep(ctx) is None
     assert ctx.current_progress == 0
     assert "stopped early: task was cancelled" in log_lines(ctx)

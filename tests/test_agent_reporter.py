@@ -56,11 +56,13 @@ class Hub:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, Any]] = []
+        self.headers: list[dict[str, str]] = []  # of each request, in order
         self.answer: Answer = accept_all
 
     def request(self, method: str, url: str, json: Any = None, headers: Any = None, timeout: Any = None) -> Any:
         path = url.split("/api/v1", 1)[1]
         self.requests.append((path, copy.deepcopy(json)))
+        self.headers.append(dict(headers or {}))
         outcome = self.answer(path, json)
         if isinstance(outcome, BaseException):
             raise outcome
@@ -84,10 +86,16 @@ class Setup:
         self._ids = iter(range(1, 100_000))
 
     def run(
-        self, *, lines: int = 0, progress: int = 0, outcome: tuple[str, dict[str, Any]] | None = None, sent: int = 0
+        self,
+        *,
+        lines: int = 0,
+        progress: int = 0,
+        outcome: tuple[str, dict[str, Any]] | None = None,
+        sent: int = 0,
+        traceparent: str | None = None,
     ) -> Run:
         task_id = next(self._ids)
-        ctx = TaskContext({"id": task_id, "attempt": 1, "name": f"t{task_id}"})
+        ctx = TaskContext({"id": task_id, "attempt": 1, "name": f"t{task_id}", "traceparent": traceparent})
         for n in range(lines):
             ctx.logger.info("task %d line %d", task_id, n)
         ctx.progress(progress)
@@ -334,3 +342,46 @@ def test_an_older_hub_gets_per_attempt_reports_for_the_life_of_the_process(setup
     later = setup.run(outcome=fail())
     setup.reporter.flush()
     assert setup.hub.paths(after=4) == [f"/tasks/{later.ctx.id}/fail"]  # not asked again
+
+
+TRACE_A = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TRACE_B = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_each_report_request_carries_the_traceparent_of_the_tasks_it_reports(setup: Setup) -> None:
+    a1 = setup.run(outcome=complete(), traceparent=TRACE_A)
+    plain = setup.run(progress=20)
+    b = setup.run(outcome=fail(), traceparent=TRACE_B)
+    a2 = setup.run(progress=50, traceparent=TRACE_A)
+    setup.reporter.flush()
+    sent = [
+        (headers.get("traceparent"), [i["taskId"] for i in body["reports"]])
+        for (_, body), headers in zip(setup.hub.requests, setup.hub.headers, strict=True)
+    ]
+    # One trace context per request: the tasks of one trace go together, a task with none goes without.
+    assert sorted(sent, key=str) == sorted(
+        [(TRACE_A, [a1.ctx.id, a2.ctx.id]), (None, [plain.ctx.id]), (TRACE_B, [b.ctx.id])], key=str
+    )
+    assert setup.runs.counts["completed"] == 1 and setup.runs.counts["failed"] == 1
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_an_older_hub_gets_the_traceparent_on_each_per_attempt_report(setup: Setup, status: int) -> None:
+    setup.hub.answer = lambda path, body: Response(status, {}) if path == "/tasks/reports" else accept_all(path, body)
+    traced = setup.run(lines=1, progress=40, traceparent=TRACE_A)
+    setup.run(outcome=complete())
+    setup.reporter.flush()
+    per_attempt = [
+        (path, headers.get("traceparent"))
+        for (path, _), headers in zip(setup.hub.requests, setup.hub.headers, strict=True)
+        if path != "/tasks/reports"
+    ]
+    assert (f"/tasks/{traced.ctx.id}/logs", TRACE_A) in per_attempt
+    assert (f"/tasks/{traced.ctx.id}/progress", TRACE_A) in per_attempt
+    assert (f"/tasks/{traced.ctx.id + 1}/complete", None) in per_attempt
+
+
+def test_a_claimed_task_without_a_traceparent_reads_none() -> None:
+    assert TaskContext({"id": 1, "attempt": 1}).traceparent is None
+    assert TaskContext({"id": 1, "attempt": 1, "traceparent": None}).traceparent is None
+    assert TaskContext({"id": 1, "attempt": 1, "traceparent": TRACE_A}).traceparent == TRACE_A

@@ -313,6 +313,13 @@ def test_dockerfile_runtime_stage_is_slim_non_root_and_healthchecked():
     assert "gunicorn" in cmd and "taskhub/gunicorn.conf.py" in cmd
 
 
+def test_dockerfile_installs_the_unit_sdk_into_the_image_venv():
+    # taskhub_unit is a distribution of its own (clients/unit): PYTHONPATH=/app no longer finds it.
+    build = _stages()[0]
+    assert ("COPY", "clients/unit ./clients/unit") in build
+    assert any(keyword == "RUN" and "pip install ./clients/unit" in rest for keyword, rest in build)
+
+
 def test_dockerignore_keeps_secrets_and_local_state_out_of_the_image():
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".env", ".git", ".venv", "var", "logs"} <= ignored

@@ -18,7 +18,8 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    for name in ("Makefile", "pyproject.toml"):
+    for name in ("Makefile", "pyproject.toml", "clients/unit/pyproject.toml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
@@ -64,6 +65,17 @@ def test_a_higher_level_satisfies_the_lower_ones_until_pyproject_changes(tree):
     assert _dry_run(tree, "lint") == ["[dev]"]
     later = time.time() + 60
     os.utime(tree / "pyproject.toml", (later, later))
+    assert _dry_run(tree, "run") == [""]
+
+
+def test_every_level_installs_the_unit_sdk_beside_the_hub_and_again_when_its_pyproject_changes(tree):
+    done = subprocess.run(["make", "-n", "--no-print-directory", "test"], cwd=tree, capture_output=True, text=True)
+    installs = [line for line in done.stdout.splitlines() if "pip install" in line]
+    assert installs and all("-e ./clients/unit" in line for line in installs), installs
+    _stamp(tree, "runtime", "test")
+    assert _dry_run(tree, "run") == []
+    later = time.time() + 60
+    os.utime(tree / "clients" / "unit" / "pyproject.toml", (later, later))
     assert _dry_run(tree, "run") == [""]
 
 

@@ -84,4 +84,4 @@ def test_the_wheel_ships_the_product_packages_and_not_the_support() -> None:
     packages = {path.parent.name for path in ROOT.glob("*/__init__.py")}
     assert {"testkit", "tests", "bench", "chaos"} <= packages
     shipped = {name for name in packages if any(fnmatch(name, pattern) for pattern in include)}
-    assert shipped == {"taskhub", "taskhub_unit", "tasks", "units"}
+    assert shipped == {"taskhub", "tasks", "units"}  # taskhub_unit: clients/unit, its own distribution

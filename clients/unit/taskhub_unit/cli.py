@@ -1,4 +1,5 @@
-"""`taskhub-unit`: run an execution unit against a taskhub hub.
+"""`taskhub-unit`: run an execution unit against a taskhub hub. A thin shell over `Worker`: flags and
+environment in, one handler registered for `--type`, signals to `worker.stop()`.
 
 Every flag can also come from the environment (the flag wins). Prefer the environment for the
 enroll key: command lines are visible to every user of the machine (`ps`).
@@ -20,9 +21,9 @@ from types import FrameType
 from typing import Any
 
 from taskhub_unit import __version__
-from taskhub_unit.agent import Agent, AgentConfig
 from taskhub_unit.handlers import BUILTINS, resolve_handler
 from taskhub_unit.registration import RegistrationRefused, UnitEvicted, UnitInUse
+from taskhub_unit.worker import Worker
 
 log = logging.getLogger("taskhub_unit")
 
@@ -194,7 +195,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     return parser
 
 
-def _install_signals(agent: Agent, drain_timeout: float) -> None:
+def _install_signals(worker: Worker, drain_timeout: float) -> None:
     received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -206,7 +207,7 @@ def _install_signals(agent: Agent, drain_timeout: float) -> None:
                 name,
                 drain_timeout,
             )
-            agent.request_drain()
+            worker.stop()
             return
         # Straight to the file descriptor: a logging lock held by a thread must not delay the exit.
         note = f"{name} again: stopping now; the hub fails over unfinished tasks on heartbeat timeout\n"
@@ -239,16 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = resolve_handler(args.handler, args.type)
     except ValueError as exc:
         parser.error(str(exc))
-    config = AgentConfig(
-        server=args.server,
-        enroll_key=args.enroll_key,
-        unit_id=args.id,
-        unit_type=args.type,
-        capacity=args.capacity,
-        handler=handler,
-        handler_name=args.handler or getattr(handler, "__name__", ""),
-        unit_name=args.name or "",
+    worker = Worker(
+        args.server,
+        args.enroll_key,
+        args.id,
+        args.capacity,
+        name=args.name or "",
         endpoint=args.endpoint,
+        metadata=args.metadata,
         data_dir=args.data_dir or Path.cwd(),
         spool=args.data_dir is not None,
         poll_interval=args.poll_interval,
@@ -256,14 +255,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         request_timeout=args.request_timeout,
         retry_max=args.retry_max,
-        metadata=args.metadata,
         replace=args.replace,
         status_interval=args.status_interval,
     )
-    agent = Agent(config)
-    _install_signals(agent, args.drain_timeout)
     try:
-        return agent.run()
+        worker.add_handler(args.type, handler, name=args.handler or getattr(handler, "__name__", ""))
+    except TypeError as exc:
+        parser.error(f"--handler {args.handler}: {exc}")
+    _install_signals(worker, args.drain_timeout)
+    try:
+        return worker.run()
     except RegistrationRefused as exc:
         log.error("%s", exc)
         return EXIT_REFUSED

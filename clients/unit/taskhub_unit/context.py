@@ -130,8 +130,9 @@ class TaskContext:
     """Passed to the handler: `handler(ctx) -> result` (anything JSON can encode).
 
     - `ctx.task`: the claimed task as the hub sent it (`id, name, taskType, priority, config,
-      attempt, timeoutSeconds`); shortcuts `ctx.id`, `ctx.config`, `ctx.attempt`.
-    - `ctx.logger`: lines reach the task's execution logs.
+      attempt, timeoutSeconds, traceparent`); shortcuts `ctx.id`, `ctx.config`, `ctx.attempt`,
+      `ctx.traceparent`.
+    - `ctx.log` (also `ctx.logger`): lines reach the task's execution logs.
     - `ctx.progress(n)`: 0-100, sent to the hub (throttled).
     - `ctx.cancelled` / `ctx.sleep(s)` / `ctx.raise_if_cancelled()`: the hub cancelled or paused
       the task, the attempt was taken away, it timed out, or the unit is shutting down; stop soon.
@@ -175,6 +176,18 @@ class TaskContext:
         return config if isinstance(config, dict) else {}
 
     @property
+    def log(self) -> TaskLogger:
+        """The task's logger (`ctx.log.info("read %d rows", n)`): lines reach its execution logs."""
+        return self.logger
+
+    @property
+    def traceparent(self) -> str | None:
+        """The W3C trace context the task was created with (the claim's `traceparent`), if any;
+        the unit sends it back as the `traceparent` header of this attempt's reports."""
+        value = self.task.get("traceparent")
+        return value if isinstance(value, str) and value else None
+
+    @property
     def timeout_seconds(self) -> float | None:
         value = self.task.get("timeoutSeconds")
         return float(value) if value else None
@@ -203,8 +216,8 @@ class TaskContext:
         if self._cancel.is_set():
             raise TaskCancelled(self.cancel_reason or "cancelled")
 
-    def cancel(self, command: str, reason: str) -> None:
-        """Called by the agent (first reason wins)."""
+    def _stop(self, command: str, reason: str) -> None:
+        """The runtime's, not the handler's: tell the handler to stop (first reason wins)."""
         if not self._cancel.is_set():
             self.cancel_command = command
             self.cancel_reason = reason

@@ -114,7 +114,7 @@ class RunTable:
             if limit and run.outcome is None and not run.timed_out and now - run.started > limit:
                 run.timed_out = True
                 log.warning("%s: timed out after %gs; asking the handler to stop", run.label, limit)
-                run.ctx.cancel("timeout", f"timed out after {limit:g}s")
+                run.ctx._stop("timeout", f"timed out after {limit:g}s")
 
     def heartbeat_list(self) -> list[dict[str, int]]:
         with self.lock:
@@ -134,7 +134,7 @@ class RunTable:
             if not run.handler_done:
                 self._zombies.add(run)
             self._end(run, ending)
-        run.ctx.cancel(command, reason)
+        run.ctx._stop(command, reason)
         run.ctx.logger.clear()
         self.on_final(run)
         if source == "refused":

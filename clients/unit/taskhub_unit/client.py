@@ -153,14 +153,16 @@ class HubClient:
         deadline: float | None = None,
         backoff: Backoff | None = None,
         timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """Send one call, retrying transient failures. `max_attempts` (None: unlimited) and
         `deadline` (a `time.monotonic()` value) bound the retries; so does the stop event.
         `timeout`: this call's own read timeout (a long-poll claim waits longer than others).
-        Returns the decoded JSON body (None for an empty one)."""
+        `headers`: more of them (a task's `traceparent`). Returns the decoded JSON body (None for
+        an empty one)."""
         url = self.base_url + path
         secret = token if token is not None else self.token
-        headers = {"Accept": "application/json", "User-Agent": f"taskhub-unit/{__version__}"}
+        headers = {**(headers or {}), "Accept": "application/json", "User-Agent": f"taskhub-unit/{__version__}"}
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
         policy = backoff or self.backoff

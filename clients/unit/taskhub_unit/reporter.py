@@ -176,7 +176,11 @@ class Reporter:
             chunk = queue.popleft()
             try:
                 reply = self.client.post(
-                    REPORTS_PATH, {"reports": [item.body for item in chunk]}, token=token, max_attempts=1
+                    REPORTS_PATH,
+                    {"reports": [item.body for item in chunk]},
+                    token=token,
+                    max_attempts=1,
+                    headers=trace_headers(chunk[0].run),  # one trace context per request (_chunks)
                 )
                 answers = reply.get("items") if isinstance(reply, dict) else None
                 if not isinstance(answers, list) or len(answers) != len(chunk):
@@ -328,7 +332,9 @@ class Reporter:
     def _post(self, run: Run, what: str, body: dict[str, object], token: str | None) -> object:
         if run.dead:
             raise ApiError(409, "stale_attempt", "attempt dropped locally", {"command": "abort"})
-        return self.client.post(f"/tasks/{run.ctx.id}/{what}", body, token=token, max_attempts=1)
+        return self.client.post(
+            f"/tasks/{run.ctx.id}/{what}", body, token=token, max_attempts=1, headers=trace_headers(run)
+        )
 
     # --- shared ----------------------------------------------------------------------------------
 
@@ -356,8 +362,23 @@ class Reporter:
             self.runs.drop(run, "abort", str(exc), source="refused")
 
 
+def trace_headers(run: Run) -> dict[str, str]:
+    """The `traceparent` header of a report about this attempt: the task's trace context, if any."""
+    traceparent = run.ctx.traceparent
+    return {"traceparent": traceparent} if traceparent else {}
+
+
 def _chunks(items: list[Item]) -> Iterator[list[Item]]:
-    """Requests of at most REPORTS_MAX_ITEMS items and about REPORTS_MAX_BYTES, one item per task."""
+    """Requests of at most REPORTS_MAX_ITEMS items and about REPORTS_MAX_BYTES, one item per task,
+    and one trace context per request: a request's `traceparent` header is that of all its items."""
+    by_trace: dict[str | None, list[Item]] = {}
+    for item in items:
+        by_trace.setdefault(item.run.ctx.traceparent, []).append(item)
+    for group in by_trace.values():
+        yield from _sized_chunks(group)
+
+
+def _sized_chunks(items: list[Item]) -> Iterator[list[Item]]:
     chunk: list[Item] = []
     size = 0
     tasks: set[int] = set()
