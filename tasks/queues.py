@@ -32,6 +32,18 @@ SETTINGS_FIELDS = {
     "default_timeout_seconds": "defaultTimeoutSeconds",
     "default_priority": "defaultPriority",
 }
+# The largest value of each limit (the smallest is 1; none: no limit), as the API and the console take them.
+MAX_LIMIT = 100_000
+MAX_RATE_LIMIT = 10_000  # the sliding-window log holds this many start times at most
+MAX_PERIOD = 7 * 24 * 3600
+LIMIT_MAX = {
+    "max_running": MAX_LIMIT,
+    "per_key_concurrency": MAX_LIMIT,
+    "rate_limit": MAX_RATE_LIMIT,
+    "rate_period": MAX_PERIOD,
+    "key_rate_limit": MAX_RATE_LIMIT,
+    "key_rate_period": MAX_PERIOD,
+}
 # What a new task of a queue takes from its settings when the request leaves it out.
 DEFAULTED = {
     "max_retries": "default_max_retries",

@@ -161,7 +161,7 @@ def test_a_type_with_pending_tasks_and_no_unit_to_claim_them_is_warned_about(op_
     assert dashboard_data()["unservedTypes"] == [{"taskType": "EMAIL", "pending": 1}]
     body = op_client.get("/admin/dashboard/").content.decode()
     warning = body[body.index('id="th-unserved"') : body.index("</div>", body.index('id="th-unserved"'))]
-    assert "hidden" not in warning.split(">")[0] and "EMAIL (1 PENDING)" in warning
+    assert "hidden" not in warning.split(">")[0] and '/admin/queues/EMAIL/">EMAIL</a> (1 PENDING)' in warning
 
 
 def test_the_drain_state_has_one_name_maintenance(op_client: Client) -> None:

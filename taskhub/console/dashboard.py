@@ -29,7 +29,7 @@ WINDOW_MINUTES = 60
 RECENT_FAILURES = 10
 
 
-def _history_floor_id(since: datetime) -> int:
+def history_floor_id(since: datetime) -> int:
     """The id of the newest history row older than `since` (0 if none).
 
     History has no index on created_at; ids grow with time, so walking the primary key down from
@@ -44,7 +44,7 @@ def throughput(now: datetime, minutes: int = WINDOW_MINUTES) -> dict[str, Any]:
     """Completions, failures and failovers per minute over the last `minutes` (two queries)."""
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - timedelta(minutes=minutes)
-    floor = _history_floor_id(start)
+    floor = history_floor_id(start)
     # A failover is a take-back from a unit that lost the task: not the first half of a pause, nor
     # a requeue someone asked for (nobody lost it). The reason code says which.
     events = Q(to_status__in=[S.COMPLETED, S.FAILED]) | Q(reason_code=ReasonCode.FAILOVER)
