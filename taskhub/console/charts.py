@@ -117,7 +117,7 @@ def chart(
         coords = " ".join(f"{LEFT + (i + 0.5) * step:.1f},{y(v):.1f}" for i, v in points)
         marks = format_html_join(
             "",
-            '<circle cx="{}" cy="{}" r="2" data-minute="{}" data-value="{}"><title>{}</title></circle>',
+            '<circle cx="{}" cy="{}" r="3" data-minute="{}" data-value="{}"><title>{}</title></circle>',
             (
                 (
                     f"{LEFT + (i + 0.5) * step:.1f}",

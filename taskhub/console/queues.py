@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.utils.html import format_html
 
 from taskhub.base.viewer import OPERATOR
 from taskhub.console.charts import MINUTES, Series, chart, empty_chart, seconds
@@ -114,6 +115,13 @@ def queue_charts(task_type: str, now: datetime, minutes: int = MINUTES) -> dict[
         out["depth"] = empty_chart("th-queue-depth", "Depth")
         out["throughput"] = empty_chart("th-queue-throughput", "Throughput")
     for name, label in (("wait", "Queue wait (due to claimed)"), ("run", "Run time (claim to outcome)")):
+        if not any(v is not None for v in timings[f"{name}_p95"]):
+            out[name] = format_html(
+                '<p class="th-muted" id="th-queue-{}-empty">{}: none in the last hour\'s complete minutes.</p>',
+                name,
+                label,
+            )
+            continue
         out[name] = chart(
             start=start,
             lines=[
