@@ -29,7 +29,7 @@ from taskhub.api.middleware import BothModes
 from taskhub.base import metrics
 from taskhub.jobs.rollups import last_rollup_minute
 from taskhub.webhooks.models import DeliveryStatus, WebhookDelivery
-from tasks.selectors import failed_split, oldest_due_by_type, status_counts, status_counts_by_type
+from tasks.selectors import oldest_due_by_type, status_counts, status_counts_and_split, status_counts_by_type
 from units.queues import queue_settings_summary
 from units.selectors import orphaned_running, unit_status_counts, unserved_types
 
@@ -60,7 +60,7 @@ class DatabaseCollector:
         now = timezone.now()
         try:
             by_type = status_counts_by_type()
-            split = failed_split(status_counts())
+            _, split = status_counts_and_split()
             oldest = oldest_due_by_type(now)
             orphaned = orphaned_running().count()
             unserved = unserved_types(limit=1000)
