@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
@@ -246,3 +247,15 @@ def test_raise_priority_from_the_task_page_where_the_state_allows_it(op_client: 
     verbs.act([cancelled.pk], VERBS["cancel"], actor=Actor.operator("op"), reason="c", live_unit=lambda _: True)
     assert 'id="th-priority"' not in op_client.get(page(cancelled.pk)).content.decode()
     assert timezone.now() - task.created_at < timedelta(hours=1)
+
+
+def test_the_task_page_and_its_state_history_draw_history_with_one_template(op_client: Client) -> None:
+    done = failed_then_completed(factories.unit("one-tpl-unit"))
+    table = "admin/tasks/task/history_table.html"
+    for url in (page(done.pk), f"/admin/tasks/task/{done.pk}/history/"):
+        response = op_client.get(url)
+        assert table in [t.name for t in response.templates], url
+        assert response.content.decode().count('class="th-history-row"') == done.history.count()
+    for name in ("change_form.html", "state_history.html"):
+        text = (settings.BASE_DIR / "templates/admin/tasks/task" / name).read_text()
+        assert "th-history-row" not in text and table in text, name
