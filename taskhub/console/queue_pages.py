@@ -128,7 +128,9 @@ def _change(request: HttpRequest, task_type: str) -> None:
         form = LimitsForm(request.POST)
         if not form.is_valid():
             for name, errors in form.errors.items():
-                messages.error(request, f"{LIMIT_LABELS.get(name, name)}: {' '.join(errors)} Nothing was changed.")
+                messages.error(
+                    request, f"{LIMIT_LABELS.get(name, name)}: {' '.join(str(e) for e in errors)} Nothing was changed."
+                )
             return
         current = queue_page(task_type, timezone.now())["settings"]
         changes = {name: value for name, value in form.cleaned_data.items() if current[SETTINGS_FIELDS[name]] != value}
