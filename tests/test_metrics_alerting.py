@@ -202,3 +202,37 @@ def test_webhook_deliveries_are_counted_by_outcome_and_the_outbox_by_status(
         assert got - value(before, "taskhub_webhook_deliveries_total", outcome=outcome) == n, outcome
     for status, n in (("PENDING", 0), ("DELIVERED", 1), ("DEAD", 1)):
         assert value(after, "taskhub_webhook_deliveries_by_status", status=status) == n, status
+
+
+@pytest.mark.mariadb
+def test_the_oldest_due_age_reads_one_index_entry_per_status_and_type_on_mariadb() -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tasks.selectors import oldest_due_by_type
+
+    now = timezone.now()
+    statuses = ["PENDING", "PENDING", "COMPLETED", "COMPLETED", "FAILED", "RUNNING"]
+    factories.tasks_in_bulk(
+        6000,
+        now=now - timedelta(minutes=5),
+        row=lambda i: {
+            "task_type": f"TYPE_{i % 5}",
+            "status": statuses[i % 6],
+            "available_at": now - timedelta(seconds=i),
+        },
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE TABLE tasks")
+    with CaptureQueriesContext(connection) as queries:
+        oldest = oldest_due_by_type(now)
+    assert set(oldest) == {f"TYPE_{i}" for i in range(5)}
+    due = [i for i in range(6000) if i % 5 == 0 and statuses[i % 6] == "PENDING"]
+    assert oldest["TYPE_0"] == now - timedelta(seconds=max(due))
+    (sql,) = [q["sql"] for q in queries.captured_queries]
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql)
+        columns = [c[0] for c in cursor.description]
+        plan = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    assert len(plan) == 1 and plan[0]["key"] == "task_due_by_type_idx", plan
+    assert "Using index for group-by" in plan[0]["Extra"], plan
