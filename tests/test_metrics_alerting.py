@@ -205,6 +205,7 @@ def test_webhook_deliveries_are_counted_by_outcome_and_the_outbox_by_status(
 
 
 @pytest.mark.mariadb
+@pytest.mark.django_db(transaction=True)  # ANALYZE TABLE commits: the rows must be flushed afterwards
 def test_the_oldest_due_age_reads_one_index_entry_per_status_and_type_on_mariadb() -> None:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
