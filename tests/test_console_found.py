@@ -76,6 +76,7 @@ def test_a_failed_tasks_page_leads_with_its_error_and_a_completed_one_shows_none
     assert body.index('id="th-current-error"') < body.index("Execution</h2>")
     assert body.index('id="th-summary"') < body.index('id="th-timeline"') < body.index("Execution</h2>")
     assert re.search(r'id="th-summary-attempt">\s*1\b', body)
+    assert f'href="/admin/queues/{failed.task_type}/" id="th-summary-queue"' in body
 
     done = failed_then_completed(unit)
     body = op_client.get(page(done.pk)).content.decode()
