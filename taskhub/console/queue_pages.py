@@ -24,7 +24,7 @@ from taskhub.console.annotations import running_subquery
 from taskhub.console.formatting import format_time
 from taskhub.console.permissions import OPERATE_TASKS
 from taskhub.console.queues import queue_charts, queue_list, queue_page, queue_units
-from tasks.queues import LIMIT_MAX, SETTINGS_FIELDS
+from tasks.queues import LIMIT_MAX, SETTINGS_FIELDS, queue_settings_for, settings_reply
 from units.queues import set_paused, update_queue_settings
 
 VIEW_TASKS = "tasks.view_task"
@@ -132,7 +132,7 @@ def _change(request: HttpRequest, task_type: str) -> None:
                     request, f"{LIMIT_LABELS.get(name, name)}: {' '.join(str(e) for e in errors)} Nothing was changed."
                 )
             return
-        current = queue_page(task_type, timezone.now())["settings"]
+        current = settings_reply(queue_settings_for(task_type))
         changes = {name: value for name, value in form.cleaned_data.items() if current[SETTINGS_FIELDS[name]] != value}
         if not changes:
             messages.info(request, "The limits are as they were: nothing changed.")
