@@ -111,6 +111,9 @@ class Task(models.Model):
                 fields=["status", "task_type", "concurrency_key", "held_back", "-priority", "id"],
                 name="task_running_key_idx",
             ),
+            # The oldest due PENDING task of each type (/metrics, the queue overview): per type, the
+            # first entry of its PENDING range (a loose index scan, "Using index for group-by").
+            models.Index(fields=["status", "task_type", "available_at"], name="task_due_by_type_idx"),
             models.Index(fields=["status", "next_retry_at"], name="task_retry_due_idx"),
             models.Index(fields=["status", "timeout_at"], name="task_timeout_due_idx"),
             # The sweeper's poll of leases run out. Only RUNNING tasks that no unit holds have one, and

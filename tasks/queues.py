@@ -11,11 +11,12 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from taskhub.base.actors import Actor
 from taskhub.base.viewer import Viewer
 from tasks.models import QueueChange, QueueSettings, Task
+from tasks.selectors import oldest_due_by_type
 from tasks.states import TaskStatus
 
 S = TaskStatus
@@ -31,6 +32,18 @@ SETTINGS_FIELDS = {
     "default_max_retries": "defaultMaxRetries",
     "default_timeout_seconds": "defaultTimeoutSeconds",
     "default_priority": "defaultPriority",
+}
+# The largest value of each limit (the smallest is 1; none: no limit), as the API and the console take them.
+MAX_LIMIT = 100_000
+MAX_RATE_LIMIT = 10_000  # the sliding-window log holds this many start times at most
+MAX_PERIOD = 7 * 24 * 3600
+LIMIT_MAX = {
+    "max_running": MAX_LIMIT,
+    "per_key_concurrency": MAX_LIMIT,
+    "rate_limit": MAX_RATE_LIMIT,
+    "rate_period": MAX_PERIOD,
+    "key_rate_limit": MAX_RATE_LIMIT,
+    "key_rate_period": MAX_PERIOD,
 }
 # What a new task of a queue takes from its settings when the request leaves it out.
 DEFAULTED = {
@@ -96,21 +109,15 @@ def apply_queue_defaults(rows: Iterable[dict[str, Any]]) -> None:
 def queue_counts(task_types: Iterable[str] | None, now: datetime) -> dict[str, dict[str, Any]]:
     """Per task type: tasks by status and the age in seconds of the oldest due PENDING task (the
     one waiting longest). Two grouped queries (the first reads the (status, task_type) prefix of the
-    claim index, the second its PENDING range)."""
+    claim index, the second one entry of task_due_by_type_idx per status and type: oldest_due_by_type)."""
     qs = Task.objects.all() if task_types is None else Task.objects.filter(task_type__in=list(task_types))
     out: dict[str, dict[str, Any]] = {}
     for row in qs.order_by().values("task_type", "status").annotate(n=Count("id")):
         entry = out.setdefault(row["task_type"], {"byStatus": dict.fromkeys(S.values, 0), "oldestDueAgeSeconds": None})
         entry["byStatus"][row["status"]] = row["n"]
-    due = (
-        qs.filter(status=S.PENDING, available_at__lte=now)
-        .order_by()
-        .values("task_type")
-        .annotate(oldest=Min("available_at"))
-    )
-    for row in due:
-        if row["task_type"] in out:
-            out[row["task_type"]]["oldestDueAgeSeconds"] = round((now - row["oldest"]).total_seconds(), 3)
+    for task_type, oldest in oldest_due_by_type(now).items():  # every type: one index entry per type
+        if task_type in out:
+            out[task_type]["oldestDueAgeSeconds"] = round((now - oldest).total_seconds(), 3)
     return out
 
 

@@ -66,15 +66,18 @@ def status_counts_by_type(queryset: QuerySet[Task] | None = None) -> dict[str, d
 
 
 def oldest_due_by_type(now: datetime) -> dict[str, datetime]:
-    """The oldest `available_at` of the due PENDING tasks of each type (one grouped query over the
-    PENDING rows of the claim index): how long the head of each queue has waited."""
+    """The oldest `available_at` of the due PENDING tasks of each type: how long the head of each
+    queue has waited. One grouped query that reads one entry of task_due_by_type_idx (status,
+    task_type, available_at) per status and type (MariaDB: "Using index for group-by"), however many
+    tasks wait; the PENDING groups are kept here. With `status = 'PENDING'` in the WHERE, MariaDB
+    reads every PENDING entry instead (a ref on the index): docs/operations.md shows both plans."""
     rows = (
-        Task.objects.filter(status=S.PENDING, available_at__lte=now)
+        Task.objects.filter(available_at__lte=now)
         .order_by()
-        .values("task_type")
+        .values("status", "task_type")
         .annotate(oldest=Min("available_at"))
     )
-    return {row["task_type"]: row["oldest"] for row in rows}
+    return {row["task_type"]: row["oldest"] for row in rows if row["status"] == S.PENDING}
 
 
 # FAILED splits in two: waiting for an automatic retry (next_retry_at set), and dead (no retry
@@ -98,6 +101,18 @@ def failed_split(by_status: dict[str, int], queryset: QuerySet[Task] | None = No
     """`waitingRetry` and `dead` of the FAILED count in `by_status` (one more count)."""
     waiting = waiting_retry_count(queryset)
     return {"waitingRetry": waiting, "dead": by_status[S.FAILED] - waiting}
+
+
+def status_counts_and_split(queryset: QuerySet[Task] | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    """`status_counts` and `failed_split` in one grouped query (the retry index, (status,
+    next_retry_at), holds both columns: read index-only)."""
+    counts = dict.fromkeys(S.values, 0)
+    waiting = 0
+    qs = Task.objects.all() if queryset is None else queryset
+    for row in qs.order_by().values("status").annotate(n=Count("id"), waiting=Count("id", filter=WAITING_RETRY)):
+        counts[row["status"]] = row["n"]
+        waiting += row["waiting"]
+    return counts, {"waitingRetry": waiting, "dead": counts[S.FAILED] - waiting}
 
 
 def task_stats(queryset: QuerySet[Task]) -> dict[str, Any]:

@@ -1,23 +1,27 @@
 """Issue 17's operator journeys in a real headless Chromium (Debian's, driven by Playwright, as
-tests/test_browser.py): a dead task -> why -> retry; drain a unit and see its tasks finish; cancel
-with confirmation; the dashboard's tiles match the API's stats; the list refreshes itself keeping its
-filters and the selection. Screenshots of each step go to test-artifacts/journey-*.png."""
+tests/test_browser.py): a dead task -> why -> retry; pause a queue and resume it; drain a unit and see
+its tasks finish; cancel with confirmation; the dashboard's tiles match the API's stats; the list
+refreshes itself keeping its filters and the selection. Screenshots of each step go to test-artifacts/journey-*.png."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 
+from taskhub.jobs.rollups import MinuteRollup, RollupScope, minute_start
 from tasks.models import Task
 from tasks.states import TaskStatus
 from tasks.transitions import reports
 from tests import factories
 from tests.console_support import completed_task, failed_task, operator
 from tests.test_browser import _async_unsafe_allowed, browser, login, shot  # noqa: F401 (fixtures)
+from units.claim import claim
 from units.models import ExecutionUnit
 from units.states import UnitStatus
 
@@ -73,6 +77,55 @@ def test_dead_task_why_and_retry(page: Page, world: dict[str, Any]) -> None:
     expect(page.locator("#th-timeline .th-event-retry")).to_have_count(1)
     shot(page, "journey-dead-3-retried")
     assert Task.objects.get(pk=dead.pk).status == S.PENDING
+
+
+def test_pause_a_queue_and_resume_it(page: Page, world: dict[str, Any]) -> None:
+    unit = world["unit"]
+    MinuteRollup.objects.bulk_create(
+        MinuteRollup(
+            minute=minute_start(timezone.now()) - timedelta(minutes=age),
+            scope=RollupScope.TYPE,
+            key="DATA_PROCESSING",
+            pending=3 + age % 4,
+            running=2,
+            completed=age % 5,
+            failed=age % 7 == 0,
+        )
+        for age in range(1, 40)
+    )
+    past = minute_start(timezone.now()) - timedelta(minutes=5)
+    for i in range(6):  # claimed and finished five minutes ago: the percentiles' minute
+        done = factories.leased_task(unit, now=past + timedelta(seconds=i))
+        reports.complete_attempt(
+            done.pk, unit_id=unit.pk, attempt=1, result={}, now=past + timedelta(seconds=10 + 5 * i)
+        )
+    login(page, "op")
+    page.goto("/admin/dashboard/")
+    page.click("#th-queues-link")
+    expect(page.locator("#th-queue-list")).to_contain_text("DATA_PROCESSING")
+    page.click('#th-queue-list a.th-queue-link:text-is("DATA_PROCESSING")')
+    expect(page).to_have_url(re.compile(r"/admin/queues/DATA_PROCESSING/$"))
+    expect(page.locator("#th-queue-status")).to_have_text("ACTIVE")
+    expect(page.locator('[data-field="byStatus.PENDING"]')).to_have_text("3")
+    expect(page.locator("#th-queue-units")).to_contain_text("worker-001")
+    expect(page.locator("#th-queue-depth")).to_be_visible()
+    expect(page.locator("#th-queue-wait")).to_be_visible()
+    shot(page, "journey-queue-1-page")
+    page.click("#th-queue-pause")
+    expect(page.locator(".messagelist .success")).to_contain_text("Paused queue DATA_PROCESSING")
+    expect(page.locator("#th-queue-status")).to_have_text("PAUSED")
+    expect(page.locator("#th-queue-state")).to_contain_text("by user:op")
+    expect(page.locator("#th-queue-changes")).to_contain_text("paused: False → True")
+    assert claim(unit.pk, 5, now=timezone.now()).tasks == []  # a paused queue's tasks are not claimed
+    shot(page, "journey-queue-2-paused")
+    page.fill("#id_max_running", "4")
+    page.click("#th-queue-limits-save")
+    expect(page.locator(".messagelist .success")).to_contain_text("maxRunning None → 4")
+    page.click("#th-queue-resume")
+    expect(page.locator(".messagelist .success")).to_contain_text("Resumed queue DATA_PROCESSING")
+    expect(page.locator("#th-queue-status")).to_have_text("ACTIVE")
+    shot(page, "journey-queue-3-resumed")
+    assert len(claim(unit.pk, 5, now=timezone.now()).tasks) == 2  # resumed: 2 more, up to its new limit of 4 running
 
 
 def test_drain_a_unit_and_see_its_tasks_finish(page: Page, world: dict[str, Any]) -> None:

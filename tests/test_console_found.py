@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
@@ -75,6 +76,7 @@ def test_a_failed_tasks_page_leads_with_its_error_and_a_completed_one_shows_none
     assert body.index('id="th-current-error"') < body.index("Execution</h2>")
     assert body.index('id="th-summary"') < body.index('id="th-timeline"') < body.index("Execution</h2>")
     assert re.search(r'id="th-summary-attempt">\s*1\b', body)
+    assert f'href="/admin/queues/{failed.task_type}/" id="th-summary-queue"' in body
 
     done = failed_then_completed(unit)
     body = op_client.get(page(done.pk)).content.decode()
@@ -150,7 +152,9 @@ def test_an_orphaned_running_task_is_flagged_and_filtered_and_counted(op_client:
     assert "th-flag-orphan" in row
     ids = listed_ids(op_client, "?flag=orphaned")
     assert ids == {orphan.pk} and held.pk not in ids
-    assert dashboard_data()["tasks"]["orphaned"] == 1
+    data = dashboard_data()
+    assert data["tasks"]["orphaned"] == 1
+    assert data["units"]["running"] == 1  # only the held one runs on a unit; the orphan is flagged, not counted
 
 
 def test_a_type_with_pending_tasks_and_no_unit_to_claim_them_is_warned_about(op_client: Client) -> None:
@@ -161,7 +165,7 @@ def test_a_type_with_pending_tasks_and_no_unit_to_claim_them_is_warned_about(op_
     assert dashboard_data()["unservedTypes"] == [{"taskType": "EMAIL", "pending": 1}]
     body = op_client.get("/admin/dashboard/").content.decode()
     warning = body[body.index('id="th-unserved"') : body.index("</div>", body.index('id="th-unserved"'))]
-    assert "hidden" not in warning.split(">")[0] and "EMAIL (1 PENDING)" in warning
+    assert "hidden" not in warning.split(">")[0] and '/admin/queues/EMAIL/">EMAIL</a> (1 PENDING)' in warning
 
 
 def test_the_drain_state_has_one_name_maintenance(op_client: Client) -> None:
@@ -246,3 +250,15 @@ def test_raise_priority_from_the_task_page_where_the_state_allows_it(op_client: 
     verbs.act([cancelled.pk], VERBS["cancel"], actor=Actor.operator("op"), reason="c", live_unit=lambda _: True)
     assert 'id="th-priority"' not in op_client.get(page(cancelled.pk)).content.decode()
     assert timezone.now() - task.created_at < timedelta(hours=1)
+
+
+def test_the_task_page_and_its_state_history_draw_history_with_one_template(op_client: Client) -> None:
+    done = failed_then_completed(factories.unit("one-tpl-unit"))
+    table = "admin/tasks/task/history_table.html"
+    for url in (page(done.pk), f"/admin/tasks/task/{done.pk}/history/"):
+        response = op_client.get(url)
+        assert table in [t.name for t in response.templates], url
+        assert response.content.decode().count('class="th-history-row"') == done.history.count()
+    for name in ("change_form.html", "state_history.html"):
+        text = (settings.BASE_DIR / "templates/admin/tasks/task" / name).read_text()
+        assert "th-history-row" not in text and table in text, name

@@ -172,3 +172,68 @@ def test_every_alert_rule_names_metrics_that_exist(django_capture_on_commit_call
     for block, line in exprs:
         names = metric_names(block or line)
         assert names and names <= exposed, (block or line, names - exposed)
+
+
+def test_webhook_deliveries_are_counted_by_outcome_and_the_outbox_by_status(
+    client_a, settings, django_capture_on_commit_callbacks
+) -> None:
+    from taskhub.webhooks import subscriptions
+    from taskhub.webhooks.delivery import deliver_due_webhooks
+    from tests.webhook_receiver import receiver
+
+    settings.WEBHOOK_ALLOW_PRIVATE = True  # the receiver is on 127.0.0.1
+    settings.WEBHOOK_BACKOFF_BASE = 0.0  # a failed attempt is due again at once: one run retries it
+    settings.WEBHOOK_KICK = False
+    settings.WEBHOOK_SUBSCRIPTIONS_TTL = 0.0
+    settings.WEBHOOK_MAX_ATTEMPTS = 2
+    subscriptions.invalidate()
+    before = samples(scrape_text())
+    answers = iter([503, 200, 500, 500])  # the first delivery: retried then delivered; the second: dead
+    with receiver(lambda n: next(answers)) as hub_receiver:
+        assert client_a.post("/api/v1/webhooks", {"url": hub_receiver.url}).status_code == 201
+        with django_capture_on_commit_callbacks(execute=True):
+            client_a.post("/api/v1/tasks", {"name": "t", "taskType": "HOOK"})
+            assert deliver_due_webhooks(timezone.now()) == {"delivered": 1, "retrying": 1, "dead": 0}
+            client_a.post("/api/v1/tasks", {"name": "u", "taskType": "HOOK"})
+            assert deliver_due_webhooks(timezone.now()) == {"delivered": 0, "retrying": 1, "dead": 1}
+    after = samples(scrape_text())
+    for outcome, n in (("delivered", 1), ("retrying", 2), ("dead", 1)):
+        got = value(after, "taskhub_webhook_deliveries_total", outcome=outcome)
+        assert got - value(before, "taskhub_webhook_deliveries_total", outcome=outcome) == n, outcome
+    for status, n in (("PENDING", 0), ("DELIVERED", 1), ("DEAD", 1)):
+        assert value(after, "taskhub_webhook_deliveries_by_status", status=status) == n, status
+
+
+@pytest.mark.mariadb
+@pytest.mark.django_db(transaction=True)  # ANALYZE TABLE commits: the rows must be flushed afterwards
+def test_the_oldest_due_age_reads_one_index_entry_per_status_and_type_on_mariadb() -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tasks.selectors import oldest_due_by_type
+
+    now = timezone.now()
+    statuses = ["PENDING", "PENDING", "COMPLETED", "COMPLETED", "FAILED", "RUNNING"]
+    factories.tasks_in_bulk(
+        6000,
+        now=now - timedelta(minutes=5),
+        row=lambda i: {
+            "task_type": f"TYPE_{i % 5}",
+            "status": statuses[i % 6],
+            "available_at": now - timedelta(seconds=i),
+        },
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE TABLE tasks")
+    with CaptureQueriesContext(connection) as queries:
+        oldest = oldest_due_by_type(now)
+    assert set(oldest) == {f"TYPE_{i}" for i in range(5)}
+    due = [i for i in range(6000) if i % 5 == 0 and statuses[i % 6] == "PENDING"]
+    assert oldest["TYPE_0"] == now - timedelta(seconds=max(due))
+    (sql,) = [q["sql"] for q in queries.captured_queries]
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql)
+        columns = [c[0] for c in cursor.description]
+        plan = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    assert len(plan) == 1 and plan[0]["key"] == "task_due_by_type_idx", plan
+    assert "Using index for group-by" in plan[0]["Extra"], plan

@@ -46,12 +46,24 @@ class UnitLoad(NamedTuple):
     utilisation: float  # tasks RUNNING on the units offering capacity, over that capacity
 
 
-def unit_load(queryset: QuerySet[ExecutionUnit] | None = None) -> UnitLoad:
-    """Units by status, online capacity and the tasks running on them: two grouped queries."""
+def running_by_unit_status() -> dict[str | None, int]:
+    """Every RUNNING task counted by the status of the unit holding it (None: no unit holds it, or
+    it was deregistered): one grouped query. Gives both `unit_load`'s running tasks and the orphans."""
+    return running_count_by("unit__status")
+
+
+def unit_load(
+    queryset: QuerySet[ExecutionUnit] | None = None, running_by_status: dict[str | None, int] | None = None
+) -> UnitLoad:
+    """Units by status, online capacity and the tasks running on them: two grouped queries (one if
+    the caller read `running_by_unit_status` for all units)."""
     qs = ExecutionUnit.objects.all() if queryset is None else queryset
     counts = unit_status_counts(qs)
     capacity = sum(counts[s].capacity for s in CLAIMING)
-    running = running_count_by("unit__status", unit__in=qs.filter(status__in=ALIVE))
+    if queryset is None and running_by_status is not None:
+        running = {s: n for s, n in running_by_status.items() if s in ALIVE}
+    else:
+        running = running_count_by("unit__status", unit__in=qs.filter(status__in=ALIVE))
     claiming = sum(running.get(s, 0) for s in CLAIMING)
     return UnitLoad(counts, capacity, sum(running.values()), round(claiming / capacity, 4) if capacity else 0.0)
 
@@ -84,16 +96,23 @@ def orphaned_running(queryset: QuerySet[Task] | None = None) -> QuerySet[Task]:
     return qs.filter(ORPHANED)
 
 
+def orphaned_count(running_by_status: dict[str | None, int]) -> int:
+    """ORPHANED counted from `running_by_unit_status`: RUNNING on no unit, or on a unit not ALIVE."""
+    return sum(n for status, n in running_by_status.items() if status not in ALIVE)
+
+
 def unserved_types(limit: int = 20) -> list[dict[str, Any]]:
     """Task types with PENDING tasks and no unit of that type to claim them (none ONLINE or BUSY):
-    two grouped queries (PENDING by type on the claim index; the claiming units' types)."""
-    pending = {
-        row["task_type"]: row["n"]
-        for row in Task.objects.filter(status=TaskStatus.PENDING).order_by().values("task_type").annotate(n=Count("id"))
-    }
-    served = set(ExecutionUnit.objects.filter(status__in=CLAIMING).order_by().values_list("unit_type", flat=True))
-    rows = [{"taskType": t, "pending": n} for t, n in sorted(pending.items()) if t not in served]
-    return rows[:limit]
+    one grouped query (PENDING by type on the claim index, less the claiming units' types)."""
+    served = ExecutionUnit.objects.filter(status__in=CLAIMING).values("unit_type")
+    pending = (
+        Task.objects.filter(status=TaskStatus.PENDING)
+        .exclude(task_type__in=served)
+        .order_by()
+        .values_list("task_type")
+        .annotate(n=Count("id"))
+    )
+    return [{"taskType": t, "pending": n} for t, n in sorted(pending)][:limit]
 
 
 def is_orphaned(task: Task) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
@@ -27,7 +28,8 @@ from taskhub.api.errors import json_error
 from taskhub.api.middleware import BothModes
 from taskhub.base import metrics
 from taskhub.jobs.rollups import last_rollup_minute
-from tasks.selectors import failed_split, oldest_due_by_type, status_counts, status_counts_by_type
+from taskhub.webhooks.models import DeliveryStatus, WebhookDelivery
+from tasks.selectors import oldest_due_by_type, status_counts, status_counts_and_split, status_counts_by_type
 from units.queues import queue_settings_summary
 from units.selectors import orphaned_running, unit_status_counts, unserved_types
 
@@ -36,10 +38,19 @@ logger = logging.getLogger("taskhub.metrics")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+def delivery_counts() -> dict[str, int]:
+    """Webhook deliveries by status, every status present: one grouped query (webhook_due_idx)."""
+    counts = dict.fromkeys(DeliveryStatus.values, 0)
+    for row in WebhookDelivery.objects.order_by().values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    return counts
+
+
 class DatabaseCollector:
     """Tasks and units by status, one grouped query each, every scrape; then the gauges operators
     alert on (tasks by type and status, the dead set, the oldest due task's age by type, orphaned
-    RUNNING tasks, types with work and no unit to claim it, the newest rollup as proof of beat)."""
+    RUNNING tasks, types with work and no unit to claim it, webhook deliveries by status, the newest
+    rollup as proof of beat)."""
 
     def collect(self) -> Iterator[Metric]:
         yield from self._by_status()
@@ -49,11 +60,12 @@ class DatabaseCollector:
         now = timezone.now()
         try:
             by_type = status_counts_by_type()
-            split = failed_split(status_counts())
+            _, split = status_counts_and_split()
             oldest = oldest_due_by_type(now)
             orphaned = orphaned_running().count()
             unserved = unserved_types(limit=1000)
             last_rollup = last_rollup_minute()
+            deliveries = delivery_counts()
         except DatabaseError:
             logger.exception("metrics: could not read the alerting gauges")
             return
@@ -89,6 +101,14 @@ class DatabaseCollector:
         for row in unserved:
             unclaimed.add_metric([row["taskType"]], row["pending"])
         yield unclaimed
+        outbox = GaugeMetricFamily(
+            "taskhub_webhook_deliveries_by_status",
+            "Webhook deliveries in the outbox by status: PENDING (due or retrying), DELIVERED, DEAD (database)",
+            labels=["status"],
+        )
+        for status, n in deliveries.items():
+            outbox.add_metric([status], n)
+        yield outbox
         if last_rollup is not None:
             yield GaugeMetricFamily(
                 "taskhub_rollup_last_minute_timestamp_seconds",

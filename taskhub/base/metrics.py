@@ -77,6 +77,12 @@ RUN_TIME = Histogram(
     ["task_type"],
     buckets=_WAIT_BUCKETS,
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "taskhub_webhook_deliveries",
+    "Webhook delivery attempts recorded, by outcome: delivered (a 2xx), retrying (failed, another attempt due), "
+    "dead (failed, no attempt left)",
+    ["outcome"],
+)
 PRUNED = Counter("taskhub_pruned_rows", "Rows deleted by retention (tasks/retention.py), by kind", ["kind"])
 SCHEDULE_FIRES = Counter("taskhub_schedule_fires", "Fire times of recurring schedules handled, by outcome", ["outcome"])
 JOB_DURATION = Histogram(
@@ -157,6 +163,18 @@ def record_retries(by_type: Mapping[str, int]) -> None:
             RETRIES.labels(task_type).inc(n)
 
     if any(by_type.values()):
+        _on_commit(bump)
+
+
+def record_webhook_outcomes(counts: Mapping[str, int]) -> None:
+    """The attempts a delivery run recorded (taskhub/webhooks/delivery.py), by outcome."""
+
+    def bump() -> None:
+        for outcome, n in counts.items():
+            if n:
+                WEBHOOK_ATTEMPTS.labels(outcome).inc(n)
+
+    if any(counts.values()):
         _on_commit(bump)
 
 

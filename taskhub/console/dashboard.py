@@ -1,10 +1,11 @@
 """The operator dashboard: what the hub is doing now, and over the last hour.
 
-Every number comes from a handful of grouped queries (about ten per refresh, however large the
-tables): tasks by status and the dead / waiting-retry split, units by status with capacity, tasks
-running on alive units, orphaned RUNNING tasks, PENDING types no claiming unit serves (the same
-selectors as the stats API and /metrics), and the last hour's history (completions, failures,
-failovers per minute) read through a primary-key range so it never scans the whole history table.
+Every number comes from eight grouped queries per refresh, however large the tables: tasks by
+status with the dead / waiting-retry split (one query), units by status with capacity, RUNNING tasks
+by the status of their unit (running on alive units and the orphans, one query), PENDING types no
+claiming unit serves (the same selectors as the stats API and /metrics), the queues with settings,
+and the last hour's history (completions, failures, failovers per minute; the recent failures) read
+through a primary-key range so it never scans the whole history table.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tasks.models import TaskStatusHistory
-from tasks.selectors import failed_split, status_counts
+from tasks.selectors import status_counts_and_split
 from tasks.states import ReasonCode, TaskStatus
 from units.queues import queue_settings_summary
-from units.selectors import orphaned_running, unit_load, unserved_types
+from units.selectors import orphaned_count, running_by_unit_status, unit_load, unserved_types
 from units.states import CLAIMING, UnitStatus
 
 S = TaskStatus
@@ -29,7 +30,7 @@ WINDOW_MINUTES = 60
 RECENT_FAILURES = 10
 
 
-def _history_floor_id(since: datetime) -> int:
+def history_floor_id(since: datetime) -> int:
     """The id of the newest history row older than `since` (0 if none).
 
     History has no index on created_at; ids grow with time, so walking the primary key down from
@@ -44,7 +45,7 @@ def throughput(now: datetime, minutes: int = WINDOW_MINUTES) -> dict[str, Any]:
     """Completions, failures and failovers per minute over the last `minutes` (two queries)."""
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - timedelta(minutes=minutes)
-    floor = _history_floor_id(start)
+    floor = history_floor_id(start)
     # A failover is a take-back from a unit that lost the task: not the first half of a pause, nor
     # a requeue someone asked for (nobody lost it). The reason code says which.
     events = Q(to_status__in=[S.COMPLETED, S.FAILED]) | Q(reason_code=ReasonCode.FAILOVER)
@@ -70,8 +71,8 @@ def throughput(now: datetime, minutes: int = WINDOW_MINUTES) -> dict[str, Any]:
     }
 
 
-def unit_counts() -> dict[str, Any]:
-    load = unit_load()
+def unit_counts(running_by_status: dict[str | None, int] | None = None) -> dict[str, Any]:
+    load = unit_load(running_by_status=running_by_status)
     by_status = {s: c.units for s, c in load.by_status.items()}
     return {
         "byStatus": by_status,
@@ -109,7 +110,8 @@ def recent_failures(floor_id: int, limit: int = RECENT_FAILURES) -> list[dict[st
 
 def dashboard_data(now: datetime | None = None) -> dict[str, Any]:
     now = now or timezone.now()
-    tasks = status_counts()
+    tasks, split = status_counts_and_split()
+    running = running_by_unit_status()
     flow = throughput(now)
     floor = flow.pop("floorId")
     return {
@@ -117,11 +119,11 @@ def dashboard_data(now: datetime | None = None) -> dict[str, Any]:
         "tasks": {
             "byStatus": tasks,
             "total": sum(tasks.values()),
-            **failed_split(tasks),  # waitingRetry, dead: as GET /tasks/stats says them
-            "orphaned": orphaned_running().count(),
+            **split,  # waitingRetry, dead: as GET /tasks/stats says them
+            "orphaned": orphaned_count(running),
         },
         "unservedTypes": unserved_types(),
-        "units": unit_counts(),
+        "units": unit_counts(running),
         "throughput": flow,
         "lastHour": {
             "completed": sum(flow["completed"]),

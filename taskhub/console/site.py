@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, URLResolver, path
 
+from taskhub.console import queue_pages
 from taskhub.console.dashboard import dashboard_data
 from taskhub.console.permissions import VIEW_DASHBOARD
 
@@ -39,6 +40,8 @@ class ConsoleAdminSite(admin.AdminSite):
         return [
             path("dashboard/", self.admin_view(self.dashboard_view), name="console-dashboard"),
             path("dashboard/data.json", self.admin_view(self.dashboard_data_view), name="console-dashboard-data"),
+            path("queues/", self.admin_view(self.queues_view), name="console-queues"),
+            path("queues/<str:task_type>/", self.admin_view(self.queue_view), name="console-queue"),
             *super().get_urls(),
         ]
 
@@ -63,6 +66,12 @@ class ConsoleAdminSite(admin.AdminSite):
     def dashboard_data_view(self, request: HttpRequest) -> HttpResponse:
         self._check_dashboard(request)
         return JsonResponse(dashboard_data(), encoder=DjangoJSONEncoder)
+
+    def queues_view(self, request: HttpRequest) -> HttpResponse:
+        return queue_pages.queues_view(self, request)
+
+    def queue_view(self, request: HttpRequest, task_type: str) -> HttpResponse:
+        return queue_pages.queue_view(self, request, task_type)
 
     def get_app_list(self, request: HttpRequest, app_label: str | None = None) -> list[dict[str, Any]]:
         """Tasks first, then units and keys; the periodic jobs (Celery beat) last."""

@@ -30,6 +30,7 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
+from taskhub.base import metrics
 from taskhub.base.backoff import equal_jitter
 from taskhub.base.sql import insert_rows
 from taskhub.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookSubscription
@@ -197,6 +198,7 @@ def record(outcomes: list[Outcome], now: datetime) -> tuple[dict[str, int], list
             counts["delivered"] += WebhookDelivery.objects.filter(pk__in=ids, status=P.PENDING, attempts=number).update(
                 status=P.DELIVERED, delivered_at=now, last_status_code=code, last_error=""
             )
+        metrics.record_webhook_outcomes(counts)
     return counts, delays
 
 

@@ -7,15 +7,13 @@ from typing import Any
 from rest_framework import serializers
 
 from taskhub.api.serializers.fields import NAME_PATTERN, BoundedDateTimeField
+from tasks.queues import LIMIT_MAX, MAX_PERIOD
 from tasks.states import TaskStatus
 
-MAX_RATE_LIMIT = 10_000  # the sliding-window log holds this many start times at most
-MAX_PERIOD = 7 * 24 * 3600
 
-
-def _limit(name: str, help_text: str, maximum: int = 100_000) -> serializers.IntegerField:
+def _limit(name: str, help_text: str) -> serializers.IntegerField:
     return serializers.IntegerField(
-        min_value=1, max_value=maximum, required=False, allow_null=True, source=name, help_text=help_text
+        min_value=1, max_value=LIMIT_MAX[name], required=False, allow_null=True, source=name, help_text=help_text
     )
 
 
@@ -23,14 +21,10 @@ class QueueUpdateSerializer(serializers.Serializer):
     paused = serializers.BooleanField(required=False, help_text="A paused queue's PENDING tasks are not claimed.")
     maxRunning = _limit("max_running", "At most this many RUNNING tasks of the queue at once (null: no limit).")
     perKeyConcurrency = _limit("per_key_concurrency", "At most this many RUNNING per concurrencyKey (null: no limit).")
-    rateLimit = _limit("rate_limit", "At most this many starts in any ratePeriodSeconds window.", MAX_RATE_LIMIT)
-    ratePeriodSeconds = _limit("rate_period", "The rate limit's window, in seconds (default 60).", MAX_PERIOD)
-    keyRateLimit = _limit(
-        "key_rate_limit", "At most this many starts per concurrencyKey per keyRatePeriodSeconds.", MAX_RATE_LIMIT
-    )
-    keyRatePeriodSeconds = _limit(
-        "key_rate_period", "The per-key rate limit's window, in seconds (default 60).", MAX_PERIOD
-    )
+    rateLimit = _limit("rate_limit", "At most this many starts in any ratePeriodSeconds window.")
+    ratePeriodSeconds = _limit("rate_period", "The rate limit's window, in seconds (default 60).")
+    keyRateLimit = _limit("key_rate_limit", "At most this many starts per concurrencyKey per keyRatePeriodSeconds.")
+    keyRatePeriodSeconds = _limit("key_rate_period", "The per-key rate limit's window, in seconds (default 60).")
     defaultMaxRetries = serializers.IntegerField(
         min_value=0, max_value=100, required=False, allow_null=True, source="default_max_retries"
     )

@@ -9,7 +9,8 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.utils.html import format_html_join
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from taskhub.base.actors import Actor
@@ -32,6 +33,7 @@ def _operator(request: HttpRequest) -> Actor:
 class QueueSettingsAdmin(admin.ModelAdmin):
     list_display = (
         "task_type",
+        "page_col",
         "paused",
         "max_running",
         "per_key_concurrency",
@@ -68,6 +70,11 @@ class QueueSettingsAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         return (*self.readonly_fields, "task_type") if obj is not None else self.readonly_fields
+
+    @admin.display(description="queue page")
+    def page_col(self, obj: QueueSettings) -> SafeString:
+        url = reverse("admin:console-queue", args=[obj.task_type])
+        return format_html('<a href="{}" class="th-queue-link">depth, charts, units</a>', url)
 
     @admin.display(description="Recent changes")
     def changes_col(self, obj: QueueSettings) -> SafeString | str:

@@ -16,8 +16,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -27,6 +26,7 @@ from django.utils.safestring import SafeString
 from taskhub.base.actors import Actor
 from taskhub.base.errors import DomainError
 from taskhub.console.actions import Outcome, back_to_next, run_each, selected_pks
+from taskhub.console.annotations import running_subquery
 from taskhub.console.charts import unit_load_chart
 from taskhub.console.formatting import format_duration
 from taskhub.console.permissions import OPERATE_UNITS
@@ -39,17 +39,6 @@ from units.states import CLAIMING, Cause, DrainedBy, UnitStatus, can_move
 
 EDITABLE = ("unit_name", "capacity", "endpoint")
 UNIT_TASKS_SHOWN = 50
-
-
-def _running_subquery() -> Coalesce:
-    running = (
-        Task.objects.filter(unit_id=OuterRef("pk"), status=TaskStatus.RUNNING)
-        .order_by()
-        .values("unit_id")
-        .annotate(n=Count("id"))
-        .values("n")
-    )
-    return Coalesce(Subquery(running, output_field=IntegerField()), Value(0))
 
 
 @admin.register(ExecutionUnit)
@@ -127,7 +116,7 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
         }
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ExecutionUnit]:
-        return super().get_queryset(request).annotate(running=_running_subquery())
+        return super().get_queryset(request).annotate(running=running_subquery())
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # units register themselves through the API

@@ -37,7 +37,7 @@ class TaskAdmin(TaskColumns, TaskSearch, TaskEditing, TaskActions, TaskPage, adm
         "name",
         "status_col",
         "error_col",
-        "task_type",
+        "type_col",
         "priority",
         "unit_col",
         "attempt",
@@ -60,7 +60,7 @@ class TaskAdmin(TaskColumns, TaskSearch, TaskEditing, TaskActions, TaskPage, adm
     paginator = CappedCountPaginator
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # facet counts would be a grouped count per filter over the table
-    sortable_by = ("id", "name", "status_col", "task_type", "priority", "created_col")
+    sortable_by = ("id", "name", "status_col", "type_col", "priority", "created_col")
     search_fields = ("name",)
     search_help_text = "A task id (42 or #42) or part of its name."
     ordering = ("-id",)
@@ -124,6 +124,7 @@ class TaskAdmin(TaskColumns, TaskSearch, TaskEditing, TaskActions, TaskPage, adm
             *model_fields,
             "status_col",
             "error_col",
+            "type_col",
             "unit_col",
             "retries_col",
             "progress_col",

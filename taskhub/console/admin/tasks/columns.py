@@ -64,6 +64,14 @@ class TaskColumns(admin.ModelAdmin):
         short = text if len(text) <= ERROR_SHOWN else text[: ERROR_SHOWN - 1] + "…"
         return format_html('<span class="th-error-text" title="{}">{}</span>', text, short)
 
+    @admin.display(description="task type", ordering="task_type")
+    def type_col(self, obj: Task) -> SafeString:
+        """The type, linked to its queue's page (taskhub/console/queue_pages.py)."""
+        url = reverse("admin:console-queue", args=[obj.task_type])
+        return format_html(
+            '<a href="{}" class="th-queue-link" title="the {} queue">{}</a>', url, obj.task_type, obj.task_type
+        )
+
     @admin.display(description="unit", ordering="unit_id")
     def unit_col(self, obj: Task) -> SafeString | str:
         if obj.unit_id is None:

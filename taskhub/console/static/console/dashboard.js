@@ -94,8 +94,16 @@
     stamp.setAttribute("datetime", data.generatedAt);
     var unserved = document.getElementById("th-unserved");
     if (unserved) {
-      var list = (data.unservedTypes || []).map(function (q) { return q.taskType + " (" + q.pending + " PENDING)"; });
-      document.getElementById("th-unserved-list").textContent = list.join(", ");
+      var list = data.unservedTypes || [], box = document.getElementById("th-unserved-list");
+      var queues = root.getAttribute("data-queues-url");
+      box.textContent = "";
+      list.forEach(function (q, i) {
+        var a = document.createElement("a");
+        a.href = queues + encodeURIComponent(q.taskType) + "/";
+        a.textContent = q.taskType;
+        box.appendChild(a);
+        box.appendChild(document.createTextNode(" (" + q.pending + " PENDING)" + (i < list.length - 1 ? ", " : "")));
+      });
       unserved.hidden = !list.length;
     }
     drawChart(document.getElementById("th-chart"), data.throughput);
