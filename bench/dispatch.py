@@ -8,7 +8,9 @@ web server (gunicorn + uvicorn workers, taskhub/gunicorn.conf.py).
    long-poll claim; one task is created; the hub's claim counter (/metrics, taskhub_claims_total)
    says how many claims ran for it.
 3. Idle fleet: N simulated idle units from one asyncio load generator, each doing what the agent
-   does when idle: a long-poll claim (waitSeconds 20) again and again, a heartbeat every 10 s.
+   does when idle: a long-poll claim (waitSeconds 20) again and again, a heartbeat at the interval
+   the hub's last heartbeat reply gave (`idleHeartbeatIntervalSeconds` while it holds nothing and
+   its claims wait, else `heartbeatIntervalSeconds`; the first one within 10 s).
    Measured over a window: requests/s, hub CPU per idle unit per second, p99 of heartbeats and of
    the claims' time beyond their wait, errors, and the load generator's CPU share.
 
@@ -117,22 +119,30 @@ def claims_counted(port: int) -> float:
 
 
 async def idle_unit(port: int, uid: str, token: str, stop_at: float, out: list[Any], wait: float) -> None:
-    """What an idle agent does: a long-poll claim after another, a heartbeat every ~10 s. Each
+    """What an idle agent does: a long-poll claim after another, a heartbeat at the interval the
+    hub's reply gives (taskhub_unit.agent: the idle one, since its claims wait), ±10 %. Each
     request that ends is recorded as (end time, kind, seconds beyond its wait, error or None)."""
     claim, beat = Conn(port), Conn(port)
     body = {"currentLoad": 0, "metadata": {}, "tasks": []}
 
     async def heartbeats() -> None:
         await asyncio.sleep(random.uniform(0, 10))
+        first = True
         while time.monotonic() < stop_at:
             t = time.monotonic()
+            interval = 10.0
             try:
-                status, _ = await beat.request(f"/execution-units/{uid}/heartbeat", token, body, 60)
+                status, reply = await beat.request(f"/execution-units/{uid}/heartbeat", token, body, 60)
                 error: int | str | None = None if status == 200 else status
+                if status == 200:
+                    interval = float(reply.get("idleHeartbeatIntervalSeconds") or reply["heartbeatIntervalSeconds"])
             except Exception as exc:
                 error = type(exc).__name__
             out.append((time.monotonic(), "heartbeat", time.monotonic() - t, error))
-            await asyncio.sleep(10 * random.uniform(0.9, 1.1))
+            # After the first, a random phase within the interval: the window sees a fleet's steady
+            # rate (N / interval), not the start's burst.
+            await asyncio.sleep(interval * (random.uniform(0, 1) if first else random.uniform(0.9, 1.1)))
+            first = False
 
     task = asyncio.create_task(heartbeats())
     await asyncio.sleep(random.uniform(0, wait))

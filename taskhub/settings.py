@@ -239,6 +239,11 @@ UNIT_HEARTBEAT_INTERVAL = env_float("UNIT_HEARTBEAT_INTERVAL", max(UNIT_HEARTBEA
 if UNIT_HEARTBEAT_INTERVAL >= UNIT_HEARTBEAT_TIMEOUT:
     raise ImproperlyConfigured("UNIT_HEARTBEAT_INTERVAL must be smaller than UNIT_HEARTBEAT_TIMEOUT")
 SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 5.0, minimum=0.1)
+# The heartbeat interval a unit may use while it holds no tasks and keeps a long-poll claim waiting
+# (the held claim keeps it alive, units.longpoll.HeldClaims). 0: no lengthening.
+UNIT_IDLE_HEARTBEAT_INTERVAL = env_float("UNIT_IDLE_HEARTBEAT_INTERVAL", 60.0, minimum=0.0)
+if 0 < UNIT_IDLE_HEARTBEAT_INTERVAL < UNIT_HEARTBEAT_INTERVAL:
+    raise ImproperlyConfigured("UNIT_IDLE_HEARTBEAT_INTERVAL must be 0 or at least UNIT_HEARTBEAT_INTERVAL")
 # How long the sweeper believes a silence of every unit at once is the hub's own outage (units.hearing):
 # a unit silent for UNIT_HEARTBEAT_TIMEOUT + this is failed over even then. 0: never believed.
 HUB_OUTAGE_GRACE = env_float("HUB_OUTAGE_GRACE", 10 * UNIT_HEARTBEAT_TIMEOUT, minimum=0.0)
