@@ -58,6 +58,7 @@ log = logging.getLogger("taskhub_unit.agent")
 Handler = Callable[[TaskContext], Any]
 CLAIM_DRAIN_WAIT = 2.0
 OFFLINE = "OFFLINE"
+CLAIM_HELD_AFTER = 1.0  # a long-poll claim unanswered this long is held by the hub (it hears us through it)
 MAX_QUEUE_WAIT = 60.0  # the longest a paused or rate-limited queue makes the agent wait between claims
 __all__ = ["Agent", "AgentConfig", "RegistrationRefused", "UnitInUse"]
 
@@ -354,10 +355,12 @@ class Agent:
     def _idle(self) -> bool:
         """Whether the idle heartbeat interval applies now: the hub offered one, this unit holds
         nothing, is ONLINE and not draining, and its long-poll claims wait at the hub."""
+        job = self._claim_job
+        held = job is not None and self.clock() - job[2] >= CLAIM_HELD_AFTER
         return (
             self.idle_heartbeat_interval > self.heartbeat_interval
             and self._long_poll
-            and self._claims_wait
+            and (self._claims_wait or held)
             and self.status == "ONLINE"
             and not self.draining
             and not self._need_register.is_set()
