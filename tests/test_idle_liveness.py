@@ -8,6 +8,7 @@ import asyncio
 import signal
 import time
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,11 @@ from django.utils import timezone
 from taskhub.api.serializers.heartbeat import HeartbeatReplySerializer, heartbeat_reply
 from taskhub.base.sql import db_now
 from tasks.transitions.reports import complete_attempt
-from tests import factories
-from tests.test_longpoll import BACKENDS, _hub
 from testkit.hub import QUICK_LIVENESS, unit_argv, unit_env
 from testkit.processes import Process
 from testkit.waiting import wait_for
+from tests import factories
+from tests.test_longpoll import BACKENDS, _hub
 from units import idle
 from units.claim import claim_tasks
 from units.models import ExecutionUnit
@@ -189,7 +190,7 @@ def test_an_idle_long_polling_unit_heartbeats_rarely_stays_online_gets_commands_
 
         try:
             for uid in units:
-                wait_for(lambda uid=uid: _requests_logged(hub, uid, "heartbeat") >= 1, 30, f"{uid}'s first heartbeat")
+                wait_for(partial(_requests_logged, hub, uid, "heartbeat"), 30, f"{uid}'s first heartbeat")
             time.sleep(1.0)  # its reply offered the idle interval; the claims wait
             beats = _requests_logged(hub, "i1", "heartbeat")
             seen = set()
