@@ -129,6 +129,9 @@ SERVER_KIND = _server_kind()
 # Persistent connections only where the number of threads is bounded; under runserver and ASGI
 # servers every request closes its connection (one connection per request in flight, never more).
 DB_CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60, minimum=0) if SERVER_KIND == "bounded" else 0
+# The fixed thread pool of taskhub.asgi (taskhub.base.syncpool: WEB_THREADS per process) is bounded
+# under any server: its threads keep their connections this long.
+DB_POOL_CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
 if DB_HOST:
     DATABASES = {
         "default": {

@@ -239,3 +239,43 @@ def test_an_idle_long_polling_unit_heartbeats_rarely_stays_online_gets_commands_
         finally:
             for process in units.values():
                 process.stop(2)
+
+
+@pytest.mark.mariadb  # Django never closes SQLite's in-memory test database: nothing to see there
+@pytest.mark.django_db(transaction=True)
+def test_the_web_pools_threads_keep_their_database_connections_under_an_asgi_server(monkeypatch, settings):
+    """Under an ASGI server Django's CONN_MAX_AGE is 0; taskhub.asgi's fixed pool keeps its threads'
+    connections (DB_POOL_CONN_MAX_AGE) instead of connecting anew for every request (a fifth of an
+    idle fleet's web CPU went to connecting)."""
+    from django.db import connection, connections
+    from django.db.backends.signals import connection_created
+
+    from taskhub.base import syncpool
+
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
+    monkeypatch.setattr(syncpool, "_pool", None)  # new threads: new connection wrappers, max age 0
+    settings.WEB_THREADS, settings.DB_POOL_CONN_MAX_AGE = 2, 60
+    opened: list[Any] = []
+
+    def count(sender: Any, connection: Any, **kwargs: Any) -> None:
+        opened.append(connection)
+
+    def query() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+    async def requests() -> None:
+        for _ in range(8):
+            await syncpool.run_sync(query)
+
+    connection_created.connect(count)
+    served = syncpool.SERVED.set(True)
+    try:
+        asyncio.run(requests())
+    finally:
+        syncpool.SERVED.reset(served)
+        connection_created.disconnect(count)
+        assert syncpool._pool is not None
+        syncpool._pool.submit(connections.close_all).result()
+        syncpool._pool.shutdown()
+    assert 1 <= len(opened) <= 2  # one per pool thread, not one per request (8)
