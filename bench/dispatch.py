@@ -10,7 +10,8 @@ web server (gunicorn + uvicorn workers, taskhub/gunicorn.conf.py).
 3. Idle fleet: N simulated idle units from one asyncio load generator, each doing what the agent
    does when idle: a long-poll claim (waitSeconds 20) again and again, a heartbeat at the interval
    the hub's last heartbeat reply gave (`idleHeartbeatIntervalSeconds` while it holds nothing and
-   its claims wait, else `heartbeatIntervalSeconds`; the first one within 10 s).
+   its claims wait, else `heartbeatIntervalSeconds`), the first one at a random phase within the
+   idle interval (a fleet that has run for a while, not the burst of its start).
    Measured over a window: requests/s, hub CPU per idle unit per second, p99 of heartbeats and of
    the claims' time beyond their wait, errors, and the load generator's CPU share.
 
@@ -43,6 +44,7 @@ from testkit.processes import Process
 from testkit.waiting import wait_for
 
 TYPE = "DISPATCH"
+IDLE_HEARTBEAT_PHASE = 60.0  # UNIT_IDLE_HEARTBEAT_INTERVAL's default: the idle units' heartbeat phases
 
 
 def _ms(values: list[float]) -> dict[str, float]:
@@ -126,8 +128,9 @@ async def idle_unit(port: int, uid: str, token: str, stop_at: float, out: list[A
     body = {"currentLoad": 0, "metadata": {}, "tasks": []}
 
     async def heartbeats() -> None:
-        await asyncio.sleep(random.uniform(0, 10))
-        first = True
+        # A fleet that has run for a while: each unit's heartbeat phase anywhere in the idle interval
+        # (a start with all of them in the first 10 s is a burst the window would measure instead).
+        await asyncio.sleep(random.uniform(0, IDLE_HEARTBEAT_PHASE))
         while time.monotonic() < stop_at:
             t = time.monotonic()
             interval = 10.0
@@ -139,10 +142,7 @@ async def idle_unit(port: int, uid: str, token: str, stop_at: float, out: list[A
             except Exception as exc:
                 error = type(exc).__name__
             out.append((time.monotonic(), "heartbeat", time.monotonic() - t, error))
-            # After the first, a random phase within the interval: the window sees a fleet's steady
-            # rate (N / interval), not the start's burst.
-            await asyncio.sleep(interval * (random.uniform(0, 1) if first else random.uniform(0.9, 1.1)))
-            first = False
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
 
     task = asyncio.create_task(heartbeats())
     await asyncio.sleep(random.uniform(0, wait))
