@@ -8,7 +8,10 @@ web server (gunicorn + uvicorn workers, taskhub/gunicorn.conf.py).
    long-poll claim; one task is created; the hub's claim counter (/metrics, taskhub_claims_total)
    says how many claims ran for it.
 3. Idle fleet: N simulated idle units from one asyncio load generator, each doing what the agent
-   does when idle: a long-poll claim (waitSeconds 20) again and again, a heartbeat every 10 s.
+   does when idle: a long-poll claim (waitSeconds 20) again and again, a heartbeat at the interval
+   the hub's last heartbeat reply gave (`idleHeartbeatIntervalSeconds` while it holds nothing and
+   its claims wait, else `heartbeatIntervalSeconds`), the first one at a random phase within the
+   idle interval (a fleet that has run for a while, not the burst of its start).
    Measured over a window: requests/s, hub CPU per idle unit per second, p99 of heartbeats and of
    the claims' time beyond their wait, errors, and the load generator's CPU share.
 
@@ -41,6 +44,7 @@ from testkit.processes import Process
 from testkit.waiting import wait_for
 
 TYPE = "DISPATCH"
+IDLE_HEARTBEAT_PHASE = 60.0  # UNIT_IDLE_HEARTBEAT_INTERVAL's default: the idle units' heartbeat phases
 
 
 def _ms(values: list[float]) -> dict[str, float]:
@@ -117,22 +121,28 @@ def claims_counted(port: int) -> float:
 
 
 async def idle_unit(port: int, uid: str, token: str, stop_at: float, out: list[Any], wait: float) -> None:
-    """What an idle agent does: a long-poll claim after another, a heartbeat every ~10 s. Each
+    """What an idle agent does: a long-poll claim after another, a heartbeat at the interval the
+    hub's reply gives (taskhub_unit.agent: the idle one, since its claims wait), ±10 %. Each
     request that ends is recorded as (end time, kind, seconds beyond its wait, error or None)."""
     claim, beat = Conn(port), Conn(port)
     body = {"currentLoad": 0, "metadata": {}, "tasks": []}
 
     async def heartbeats() -> None:
-        await asyncio.sleep(random.uniform(0, 10))
+        # A fleet that has run for a while: each unit's heartbeat phase anywhere in the idle interval
+        # (a start with all of them in the first 10 s is a burst the window would measure instead).
+        await asyncio.sleep(random.uniform(0, IDLE_HEARTBEAT_PHASE))
         while time.monotonic() < stop_at:
             t = time.monotonic()
+            interval = 10.0
             try:
-                status, _ = await beat.request(f"/execution-units/{uid}/heartbeat", token, body, 60)
+                status, reply = await beat.request(f"/execution-units/{uid}/heartbeat", token, body, 60)
                 error: int | str | None = None if status == 200 else status
+                if status == 200:
+                    interval = float(reply.get("idleHeartbeatIntervalSeconds") or reply["heartbeatIntervalSeconds"])
             except Exception as exc:
                 error = type(exc).__name__
             out.append((time.monotonic(), "heartbeat", time.monotonic() - t, error))
-            await asyncio.sleep(10 * random.uniform(0.9, 1.1))
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
 
     task = asyncio.create_task(heartbeats())
     await asyncio.sleep(random.uniform(0, wait))

@@ -129,6 +129,9 @@ SERVER_KIND = _server_kind()
 # Persistent connections only where the number of threads is bounded; under runserver and ASGI
 # servers every request closes its connection (one connection per request in flight, never more).
 DB_CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60, minimum=0) if SERVER_KIND == "bounded" else 0
+# The fixed thread pool of taskhub.asgi (taskhub.base.syncpool: WEB_THREADS per process) is bounded
+# under any server: its threads keep their connections this long.
+DB_POOL_CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
 if DB_HOST:
     DATABASES = {
         "default": {
@@ -239,6 +242,11 @@ UNIT_HEARTBEAT_INTERVAL = env_float("UNIT_HEARTBEAT_INTERVAL", max(UNIT_HEARTBEA
 if UNIT_HEARTBEAT_INTERVAL >= UNIT_HEARTBEAT_TIMEOUT:
     raise ImproperlyConfigured("UNIT_HEARTBEAT_INTERVAL must be smaller than UNIT_HEARTBEAT_TIMEOUT")
 SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 5.0, minimum=0.1)
+# The heartbeat interval a unit may use while it holds no tasks and keeps a long-poll claim waiting
+# (the held claim keeps it alive, units.longpoll.HeldClaims). 0: no lengthening.
+UNIT_IDLE_HEARTBEAT_INTERVAL = env_float("UNIT_IDLE_HEARTBEAT_INTERVAL", 60.0, minimum=0.0)
+if 0 < UNIT_IDLE_HEARTBEAT_INTERVAL < UNIT_HEARTBEAT_INTERVAL:
+    raise ImproperlyConfigured("UNIT_IDLE_HEARTBEAT_INTERVAL must be 0 or at least UNIT_HEARTBEAT_INTERVAL")
 # How long the sweeper believes a silence of every unit at once is the hub's own outage (units.hearing):
 # a unit silent for UNIT_HEARTBEAT_TIMEOUT + this is failed over even then. 0: never believed.
 HUB_OUTAGE_GRACE = env_float("HUB_OUTAGE_GRACE", 10 * UNIT_HEARTBEAT_TIMEOUT, minimum=0.0)

@@ -21,7 +21,7 @@ from taskhub.base.sql import aware, db_now
 from tasks import heartbeat
 from tasks.states import TaskStatus
 from tasks.transitions.bulk import fail_over_tasks
-from units import hearing, lifecycle, sql
+from units import hearing, idle, lifecycle, sql
 from units.models import ExecutionUnit
 from units.states import CLAIMING, Cause, UnitStatus, check_move
 
@@ -184,6 +184,8 @@ def unit_heartbeat(
         "unitId": unit_id,
         "status": str(unit_status),
         "heartbeatIntervalSeconds": settings.UNIT_HEARTBEAT_INTERVAL,
+        # Holding nothing, the unit may heartbeat this rarely while its long poll waits (units.idle).
+        "idleHeartbeatIntervalSeconds": idle.idle_heartbeat_interval(unit_status, running, stopping=stopping),
         "heartbeatTimeoutSeconds": settings.UNIT_HEARTBEAT_TIMEOUT,
         "runningTasks": running,
         "freeCapacity": max(capacity - running, 0) if claiming else 0,

@@ -3,8 +3,11 @@ WSGI bridge of taskhub.asgi) and the database calls of async views (`run_sync`).
 
 A fixed pool (`WEB_THREADS`, default 4, as gunicorn's gthread worker had) rather than Django's
 thread per request under ASGI: its threads live as long as the process, so their database
-connections persist (`DB_CONN_MAX_AGE`) and a node uses at most `WEB_THREADS` connections per web
-process, however many requests wait. A request waiting in an async view holds no thread.
+connections persist (`DB_CONN_MAX_AGE`, as `DB_POOL_CONN_MAX_AGE`: under an ASGI server Django's
+own CONN_MAX_AGE is 0, for the threads Django would start itself) and a node uses at most
+`WEB_THREADS` connections per web process, however many requests wait. A request waiting in an
+async view holds no thread. (Connecting anew for every request was a fifth of an idle fleet's web
+CPU: BENCHMARKS.md, "Dispatch".)
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -19,6 +24,7 @@ from typing import Any, TypeVar
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.backends.signals import connection_created
 
 T = TypeVar("T")
 _pool: ThreadPoolExecutor | None = None
@@ -34,11 +40,25 @@ def pool() -> ThreadPoolExecutor:
     return _pool
 
 
+_pool_thread = threading.local()
+
+
 def _call_then_tidy(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    _pool_thread.active = True
     try:
         return fn(*args, **kwargs)
     finally:
         close_old_connections()  # closes only a broken or too-old connection, as after a request
+
+
+def _pool_lifetime(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """A connection opened in a pool thread lives DB_POOL_CONN_MAX_AGE: Django set its `close_at`
+    from CONN_MAX_AGE (0 under an ASGI server: closed at the end of every request)."""
+    if getattr(_pool_thread, "active", False):
+        connection.close_at = time.monotonic() + settings.DB_POOL_CONN_MAX_AGE
+
+
+connection_created.connect(_pool_lifetime, weak=False, dispatch_uid="taskhub.syncpool.lifetime")
 
 
 async def run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

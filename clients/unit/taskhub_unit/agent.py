@@ -9,6 +9,12 @@ leased task it does not list, except leases younger than its grace (units.servic
 a claim's reply still on its way is such a lease. Against a hub that refuses `waitSeconds` (400)
 or ignores it (no `waitSeconds` echo), the unit polls every `poll_interval` instead.
 
+Heartbeats come every `heartbeatIntervalSeconds` of the hub's replies; while the unit holds nothing,
+is ONLINE and its long-poll claims really wait (the hub holds them: it hears the unit through
+them, units.idle), every `idleHeartbeatIntervalSeconds` instead, when the hub offers it. The
+moment one of those stops being so (a claim hands it a task, a drain, a queue that holds claims
+back, a failed claim), the next heartbeat is due one normal interval after the last one.
+
 The loop runs on an injectable clock (`Agent(clock=...)`, `time.monotonic` by default): claim and
 heartbeat times, task durations and timeouts, the drain deadline and the status line. Network
 retries and the reporter's back-off keep real time.
@@ -52,6 +58,7 @@ log = logging.getLogger("taskhub_unit.agent")
 Handler = Callable[[TaskContext], Any]
 CLAIM_DRAIN_WAIT = 2.0
 OFFLINE = "OFFLINE"
+CLAIM_HELD_AFTER = 1.0  # a long-poll claim unanswered this long is held by the hub (it hears us through it)
 MAX_QUEUE_WAIT = 60.0  # the longest a paused or rate-limited queue makes the agent wait between claims
 __all__ = ["Agent", "AgentConfig", "RegistrationRefused", "UnitInUse"]
 
@@ -119,6 +126,10 @@ class Agent:
         )
         self.status = "ONLINE"
         self.heartbeat_interval = 10.0
+        self.idle_heartbeat_interval = 0.0  # offered by the hub's heartbeat reply (0: none)
+        self._claims_wait = False  # the last long-poll claim was held by the hub (not refused, not held back)
+        self._last_beat = 0.0  # when the last heartbeat was sent
+        self._beat_idle = False  # the next heartbeat was scheduled at the idle interval
         self._draining = threading.Event()
         self._need_register = threading.Event()
         # Held while the token is checked against a rejection and while a registration installs the
@@ -223,6 +234,10 @@ class Agent:
                 if not self._register():
                     return
             try:
+                if self._beat_idle and not self._idle():
+                    # Idle no more (a task, a drain, claims that no longer wait): the normal interval.
+                    self._beat_idle = False
+                    next_heartbeat = min(next_heartbeat, self._last_beat + self.heartbeat_interval)
                 if now >= next_heartbeat:
                     next_heartbeat = self._heartbeat(now)
                 self.runs.cancel_timed_out(now)
@@ -334,6 +349,23 @@ class Agent:
         interval = reply.get("heartbeatIntervalSeconds")
         if interval:
             self.heartbeat_interval = max(float(interval), 0.05)
+        if "idleHeartbeatIntervalSeconds" in reply:  # heartbeat replies (claims' do not say)
+            self.idle_heartbeat_interval = float(reply["idleHeartbeatIntervalSeconds"] or 0)
+
+    def _idle(self) -> bool:
+        """Whether the idle heartbeat interval applies now: the hub offered one, this unit holds
+        nothing, is ONLINE and not draining, and its long-poll claims wait at the hub."""
+        job = self._claim_job
+        held = job is not None and self.clock() - job[2] >= CLAIM_HELD_AFTER
+        return (
+            self.idle_heartbeat_interval > self.heartbeat_interval
+            and self._long_poll
+            and (self._claims_wait or held)
+            and self.status == "ONLINE"
+            and not self.draining
+            and not self._need_register.is_set()
+            and not len(self.runs)
+        )
 
     # --- heartbeat -----------------------------------------------------------------------------
 
@@ -341,6 +373,7 @@ class Agent:
         """Send one heartbeat (retrying within one interval); apply its commands. Returns when
         the next one is due."""
         token = self.client.token
+        self._last_beat, self._beat_idle = now, False
         body = {
             "currentLoad": len(self.runs),
             "metadata": self._metadata(),
@@ -379,7 +412,8 @@ class Agent:
         lost = reply.get("failedOver") or []
         if lost:
             log.warning("the hub failed over %d task(s) this unit did not list: %s", len(lost), lost)
-        return now + self.heartbeat_interval
+        self._beat_idle = self._idle()
+        return now + (self.idle_heartbeat_interval if self._beat_idle else self.heartbeat_interval)
 
     # --- claims --------------------------------------------------------------------------------
 
@@ -413,6 +447,7 @@ class Agent:
         assert self._claim_job is not None
         future, wanted, began = self._claim_job
         self._claim_job = None
+        self._claims_wait = False  # until this reply shows the hub held the claim
         poll = self.config.poll_interval * random.uniform(0.8, 1.2)
         try:
             reply = future.result()
@@ -431,6 +466,8 @@ class Agent:
         if "waitSeconds" not in reply and empty and self.clock() - began < self.config.claim_wait / 2:
             log.warning("the hub answered a long-poll claim at once: polling every %.1fs", poll)
             self._long_poll = False
+        # Held by the hub (it hears us through it): it gave a wait and no queue setting held it back.
+        self._claims_wait = float(reply.get("waitSeconds") or 0) > 0 and not reply.get("queue")
         at = self._claim_reply(reply, wanted, now, poll)
         # An empty long poll the hub ended early (it caps waits, or the unit was drained): never
         # claim again sooner than a poll would have.

@@ -179,7 +179,15 @@ class CommandSerializer(serializers.Serializer):
 class HeartbeatReplySerializer(serializers.Serializer):
     unitId = serializers.CharField()
     status = serializers.ChoiceField(choices=UnitStatus.choices)
-    heartbeatIntervalSeconds = serializers.FloatField()
+    heartbeatIntervalSeconds = serializers.FloatField(
+        help_text="Heartbeat this often (always, while the unit holds tasks)."
+    )
+    idleHeartbeatIntervalSeconds = serializers.FloatField(
+        allow_null=True,
+        help_text="Offered to an ONLINE unit holding no task (UNIT_IDLE_HEARTBEAT_INTERVAL; null: none): it may "
+        "heartbeat this rarely while it holds nothing and a long-poll claim of it waits (the waiting claim keeps it "
+        "alive), and goes back to `heartbeatIntervalSeconds` as soon as a claim hands it a task.",
+    )
     heartbeatTimeoutSeconds = serializers.FloatField()
     runningTasks = serializers.IntegerField()
     freeCapacity = serializers.IntegerField()
@@ -198,6 +206,7 @@ def heartbeat_reply(reply: dict[str, Any]) -> dict[str, Any]:
         **reply,
         "status": str(reply["status"]),
         "heartbeatIntervalSeconds": float(reply["heartbeatIntervalSeconds"]),
+        "idleHeartbeatIntervalSeconds": _float_or_none(reply.get("idleHeartbeatIntervalSeconds")),
         "heartbeatTimeoutSeconds": float(reply["heartbeatTimeoutSeconds"]),
         "commands": [
             {"taskId": c["taskId"], "attempt": c["attempt"], "command": str(c["command"]), "reason": c["reason"]}
@@ -206,3 +215,7 @@ def heartbeat_reply(reply: dict[str, Any]) -> dict[str, Any]:
         "serverTime": _DATETIME.to_representation(reply["serverTime"]),
         "drainedAt": datetime_or_none(reply["drainedAt"]),
     }
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)

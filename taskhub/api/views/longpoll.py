@@ -6,6 +6,8 @@ When it found nothing and the body asked for `waitSeconds`, this view waits on t
 unit's task type (or the unit itself), holding no thread and no database connection, and claims
 again when it rings; the reply is the claim's (`items`, `unitStatus`), empty when the wait ends.
 A client that disconnects ends the wait (Django cancels the view): nothing is claimed for it.
+While a claim waits, its unit is heard (units.idle.HeldClaims: stamped alive every
+UNIT_HEARTBEAT_INTERVAL if it holds no task), so an idle unit need not heartbeat meanwhile.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from taskhub.api.serializers.units import claimed_tasks
 from taskhub.api.views.units import UnitViewSet
 from taskhub.base import doorbell
 from taskhub.base.syncpool import run_sync
-from units import longpoll
+from units import idle, longpoll
 from units.states import CLAIMING
 
 _claim_now = UnitViewSet.as_view({"post": "claim"})
@@ -33,6 +35,13 @@ async def _probe(task_type: str) -> Any:
 
 
 WAITERS = doorbell.Waiters(_probe)
+
+
+async def _stamp(unit_ids: list[str]) -> int:
+    return await run_sync(idle.stamp_waiting, unit_ids)
+
+
+HELD = idle.HeldClaims(_stamp)
 
 
 def _claim_rendered(request: HttpRequest, pk: str) -> HttpResponse:
@@ -49,7 +58,15 @@ async def claim(request: HttpRequest, pk: str) -> HttpResponse:
     wait: longpoll.ClaimWait | None = getattr(request, "taskhub_claim_wait", None)
     if wait is None:
         return response
-    unit_status = json.loads(response.content)["unitStatus"]
+    HELD.hold(wait.unit_id)
+    try:
+        return await _wait(wait, json.loads(response.content)["unitStatus"], started)
+    finally:
+        HELD.release(wait.unit_id)
+
+
+async def _wait(wait: longpoll.ClaimWait, unit_status: str, started: float) -> HttpResponse:
+    loop = asyncio.get_running_loop()
     deadline = started + wait.seconds
     future = WAITERS.enqueue(wait.keys)
     if WAITERS.rang_since(wait.keys[0], started):
