@@ -31,6 +31,8 @@ SETTINGS_FIELDS = {
     "default_max_retries": "defaultMaxRetries",
     "default_timeout_seconds": "defaultTimeoutSeconds",
     "default_priority": "defaultPriority",
+    "retention_seconds": "retentionSeconds",
+    "dead_retention_seconds": "deadRetentionSeconds",
 }
 # What a new task of a queue takes from its settings when the request leaves it out.
 DEFAULTED = {

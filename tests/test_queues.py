@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -267,6 +268,10 @@ def test_queue_overview_counts_depth_running_oldest_due_and_units(client_a, regi
         ({"keyRateLimit": -3}, "keyRateLimit"),
         ({"rateLimit": 10_001, "ratePeriodSeconds": 1}, "rateLimit"),
         ({"paused": "yes"}, "paused"),
+        ({"retentionSeconds": 59}, "retentionSeconds"),
+        ({"deadRetentionSeconds": -1}, "deadRetentionSeconds"),
+        ({"deadRetentionSeconds": 10**10}, "deadRetentionSeconds"),
+        ({"retentionSeconds": "soon"}, "retentionSeconds"),
         ({"speed": 3}, "speed"),
         ({}, "body"),
     ],
@@ -276,6 +281,21 @@ def test_bad_queue_settings_are_a_400_naming_the_field_and_change_nothing(client
     assert response.status_code == 400, response.content
     assert field in response.content.decode()
     assert not QueueSettings.objects.exists() and not QueueChange.objects.exists()
+
+
+@override_settings(TASK_RETENTION_DAYS=30, TASK_DEAD_RETENTION_DAYS=90)
+def test_a_queues_retention_is_set_audited_shown_in_force_and_reset_with_null(client_a):
+    plain = client_a.get(f"/api/v1/queues/{T}").json()
+    assert plain["settings"]["retentionSeconds"] is None
+    assert plain["retention"] == {"finishedSeconds": 30 * 86400, "deadSeconds": 90 * 86400}
+    body = client_a.patch(f"/api/v1/queues/{T}", {"retentionSeconds": 3600, "deadRetentionSeconds": 86400}).json()
+    assert (body["settings"]["retentionSeconds"], body["settings"]["deadRetentionSeconds"]) == (3600, 86400)
+    assert body["retention"] == {"finishedSeconds": 3600, "deadSeconds": 86400}
+    assert body["changes"][0]["changes"] == {"retentionSeconds": [None, 3600], "deadRetentionSeconds": [None, 86400]}
+    body = client_a.patch(f"/api/v1/queues/{T}", {"deadRetentionSeconds": None}).json()
+    assert body["retention"] == {"finishedSeconds": 3600, "deadSeconds": 90 * 86400}
+    listed = next(q for q in client_a.get("/api/v1/queues").json()["items"] if q["taskType"] == T)
+    assert listed["retention"]["finishedSeconds"] == 3600
 
 
 def test_a_queue_another_key_configured_is_invisible_and_unchangeable(make_client):

@@ -34,6 +34,7 @@ from tasks.queues import (
     record_queue_change,
     settings_reply,
 )
+from tasks.retention import retention_periods
 from tasks.states import TaskStatus
 from units import sql
 from units.models import ExecutionUnit
@@ -134,6 +135,7 @@ def queue_overview(
     types = known_task_types(viewer) if task_types is None else task_types
     counts = queue_counts(types, now)
     rows = {row.task_type: row for row in QueueSettings.objects.filter(pk__in=types)}
+    periods = retention_periods(types)
     units: dict[str, list[str]] = {}
     serving = (
         ExecutionUnit.objects.filter(unit_type__in=types, status__in=list(CLAIMING))
@@ -157,6 +159,10 @@ def queue_overview(
                 "units": {"count": len(serving_ids), "ids": serving_ids[:UNITS_LISTED]},
                 "settings": settings_reply(row),
                 "hasSettings": row is not None,
+                "retention": {
+                    "finishedSeconds": int(periods.for_type(task_type).finished.total_seconds()),
+                    "deadSeconds": int(periods.for_type(task_type).dead.total_seconds()),
+                },
                 "nextStartAt": _next_start(row, now),
                 "owner": None if row is None or row.owner_id is None else row.owner_id,
             }

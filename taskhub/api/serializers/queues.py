@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from taskhub.api.serializers.fields import NAME_PATTERN, BoundedDateTimeField
+from tasks.models import MAX_RETENTION_SECONDS, MIN_RETENTION_SECONDS
 from tasks.states import TaskStatus
 
 MAX_RATE_LIMIT = 10_000  # the sliding-window log holds this many start times at most
@@ -40,6 +41,23 @@ class QueueUpdateSerializer(serializers.Serializer):
     defaultPriority = serializers.IntegerField(
         min_value=-1000, max_value=1000, required=False, allow_null=True, source="default_priority"
     )
+    retentionSeconds = serializers.IntegerField(
+        min_value=MIN_RETENTION_SECONDS,
+        max_value=MAX_RETENTION_SECONDS,
+        required=False,
+        allow_null=True,
+        source="retention_seconds",
+        help_text="COMPLETED and CANCELLED tasks of the queue are deleted this long after they finished "
+        "(null: TASK_RETENTION_DAYS).",
+    )
+    deadRetentionSeconds = serializers.IntegerField(
+        min_value=MIN_RETENTION_SECONDS,
+        max_value=MAX_RETENTION_SECONDS,
+        required=False,
+        allow_null=True,
+        source="dead_retention_seconds",
+        help_text="Its dead set (FAILED with no retry due) this long after (null: TASK_DEAD_RETENTION_DAYS).",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
@@ -63,6 +81,13 @@ class QueueSettingsSerializer(serializers.Serializer):
     defaultMaxRetries = serializers.IntegerField(allow_null=True)
     defaultTimeoutSeconds = serializers.IntegerField(allow_null=True)
     defaultPriority = serializers.IntegerField(allow_null=True)
+    retentionSeconds = serializers.IntegerField(allow_null=True)
+    deadRetentionSeconds = serializers.IntegerField(allow_null=True)
+
+
+class QueueRetentionSerializer(serializers.Serializer):
+    finishedSeconds = serializers.IntegerField(help_text="COMPLETED and CANCELLED tasks are kept this long.")
+    deadSeconds = serializers.IntegerField(help_text="The dead set is kept this long.")
 
 
 class QueueUnitsSerializer(serializers.Serializer):
@@ -81,6 +106,7 @@ class QueueSerializer(serializers.Serializer):
     units = QueueUnitsSerializer(help_text="Units of the type that claim (ONLINE or BUSY).")
     settings = QueueSettingsSerializer()
     hasSettings = serializers.BooleanField(help_text="False: the queue has never been configured.")
+    retention = QueueRetentionSerializer(help_text="The periods in force: the queue's own, else the global ones.")
     nextStartAt = serializers.DateTimeField(
         allow_null=True, help_text="When the rate limit next allows a start (null: no rate limit)."
     )
