@@ -21,6 +21,7 @@ rests between chunks (PAUSE_RATIO) so claims running beside it keep their latenc
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -114,10 +115,8 @@ def _read_cursor() -> int:
 
 
 def _save_cursor(last: int) -> None:
-    try:
+    with contextlib.suppress(Exception):  # as above: the next run starts from the first id
         cache.set(CURSOR_KEY, last, timeout=24 * 3600)
-    except Exception:  # as above: the next run starts from the first id
-        pass
 
 
 def prune_tasks(now: datetime) -> dict[str, int]:
