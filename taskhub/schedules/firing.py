@@ -16,7 +16,9 @@ is active, `skip` records the fire as skipped, `cancel` cancels that task first,
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -188,3 +190,40 @@ def _delete_old_fires(now: datetime) -> int:
 
 def schedule_tick() -> float:
     return float(settings.SCHEDULE_TICK)
+
+
+def next_due_at() -> datetime | None:
+    """The soonest fire time of any running schedule: the first entry of schedule_due_idx's
+    `paused = false` range (one index probe)."""
+    return (
+        Schedule.objects.filter(paused=False, next_fire_at__isnull=False)
+        .order_by("next_fire_at")
+        .values_list("next_fire_at", flat=True)
+        .first()
+    )
+
+
+MAX_WAKES = 5  # fire times a run waits for (an early wake-up waits again)
+WAKE_MARGIN = 0.002  # seconds slept past a fire time, so the wake-up is not before it
+
+
+def fire_schedules_on_time(
+    now: datetime, *, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic
+) -> dict[str, int]:
+    """The beat job: `fire_schedules(now)`, then, while a schedule falls due before the next run
+    (SCHEDULE_TICK after `now`), sleep until its fire time and fire it then. A schedule due at
+    12:00:00 fires at 12:00:00 (plus the fire's own time), not at the first tick after it: a tick
+    of a second would add up to a second of lag. Each run waits at most one tick; two runs (two
+    beats, or a worker still asleep when the next run starts) wake together and split the due
+    schedules, as any two runs do (SKIP LOCKED, and one fire row per fire time)."""
+    tick = timedelta(seconds=schedule_tick())
+    started = clock()
+    totals = Counter(fire_schedules(now))
+    for _ in range(MAX_WAKES):
+        due = next_due_at()
+        wait = None if due is None else (due - (now + timedelta(seconds=clock() - started))).total_seconds()
+        if due is None or due >= now + tick or wait is None or wait <= 0:
+            break  # nothing due before the next run, or due now and another run is firing it
+        sleep(wait + WAKE_MARGIN)
+        totals.update(fire_schedules(now + timedelta(seconds=clock() - started)))
+    return {name: totals[name] for name in ("schedules", "created", "skipped", "missed", "cancelled", "firesDeleted")}
