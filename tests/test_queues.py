@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
@@ -223,6 +224,40 @@ def test_per_key_rate_limit_counts_each_key_apart():
     assert sorted(t.concurrency_key for t in claim(unit.pk, 10, now=now).tasks) == ["a", "b"]
     assert claim(unit.pk, 10, now=now + timedelta(seconds=5)).tasks == []
     assert len(claim(unit.pk, 10, now=now + timedelta(seconds=11)).tasks) == 2
+
+
+def test_a_claim_held_back_by_key_rate_limits_says_when_a_key_may_start_again_and_so_does_the_queue(client_a):
+    configure(key_rate_limit=2, key_rate_period=60)
+    for key in ("a", "a", "a", "b", "b", "b"):
+        factories.task(concurrency_key=key)
+    unit = factories.unit(capacity=20)
+    now = timezone.now()
+    first = claim(unit.pk, 10, now=now)
+    assert len(first.tasks) == 4
+    later = now + timedelta(seconds=20)
+    held = claim(unit.pk, 10, now=later)
+    assert held.tasks == [] and held.hold is not None and "keyLimits" in held.hold.held_by
+    assert held.hold.key_next_start_at == now + timedelta(seconds=60)
+    assert held.hold.retry_after == pytest.approx(40, abs=0.01)  # the agent waits that long, not its poll
+    assert held.hold.as_reply()["keyNextStartAt"] == (now + timedelta(seconds=60)).isoformat()
+    with time_machine.travel(later, tick=False):
+        detail = client_a.get(f"/api/v1/queues/{T}").json()
+    starts = {item["key"]: item["nextStartAt"] for item in detail["keyNextStarts"]}
+    assert set(starts) == {"a", "b"}
+    assert datetime.fromisoformat(starts["a"]) == now + timedelta(seconds=60)
+    assert len(claim(unit.pk, 10, now=now + timedelta(seconds=61)).tasks) == 2
+
+
+def test_a_key_held_by_its_concurrency_limit_gives_no_time_to_wait_for():
+    configure(per_key_concurrency=1, key_rate_limit=5, key_rate_period=60)
+    factories.task(concurrency_key="a")
+    factories.task(concurrency_key="a")
+    unit = factories.unit(capacity=20)
+    now = timezone.now()
+    assert len(claim(unit.pk, 10, now=now).tasks) == 1
+    held = claim(unit.pk, 10, now=now + timedelta(seconds=1))
+    assert held.hold is not None and "keyLimits" in held.hold.held_by
+    assert held.hold.key_next_start_at is None and held.hold.retry_after is None  # a completion frees it
 
 
 # --- defaults for new tasks --------------------------------------------------------------------

@@ -61,6 +61,8 @@ class QueueHold:
     paused: bool = False
     held_by: list[str] = field(default_factory=list)  # "paused", "maxRunning", "perKeyConcurrency", "rateLimit", ...
     next_start_at: datetime | None = None  # the rate limit's next allowed start, when it held the claim
+    # The soonest start allowed to a key held back by its rate limit (keyRateLimit), if one is.
+    key_next_start_at: datetime | None = None
     retry_after: float | None = None  # seconds the agent should wait before claiming again
 
     def as_reply(self) -> dict[str, Any]:
@@ -69,6 +71,7 @@ class QueueHold:
             "paused": self.paused,
             "heldBy": self.held_by,
             "nextStartAt": None if self.next_start_at is None else self.next_start_at.isoformat(),
+            "keyNextStartAt": None if self.key_next_start_at is None else self.key_next_start_at.isoformat(),
             "retryAfterSeconds": None if self.retry_after is None else round(self.retry_after, 3),
         }
 
@@ -242,7 +245,41 @@ def _claim_limited(
             hold.next_start_at = now + timedelta(seconds=next_ts - now.timestamp())
             if "rateLimit" in hold.held_by or not tasks:
                 hold.retry_after = max(0.0, next_ts - now.timestamp())
+    if held_keys and rules.key_rate_limit is not None and "keyLimits" in hold.held_by:
+        key_ts = _key_next_start(rules, held_keys, by_key, key_windows, tasks, now_ts)
+        if key_ts is not None:
+            hold.key_next_start_at = now + timedelta(seconds=key_ts - now.timestamp())
+            if not tasks and hold.retry_after is None:
+                hold.retry_after = max(0.0, key_ts - now.timestamp())
     return tasks, (hold if hold.held_by or hold.next_start_at else None)
+
+
+def _key_next_start(
+    rules: QueueRules,
+    keys: set[str],
+    by_key: dict[str, int],
+    key_windows: dict[str, list[float]],
+    tasks: list[Task],
+    now_ts: float,
+) -> float | None:
+    """The soonest time one of the held-back `keys` that only its rate limit holds back may start
+    again (a key also at its concurrency limit waits for a completion, a time nobody knows)."""
+    assert rules.key_rate_limit is not None and rules.key_rate_period is not None
+    started: dict[str, int] = {}
+    for task in tasks:
+        started[task.concurrency_key] = started.get(task.concurrency_key, 0) + 1
+    soonest: float | None = None
+    for key in keys:
+        running = by_key.get(key, 0) + started.get(key, 0)
+        if rules.per_key_concurrency is not None and running >= rules.per_key_concurrency:
+            continue
+        window = key_windows.get(key, [])
+        window = window + [max([now_ts, *window])] * started.get(key, 0)
+        if len(window) < rules.key_rate_limit:
+            continue
+        at = window[len(window) - rules.key_rate_limit] + rules.key_rate_period
+        soonest = at if soonest is None else min(soonest, at)
+    return soonest
 
 
 def _release_keys(unit_type: str, rules: QueueRules, key_room: dict[str, float], now: datetime) -> set[str]:

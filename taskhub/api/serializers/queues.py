@@ -122,8 +122,16 @@ class QueueChangeSerializer(serializers.Serializer):
     changes = serializers.DictField(child=serializers.ListField(), help_text="field: [old, new]")
 
 
+class QueueKeyStartSerializer(serializers.Serializer):
+    key = serializers.CharField(help_text="A concurrencyKey its rate limit (keyRateLimit) holds now.")
+    nextStartAt = serializers.DateTimeField(help_text="When the key may start a task again.")
+
+
 class QueueDetailSerializer(QueueSerializer):
     changes = QueueChangeSerializer(many=True, help_text="The last 20 changes of its settings, newest first.")
+    keyNextStarts = QueueKeyStartSerializer(
+        many=True, help_text="Keys at their per-key rate limit, soonest next start first (at most 50)."
+    )
 
 
 class BulkFilterSerializer(serializers.Serializer):
