@@ -45,9 +45,13 @@ from units import lifecycle, sql
 from units.states import CLAIMING, Cause, UnitStatus, check_move
 
 UNIT_COLUMNS = ("id", "status", "capacity", "unit_type", "pool", "instance_id")
-# Per-key rooms are applied to the locked rows: read this many times `wanted` (at most 100) so that
-# one key's tasks at the head of the queue do not leave the claim short.
+# Per-key rooms are applied to the locked rows: read more than `wanted` (at most 100) so that one
+# key's tasks at the head of the queue do not leave the claim short. Each row read is a row locked
+# and loaded (the limited claim's main cost beyond the unlimited one's): the first read takes twice
+# `wanted` only when some key could run out of room within it, else `wanted`; a read after one that
+# met a full key (the queue's head is one key's) takes four times.
 KEY_LOOKAHEAD = 4
+FIRST_LOOKAHEAD = 2
 HOLD_CHUNK = 1000  # a full key's PENDING tasks taken out of the claim's range per claim, at most
 KEY_ROUNDS = 3  # locked reads per claim at most, when the first ones met held-back keys
 PAUSED_RETRY_SECONDS = 5.0  # what a paused queue's claim reply tells the agent to wait
@@ -204,7 +208,9 @@ def _claim_limited(
     key_room, key_windows = _key_rooms(unit_type, rules, by_key, now, now_ts)
     tasks: list[Task] = []
     held_keys = _release_keys(unit_type, rules, key_room, now) if rules.keyed else set()
-    for _ in range(KEY_ROUNDS if rules.keyed else 1):
+    # Could a key run out of room within the first read (a key with less room than the claim wants)?
+    tight = rules.keyed and min([_fresh_key_room(rules), *key_room.values()]) < wanted
+    for round_no in range(KEY_ROUNDS if rules.keyed else 1):
         need = wanted - len(tasks)
         if need <= 0:
             break
@@ -225,7 +231,8 @@ def _claim_limited(
                 chosen.append(task)
             return chosen
 
-        fetch = min(100, need * KEY_LOOKAHEAD) if rules.keyed else need
+        lookahead = (FIRST_LOOKAHEAD if tight else 1) if round_no == 0 else KEY_LOOKAHEAD
+        fetch = min(100, need * lookahead) if rules.keyed else need
         got = lease_to_unit(unit_pk, unit_type, fetch, now, pool, pick=pick if rules.keyed else None)
         tasks += got
         for key in held:  # out of the claim's range, all of the key's PENDING tasks (a chunk per claim)
