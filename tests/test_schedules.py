@@ -139,17 +139,37 @@ class FakeClock:
         self.t += seconds
 
 
-@pytest.mark.parametrize("ahead", [0.4, 0.999])
-def test_the_beat_job_sleeps_until_a_fire_time_due_before_the_next_run_and_fires_it_on_time(ahead: float) -> None:
+@pytest.mark.parametrize("early", [0.4, 0.999])
+def test_the_beat_job_sleeps_until_just_before_a_fire_time_and_makes_its_task_claimable_from_it(
+    early: float,
+) -> None:
+    """A fire due before the next run is made FIRE_AHEAD before its time (its work done by then),
+    its task claimable from the fire time: not at the first tick after it."""
     at = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
     _schedule(cron="0 12 * * *")
     clock = FakeClock()
-    result = firing.fire_schedules_on_time(at - timedelta(seconds=ahead), sleep=clock.sleep, clock=clock)
+    start = at - timedelta(seconds=firing.FIRE_AHEAD + early)
+    result = firing.fire_schedules_on_time(start, sleep=clock.sleep, clock=clock)
     assert result["created"] == 1
-    assert len(clock.slept) == 1 and clock.slept[0] == pytest.approx(ahead, abs=0.01)
+    assert len(clock.slept) == 1 and clock.slept[0] == pytest.approx(early, abs=0.01)
     fire = ScheduleFire.objects.get()
-    # The fire's time: the fire time (plus the wake-up margin), not the next tick after it.
-    assert fire.fire_time == at and timedelta(0) <= fire.created_at - at < timedelta(milliseconds=10)
+    made = at - timedelta(seconds=firing.FIRE_AHEAD)
+    assert fire.fire_time == at and timedelta(0) <= fire.created_at - made < timedelta(milliseconds=10)
+    task = Task.objects.get()
+    assert task.scheduled_at == at and task.available_at == at  # claimable from its fire time, not before
+
+
+def test_a_task_fired_ahead_is_claimed_only_from_its_fire_time() -> None:
+    from tests import factories
+    from units.claim import claim_tasks
+
+    at = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
+    _schedule(cron="0 12 * * *")
+    assert fire_schedules(at - timedelta(seconds=0.5), ahead=1.0)["created"] == 1
+    assert fire_schedules(at, ahead=1.0)["created"] == 0  # once per fire time, ahead or not
+    unit = factories.unit(unit_type="EXPORT")
+    assert claim_tasks(unit.pk, 5, now=at - timedelta(milliseconds=1)) == []
+    assert len(claim_tasks(unit.pk, 5, now=at)) == 1
 
 
 def test_the_beat_job_leaves_a_fire_time_after_the_next_run_to_it() -> None:
@@ -157,9 +177,8 @@ def test_the_beat_job_leaves_a_fire_time_after_the_next_run_to_it() -> None:
     _schedule(cron="0 12 * * *")
     clock = FakeClock()
     with override_settings(SCHEDULE_TICK=1.0):
-        assert (
-            firing.fire_schedules_on_time(at - timedelta(seconds=1.5), sleep=clock.sleep, clock=clock)["created"] == 0
-        )
+        start = at - timedelta(seconds=firing.FIRE_AHEAD + 1.5)
+        assert firing.fire_schedules_on_time(start, sleep=clock.sleep, clock=clock)["created"] == 0
     assert clock.slept == [] and not ScheduleFire.objects.exists()
 
 
@@ -169,7 +188,7 @@ def test_the_beat_job_does_not_wait_on_a_due_schedule_it_could_not_take(monkeypa
     at = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
     _schedule(cron="0 12 * * *")
     calls: list[datetime] = []
-    monkeypatch.setattr(firing, "fire_schedules", lambda now: calls.append(now) or {})
+    monkeypatch.setattr(firing, "fire_schedules", lambda now, ahead=0.0: calls.append(now) or {})
     clock = FakeClock()
     firing.fire_schedules_on_time(at + timedelta(seconds=0.5), sleep=clock.sleep, clock=clock)
     assert clock.slept == [] and len(calls) == 1
