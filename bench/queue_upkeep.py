@@ -208,9 +208,9 @@ def _beat(until: float, tick: float, out: Any) -> None:
     fire_batch = firing._fire_batch
     seen: set[int] = set()
 
-    def recorded(now: datetime) -> Any:
+    def recorded(now: datetime, ahead: float = 0.0) -> Any:
         begun = time.time()
-        done = fire_batch(now)
+        done = fire_batch(now, ahead)
         end = time.time()
         # The batches of one run share its `now` (their fires' created_at): this batch's are the new ones.
         ids = set(ScheduleFire.objects.filter(created_at=now).values_list("id", flat=True)) - seen
