@@ -188,7 +188,12 @@ def test_the_beat_job_does_not_wait_on_a_due_schedule_it_could_not_take(monkeypa
     at = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
     _schedule(cron="0 12 * * *")
     calls: list[datetime] = []
-    monkeypatch.setattr(firing, "fire_schedules", lambda now, ahead=0.0: calls.append(now) or {})
+
+    def fire(now: datetime, ahead: float = 0.0) -> dict[str, int]:
+        calls.append(now)
+        return {}
+
+    monkeypatch.setattr(firing, "fire_schedules", fire)
     clock = FakeClock()
     firing.fire_schedules_on_time(at + timedelta(seconds=0.5), sleep=clock.sleep, clock=clock)
     assert clock.slept == [] and len(calls) == 1

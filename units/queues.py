@@ -193,7 +193,7 @@ def key_next_starts(task_type: str, now: datetime) -> list[dict[str, Any]]:
     row = QueueSettings.objects.filter(pk=task_type).values_list("key_rate_limit", "key_rate_period").first()
     if row is None or row[0] is None or row[1] is None:
         return []
-    limit, period = row
+    limit, period = int(row[0]), int(row[1])
     now_ts = now.timestamp()
     recent = (
         QueueKeyWindow.objects.filter(task_type=task_type, last_start_at__gt=now - timedelta(seconds=period))
