@@ -8,9 +8,12 @@ schedules first), in-process and in forked worker processes, and prints one JSON
   seconds in alternating windows: claims alone, claims while `prune_tasks` runs in its own process
   (so a change of the machine's load hits both sides). Reports the rows pruned per second of
   pruning and the claim p50/p99 of both sides.
-- schedules: N schedules firing every minute; `--beats` processes run `fire_schedules` every
-  `--tick` seconds across the minute. Reports that every schedule fired exactly once for that minute
-  and the fire lag (commit of the fire's batch minus the fire time) p50/p99/max.
+- schedules: N schedules firing every minute; `--beats` processes run the `fire_schedules` job
+  (`taskhub.schedules.firing.fire_schedules_on_time`) every `--tick` seconds (SCHEDULE_TICK, default
+  1 as in the settings) across the minute. Reports that every schedule fired exactly once for that
+  minute and the fire lag p50/p99/max: when the fire's task became claimable (its batch's commit,
+  or the fire time for a fire made ahead of it) minus the fire time; `commit*`: the commit minus
+  the fire time (negative: made ahead).
 """
 
 from __future__ import annotations
@@ -193,23 +196,37 @@ def bench_prune(rows: int, claimers: int, phase: float, chunk: int, pause: float
 
 
 def _beat(until: float, tick: float, out: Any) -> None:
+    """One beat: the `fire_schedules` job as beat runs it (every `tick` seconds, taking the clock),
+    each batch's commit recorded (a fire's lag is its batch's commit minus its fire time)."""
     from django.db import connections
+    from django.test import override_settings
 
     from taskhub.schedules import firing
+    from taskhub.schedules.models import ScheduleFire
 
-    calls: list[tuple[str, float, int]] = []  # (now of the batch, its commit, created)
+    calls: list[tuple[list[int], float, float]] = []  # (the batch's fire ids, its start, its commit)
+    fire_batch = firing._fire_batch
+    seen: set[int] = set()
+
+    def recorded(now: datetime, ahead: float = 0.0) -> Any:
+        begun = time.time()
+        done = fire_batch(now, ahead)
+        end = time.time()
+        # The batches of one run share its `now` (their fires' created_at): this batch's are the new ones.
+        ids = set(ScheduleFire.objects.filter(created_at=now).values_list("id", flat=True)) - seen
+        seen.update(ids)
+        calls.append((sorted(ids), begun, end))
+        return done
+
+    firing._fire_batch = recorded  # type: ignore[assignment]
     try:
-        while time.time() < until:
-            woke = time.time()
-            # fire_schedules' loop, with the clock read per batch so each fire's lag is its batch's commit
-            while True:
-                now = datetime.now(UTC)
-                done = firing._fire_batch(now)
-                calls.append((now.isoformat(), time.time(), done["created"]))
-                if done["schedules"] < firing.BATCH and not done["capped"]:
-                    break
-            time.sleep(max(0.0, tick - (time.time() - woke)))
+        with override_settings(SCHEDULE_TICK=tick):
+            while time.time() < until:
+                woke = time.time()
+                firing.fire_schedules_on_time(datetime.now(UTC))
+                time.sleep(max(0.0, tick - (time.time() - woke)))
     finally:
+        firing._fire_batch = fire_batch  # type: ignore[assignment]
         connections.close_all()
     out.put(calls)
 
@@ -254,9 +271,13 @@ def bench_schedules(count: int, beats: int, tick: float) -> dict[str, Any]:
     calls = [c for _ in procs for c in queue.get(timeout=120)]
     for p in procs:
         p.join(60)
-    ends = {datetime.fromisoformat(now_iso): end for now_iso, end, created in calls if created}
-    fires = list(ScheduleFire.objects.filter(fire_time=minute).values_list("schedule_id", "created_at"))
-    lags = [ends[created_at] - minute.timestamp() for _, created_at in fires if created_at in ends]
+    ends = {fire_id: end for ids, _, end in calls for fire_id in ids}
+    fires = list(ScheduleFire.objects.filter(fire_time=minute).values_list("schedule_id", "id"))
+    # A fire's lag: when its task became claimable (its batch's commit, or the fire time for a fire
+    # made ahead of it) minus the fire time. `commits`: the commit minus the fire time (< 0: ahead).
+    commits = [ends[fire_id] - minute.timestamp() for _, fire_id in fires if fire_id in ends]
+    lags = [max(0.0, c) for c in commits]
+    batches = sorted((begun - minute.timestamp(), end - begun, len(ids)) for ids, begun, end in calls if ids)
     per_schedule = len({sid for sid, _ in fires})
     return {
         "schedules": count,
@@ -270,6 +291,10 @@ def bench_schedules(count: int, beats: int, tick: float) -> dict[str, Any]:
         "lagP99s": round(_pct(lags, 0.99), 3),
         "lagMaxs": round(max(lags, default=0.0), 3),
         "lagMeanS": round(statistics.fmean(lags), 3) if lags else 0.0,
+        "commitP50s": round(_pct(commits, 0.5), 3),
+        "commitP99s": round(_pct(commits, 0.99), 3),
+        # (start after the minute, seconds, fires) of each batch that fired
+        "batches": [[round(a, 3), round(b, 3), n] for a, b, n in batches],
     }
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from taskhub.apikeys.models import DEFAULT_POOL
@@ -198,6 +199,12 @@ class TaskExecutionLog(models.Model):
         return f"#{self.task_id}/{self.attempt} {self.level}"
 
 
+# A queue's own retention periods, in seconds: from a minute (the prune job runs every 30 s) to ten years.
+MIN_RETENTION_SECONDS = 60
+MAX_RETENTION_SECONDS = 10 * 366 * 24 * 3600
+RETENTION_BOUNDS = [MinValueValidator(MIN_RETENTION_SECONDS), MaxValueValidator(MAX_RETENTION_SECONDS)]
+
+
 class QueueSettings(models.Model):
     """A queue's settings (a queue is a task type). No row: the queue behaves as it always did (no
     pause, no limits, the global creation defaults), and the claim reads nothing more for it.
@@ -233,6 +240,20 @@ class QueueSettings(models.Model):
     default_max_retries = models.PositiveIntegerField(null=True, blank=True)
     default_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
     default_priority = models.IntegerField(null=True, blank=True)
+    # Retention (tasks/retention.py): how long the queue's finished tasks are kept, in seconds; empty:
+    # the global TASK_RETENTION_DAYS / TASK_DEAD_RETENTION_DAYS.
+    retention_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=RETENTION_BOUNDS,
+        help_text="COMPLETED and CANCELLED tasks are deleted this many seconds after they finished.",
+    )
+    dead_retention_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=RETENTION_BOUNDS,
+        help_text="The dead set (FAILED, no retry due) is deleted this many seconds after.",
+    )
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 

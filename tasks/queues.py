@@ -32,6 +32,8 @@ SETTINGS_FIELDS = {
     "default_max_retries": "defaultMaxRetries",
     "default_timeout_seconds": "defaultTimeoutSeconds",
     "default_priority": "defaultPriority",
+    "retention_seconds": "retentionSeconds",
+    "dead_retention_seconds": "deadRetentionSeconds",
 }
 # The largest value of each limit (the smallest is 1; none: no limit), as the API and the console take them.
 MAX_LIMIT = 100_000

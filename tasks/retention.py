@@ -1,33 +1,41 @@
 """Retention: finished tasks (with their history and logs) are deleted after a retention period.
 
-`retention_for(task_type)` is the ONE place a period comes from (today the global settings
-TASK_RETENTION_DAYS, and TASK_DEAD_RETENTION_DAYS for the dead set: FAILED with no retry due; per
-queue settings point it elsewhere). A COMPLETED or CANCELLED task is pruned once its `finished_at`
-is older than its type's period; a dead FAILED task after the dead period; nothing else is.
+`retention_periods()` is the ONE place periods come from: the global settings TASK_RETENTION_DAYS,
+and TASK_DEAD_RETENTION_DAYS for the dead set (FAILED with no retry due), unless the task's queue
+sets its own (`QueueSettings.retention_seconds`, `dead_retention_seconds`; each falls back to its
+global one on its own). A COMPLETED or CANCELLED task is pruned once its `finished_at` is older
+than its queue's period; a dead FAILED task after the dead period; nothing else is.
 
 `prune_tasks(now)` is the beat job: it walks the table by primary key in chunks (keyset: `id >
 last ORDER BY id LIMIT n`, a range of the clustered index, no scan of the rest), re-checks and locks
 the chunk's prunable rows with SKIP LOCKED (a claim or an operator holding one wins; it is looked at
 again next run) and deletes them with their history and logs, one short transaction per chunk.
-It stops at the first chunk whose tasks were all created after the shortest period (ids grow with
-creation time: nothing later can be due), or after MAX_CHUNKS chunks or MAX_SECONDS (the next run
-goes on), and rests between chunks (PAUSE_RATIO) so claims running beside it keep their latency.
+The walk ends at the first chunk whose tasks were all created after the shortest period of any
+queue (ids grow with creation time: nothing later can be due) or at the end of the table. A run
+stops after MAX_CHUNKS chunks or MAX_SECONDS and the next run goes on from where it stopped (a
+cursor in the cache, a hint only: lost, the walk starts again from the first id; a run that starts
+past id 0 wraps round to it), so rows kept longer than the shortest period (a queue that keeps a
+year beside one that keeps an hour) cannot keep the walk from ever reaching the later ones. It
+rests between chunks (PAUSE_RATIO) so claims running beside it keep their latency.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Q
 
 from taskhub.base import metrics
 from taskhub.base.dbretry import retry_on_lock_error
-from tasks.models import Task, TaskExecutionLog, TaskStatusHistory
+from tasks.models import QueueSettings, Task, TaskExecutionLog, TaskStatusHistory
 from tasks.states import TaskStatus
 
 S = TaskStatus
@@ -48,18 +56,43 @@ class Retention:
     dead: timedelta  # FAILED with no retry due
 
 
-def retention_for(task_type: str) -> Retention:
-    """How long finished tasks of `task_type` are kept (the one source of the periods)."""
-    return Retention(
+@dataclass(frozen=True)
+class RetentionTable:
+    """The global periods and those of every queue that sets its own."""
+
+    default: Retention
+    queues: dict[str, Retention]
+
+    def for_type(self, task_type: str) -> Retention:
+        return self.queues.get(task_type, self.default)
+
+    def shortest(self) -> timedelta:
+        """No period of any queue is shorter: tasks created after now minus this are never due."""
+        return min(p for r in (self.default, *self.queues.values()) for p in (r.finished, r.dead))
+
+
+def retention_periods(task_types: Iterable[str] | None = None) -> RetentionTable:
+    """The periods (of `task_types`' queues, or of all): one query of the settings rows that set one."""
+    default = Retention(
         finished=timedelta(days=settings.TASK_RETENTION_DAYS),
         dead=timedelta(days=settings.TASK_DEAD_RETENTION_DAYS),
     )
+    rows = QueueSettings.objects.filter(Q(retention_seconds__isnull=False) | Q(dead_retention_seconds__isnull=False))
+    if task_types is not None:
+        rows = rows.filter(pk__in=list(task_types))
+    queues = {
+        task_type: Retention(
+            finished=default.finished if finished is None else timedelta(seconds=finished),
+            dead=default.dead if dead is None else timedelta(seconds=dead),
+        )
+        for task_type, finished, dead in rows.values_list("task_type", "retention_seconds", "dead_retention_seconds")
+    }
+    return RetentionTable(default, queues)
 
 
-def shortest_retention() -> timedelta:
-    """No period of any type is shorter: tasks created after now minus this are never due."""
-    periods = retention_for("")
-    return min(periods.finished, periods.dead)
+def retention_for(task_type: str) -> Retention:
+    """How long finished tasks of `task_type` are kept."""
+    return retention_periods([task_type]).for_type(task_type)
 
 
 def _due(row: tuple[int, str, str, datetime | None, datetime | None], now: datetime, periods: Retention) -> bool:
@@ -71,31 +104,60 @@ def _due(row: tuple[int, str, str, datetime | None, datetime | None], now: datet
     return status == S.FAILED and next_retry_at is None and finished_at <= now - periods.dead
 
 
+CURSOR_KEY = "taskhub:retention:cursor"
+
+
+def _read_cursor() -> int:
+    try:
+        return int(cache.get(CURSOR_KEY) or 0)
+    except Exception:  # the cache is down: the cursor is a hint, the walk starts from the first id
+        return 0
+
+
+def _save_cursor(last: int) -> None:
+    with contextlib.suppress(Exception):  # as above: the next run starts from the first id
+        cache.set(CURSOR_KEY, last, timeout=24 * 3600)
+
+
 def prune_tasks(now: datetime) -> dict[str, int]:
     """Delete what retention says is due, in chunks; returns what was deleted."""
-    periods = cache(retention_for)  # one answer per type per run
-    horizon = now - shortest_retention()
+    table = retention_periods()
+    horizon = now - table.shortest()
     totals = {"tasks": 0, "history": 0, "logs": 0}
-    last = 0
+    by_queue: Counter[tuple[str, str]] = Counter()
+    start = _read_cursor()
+    last, until = start, None  # after wrapping round: up to the id this run started from
     started = time.monotonic()
     for _ in range(MAX_CHUNKS):
+        chunk = Task.objects.filter(id__gt=last)
+        if until is not None:
+            chunk = chunk.filter(id__lte=until)
         rows = list(
-            Task.objects.filter(id__gt=last)
-            .order_by("id")
-            .values_list("id", "task_type", "status", "next_retry_at", "finished_at", "created_at")[:CHUNK]
+            chunk.order_by("id").values_list("id", "task_type", "status", "next_retry_at", "finished_at", "created_at")[
+                :CHUNK
+            ]
         )
-        if not rows:
+        if rows:
+            last = rows[-1][0]
+            types = {row[0]: row[1] for row in rows if _due(row[:5], now, table.for_type(row[1]))}  # type: ignore[arg-type]
+            if types:
+                chunk_started = time.monotonic()
+                counts, deleted = _delete_chunk(list(types), now)
+                for name, n in counts.items():
+                    totals[name] += n
+                for task_id, status in deleted:
+                    by_queue[(types[task_id], "dead" if status == S.FAILED else "finished")] += 1
+                time.sleep((time.monotonic() - chunk_started) * PAUSE_RATIO)
+        if not rows or len(rows) < CHUNK or rows[0][5] > horizon:  # the end of what can be due
+            if until is None and start > 0:
+                last, until = 0, start  # wrap round: the ids below the one this run started from
+                continue
+            last = 0
             break
-        last = rows[-1][0]
-        due = [row[0] for row in rows if _due(row[:5], now, periods(row[1]))]  # type: ignore[arg-type]
-        if due:
-            chunk_started = time.monotonic()
-            for name, n in _delete_chunk(due, now).items():
-                totals[name] += n
-            time.sleep((time.monotonic() - chunk_started) * PAUSE_RATIO)
-        if len(rows) < CHUNK or rows[0][5] > horizon or time.monotonic() - started > MAX_SECONDS:
+        if time.monotonic() - started > MAX_SECONDS:
             break
-    metrics.record_pruned(totals)
+    _save_cursor(last)
+    metrics.record_pruned(totals, by_queue)
     return totals
 
 
@@ -104,17 +166,20 @@ _PRUNABLE = Q(status__in=[S.COMPLETED, S.CANCELLED]) | Q(status=S.FAILED, next_r
 
 @retry_on_lock_error()
 @transaction.atomic
-def _delete_chunk(ids: list[int], now: datetime) -> dict[str, int]:
+def _delete_chunk(ids: list[int], now: datetime) -> tuple[dict[str, int], list[tuple[int, str]]]:
+    """Delete those of `ids` still prunable and not locked; returns the counts and (id, status)
+    of the tasks deleted."""
     # Locked and re-checked: a dead task retried by hand since the read above is not deleted.
-    locked = list(
-        Task.objects.select_for_update(skip_locked=True).filter(_PRUNABLE, id__in=ids).values_list("id", flat=True)
+    rows = list(
+        Task.objects.select_for_update(skip_locked=True).filter(_PRUNABLE, id__in=ids).values_list("id", "status")
     )
-    if not locked:
-        return {}
+    if not rows:
+        return {}, []
+    locked = [task_id for task_id, _ in rows]
     # One DELETE each. History and logs are a task's only dependants with a foreign key (a schedule's
     # fires keep the ids of their tasks without one), so the tasks go without Django's collector
     # loading every row first.
     history = TaskStatusHistory.objects.filter(task_id__in=locked).delete()[0]
     logs = TaskExecutionLog.objects.filter(task_id__in=locked).delete()[0]
     tasks = Task.objects.filter(id__in=locked)._raw_delete(Task.objects.db)
-    return {"tasks": tasks, "history": history, "logs": logs}
+    return {"tasks": tasks, "history": history, "logs": logs}, rows

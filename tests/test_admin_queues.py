@@ -42,6 +42,20 @@ def test_an_operator_adds_a_limited_queue_in_the_console_and_the_change_is_audit
     assert change.actor == "user:op" and change.changes["maxRunning"] == [None, 2]
 
 
+def test_an_operator_sets_a_queues_retention_in_the_console_within_its_bounds(op_client: Client) -> None:
+    refused = op_client.post(f"{QUEUES}add/", {"task_type": "EXPORT", "retention_seconds": "10"})
+    assert refused.status_code == 200 and "retention_seconds" in refused.context["adminform"].form.errors
+    assert not QueueSettings.objects.exists()
+    op_client.post(f"{QUEUES}add/", {"task_type": "EXPORT", "retention_seconds": "3600"}, follow=True)
+    op_client.post(
+        f"{QUEUES}EXPORT/change/", {"retention_seconds": "3600", "dead_retention_seconds": "7200"}, follow=True
+    )
+    row = QueueSettings.objects.get(pk="EXPORT")
+    assert (row.retention_seconds, row.dead_retention_seconds) == (3600, 7200)
+    audit = [c.changes for c in QueueChange.objects.filter(task_type="EXPORT").order_by("id")]
+    assert audit == [{"retentionSeconds": [None, 3600]}, {"deadRetentionSeconds": [None, 7200]}]
+
+
 def test_pause_and_resume_actions_stop_and_restart_claims(op_client: Client) -> None:
     factories.task()
     unit = factories.unit()

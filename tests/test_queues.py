@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -224,6 +226,40 @@ def test_per_key_rate_limit_counts_each_key_apart():
     assert len(claim(unit.pk, 10, now=now + timedelta(seconds=11)).tasks) == 2
 
 
+def test_a_claim_held_back_by_key_rate_limits_says_when_a_key_may_start_again_and_so_does_the_queue(client_a):
+    configure(key_rate_limit=2, key_rate_period=60)
+    for key in ("a", "a", "a", "b", "b", "b"):
+        factories.task(concurrency_key=key)
+    unit = factories.unit(capacity=20)
+    now = timezone.now()
+    first = claim(unit.pk, 10, now=now)
+    assert len(first.tasks) == 4
+    later = now + timedelta(seconds=20)
+    held = claim(unit.pk, 10, now=later)
+    assert held.tasks == [] and held.hold is not None and "keyLimits" in held.hold.held_by
+    assert held.hold.key_next_start_at == now + timedelta(seconds=60)
+    assert held.hold.retry_after == pytest.approx(40, abs=0.01)  # the agent waits that long, not its poll
+    assert held.hold.as_reply()["keyNextStartAt"] == (now + timedelta(seconds=60)).isoformat()
+    with time_machine.travel(later, tick=False):
+        detail = client_a.get(f"/api/v1/queues/{T}").json()
+    starts = {item["key"]: item["nextStartAt"] for item in detail["keyNextStarts"]}
+    assert set(starts) == {"a", "b"}
+    assert datetime.fromisoformat(starts["a"]) == now + timedelta(seconds=60)
+    assert len(claim(unit.pk, 10, now=now + timedelta(seconds=61)).tasks) == 2
+
+
+def test_a_key_held_by_its_concurrency_limit_gives_no_time_to_wait_for():
+    configure(per_key_concurrency=1, key_rate_limit=5, key_rate_period=60)
+    factories.task(concurrency_key="a")
+    factories.task(concurrency_key="a")
+    unit = factories.unit(capacity=20)
+    now = timezone.now()
+    assert len(claim(unit.pk, 10, now=now).tasks) == 1
+    held = claim(unit.pk, 10, now=now + timedelta(seconds=1))
+    assert held.hold is not None and "keyLimits" in held.hold.held_by
+    assert held.hold.key_next_start_at is None and held.hold.retry_after is None  # a completion frees it
+
+
 # --- defaults for new tasks --------------------------------------------------------------------
 
 
@@ -267,6 +303,10 @@ def test_queue_overview_counts_depth_running_oldest_due_and_units(client_a, regi
         ({"keyRateLimit": -3}, "keyRateLimit"),
         ({"rateLimit": 10_001, "ratePeriodSeconds": 1}, "rateLimit"),
         ({"paused": "yes"}, "paused"),
+        ({"retentionSeconds": 59}, "retentionSeconds"),
+        ({"deadRetentionSeconds": -1}, "deadRetentionSeconds"),
+        ({"deadRetentionSeconds": 10**10}, "deadRetentionSeconds"),
+        ({"retentionSeconds": "soon"}, "retentionSeconds"),
         ({"speed": 3}, "speed"),
         ({}, "body"),
     ],
@@ -276,6 +316,21 @@ def test_bad_queue_settings_are_a_400_naming_the_field_and_change_nothing(client
     assert response.status_code == 400, response.content
     assert field in response.content.decode()
     assert not QueueSettings.objects.exists() and not QueueChange.objects.exists()
+
+
+@override_settings(TASK_RETENTION_DAYS=30, TASK_DEAD_RETENTION_DAYS=90)
+def test_a_queues_retention_is_set_audited_shown_in_force_and_reset_with_null(client_a):
+    plain = client_a.get(f"/api/v1/queues/{T}").json()
+    assert plain["settings"]["retentionSeconds"] is None
+    assert plain["retention"] == {"finishedSeconds": 30 * 86400, "deadSeconds": 90 * 86400}
+    body = client_a.patch(f"/api/v1/queues/{T}", {"retentionSeconds": 3600, "deadRetentionSeconds": 86400}).json()
+    assert (body["settings"]["retentionSeconds"], body["settings"]["deadRetentionSeconds"]) == (3600, 86400)
+    assert body["retention"] == {"finishedSeconds": 3600, "deadSeconds": 86400}
+    assert body["changes"][0]["changes"] == {"retentionSeconds": [None, 3600], "deadRetentionSeconds": [None, 86400]}
+    body = client_a.patch(f"/api/v1/queues/{T}", {"deadRetentionSeconds": None}).json()
+    assert body["retention"] == {"finishedSeconds": 3600, "deadSeconds": 90 * 86400}
+    listed = next(q for q in client_a.get("/api/v1/queues").json()["items"] if q["taskType"] == T)
+    assert listed["retention"]["finishedSeconds"] == 3600
 
 
 def test_a_queue_another_key_configured_is_invisible_and_unchangeable(make_client):

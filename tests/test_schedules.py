@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import time_machine
 from django.db import connection, connections
+from django.test import override_settings
 
 from taskhub.base.actors import Actor
 from taskhub.schedules import firing
@@ -121,6 +122,87 @@ def test_clients_see_and_change_only_their_own_schedules(client_a: JsonClient, c
 
 
 # --- firing -----------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """The job's monotonic clock and sleep: a sleep moves the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.t += seconds
+
+
+@pytest.mark.parametrize("early", [0.4, 0.999])
+def test_the_beat_job_sleeps_until_just_before_a_fire_time_and_makes_its_task_claimable_from_it(
+    early: float,
+) -> None:
+    """A fire due before the next run is made FIRE_AHEAD before its time (its work done by then),
+    its task claimable from the fire time: not at the first tick after it."""
+    at = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
+    _schedule(cron="0 12 * * *")
+    clock = FakeClock()
+    start = at - timedelta(seconds=firing.FIRE_AHEAD + early)
+    result = firing.fire_schedules_on_time(start, sleep=clock.sleep, clock=clock)
+    assert result["created"] == 1
+    assert len(clock.slept) == 1 and clock.slept[0] == pytest.approx(early, abs=0.01)
+    fire = ScheduleFire.objects.get()
+    made = at - timedelta(seconds=firing.FIRE_AHEAD)
+    assert fire.fire_time == at and timedelta(0) <= fire.created_at - made < timedelta(milliseconds=10)
+    task = Task.objects.get()
+    assert task.scheduled_at == at and task.available_at == at  # claimable from its fire time, not before
+
+
+def test_a_task_fired_ahead_is_claimed_only_from_its_fire_time() -> None:
+    from tests import factories
+    from units.claim import claim_tasks
+
+    at = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
+    _schedule(cron="0 12 * * *")
+    assert fire_schedules(at - timedelta(seconds=0.5), ahead=1.0)["created"] == 1
+    assert fire_schedules(at, ahead=1.0)["created"] == 0  # once per fire time, ahead or not
+    unit = factories.unit(unit_type="EXPORT")
+    assert claim_tasks(unit.pk, 5, now=at - timedelta(milliseconds=1)) == []
+    assert len(claim_tasks(unit.pk, 5, now=at)) == 1
+
+
+def test_the_beat_job_leaves_a_fire_time_after_the_next_run_to_it() -> None:
+    at = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
+    _schedule(cron="0 12 * * *")
+    clock = FakeClock()
+    with override_settings(SCHEDULE_TICK=1.0):
+        start = at - timedelta(seconds=firing.FIRE_AHEAD + 1.5)
+        assert firing.fire_schedules_on_time(start, sleep=clock.sleep, clock=clock)["created"] == 0
+    assert clock.slept == [] and not ScheduleFire.objects.exists()
+
+
+def test_the_beat_job_does_not_wait_on_a_due_schedule_it_could_not_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A schedule due now but locked by another run (SKIP LOCKED): that run fires it; this one
+    neither sleeps nor spins on it."""
+    at = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
+    _schedule(cron="0 12 * * *")
+    calls: list[datetime] = []
+
+    def fire(now: datetime, ahead: float = 0.0) -> dict[str, int]:
+        calls.append(now)
+        return {}
+
+    monkeypatch.setattr(firing, "fire_schedules", fire)
+    clock = FakeClock()
+    firing.fire_schedules_on_time(at + timedelta(seconds=0.5), sleep=clock.sleep, clock=clock)
+    assert clock.slept == [] and len(calls) == 1
+
+
+def test_the_beat_job_is_the_registrys_fire_schedules() -> None:
+    from taskhub.jobs.registry import JOBS
+
+    assert JOBS["fire_schedules"].run is firing.fire_schedules_on_time
 
 
 def test_a_fire_creates_one_task_from_the_template_owned_by_the_schedules_owner(client_a: JsonClient) -> None:

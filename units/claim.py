@@ -45,9 +45,13 @@ from units import lifecycle, sql
 from units.states import CLAIMING, Cause, UnitStatus, check_move
 
 UNIT_COLUMNS = ("id", "status", "capacity", "unit_type", "pool", "instance_id")
-# Per-key rooms are applied to the locked rows: read this many times `wanted` (at most 100) so that
-# one key's tasks at the head of the queue do not leave the claim short.
+# Per-key rooms are applied to the locked rows: read more than `wanted` (at most 100) so that one
+# key's tasks at the head of the queue do not leave the claim short. Each row read is a row locked
+# and loaded (the limited claim's main cost beyond the unlimited one's): the first read takes twice
+# `wanted` only when some key could run out of room within it, else `wanted`; a read after one that
+# met a full key (the queue's head is one key's) takes four times.
 KEY_LOOKAHEAD = 4
+FIRST_LOOKAHEAD = 2
 HOLD_CHUNK = 1000  # a full key's PENDING tasks taken out of the claim's range per claim, at most
 KEY_ROUNDS = 3  # locked reads per claim at most, when the first ones met held-back keys
 PAUSED_RETRY_SECONDS = 5.0  # what a paused queue's claim reply tells the agent to wait
@@ -61,6 +65,8 @@ class QueueHold:
     paused: bool = False
     held_by: list[str] = field(default_factory=list)  # "paused", "maxRunning", "perKeyConcurrency", "rateLimit", ...
     next_start_at: datetime | None = None  # the rate limit's next allowed start, when it held the claim
+    # The soonest start allowed to a key held back by its rate limit (keyRateLimit), if one is.
+    key_next_start_at: datetime | None = None
     retry_after: float | None = None  # seconds the agent should wait before claiming again
 
     def as_reply(self) -> dict[str, Any]:
@@ -69,6 +75,7 @@ class QueueHold:
             "paused": self.paused,
             "heldBy": self.held_by,
             "nextStartAt": None if self.next_start_at is None else self.next_start_at.isoformat(),
+            "keyNextStartAt": None if self.key_next_start_at is None else self.key_next_start_at.isoformat(),
             "retryAfterSeconds": None if self.retry_after is None else round(self.retry_after, 3),
         }
 
@@ -201,7 +208,9 @@ def _claim_limited(
     key_room, key_windows = _key_rooms(unit_type, rules, by_key, now, now_ts)
     tasks: list[Task] = []
     held_keys = _release_keys(unit_type, rules, key_room, now) if rules.keyed else set()
-    for _ in range(KEY_ROUNDS if rules.keyed else 1):
+    # Could a key run out of room within the first read (a key with less room than the claim wants)?
+    tight = rules.keyed and min([_fresh_key_room(rules), *key_room.values()]) < wanted
+    for round_no in range(KEY_ROUNDS if rules.keyed else 1):
         need = wanted - len(tasks)
         if need <= 0:
             break
@@ -222,7 +231,8 @@ def _claim_limited(
                 chosen.append(task)
             return chosen
 
-        fetch = min(100, need * KEY_LOOKAHEAD) if rules.keyed else need
+        lookahead = (FIRST_LOOKAHEAD if tight else 1) if round_no == 0 else KEY_LOOKAHEAD
+        fetch = min(100, need * lookahead) if rules.keyed else need
         got = lease_to_unit(unit_pk, unit_type, fetch, now, pool, pick=pick if rules.keyed else None)
         tasks += got
         for key in held:  # out of the claim's range, all of the key's PENDING tasks (a chunk per claim)
@@ -242,7 +252,41 @@ def _claim_limited(
             hold.next_start_at = now + timedelta(seconds=next_ts - now.timestamp())
             if "rateLimit" in hold.held_by or not tasks:
                 hold.retry_after = max(0.0, next_ts - now.timestamp())
+    if held_keys and rules.key_rate_limit is not None and "keyLimits" in hold.held_by:
+        key_ts = _key_next_start(rules, held_keys, by_key, key_windows, tasks, now_ts)
+        if key_ts is not None:
+            hold.key_next_start_at = now + timedelta(seconds=key_ts - now.timestamp())
+            if not tasks and hold.retry_after is None:
+                hold.retry_after = max(0.0, key_ts - now.timestamp())
     return tasks, (hold if hold.held_by or hold.next_start_at else None)
+
+
+def _key_next_start(
+    rules: QueueRules,
+    keys: set[str],
+    by_key: dict[str, int],
+    key_windows: dict[str, list[float]],
+    tasks: list[Task],
+    now_ts: float,
+) -> float | None:
+    """The soonest time one of the held-back `keys` that only its rate limit holds back may start
+    again (a key also at its concurrency limit waits for a completion, a time nobody knows)."""
+    assert rules.key_rate_limit is not None and rules.key_rate_period is not None
+    started: dict[str, int] = {}
+    for task in tasks:
+        started[task.concurrency_key] = started.get(task.concurrency_key, 0) + 1
+    soonest: float | None = None
+    for key in keys:
+        running = by_key.get(key, 0) + started.get(key, 0)
+        if rules.per_key_concurrency is not None and running >= rules.per_key_concurrency:
+            continue
+        window = key_windows.get(key, [])
+        window = window + [max([now_ts, *window])] * started.get(key, 0)
+        if len(window) < rules.key_rate_limit:
+            continue
+        at = window[len(window) - rules.key_rate_limit] + rules.key_rate_period
+        soonest = at if soonest is None else min(soonest, at)
+    return soonest
 
 
 def _release_keys(unit_type: str, rules: QueueRules, key_room: dict[str, float], now: datetime) -> set[str]:

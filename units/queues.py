@@ -12,7 +12,7 @@ settings row itself, as every claim of the queue does (units.sql.lock_unit_for_c
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -34,6 +34,7 @@ from tasks.queues import (
     record_queue_change,
     settings_reply,
 )
+from tasks.retention import retention_periods
 from tasks.states import TaskStatus
 from units import sql
 from units.models import ExecutionUnit
@@ -134,6 +135,7 @@ def queue_overview(
     types = known_task_types(viewer) if task_types is None else task_types
     counts = queue_counts(types, now)
     rows = {row.task_type: row for row in QueueSettings.objects.filter(pk__in=types)}
+    periods = retention_periods(types)
     units: dict[str, list[str]] = {}
     serving = (
         ExecutionUnit.objects.filter(unit_type__in=types, status__in=list(CLAIMING))
@@ -157,6 +159,10 @@ def queue_overview(
                 "units": {"count": len(serving_ids), "ids": serving_ids[:UNITS_LISTED]},
                 "settings": settings_reply(row),
                 "hasSettings": row is not None,
+                "retention": {
+                    "finishedSeconds": int(periods.for_type(task_type).finished.total_seconds()),
+                    "deadSeconds": int(periods.for_type(task_type).dead.total_seconds()),
+                },
                 "nextStartAt": _next_start(row, now),
                 "owner": None if row is None or row.owner_id is None else row.owner_id,
             }
@@ -176,10 +182,42 @@ def _next_start(row: QueueSettings | None, now: datetime) -> str | None:
     return datetime.fromtimestamp(next_ts, tz=now.tzinfo).isoformat()
 
 
+KEYS_LISTED = 50  # keys at their rate limit shown by GET /queues/{type}, soonest first
+KEY_WINDOWS_READ = 1000  # of the keys started most recently
+
+
+def key_next_starts(task_type: str, now: datetime) -> list[dict[str, Any]]:
+    """The concurrency keys of a queue that its per-key rate limit holds now, with when each may
+    start again (soonest first). One range of queue_key_window_recent_idx: the keys started within
+    the period (the KEY_WINDOWS_READ most recent of them)."""
+    row = QueueSettings.objects.filter(pk=task_type).values_list("key_rate_limit", "key_rate_period").first()
+    if row is None or row[0] is None or row[1] is None:
+        return []
+    limit, period = int(row[0]), int(row[1])
+    now_ts = now.timestamp()
+    recent = (
+        QueueKeyWindow.objects.filter(task_type=task_type, last_start_at__gt=now - timedelta(seconds=period))
+        .order_by("-last_start_at")
+        .values_list("concurrency_key", "starts")[:KEY_WINDOWS_READ]
+    )
+    held = []
+    for key, starts in recent:
+        window = [float(s) for s in starts if float(s) > now_ts - period]
+        if len(window) >= limit:
+            held.append((window[len(window) - limit] + period, key))
+    held.sort()
+    return [
+        {"key": key, "nextStartAt": datetime.fromtimestamp(ts, tz=now.tzinfo).isoformat()}
+        for ts, key in held[:KEYS_LISTED]
+    ]
+
+
 def queue_detail(viewer: Viewer, task_type: str, *, now: datetime | None = None) -> dict[str, Any]:
     if not can_see_queue(viewer, task_type):
         raise NotFound("Queue not found (or configured by another API key)")
+    now = now or timezone.now()
     entry = queue_overview(viewer, [task_type], now=now)[0]
+    entry["keyNextStarts"] = key_next_starts(task_type, now)
     entry["changes"] = [
         {"at": c.created_at.isoformat(), "actorType": c.actor_type, "actor": c.actor, "changes": c.changes}
         for c in recent_changes(task_type)

@@ -84,6 +84,11 @@ WEBHOOK_ATTEMPTS = Counter(
     ["outcome"],
 )
 PRUNED = Counter("taskhub_pruned_rows", "Rows deleted by retention (tasks/retention.py), by kind", ["kind"])
+PRUNED_TASKS = Counter(
+    "taskhub_pruned_tasks",
+    "Tasks deleted by retention, by task type (queue) and period (finished: COMPLETED/CANCELLED; dead)",
+    ["task_type", "period"],
+)
 SCHEDULE_FIRES = Counter("taskhub_schedule_fires", "Fire times of recurring schedules handled, by outcome", ["outcome"])
 JOB_DURATION = Histogram(
     "taskhub_job_duration_seconds", "Run time of the periodic jobs, by job", ["job"], buckets=_JOB_BUCKETS
@@ -178,11 +183,14 @@ def record_webhook_outcomes(counts: Mapping[str, int]) -> None:
         _on_commit(bump)
 
 
-def record_pruned(counts: Mapping[str, int]) -> None:
+def record_pruned(counts: Mapping[str, int], by_queue: Mapping[tuple[str, str], int] | None = None) -> None:
     # Each chunk commits on its own: the counts are of committed deletes.
     for kind, n in counts.items():
         if n:
             PRUNED.labels(kind).inc(n)
+    for (task_type, period), n in (by_queue or {}).items():
+        if n:
+            PRUNED_TASKS.labels(task_type, period).inc(n)
 
 
 def record_fires(counts: Mapping[str, int]) -> None:

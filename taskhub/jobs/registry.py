@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 
 from taskhub.jobs.rollups import write_rollups
-from taskhub.schedules.firing import fire_schedules, schedule_tick
+from taskhub.schedules.firing import fire_schedules_on_time, schedule_tick
 from taskhub.webhooks.delivery import deliver_due_webhooks
 from taskhub.webhooks.outbox import JOB_NAME as DELIVER_WEBHOOKS
 from tasks.jobs import fail_timeouts, move_due_retries, purge_old_logs
@@ -51,6 +51,7 @@ JOBS: dict[str, Job] = {
         Job(DELIVER_WEBHOOKS, deliver_due_webhooks, lambda: float(settings.WEBHOOK_POLL_INTERVAL)),
         Job("rollup_minute", write_rollups, lambda: 60.0),  # the console's per-minute time-series
         Job("prune_tasks", prune_tasks, lambda: 30.0),
-        Job("fire_schedules", fire_schedules, schedule_tick),
+        # Runs every SCHEDULE_TICK and sleeps (at most that long) until a fire time due before the next run.
+        Job("fire_schedules", fire_schedules_on_time, schedule_tick),
     )
 }

@@ -16,7 +16,9 @@ is active, `skip` records the fire as skipped, `cancel` cancels that task first,
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,10 +45,12 @@ FIRE_KEEP = timedelta(days=7)  # fire rows older than this are deleted (next_fir
 ACTOR = Actor.system("fire_schedules")
 
 
-def fire_schedules(now: datetime) -> dict[str, int]:
+def fire_schedules(now: datetime, ahead: float = 0.0) -> dict[str, int]:
+    """Fire every schedule due by `now` (and, `ahead` seconds > 0, those due within that much
+    after it: their tasks are claimable from their fire time, see fire_schedules_on_time)."""
     totals: Counter[str] = Counter()
     for _ in range(MAX_BATCHES):
-        done = _fire_batch(now)
+        done = _fire_batch(now, ahead)
         totals.update(done)
         if done["schedules"] < BATCH and not done["capped"]:
             break
@@ -54,10 +58,10 @@ def fire_schedules(now: datetime) -> dict[str, int]:
     return {name: totals[name] for name in ("schedules", "created", "skipped", "missed", "cancelled", "firesDeleted")}
 
 
-def _fire_batch(now: datetime) -> Counter[str]:
+def _fire_batch(now: datetime, ahead: float = 0.0) -> Counter[str]:
     for attempt in range(3):
         try:
-            return _fire_locked(now)
+            return _fire_locked(now, ahead)
         except IntegrityError:
             # A fire time was already fired (schedule_fire_once): the rolled-back batch is redone, and
             # its read of the existing fires now skips it.
@@ -77,11 +81,12 @@ def _is_active(task: Task | None) -> bool:
 
 @retry_on_lock_error()
 @transaction.atomic
-def _fire_locked(now: datetime) -> Counter[str]:
+def _fire_locked(now: datetime, ahead: float = 0.0) -> Counter[str]:
     counts: Counter[str] = Counter()
+    until = now + timedelta(seconds=ahead)
     schedules = list(
         Schedule.objects.select_for_update(skip_locked=True)
-        .filter(paused=False, next_fire_at__lte=now)
+        .filter(paused=False, next_fire_at__lte=until)
         .order_by("next_fire_at")[:BATCH]
     )
     counts["schedules"] = len(schedules)
@@ -99,7 +104,7 @@ def _fire_locked(now: datetime) -> Counter[str]:
     creates: list[ScheduleFire] = []  # the fires that create a task, in the order of new_rows
     to_cancel: list[int] = []
     for schedule in schedules:
-        times, missed, capped = _due_times(schedule, now)
+        times, missed, capped = _due_times(schedule, now, until)
         counts["missed"] += missed
         counts["capped"] += capped
         active = _is_active(previous.get(schedule.last_task_id or 0))
@@ -113,7 +118,8 @@ def _fire_locked(now: datetime) -> Counter[str]:
             else:
                 if active and schedule.overlap == OverlapPolicy.CANCEL and schedule.last_task_id:
                     to_cancel.append(schedule.last_task_id)
-                new_rows.append({"owner_id": schedule.owner_id, **task_fields(schedule.template)})
+                # Claimable from its fire time (a fire made ahead of it waits until then).
+                new_rows.append({"owner_id": schedule.owner_id, **task_fields(schedule.template), "scheduled_at": at})
                 creates.append(fire)
                 active = True  # the task of this fire is the previous run of the next one
             fires.append(fire)
@@ -155,23 +161,24 @@ def _save_schedules(schedules: list[Schedule], with_task: set[int], now: datetim
         Schedule.objects.filter(pk__in=sorted(with_task)).update(last_task_id=Subquery(newest))
 
 
-def _due_times(schedule: Schedule, now: datetime) -> tuple[list[datetime], int, bool]:
+def _due_times(schedule: Schedule, now: datetime, until: datetime | None = None) -> tuple[list[datetime], int, bool]:
     """(the fire times to make now, in order: from next_fire_at, or the start of the catch-up window
-    if that is later, up to now, at most MAX_FIRES; 1 if earlier ones were missed past the window;
-    whether MAX_FIRES cut the list)."""
+    if that is later, up to `until` (now unless firing ahead), at most MAX_FIRES; 1 if earlier ones
+    were missed past the window; whether MAX_FIRES cut the list)."""
+    until = until or now
     first = schedule.next_fire_at
-    if first is None or first > now:
+    if first is None or first > until:
         return [], 0, False
     window = now - timedelta(seconds=schedule.catchup_seconds)
     missed = 0
     if first < window:
         missed = 1
         first = next(cron.fire_times(schedule.cron, schedule.timezone, window - timedelta(microseconds=1)))
-        if first > now:
+        if first > until:
             return [], missed, False
     times = [first]
     for at in cron.fire_times(schedule.cron, schedule.timezone, first):
-        if at > now:
+        if at > until:
             return times, missed, False
         if len(times) >= MAX_FIRES:
             return times, missed, True
@@ -188,3 +195,48 @@ def _delete_old_fires(now: datetime) -> int:
 
 def schedule_tick() -> float:
     return float(settings.SCHEDULE_TICK)
+
+
+def next_due_at() -> datetime | None:
+    """The soonest fire time of any running schedule: the first entry of schedule_due_idx's
+    `paused = false` range (one index probe)."""
+    return (
+        Schedule.objects.filter(paused=False, next_fire_at__isnull=False)
+        .order_by("next_fire_at")
+        .values_list("next_fire_at", flat=True)
+        .first()
+    )
+
+
+MAX_WAKES = 5  # fire times a run waits for (an early wake-up waits again)
+WAKE_MARGIN = 0.002  # seconds slept past a wake-up time, so the wake-up is not before it
+# A fire is made this many seconds before its fire time, its task claimable from the fire time: the
+# fire's own work (a batch of 200 tasks, history rows and fire rows: ~0.1 s, several times that on
+# a loaded machine) is done by then. Its overlap policy reads the previous task's state then.
+FIRE_AHEAD = 1.0
+
+
+def fire_schedules_on_time(
+    now: datetime, *, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic
+) -> dict[str, int]:
+    """The beat job: fire what is due by `now` + FIRE_AHEAD; then, while a schedule falls due so
+    soon that the next run (SCHEDULE_TICK after `now`) would be late for it, sleep until FIRE_AHEAD
+    before its fire time and fire it then. A schedule due at 12:00:00 has its task committed by
+    about 12:00:00, claimable from 12:00:00, not from the first tick after it (a tick of a second
+    added up to a second of lag). Each run waits at most one tick; two runs (two beats, or a worker
+    still asleep when the next run starts) wake together and split the due schedules, as any two
+    runs do (SKIP LOCKED, and one fire row per fire time)."""
+    tick = timedelta(seconds=schedule_tick())
+    ahead = timedelta(seconds=FIRE_AHEAD)
+    started = clock()
+    totals = Counter(fire_schedules(now, FIRE_AHEAD))
+    for _ in range(MAX_WAKES):
+        due = next_due_at()
+        if due is None or due - ahead >= now + tick:
+            break  # nothing the next run would be late for
+        wait = (due - ahead - (now + timedelta(seconds=clock() - started))).total_seconds()
+        if wait <= 0:
+            break  # due now and still there: another run is firing it
+        sleep(wait + WAKE_MARGIN)
+        totals.update(fire_schedules(now + timedelta(seconds=clock() - started), FIRE_AHEAD))
+    return {name: totals[name] for name in ("schedules", "created", "skipped", "missed", "cancelled", "firesDeleted")}

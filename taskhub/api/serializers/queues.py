@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from taskhub.api.serializers.fields import NAME_PATTERN, BoundedDateTimeField
+from tasks.models import MAX_RETENTION_SECONDS, MIN_RETENTION_SECONDS
 from tasks.queues import LIMIT_MAX, MAX_PERIOD
 from tasks.states import TaskStatus
 
@@ -34,6 +35,23 @@ class QueueUpdateSerializer(serializers.Serializer):
     defaultPriority = serializers.IntegerField(
         min_value=-1000, max_value=1000, required=False, allow_null=True, source="default_priority"
     )
+    retentionSeconds = serializers.IntegerField(
+        min_value=MIN_RETENTION_SECONDS,
+        max_value=MAX_RETENTION_SECONDS,
+        required=False,
+        allow_null=True,
+        source="retention_seconds",
+        help_text="COMPLETED and CANCELLED tasks of the queue are deleted this long after they finished "
+        "(null: TASK_RETENTION_DAYS).",
+    )
+    deadRetentionSeconds = serializers.IntegerField(
+        min_value=MIN_RETENTION_SECONDS,
+        max_value=MAX_RETENTION_SECONDS,
+        required=False,
+        allow_null=True,
+        source="dead_retention_seconds",
+        help_text="Its dead set (FAILED with no retry due) this long after (null: TASK_DEAD_RETENTION_DAYS).",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
@@ -57,6 +75,13 @@ class QueueSettingsSerializer(serializers.Serializer):
     defaultMaxRetries = serializers.IntegerField(allow_null=True)
     defaultTimeoutSeconds = serializers.IntegerField(allow_null=True)
     defaultPriority = serializers.IntegerField(allow_null=True)
+    retentionSeconds = serializers.IntegerField(allow_null=True)
+    deadRetentionSeconds = serializers.IntegerField(allow_null=True)
+
+
+class QueueRetentionSerializer(serializers.Serializer):
+    finishedSeconds = serializers.IntegerField(help_text="COMPLETED and CANCELLED tasks are kept this long.")
+    deadSeconds = serializers.IntegerField(help_text="The dead set is kept this long.")
 
 
 class QueueUnitsSerializer(serializers.Serializer):
@@ -75,6 +100,7 @@ class QueueSerializer(serializers.Serializer):
     units = QueueUnitsSerializer(help_text="Units of the type that claim (ONLINE or BUSY).")
     settings = QueueSettingsSerializer()
     hasSettings = serializers.BooleanField(help_text="False: the queue has never been configured.")
+    retention = QueueRetentionSerializer(help_text="The periods in force: the queue's own, else the global ones.")
     nextStartAt = serializers.DateTimeField(
         allow_null=True, help_text="When the rate limit next allows a start (null: no rate limit)."
     )
@@ -90,8 +116,16 @@ class QueueChangeSerializer(serializers.Serializer):
     changes = serializers.DictField(child=serializers.ListField(), help_text="field: [old, new]")
 
 
+class QueueKeyStartSerializer(serializers.Serializer):
+    key = serializers.CharField(help_text="A concurrencyKey its rate limit (keyRateLimit) holds now.")
+    nextStartAt = serializers.DateTimeField(help_text="When the key may start a task again.")
+
+
 class QueueDetailSerializer(QueueSerializer):
     changes = QueueChangeSerializer(many=True, help_text="The last 20 changes of its settings, newest first.")
+    keyNextStarts = QueueKeyStartSerializer(
+        many=True, help_text="Keys at their per-key rate limit, soonest next start first (at most 50)."
+    )
 
 
 class BulkFilterSerializer(serializers.Serializer):

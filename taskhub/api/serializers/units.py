@@ -223,8 +223,13 @@ class ClaimQueueSerializer(serializers.Serializer):
     nextStartAt = serializers.DateTimeField(
         allow_null=True, help_text="When the queue's rate limit next allows a start."
     )
+    keyNextStartAt = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When the soonest concurrency key held back by its rate limit (keyRateLimit) may start again.",
+    )
     retryAfterSeconds = serializers.FloatField(
-        allow_null=True, help_text="Claim again no sooner than this (paused, or the rate limit is used up)."
+        allow_null=True,
+        help_text="Claim again no sooner than this (paused, or the rate limits left nothing to start).",
     )
 
 

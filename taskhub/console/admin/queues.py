@@ -42,6 +42,7 @@ class QueueSettingsAdmin(admin.ModelAdmin):
         "key_rate_limit",
         "key_rate_period",
         "default_priority",
+        "retention_seconds",
         "updated_at",
     )
     list_filter = ("paused",)
