@@ -4,7 +4,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tasks', '0010_queues'),
+        ('tasks', '0011_queue_retention'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ class Migration(migrations.Migration):
     overview's oldestDueAgeSeconds): MIN(available_at) per type read as one index entry per type."""
 
     dependencies = [
-        ("tasks", "0010_queues"),
+        ("tasks", "0012_traceparent"),
     ]
 
     operations = [
