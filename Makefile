@@ -44,10 +44,12 @@ $(VENV)/.installed-mysql:   EXTRA := [mysql]
 $(VENV)/.installed-mysql:   WHAT  := the MySQL/MariaDB driver (mysqlclient: builds with gcc, pkg-config, libmariadb-dev)
 $(VENV)/.installed-mysql:   MARKS := runtime mysql
 # The unit SDK (clients/unit: taskhub_unit and the taskhub-unit script, which make demo, the tests, the
-# benchmarks and the chaos run start) is a distribution of its own, installed beside the hub, editable.
+# benchmarks and the chaos run start) is a distribution of its own, installed beside the hub, editable,
+# and after it: upgrading a venv from the hub that still shipped the script would remove the script if
+# both were installed by one pip command (pip uninstalls the old hub's files after installing the unit).
 $(VENV)/.installed-runtime $(VENV)/.installed-test $(VENV)/.installed-dev $(VENV)/.installed-mysql: pyproject.toml clients/unit/pyproject.toml | $(PY)
 	@echo "installing $(WHAT) into $(VENV) ..."
-	@started=$$(date +%s); $(PY) -m pip install -q -e '.$(EXTRA)' -e ./clients/unit \
+	@started=$$(date +%s); $(PY) -m pip install -q -e '.$(EXTRA)' && $(PY) -m pip install -q -e ./clients/unit \
 	  && for mark in $(MARKS); do touch $(VENV)/.installed-$$mark; done \
 	  && echo "  done in $$(( $$(date +%s) - started ))s"
 

@@ -72,6 +72,11 @@ def test_every_level_installs_the_unit_sdk_beside_the_hub_and_again_when_its_pyp
     done = subprocess.run(["make", "-n", "--no-print-directory", "test"], cwd=tree, capture_output=True, text=True)
     installs = [line for line in done.stdout.splitlines() if "pip install" in line]
     assert installs and all("-e ./clients/unit" in line for line in installs), installs
+    # A pip command of its own, after the hub's: one command for both, upgrading a venv whose hub still
+    # shipped the taskhub-unit script, uninstalled the old hub after installing the unit, and the script.
+    for line in installs:
+        hub, unit = line.split("-e ./clients/unit")[0].rsplit("&&", 1)
+        assert "-e '." in hub and "pip install" in unit and "-e '." not in unit, line
     _stamp(tree, "runtime", "test")
     assert _dry_run(tree, "run") == []
     later = time.time() + 60
