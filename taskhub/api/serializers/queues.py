@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from taskhub.api.serializers.fields import NAME_PATTERN, BoundedDateTimeField
+from taskhub.api.serializers.fields import NAME_PATTERN, BoundedDateTimeField, PartialUpdate
 from tasks.states import TaskStatus
 
 MAX_RATE_LIMIT = 10_000  # the sliding-window log holds this many start times at most
@@ -19,7 +19,7 @@ def _limit(name: str, help_text: str, maximum: int = 100_000) -> serializers.Int
     )
 
 
-class QueueUpdateSerializer(serializers.Serializer):
+class QueueUpdateSerializer(PartialUpdate):
     paused = serializers.BooleanField(required=False, help_text="A paused queue's PENDING tasks are not claimed.")
     maxRunning = _limit("max_running", "At most this many RUNNING tasks of the queue at once (null: no limit).")
     perKeyConcurrency = _limit("per_key_concurrency", "At most this many RUNNING per concurrencyKey (null: no limit).")
@@ -40,14 +40,6 @@ class QueueUpdateSerializer(serializers.Serializer):
     defaultPriority = serializers.IntegerField(
         min_value=-1000, max_value=1000, required=False, allow_null=True, source="default_priority"
     )
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
-        if unknown:
-            raise serializers.ValidationError({sorted(unknown)[0]: ["Unknown or read-only field"]})
-        if not attrs:
-            raise serializers.ValidationError({"body": ["Nothing to update"]})
-        return attrs
 
 
 class QueueSettingsSerializer(serializers.Serializer):

@@ -3,11 +3,10 @@ the schedules service (one check for the API and the console; errors name the fi
 
 from __future__ import annotations
 
-from typing import Any
-
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from taskhub.api.serializers.fields import PartialUpdate
 from taskhub.schedules.models import OverlapPolicy, Schedule
 from taskhub.schedules.services import MAX_CATCHUP, MIN_CATCHUP, upcoming
 
@@ -49,18 +48,8 @@ class ScheduleWriteSerializer(serializers.Serializer):
     paused = serializers.BooleanField(default=False)
 
 
-class ScheduleUpdateSerializer(ScheduleWriteSerializer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("partial", True)
-        super().__init__(*args, **kwargs)
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
-        if unknown:
-            raise serializers.ValidationError({sorted(unknown)[0]: ["Unknown or read-only field"]})
-        if not attrs:
-            raise serializers.ValidationError({"body": ["Nothing to update"]})
-        return attrs
+class ScheduleUpdateSerializer(PartialUpdate, ScheduleWriteSerializer):
+    pass
 
 
 class ScheduleSerializer(serializers.ModelSerializer):

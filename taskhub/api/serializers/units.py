@@ -14,6 +14,7 @@ from taskhub.api.serializers.fields import (
     NAME_PATTERN,
     UNIT_ID_INVALID,
     UNIT_ID_PATTERN,
+    PartialUpdate,
     check_metadata,
     datetime_or_none,
 )
@@ -227,7 +228,7 @@ class ClaimReplySerializer(serializers.Serializer):
     )
 
 
-class UnitUpdateSerializer(serializers.Serializer):
+class UnitUpdateSerializer(PartialUpdate):
     unitName = serializers.CharField(max_length=255, source="unit_name", required=False)
     capacity = serializers.IntegerField(min_value=1, max_value=1000, required=False)
     endpoint = EndpointField(max_length=500, required=False, allow_blank=True)
@@ -237,14 +238,6 @@ class UnitUpdateSerializer(serializers.Serializer):
         required=False,
         help_text="MAINTENANCE drains the unit (it claims nothing, keeps its tasks); ONLINE resumes it.",
     )
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
-        if unknown:
-            raise serializers.ValidationError({sorted(unknown)[0]: ["Unknown or read-only field"]})
-        if not attrs:
-            raise serializers.ValidationError({"body": ["Nothing to update"]})
-        return attrs
 
 
 class UnitListQuerySerializer(serializers.Serializer):

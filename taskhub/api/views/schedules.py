@@ -48,7 +48,7 @@ class ScheduleViewSet(viewsets.ViewSet):
     @extend_schema(parameters=[ScheduleListQuerySerializer], responses=SchedulePage, summary="List schedules")
     def list(self, request: Request) -> Response:
         q = validated(ScheduleListQuerySerializer, query_params(request))
-        return Response(paginate(self._schedules(request).order_by("-id"), q, _render))
+        return Response(paginate(self._schedules(request), q, _render, order=("-id",)))
 
     @extend_schema(
         request=ScheduleWriteSerializer,
