@@ -183,10 +183,7 @@ def _submit_batch(
             replies.append((len(new_rows), CREATED))
             new_rows.append(row)
     created = create_tasks(new_rows, actor=actor, now=now) if new_rows else []
-    answered: list[tuple[Task, str]] = []
-    for task, outcome in replies:
-        answered.append((created[task] if isinstance(task, int) else task, outcome))
-    return answered
+    return [(created[reply] if isinstance(reply, int) else reply, outcome) for reply, outcome in replies]
 
 
 @transaction.atomic
