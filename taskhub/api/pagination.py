@@ -27,6 +27,25 @@ _MAX_INT = 2**63 - 1
 _DATETIMES = (datetime(1000, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC))
 
 
+class PageQuery(serializers.Serializer):
+    """`page` and `limit` of a list (tasks, units, schedules): a `limit` above API_PAGE_SIZE_MAX
+    is capped, not refused. Subclasses set DEFAULT_LIMIT and add their filters."""
+
+    DEFAULT_LIMIT = 20
+
+    page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1)
+    limit = serializers.IntegerField(
+        min_value=1, max_value=2**63 - 1, required=False, help_text="Capped at API_PAGE_SIZE_MAX."
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["limit"].default = self.DEFAULT_LIMIT
+
+    def validate_limit(self, value: int) -> int:
+        return min(value, settings.API_PAGE_SIZE_MAX)
+
+
 def encode_cursor(row: Model, field: str) -> str:
     if field in ("id", "pk"):
         return str(row.pk)

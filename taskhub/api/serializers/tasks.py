@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from taskhub.api.pagination import CURSOR_PATTERN
+from taskhub.api.pagination import CURSOR_PATTERN, PageQuery
 from taskhub.api.serializers.fields import (
     MAX_ATTEMPT,
     MAX_CONFIG_BYTES,
@@ -152,13 +152,10 @@ class StatusChangeSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 
-class TaskListQuerySerializer(serializers.Serializer):
+class TaskListQuerySerializer(PageQuery):
     ORDERINGS = ("id", "-id", "priority", "-priority", "createdAt", "-createdAt", "updatedAt", "-updatedAt")
+    DEFAULT_LIMIT = 10
 
-    page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1)
-    limit = serializers.IntegerField(
-        min_value=1, max_value=MAX_ID, default=10, help_text="Capped at API_PAGE_SIZE_MAX."
-    )
     status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
     unitId = serializers.CharField(max_length=64, required=False)
@@ -183,9 +180,6 @@ class TaskListQuerySerializer(serializers.Serializer):
         "ordering and filters); no total count. A cursor is the last row's position: `<id>` under an id ordering, "
         "`<value>.<id>` under another (date-times as microseconds since 1970); the list goes on after it.",
     )
-
-    def validate_limit(self, value: int) -> int:
-        return min(value, settings.API_PAGE_SIZE_MAX)
 
 
 class LogEntrySerializer(serializers.Serializer):

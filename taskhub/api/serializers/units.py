@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from taskhub.api.pagination import PageQuery
 from taskhub.api.serializers.fields import (
-    MAX_ID,
     NAME_PATTERN,
     UNIT_ID_INVALID,
     UNIT_ID_PATTERN,
@@ -240,11 +239,6 @@ class UnitUpdateSerializer(PartialUpdate):
     )
 
 
-class UnitListQuerySerializer(serializers.Serializer):
-    page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1)
-    limit = serializers.IntegerField(min_value=1, max_value=MAX_ID, default=20)
+class UnitListQuerySerializer(PageQuery):
     status = serializers.ChoiceField(choices=UnitStatus.choices, required=False)
     unitType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
-
-    def validate_limit(self, value: int) -> int:
-        return min(value, settings.API_PAGE_SIZE_MAX)
