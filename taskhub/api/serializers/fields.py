@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 from typing import Any
 
 from rest_framework import serializers
 
-MAX_CONFIG_BYTES = 65_536
+from tasks.bounds import MAX_CONFIG_BYTES, NAME_PATTERN, json_size
+
 MAX_RESULT_BYTES = 262_144
 MAX_LOG_MESSAGE = 10_000
 MAX_LOG_BATCH = 500
-NAME_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
 # A unit id is a URL path segment (/execution-units/{id}/heartbeat): "." and ".." (any id of dots
 # only) are normalised away by URL handling and would leave the unit unreachable.
 UNIT_ID_PATTERN = r"^(?!\.+$)[A-Za-z0-9_.:\-]+$"
@@ -40,8 +39,11 @@ class BoundedDateTimeField(serializers.DateTimeField):
         return super().to_internal_value(value)
 
 
+__all__ = ["MAX_CONFIG_BYTES", "NAME_PATTERN"]  # re-exported: the serializers' names for the bounds
+
+
 def check_json_size(value: Any, limit: int, what: str) -> Any:
-    if len(json.dumps(value, ensure_ascii=False).encode("utf-8")) > limit:
+    if json_size(value) > limit:
         raise serializers.ValidationError(f"{what} must be at most {limit} bytes as JSON")
     return value
 
@@ -51,7 +53,7 @@ MAX_METADATA_BYTES = 16_384
 
 def check_metadata(value: dict[str, Any]) -> None:
     """A unit's metadata: at most MAX_METADATA_BYTES as JSON (register, heartbeat, edit)."""
-    if len(json.dumps(value, ensure_ascii=False).encode("utf-8")) > MAX_METADATA_BYTES:
+    if json_size(value) > MAX_METADATA_BYTES:
         raise serializers.ValidationError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
 
 

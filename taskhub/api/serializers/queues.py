@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from taskhub.api.serializers.fields import NAME_PATTERN, BoundedDateTimeField, PartialUpdate
+from tasks import bounds
 from tasks.states import TaskStatus
 
 MAX_RATE_LIMIT = 10_000  # the sliding-window log holds this many start times at most
@@ -32,13 +33,21 @@ class QueueUpdateSerializer(PartialUpdate):
         "key_rate_period", "The per-key rate limit's window, in seconds (default 60).", MAX_PERIOD
     )
     defaultMaxRetries = serializers.IntegerField(
-        min_value=0, max_value=100, required=False, allow_null=True, source="default_max_retries"
+        min_value=bounds.MAX_RETRIES[0],
+        max_value=bounds.MAX_RETRIES[1],
+        required=False,
+        allow_null=True,
+        source="default_max_retries",
     )
     defaultTimeoutSeconds = serializers.IntegerField(
         min_value=1, max_value=MAX_PERIOD, required=False, allow_null=True, source="default_timeout_seconds"
     )
     defaultPriority = serializers.IntegerField(
-        min_value=-1000, max_value=1000, required=False, allow_null=True, source="default_priority"
+        min_value=bounds.PRIORITY[0],
+        max_value=bounds.PRIORITY[1],
+        required=False,
+        allow_null=True,
+        source="default_priority",
     )
 
 
@@ -98,7 +107,7 @@ class BulkFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
     unitId = serializers.CharField(max_length=64, required=False)
-    priority = serializers.IntegerField(min_value=-1000, max_value=1000, required=False)
+    priority = serializers.IntegerField(min_value=bounds.PRIORITY[0], max_value=bounds.PRIORITY[1], required=False)
     search = serializers.CharField(max_length=255, required=False)
     createdAfter = BoundedDateTimeField(required=False)
     createdBefore = BoundedDateTimeField(required=False)
@@ -118,7 +127,10 @@ class BulkActionSerializer(serializers.Serializer):
     filter = BulkFilterSerializer(help_text="The filters of GET /tasks; {} is every task you can see.")
     action = serializers.ChoiceField(choices=BULK_ACTIONS)
     priority = serializers.IntegerField(
-        min_value=-1000, max_value=1000, required=False, help_text="Required by reprioritize: the new priority."
+        min_value=bounds.PRIORITY[0],
+        max_value=bounds.PRIORITY[1],
+        required=False,
+        help_text="Required by reprioritize: the new priority.",
     )
     reason = serializers.CharField(max_length=500, required=False, default="")
     limit = serializers.IntegerField(

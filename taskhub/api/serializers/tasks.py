@@ -20,7 +20,7 @@ from taskhub.api.serializers.fields import (
     PartialUpdate,
     check_json_size,
 )
-from tasks import unique
+from tasks import bounds, unique
 from tasks.models import LogLevel, Task, TaskExecutionLog, TaskStatusHistory
 from tasks.states import TaskStatus
 
@@ -88,10 +88,13 @@ class TaskSerializer(serializers.ModelSerializer):
 class TaskFieldsSerializer(serializers.Serializer):
     """The fields of a task a client sets (create, PATCH, a schedule's template)."""
 
-    name = serializers.CharField(max_length=255, allow_blank=False)
-    taskType = serializers.RegexField(NAME_PATTERN, max_length=64, source="task_type")
+    name = serializers.CharField(max_length=bounds.NAME_LENGTH, allow_blank=False)
+    taskType = serializers.RegexField(NAME_PATTERN, max_length=bounds.TASK_TYPE_LENGTH, source="task_type")
     priority = serializers.IntegerField(
-        min_value=-1000, max_value=1000, required=False, help_text="Default 0, or the queue's defaultPriority."
+        min_value=bounds.PRIORITY[0],
+        max_value=bounds.PRIORITY[1],
+        required=False,
+        help_text="Default 0, or the queue's defaultPriority.",
     )
     config = serializers.DictField(default=dict)
     concurrencyKey = serializers.CharField(
@@ -101,9 +104,15 @@ class TaskFieldsSerializer(serializers.Serializer):
         source="concurrency_key",
         help_text="Tasks sharing a key are limited together by their queue's perKeyConcurrency and key rate limit.",
     )
-    maxRetries = serializers.IntegerField(min_value=0, max_value=100, required=False, source="max_retries")
+    maxRetries = serializers.IntegerField(
+        min_value=bounds.MAX_RETRIES[0], max_value=bounds.MAX_RETRIES[1], required=False, source="max_retries"
+    )
     timeoutSeconds = serializers.IntegerField(
-        min_value=1, max_value=7 * 24 * 3600, required=False, allow_null=True, source="timeout_seconds"
+        min_value=bounds.TIMEOUT_SECONDS[0],
+        max_value=bounds.TIMEOUT_SECONDS[1],
+        required=False,
+        allow_null=True,
+        source="timeout_seconds",
     )
     scheduledAt = BoundedDateTimeField(required=False, allow_null=True, source="scheduled_at")
 
@@ -159,7 +168,7 @@ class TaskListQuerySerializer(PageQuery):
     status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
     unitId = serializers.CharField(max_length=64, required=False)
-    priority = serializers.IntegerField(min_value=-1000, max_value=1000, required=False)
+    priority = serializers.IntegerField(min_value=bounds.PRIORITY[0], max_value=bounds.PRIORITY[1], required=False)
     search = serializers.CharField(
         max_length=255,
         required=False,
