@@ -146,23 +146,44 @@ def _submit_batch(
             folded.setdefault(stored_key.casefold(), task)
     rows = [_creation_fields(owner, data, key, fingerprint, now) for data, key, fingerprint in items]
     held = unique.holders([row["unique_slot"] for row in rows if row.get("unique_slot")], now)
-    replies: list[tuple[Task, str] | None] = []
+    # An item is answered as if the items before it had been sent first, one by one: a key or a
+    # uniqueKey repeated inside the batch gets the task of its first item (new_rows' index).
+    replies: list[tuple[Task | int, str]] = []
     new_rows: list[dict[str, Any]] = []
+    batch_keys: dict[str, tuple[int, str]] = {}  # folded key -> (new row, fingerprint)
+    batch_slots: dict[str, int] = {}
     for index, ((data, key, fingerprint), row) in enumerate(zip(items, rows, strict=True)):
         existing = (exact.get(key) or folded.get(key.casefold())) if key else None
-        holder = held.get(row.get("unique_slot") or "")
+        slot = row.get("unique_slot") or ""
+        holder = held.get(slot)
+        on_conflict = data.get("on_conflict") or unique.EXISTING
         if existing is not None:
             replies.append((_check_fingerprint(existing, fingerprint, f"tasks[{index}].idempotencyKey"), REPLAYED))
+        elif key and key.casefold() in batch_keys:
+            first, first_fingerprint = batch_keys[key.casefold()]
+            if first_fingerprint != fingerprint:
+                raise Conflict(
+                    "Idempotency-Key was already used with a different request body (an earlier item of this batch)",
+                    details={"field": f"tasks[{index}].idempotencyKey"},
+                )
+            replies.append((first, REPLAYED))
         elif holder is not None:
-            field = f"tasks[{index}].uniqueKey"
-            replies.append(
-                (_unique_conflict(holder, data.get("on_conflict") or unique.EXISTING, field), UNIQUE_EXISTING)
-            )
+            replies.append((_unique_conflict(holder, on_conflict, f"tasks[{index}].uniqueKey"), UNIQUE_EXISTING))
+        elif slot and slot in batch_slots:
+            if on_conflict == unique.ERROR:
+                raise Conflict(
+                    "uniqueKey is held by an earlier item of this batch", details={"field": f"tasks[{index}].uniqueKey"}
+                )
+            replies.append((batch_slots[slot], UNIQUE_EXISTING))
         else:
-            replies.append(None)
+            if key:
+                batch_keys[key.casefold()] = (len(new_rows), fingerprint)
+            if slot:
+                batch_slots[slot] = len(new_rows)
+            replies.append((len(new_rows), CREATED))
             new_rows.append(row)
-    created = iter(create_tasks(new_rows, actor=actor, now=now) if new_rows else [])
-    return [reply if reply is not None else (next(created), CREATED) for reply in replies]
+    created = create_tasks(new_rows, actor=actor, now=now) if new_rows else []
+    return [(created[reply] if isinstance(reply, int) else reply, outcome) for reply, outcome in replies]
 
 
 @transaction.atomic

@@ -77,7 +77,6 @@ def test_an_invalid_item_refuses_the_whole_batch_naming_the_field(client_a: Json
     assert list(fields) == ["tasks[3].priority"]
     assert "tasks[1].priority" in _fields(client_a.post(BATCH, {"tasks": [_item(0), _item(1, priority="high")]}))
     assert "tasks[0].taskType" in _fields(client_a.post(BATCH, {"tasks": [{"name": "x"}]}))
-    assert "tasks" in _fields(client_a.post(BATCH, {"tasks": []}))
     assert "tasks" in _fields(client_a.post(BATCH, {"tasks": {"name": "x"}}))
     assert "tasks[0]" in _fields(client_a.post(BATCH, {"tasks": [None]}))
     assert _rows() == before
@@ -122,11 +121,39 @@ def test_a_reused_key_with_another_body_refuses_the_whole_batch(client_a: JsonCl
     assert _rows() == before  # the new item without a key was not created either
 
 
-def test_a_key_repeated_inside_one_batch_is_refused(client_a: JsonClient) -> None:
-    body = {"tasks": [_item(0, idempotencyKey="dup"), _item(1), _item(2, idempotencyKey="DUP")]}
-    assert list(_fields(client_a.post(BATCH, body))) == ["tasks[2].idempotencyKey"]
+def test_an_empty_batch_is_answered_with_no_items(client_a: JsonClient, leased: Callable[..., Any]) -> None:
+    response = client_a.post(BATCH, {"tasks": []})
+    assert (response.status_code, response.json()) == (200, {"items": []})
+    unit, _ = leased(1)
+    response = unit.post(REPORTS, {"reports": []})
+    assert (response.status_code, response.json()) == (200, {"items": []})
+
+
+def test_a_key_repeated_inside_one_batch_gets_the_task_of_its_first_item(client_a: JsonClient) -> None:
+    # As if sent one by one: the repeat is a replay of the first (keys compare case-insensitively).
+    body = {"tasks": [_item(0, idempotencyKey="dup"), _item(1), _item(0, idempotencyKey="DUP")]}
+    response = client_a.post(BATCH, body)
+    assert response.status_code == 201, response.content
+    items = response.json()["items"]
+    assert items[2]["id"] == items[0]["id"] and [i["created"] for i in items] == [True, True, False]
+    assert Task.objects.count() == 2
+    # With another body: 409 naming the item, nothing created.
+    other = {"tasks": [_item(5, idempotencyKey="k"), _item(6, idempotencyKey="k")]}
+    conflict = client_a.post(BATCH, other)
+    assert conflict.status_code == 409 and conflict.json()["details"]["field"] == "tasks[1].idempotencyKey"
     assert "tasks[0].idempotencyKey" in _fields(client_a.post(BATCH, {"tasks": [_item(0, idempotencyKey="x" * 256)]}))
-    assert Task.objects.count() == 0
+    assert Task.objects.count() == 2
+
+
+def test_a_unique_key_repeated_inside_one_batch_gets_the_first_items_task_or_409(client_a: JsonClient) -> None:
+    response = client_a.post(BATCH, {"tasks": [_item(0, uniqueKey="u"), _item(1, uniqueKey="u"), _item(2)]})
+    assert response.status_code == 201, response.content
+    items = response.json()["items"]
+    assert items[1]["id"] == items[0]["id"] and items[1]["uniqueExisting"] and not items[1]["created"]
+    assert Task.objects.count() == 2
+    error = client_a.post(BATCH, {"tasks": [_item(3, uniqueKey="v"), _item(4, uniqueKey="v", onConflict="error")]})
+    assert error.status_code == 409 and error.json()["details"]["field"] == "tasks[1].uniqueKey"
+    assert Task.objects.count() == 2
 
 
 def test_keys_are_per_client(client_a: JsonClient, client_b: JsonClient) -> None:
@@ -276,7 +303,6 @@ def test_report_validation_names_the_field_and_changes_nothing(leased: Callable[
     ok = {"taskId": first["id"], "attempt": 1, "outcome": "complete"}
     cases = {
         "reports[2].attempt": [ok, {**ok, "taskId": second["id"]}, {"taskId": 5, "outcome": "complete"}],
-        "reports[1].taskId": [ok, ok],
         "reports[0].error": [{**ok, "outcome": "fail"}],
         "reports[0].progress": [{**ok, "outcome": "progress"}],
         "reports[0].outcome": [{**ok, "outcome": "done"}],
@@ -285,8 +311,20 @@ def test_report_validation_names_the_field_and_changes_nothing(leased: Callable[
     }
     for field, reports in cases.items():
         assert field in _fields(unit.post(REPORTS, {"reports": reports})), field
-    assert "reports" in _fields(unit.post(REPORTS, {"reports": []}))
     assert _rows() == before
+
+
+def test_a_second_report_for_one_task_in_a_batch_is_refused_in_its_item(leased: Callable[..., Any]) -> None:
+    unit, (task,) = leased(1)
+    progress = {"taskId": task["id"], "attempt": 1, "outcome": "progress", "progress": 40}
+    complete = {"taskId": task["id"], "attempt": 1, "outcome": "complete", "result": {"ok": True}}
+    response = unit.post(REPORTS, {"reports": [progress, complete]})
+    assert response.status_code == 200, response.content
+    first, second = response.json()["items"]
+    assert first["accepted"] and first["error"] is None
+    assert not second["accepted"] and second["error"]["code"] == "repeated"
+    stored = Task.objects.get(pk=task["id"])
+    assert (stored.status, stored.progress) == ("RUNNING", 40)  # only the first report was applied
 
 
 def test_report_batch_runs_a_bounded_number_of_statements(leased: Callable[..., Any]) -> None:

@@ -273,3 +273,14 @@ def test_heartbeat_reads_stored_commands_through_the_unit_command_index(register
     assert len(plan) == 1 and "task_unit_command_idx" in (plan[0]["key"] or ""), plan
     # Two small ranges (the RUNNING leases, the 5 tasks with a command), not the 5,000 past tasks.
     assert int(plan[0]["rows"]) < 100, plan
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["tasks", "execution-units", "schedules"])
+def test_every_list_caps_its_limit_at_the_page_size_setting(client_a: Any, settings: Any, path: str) -> None:
+    # One PageQuery for every list: a limit above API_PAGE_SIZE_MAX is capped, never refused.
+    settings.API_PAGE_SIZE_MAX = 7
+    response = client_a.get(f"/api/v1/{path}?limit=5000")
+    assert response.status_code == 200, response.content
+    assert response.json()["limit"] == 7
+    assert client_a.get(f"/api/v1/{path}?limit=0").status_code == 400

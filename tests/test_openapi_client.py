@@ -1,6 +1,7 @@
 """A client generated from /api/v1/schema by openapi-python-client (a mainstream generator) imports
 and runs the seed's flow against the hub: create a task, register a unit, claim, log (one line and
-a batch: the body's `oneOf`), progress, complete, read back. The operation ids name its functions
+a batch: the body's `oneOf`), progress (one, and a batch of reports: a `oneOf` with a discriminator),
+complete, read back. The operation ids name its functions
 (`create_task`, `claim_tasks`, ...). The generator must report no warning: a warning is an endpoint
 or model it skipped."""
 
@@ -112,6 +113,12 @@ def test_a_generated_client_imports_and_runs_the_seeds_flow(generated: ModuleTyp
     for lines in (one, batch):
         call("write_task_logs", id=str(task.id), client=unit, body=lines)
     call("report_task_progress", id=str(task.id), client=unit, body=models.ProgressRequest(attempt=1, progress=50))
+    # A batch of reports: a oneOf on `outcome` (its discriminator), one model per outcome.
+    progress = models.ReportProgress(
+        task_id=task.id, attempt=1, outcome=models.ReportProgressOutcomeEnum.PROGRESS, progress=60
+    )
+    [reported] = call("send_reports", client=unit, body=models.ReportBatchRequest(reports=[progress])).items
+    assert (reported.accepted, reported.status) == (True, "RUNNING")
     call("complete_task", id=str(task.id), client=unit, body=models.CompleteRequest(attempt=1, result={"rows": 2}))
 
     done = call("get_task", id=str(task.id), client=producer)

@@ -95,9 +95,56 @@ def test_cursor_mode_walks_every_task_once(client_a):
     assert seen == sorted(created, reverse=True)
 
 
+@pytest.mark.parametrize("ordering", ["-id", "id", "priority", "-priority", "createdAt", "-updatedAt"])
+def test_cursor_mode_walks_every_task_once_in_any_ordering(client_a, ordering):
+    created = [_create(client_a, priority=n % 3)["id"] for n in range(8)]
+    expected = [t["id"] for t in client_a.get(f"/api/v1/tasks?limit=100&ordering={ordering}").json()["items"]]
+    assert sorted(expected) == sorted(created)
+    seen, cursor = [], ""
+    for _ in range(10):
+        body = client_a.get(f"/api/v1/tasks?limit=3&ordering={ordering}&cursor={cursor}").json()
+        seen += [item["id"] for item in body["items"]]
+        cursor = body["nextCursor"]
+        if cursor is None:
+            break
+    assert seen == expected  # the page mode's order, each task once
+
+
+def test_any_cursor_the_schema_allows_is_a_position(client_a):
+    ids = [_create(client_a, priority=1)["id"] for _ in range(4)]
+    newest_first = sorted(ids, reverse=True)
+
+    def listed(query):
+        response = client_a.get(f"/api/v1/tasks?limit=100&{query}")
+        assert response.status_code == 200, response.content
+        return [t["id"] for t in response.json()["items"]]
+
+    assert listed(f"cursor={newest_first[1]}") == newest_first[2:]  # after that id
+    assert listed(f"cursor={ids[1]}&ordering=id") == ids[2:]
+    # <value>.<id>: after that row of the ordering; a value alone: after every row with it.
+    assert listed(f"cursor=1.{newest_first[1]}&ordering=-priority") == newest_first[2:]
+    assert listed("cursor=1&ordering=-priority") == []
+    assert listed("cursor=0&ordering=priority") == ids
+    # Far beyond every row, either way, and with a date ordering (microseconds since 1970).
+    assert listed("cursor=9999999999999999999.9999999999999999999") == newest_first
+    assert listed("cursor=-9999999999999999999&ordering=createdAt") == ids
+    assert listed("cursor=9999999999999999999&ordering=createdAt") == []
+
+
 @pytest.mark.parametrize(
     "query",
-    ["page=0", "limit=abc", "status=DONE", "createdAfter=yesterday", "cursor=%%%", "ordering=name", "priority=99999"],
+    [
+        "page=0",
+        "limit=abc",
+        "status=DONE",
+        "createdAfter=yesterday",
+        "createdAfter=1969-12-31T23:00:00Z",
+        "createdBefore=2200-01-01T00:00:00Z",
+        "cursor=%%%",
+        "cursor=aWQ6MTIz",
+        "ordering=name",
+        "priority=99999",
+    ],
 )
 def test_bad_list_query_is_400_naming_the_parameter(client_a, query):
     response = client_a.get(f"/api/v1/tasks?{query}")
@@ -220,3 +267,12 @@ def test_list_query_count_is_constant(client_a, django_assert_max_num_queries):
     with django_assert_max_num_queries(4):
         response = client_a.get("/api/v1/tasks?limit=30")
     assert len(response.json()["items"]) == 30
+
+
+def test_a_date_time_is_taken_by_the_year_it_is_written_with(client_a):
+    # The schema's pattern and the server's check are one rule: a year from 1970 to 2199, any offset.
+    for at in ("1970-01-01T00:30:00+01:00", "2199-12-31T23:00:00-05:00"):
+        assert _create(client_a, scheduledAt=at)["scheduledAt"] is not None
+    for at in ("1969-12-31T23:59:59Z", "2200-01-01T00:00:00Z", "20240101T000000Z", "0999-01-01T00:00:00Z"):
+        response = client_a.post("/api/v1/tasks", {"name": "t", "taskType": "T", "scheduledAt": at})
+        assert response.status_code == 400 and "scheduledAt" in response.json()["details"]["fields"], at

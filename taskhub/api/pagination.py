@@ -1,52 +1,117 @@
-"""Page mode (`page`, `limit`, with total) and cursor mode (keyset on id, no count) for lists."""
+"""Page mode (`page`, `limit`, with total) and cursor mode (keyset on the ordering, no count) for lists."""
 
 from __future__ import annotations
 
-import base64
-import binascii
+import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Model, QuerySet
+from django.db.models import DateTimeField, Model, Q, QuerySet
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from taskhub.base.errors import InvalidInput
 
+# A cursor is the position of the last row listed, as text the schema states: `<id>` under an
+# id ordering, `<value>.<id>` under another (the ordering's value, a date-time as microseconds
+# since 1970). So any cursor the pattern allows is a position, with any ordering: the rows after
+# it. An empty cursor starts at the beginning.
+CURSOR_PATTERN = r"^-?[0-9]{1,19}(\.[0-9]{1,19})?$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# Positions outside these lie before or after every row; clamped so every backend can compare them.
+_MAX_INT = 2**63 - 1
+_DATETIMES = (datetime(1000, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC))
 
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+class PageQuery(serializers.Serializer):
+    """`page` and `limit` of a list (tasks, units, schedules): a `limit` above API_PAGE_SIZE_MAX
+    is capped, not refused. Subclasses set DEFAULT_LIMIT and add their filters."""
+
+    DEFAULT_LIMIT = 20
+
+    page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1)
+    limit = serializers.IntegerField(
+        min_value=1, max_value=2**63 - 1, required=False, help_text="Capped at API_PAGE_SIZE_MAX."
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["limit"].default = self.DEFAULT_LIMIT
+
+    def validate_limit(self, value: int) -> int:
+        return min(value, settings.API_PAGE_SIZE_MAX)
 
 
-def decode_cursor(cursor: str) -> int | None:
+def encode_cursor(row: Model, field: str) -> str:
+    if field in ("id", "pk"):
+        return str(row.pk)
+    value = getattr(row, field)
+    number = (value - _EPOCH) // _MICROSECOND if isinstance(value, datetime) else int(value)
+    return f"{number}.{row.pk}"
+
+
+def decode_cursor(cursor: str) -> tuple[int, int | None] | None:
+    """(value, id or None) of a cursor, None for the empty one; a 400 naming `cursor` otherwise."""
     if cursor == "":
         return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, value = raw.partition(":")
-        if prefix != "id":
-            raise ValueError
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor", "is not a cursor this API returned") from None
+    if not _CURSOR.match(cursor):
+        raise InvalidInput("cursor", "is not a cursor: <id> or <value>.<id>, as nextCursor gives")
+    value, _, last_id = cursor.partition(".")
+    return int(value), int(last_id) if last_id else None
 
 
-def paginate(queryset: QuerySet[Any], query: dict[str, Any], render: Callable[[list[Model]], Any]) -> dict[str, Any]:
+def _position(model: type[Model], field: str, value: int) -> Any:
+    if isinstance(model._meta.get_field(field), DateTimeField):
+        low, high = _DATETIMES
+        micros = max((low - _EPOCH) // _MICROSECOND, min(value, (high - _EPOCH) // _MICROSECOND))
+        return _EPOCH + micros * _MICROSECOND
+    return max(-_MAX_INT, min(value, _MAX_INT))
+
+
+def _after(queryset: QuerySet[Any], order: tuple[str, ...], cursor: tuple[int, int | None]) -> QuerySet[Any]:
+    """The rows after the cursor's position under `order` (the value's field, then id, one direction)."""
+    desc = order[0].startswith("-")
+    field = order[0].lstrip("-")
+    field = "pk" if field == "id" else field
+    value, last_id = cursor
+    after = "lt" if desc else "gt"
+    if field == "pk":
+        # `<v>.<i>` under an id ordering: after row v, or from v on when i lies beyond it.
+        beyond = last_id is not None and (last_id > value if desc else last_id < value)
+        return queryset.filter(**{f"pk__{after}{'e' if beyond else ''}": _position(queryset.model, "id", value)})
+    position = _position(queryset.model, field, value)
+    keyset = Q(**{f"{field}__{after}": position})
+    if last_id is not None:
+        keyset |= Q(**{field: position, f"pk__{after}": max(0, min(last_id, _MAX_INT))})
+    return queryset.filter(keyset)
+
+
+def paginate(
+    queryset: QuerySet[Any],
+    query: dict[str, Any],
+    render: Callable[[list[Model]], Any],
+    order: tuple[str, ...] = ("-id",),
+) -> dict[str, Any]:
+    """A page of `queryset` ordered by `order` (a field, then id in the same direction): page mode,
+    or cursor mode when the query has `cursor`."""
     limit = query["limit"]
+    queryset = queryset.order_by(*order)
     if "cursor" in query:
-        if query.get("ordering", "-id") != "-id":
-            raise InvalidInput("ordering", "cursor mode lists by -id only")
-        after = decode_cursor(query["cursor"])
-        if after is not None:
-            queryset = queryset.filter(pk__lt=after)
-        rows = list(queryset.order_by("-pk")[: limit + 1])
+        position = decode_cursor(query["cursor"])
+        if position is not None:
+            queryset = _after(queryset, order, position)
+        rows = list(queryset[: limit + 1])
         more = len(rows) > limit
         rows = rows[:limit]
+        field = order[0].lstrip("-")
         return {
             "items": render(rows),
             "limit": limit,
-            "nextCursor": encode_cursor(rows[-1].pk) if more and rows else None,
+            "nextCursor": encode_cursor(rows[-1], field) if more and rows else None,
         }
     page = query["page"]
     offset = (page - 1) * limit

@@ -16,6 +16,8 @@ from drf_spectacular.settings import spectacular_settings
 from rest_framework import serializers
 
 from taskhub.api.errors import ErrorSerializer
+from taskhub.api.serializers.fields import DATETIME_PATTERN, BoundedDateTimeField
+from taskhub.api.serializers.tasks import LogWriteSerializer
 
 NO_NUL = r"^[^\u0000]*$"
 NOT_BLANK = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
@@ -102,9 +104,14 @@ class AutoSchema(BaseAutoSchema):
 
     def _get_request_body(self, direction: str = "request") -> Any:
         body = super()._get_request_body(direction)
-        if body is not None and self.method == "PATCH":
-            body["required"] = True  # an empty PATCH is refused ("Nothing to update")
+        if body is not None and (self.method == "PATCH" or self._request_serializer_is(LogWriteSerializer)):
+            # An empty PATCH is refused ("Nothing to update"); log lines need `entries` or `message`.
+            body["required"] = True
         return body
+
+    def _request_serializer_is(self, kind: type) -> bool:
+        serializer = self.get_request_serializer()
+        return (serializer if isinstance(serializer, type) else type(serializer)) is kind
 
     def _map_serializer_field(self, field: Any, direction: Any, bypass_extensions: bool = False) -> dict[str, Any]:
         schema: dict[str, Any] = super()._map_serializer_field(field, direction, bypass_extensions)
@@ -117,6 +124,8 @@ class AutoSchema(BaseAutoSchema):
             # What DRF's CharField takes: no NUL character, and (unless blank is allowed) something
             # left after trimming whitespace.
             schema["pattern"] = NO_NUL if field.allow_blank or not field.trim_whitespace else NOT_BLANK
+        if direction == "request" and isinstance(field, BoundedDateTimeField):
+            schema["pattern"] = DATETIME_PATTERN  # the year as written: 1970 to 2199
         return schema
 
     def _get_response_bodies(self, direction: Literal["request", "response"] = "response") -> dict[str, Any]:
@@ -139,13 +148,14 @@ class AutoSchema(BaseAutoSchema):
 class LogWriteScheme(OpenApiSerializerExtension):
     """Log lines: a batch (`entries`, 1-500) or one line (`message`), exactly one of the two: a
     `oneOf` of two whole objects (components LogEntriesWrite, LogLineWrite), each requiring its
-    own key, so a body with both matches both and is invalid, as the server says. (Branches that
-    only list `required` keys make generators such as openapi-python-client write broken code.)"""
+    own key and refusing the other's, so a body with both matches neither, as the server says.
+    (Branches that only list `required` keys make generators such as openapi-python-client write
+    broken code.)"""
 
     target_class = "taskhub.api.serializers.tasks.LogWriteSerializer"
     BRANCHES = {
-        "LogEntriesWrite": ("entries", ("attempt", "entries")),
-        "LogLineWrite": ("message", ("attempt", "level", "message", "timestamp")),
+        "LogEntriesWrite": ("entries", "message", ("attempt", "entries")),
+        "LogLineWrite": ("message", "entries", ("attempt", "level", "message", "timestamp")),
     }
 
     def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
@@ -155,16 +165,61 @@ class LogWriteScheme(OpenApiSerializerExtension):
         properties = schema["properties"]
         properties["entries"] |= {"minItems": 1, "maxItems": 500}
         branches = []
-        for name, (required, fields) in self.BRANCHES.items():
+        for name, (required, other, fields) in self.BRANCHES.items():
             branch = {
                 "type": "object",
                 "properties": {field: properties[field] for field in fields},
                 "required": [required],
+                # Without it a line with `entries: []` (or any non-array) would match LogLineWrite.
+                "not": {"required": [other]},
             }
             component = ResolvedComponent(name=name, type=ResolvedComponent.SCHEMA, object=name, schema=branch)
             auto_schema.registry.register_on_missing(component)
             branches.append(component.ref)
         return {"oneOf": branches}
+
+
+class TaskCreateScheme(OpenApiSerializerExtension):
+    """A task to create (POST /tasks, each item of POST /tasks/batch): `uniqueFor` only with
+    `uniqueKey`, stated as "not (uniqueFor and not uniqueKey)" (OpenAPI 3.0 has no
+    dependentRequired), which generators read past."""
+
+    target_class = "taskhub.api.serializers.tasks.TaskCreateSerializer"
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
+        if direction == "request":
+            schema["not"] = {"required": ["uniqueFor"], "not": {"required": ["uniqueKey"]}}
+        return schema
+
+
+class ReportScheme(OpenApiSerializerExtension):
+    """A report of POST /tasks/reports: what it needs follows its `outcome` (`error` for fail,
+    `progress` for progress), so a `oneOf` of three whole objects (ReportComplete, ReportFail,
+    ReportProgress) with `outcome` as the discriminator; the server refuses the same bodies."""
+
+    target_class = "taskhub.api.serializers.tasks.ReportSerializer"
+    NEEDS = {"complete": (), "fail": ("error",), "progress": ("progress",)}
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
+        if direction != "request":
+            return schema
+        assert set(self.NEEDS) == set(schema["properties"]["outcome"]["enum"]), "an outcome without a branch"
+        branches, mapping = [], {}
+        for outcome, needs in self.NEEDS.items():
+            name = f"Report{outcome.capitalize()}"
+            branch = {
+                **schema,
+                "properties": schema["properties"] | {"outcome": {"type": "string", "enum": [outcome]}},
+                "required": [*schema["required"], *needs],
+            }
+            component = ResolvedComponent(name=name, type=ResolvedComponent.SCHEMA, object=name, schema=branch)
+            auto_schema.registry.register_on_missing(component)
+            branches.append(component.ref)
+            mapping[outcome] = component.ref["$ref"]
+        return {"oneOf": branches, "discriminator": {"propertyName": "outcome", "mapping": mapping}}
 
 
 class EndpointFieldScheme(OpenApiSerializerFieldExtension):

@@ -3,14 +3,13 @@ check of a template, for the API and the console; errors name the field (`templa
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from taskhub.base.errors import InvalidInput
+from tasks import bounds
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]+$")
-MAX_CONFIG_BYTES = 65_536
+NAME_PATTERN = re.compile(bounds.NAME_PATTERN)
 # camelCase (as sent and shown) -> the task's field, and the bounds of POST /tasks.
 FIELDS = {
     "name": "name",
@@ -20,7 +19,7 @@ FIELDS = {
     "maxRetries": "max_retries",
     "timeoutSeconds": "timeout_seconds",
 }
-_INT_BOUNDS = {"priority": (-1000, 1000), "maxRetries": (0, 100), "timeoutSeconds": (1, 7 * 24 * 3600)}
+_INT_BOUNDS = {"priority": bounds.PRIORITY, "maxRetries": bounds.MAX_RETRIES, "timeoutSeconds": bounds.TIMEOUT_SECONDS}
 
 
 def _fail(name: str, message: str) -> InvalidInput:
@@ -38,10 +37,10 @@ def check_template(raw: Any) -> dict[str, Any]:
         value = raw.get(name)
         if not isinstance(value, str) or not value.strip():
             raise _fail(name, "required, a non-empty string")
-    if len(raw["name"]) > 255:
-        raise _fail("name", "at most 255 characters")
-    if len(raw["taskType"]) > 64 or not NAME_PATTERN.match(raw["taskType"]):
-        raise _fail("taskType", "at most 64 of A-Z a-z 0-9 _ . : -")
+    if len(raw["name"]) > bounds.NAME_LENGTH:
+        raise _fail("name", f"at most {bounds.NAME_LENGTH} characters")
+    if len(raw["taskType"]) > bounds.TASK_TYPE_LENGTH or not NAME_PATTERN.match(raw["taskType"]):
+        raise _fail("taskType", f"at most {bounds.TASK_TYPE_LENGTH} of A-Z a-z 0-9 _ . : -")
     for name, (low, high) in _INT_BOUNDS.items():
         value = raw.get(name)
         if value is None:
@@ -51,8 +50,8 @@ def check_template(raw: Any) -> dict[str, Any]:
     config = raw.get("config", {})
     if not isinstance(config, dict):
         raise _fail("config", "an object")
-    if len(json.dumps(config)) > MAX_CONFIG_BYTES:
-        raise _fail("config", f"at most {MAX_CONFIG_BYTES} bytes")
+    if bounds.json_size(config) > bounds.MAX_CONFIG_BYTES:
+        raise _fail("config", f"at most {bounds.MAX_CONFIG_BYTES} bytes")
     return {name: raw[name] for name in FIELDS if name in raw and raw[name] is not None}
 
 

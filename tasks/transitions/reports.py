@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
-from taskhub.base.errors import DomainError, NotFound
+from taskhub.base.errors import Conflict, DomainError, NotFound
 from tasks import logs
 from tasks.backoff import retry_delay
 from tasks.entry import lease_deadline
@@ -169,11 +169,17 @@ class _Plan:
     moves: list[Move] = field(default_factory=list)
 
 
+class Repeated(Conflict):
+    """A second report for one task in one batch (each task gets one outcome per request)."""
+
+    code = "repeated"
+
+
 def report_attempts(
     unit_id: str, reports: list[dict[str, Any]], *, now: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """Apply a unit's reports; one reply item per report, in request order. Task ids are unique
-    in `reports` (the serializer refuses duplicates)."""
+    """Apply a unit's reports; one reply item per report, in request order. A report naming a
+    task an earlier report of the same batch named is refused in its reply (code `repeated`)."""
     return _report(unit_id, reports, now or timezone.now())
 
 
@@ -184,6 +190,7 @@ def _report(unit_id: str, reports: list[dict[str, Any]], now: datetime) -> list[
     locked = _lock_own(unit_id, [r["taskId"] for r in reports])
     replies: list[dict[str, Any]] = []
     live: list[tuple[dict[str, Any], Task, dict[str, Any]]] = []
+    seen: set[int] = set()
     for report in reports:
         reply: dict[str, Any] = {
             "taskId": report["taskId"],
@@ -193,6 +200,10 @@ def _report(unit_id: str, reports: list[dict[str, Any]], now: datetime) -> list[
             "error": None,
         }
         replies.append(reply)
+        if report["taskId"] in seen:
+            reply["error"] = _error(Repeated("An earlier report of this batch names this task; send one per task"))
+            continue
+        seen.add(report["taskId"])
         try:
             task = _fence(locked.get(report["taskId"]), report, unit_id)
         except DomainError as exc:

@@ -6,7 +6,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from taskhub.api.serializers.fields import NAME_PATTERN, BoundedDateTimeField
+from taskhub.api.serializers.fields import NAME_PATTERN, BoundedDateTimeField, PartialUpdate
+from tasks import bounds
 from tasks.models import MAX_RETENTION_SECONDS, MIN_RETENTION_SECONDS
 from tasks.queues import LIMIT_MAX, MAX_PERIOD
 from tasks.states import TaskStatus
@@ -18,7 +19,7 @@ def _limit(name: str, help_text: str) -> serializers.IntegerField:
     )
 
 
-class QueueUpdateSerializer(serializers.Serializer):
+class QueueUpdateSerializer(PartialUpdate):
     paused = serializers.BooleanField(required=False, help_text="A paused queue's PENDING tasks are not claimed.")
     maxRunning = _limit("max_running", "At most this many RUNNING tasks of the queue at once (null: no limit).")
     perKeyConcurrency = _limit("per_key_concurrency", "At most this many RUNNING per concurrencyKey (null: no limit).")
@@ -27,13 +28,21 @@ class QueueUpdateSerializer(serializers.Serializer):
     keyRateLimit = _limit("key_rate_limit", "At most this many starts per concurrencyKey per keyRatePeriodSeconds.")
     keyRatePeriodSeconds = _limit("key_rate_period", "The per-key rate limit's window, in seconds (default 60).")
     defaultMaxRetries = serializers.IntegerField(
-        min_value=0, max_value=100, required=False, allow_null=True, source="default_max_retries"
+        min_value=bounds.MAX_RETRIES[0],
+        max_value=bounds.MAX_RETRIES[1],
+        required=False,
+        allow_null=True,
+        source="default_max_retries",
     )
     defaultTimeoutSeconds = serializers.IntegerField(
         min_value=1, max_value=MAX_PERIOD, required=False, allow_null=True, source="default_timeout_seconds"
     )
     defaultPriority = serializers.IntegerField(
-        min_value=-1000, max_value=1000, required=False, allow_null=True, source="default_priority"
+        min_value=bounds.PRIORITY[0],
+        max_value=bounds.PRIORITY[1],
+        required=False,
+        allow_null=True,
+        source="default_priority",
     )
     retentionSeconds = serializers.IntegerField(
         min_value=MIN_RETENTION_SECONDS,
@@ -52,14 +61,6 @@ class QueueUpdateSerializer(serializers.Serializer):
         source="dead_retention_seconds",
         help_text="Its dead set (FAILED with no retry due) this long after (null: TASK_DEAD_RETENTION_DAYS).",
     )
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
-        if unknown:
-            raise serializers.ValidationError({sorted(unknown)[0]: ["Unknown or read-only field"]})
-        if not attrs:
-            raise serializers.ValidationError({"body": ["Nothing to update"]})
-        return attrs
 
 
 class QueueSettingsSerializer(serializers.Serializer):
@@ -134,7 +135,7 @@ class BulkFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
     unitId = serializers.CharField(max_length=64, required=False)
-    priority = serializers.IntegerField(min_value=-1000, max_value=1000, required=False)
+    priority = serializers.IntegerField(min_value=bounds.PRIORITY[0], max_value=bounds.PRIORITY[1], required=False)
     search = serializers.CharField(max_length=255, required=False)
     createdAfter = BoundedDateTimeField(required=False)
     createdBefore = BoundedDateTimeField(required=False)
@@ -154,7 +155,10 @@ class BulkActionSerializer(serializers.Serializer):
     filter = BulkFilterSerializer(help_text="The filters of GET /tasks; {} is every task you can see.")
     action = serializers.ChoiceField(choices=BULK_ACTIONS)
     priority = serializers.IntegerField(
-        min_value=-1000, max_value=1000, required=False, help_text="Required by reprioritize: the new priority."
+        min_value=bounds.PRIORITY[0],
+        max_value=bounds.PRIORITY[1],
+        required=False,
+        help_text="Required by reprioritize: the new priority.",
     )
     reason = serializers.CharField(max_length=500, required=False, default="")
     limit = serializers.IntegerField(

@@ -3,24 +3,28 @@ the schedules service (one check for the API and the console; errors name the fi
 
 from __future__ import annotations
 
-from typing import Any
-
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from taskhub.api.serializers.fields import PartialUpdate
 from taskhub.schedules.models import OverlapPolicy, Schedule
 from taskhub.schedules.services import MAX_CATCHUP, MIN_CATCHUP, upcoming
+from tasks import bounds
 
 
 class TemplateSerializer(serializers.Serializer):
     """The documented shape of a template (checked by taskhub.schedules.template)."""
 
-    name = serializers.CharField(max_length=255)
-    taskType = serializers.CharField(max_length=64)
-    priority = serializers.IntegerField(min_value=-1000, max_value=1000, required=False)
+    name = serializers.CharField(max_length=bounds.NAME_LENGTH)
+    taskType = serializers.CharField(max_length=bounds.TASK_TYPE_LENGTH)
+    priority = serializers.IntegerField(min_value=bounds.PRIORITY[0], max_value=bounds.PRIORITY[1], required=False)
     config = serializers.DictField(required=False)
-    maxRetries = serializers.IntegerField(min_value=0, max_value=100, required=False)
-    timeoutSeconds = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600, required=False)
+    maxRetries = serializers.IntegerField(
+        min_value=bounds.MAX_RETRIES[0], max_value=bounds.MAX_RETRIES[1], required=False
+    )
+    timeoutSeconds = serializers.IntegerField(
+        min_value=bounds.TIMEOUT_SECONDS[0], max_value=bounds.TIMEOUT_SECONDS[1], required=False
+    )
 
 
 class ScheduleWriteSerializer(serializers.Serializer):
@@ -49,18 +53,8 @@ class ScheduleWriteSerializer(serializers.Serializer):
     paused = serializers.BooleanField(default=False)
 
 
-class ScheduleUpdateSerializer(ScheduleWriteSerializer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("partial", True)
-        super().__init__(*args, **kwargs)
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
-        if unknown:
-            raise serializers.ValidationError({sorted(unknown)[0]: ["Unknown or read-only field"]})
-        if not attrs:
-            raise serializers.ValidationError({"body": ["Nothing to update"]})
-        return attrs
+class ScheduleUpdateSerializer(PartialUpdate, ScheduleWriteSerializer):
+    pass
 
 
 class ScheduleSerializer(serializers.ModelSerializer):

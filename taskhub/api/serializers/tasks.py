@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
+from taskhub.api.pagination import CURSOR_PATTERN, PageQuery
 from taskhub.api.serializers.fields import (
     MAX_ATTEMPT,
     MAX_CONFIG_BYTES,
@@ -16,10 +17,11 @@ from taskhub.api.serializers.fields import (
     MAX_RESULT_BYTES,
     NAME_PATTERN,
     BoundedDateTimeField,
+    PartialUpdate,
     check_json_size,
 )
 from taskhub.base import tracing
-from tasks import unique
+from tasks import bounds, unique
 from tasks.models import LogLevel, Task, TaskExecutionLog, TaskStatusHistory
 from tasks.states import TaskStatus
 
@@ -94,10 +96,13 @@ class TaskSerializer(serializers.ModelSerializer):
 class TaskFieldsSerializer(serializers.Serializer):
     """The fields of a task a client sets (create, PATCH, a schedule's template)."""
 
-    name = serializers.CharField(max_length=255, allow_blank=False)
-    taskType = serializers.RegexField(NAME_PATTERN, max_length=64, source="task_type")
+    name = serializers.CharField(max_length=bounds.NAME_LENGTH, allow_blank=False)
+    taskType = serializers.RegexField(NAME_PATTERN, max_length=bounds.TASK_TYPE_LENGTH, source="task_type")
     priority = serializers.IntegerField(
-        min_value=-1000, max_value=1000, required=False, help_text="Default 0, or the queue's defaultPriority."
+        min_value=bounds.PRIORITY[0],
+        max_value=bounds.PRIORITY[1],
+        required=False,
+        help_text="Default 0, or the queue's defaultPriority.",
     )
     config = serializers.DictField(default=dict)
     concurrencyKey = serializers.CharField(
@@ -107,9 +112,15 @@ class TaskFieldsSerializer(serializers.Serializer):
         source="concurrency_key",
         help_text="Tasks sharing a key are limited together by their queue's perKeyConcurrency and key rate limit.",
     )
-    maxRetries = serializers.IntegerField(min_value=0, max_value=100, required=False, source="max_retries")
+    maxRetries = serializers.IntegerField(
+        min_value=bounds.MAX_RETRIES[0], max_value=bounds.MAX_RETRIES[1], required=False, source="max_retries"
+    )
     timeoutSeconds = serializers.IntegerField(
-        min_value=1, max_value=7 * 24 * 3600, required=False, allow_null=True, source="timeout_seconds"
+        min_value=bounds.TIMEOUT_SECONDS[0],
+        max_value=bounds.TIMEOUT_SECONDS[1],
+        required=False,
+        allow_null=True,
+        source="timeout_seconds",
     )
     scheduledAt = BoundedDateTimeField(required=False, allow_null=True, source="scheduled_at")
 
@@ -147,23 +158,10 @@ class TaskCreateSerializer(TaskFieldsSerializer):
         return attrs
 
 
-class TaskUpdateSerializer(TaskFieldsSerializer):
+class TaskUpdateSerializer(PartialUpdate, TaskFieldsSerializer):
     """PATCH: every field optional; which may change depends on the task's state (the service)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("partial", True)
-        super().__init__(*args, **kwargs)
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
-        if "status" in unknown:
-            raise serializers.ValidationError({"status": ["Change status with PUT /tasks/{id}/status"]})
-        if unknown:
-            field = sorted(unknown)[0]
-            raise serializers.ValidationError({field: ["Unknown or read-only field"]})
-        if not attrs:
-            raise serializers.ValidationError({"body": ["Nothing to update"]})
-        return attrs
+    ELSEWHERE = {"status": "Change status with PUT /tasks/{id}/status"}
 
 
 class StatusChangeSerializer(serializers.Serializer):
@@ -171,17 +169,14 @@ class StatusChangeSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 
-class TaskListQuerySerializer(serializers.Serializer):
+class TaskListQuerySerializer(PageQuery):
     ORDERINGS = ("id", "-id", "priority", "-priority", "createdAt", "-createdAt", "updatedAt", "-updatedAt")
+    DEFAULT_LIMIT = 10
 
-    page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1)
-    limit = serializers.IntegerField(
-        min_value=1, max_value=MAX_ID, default=10, help_text="Capped at API_PAGE_SIZE_MAX."
-    )
     status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
     taskType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
     unitId = serializers.CharField(max_length=64, required=False)
-    priority = serializers.IntegerField(min_value=-1000, max_value=1000, required=False)
+    priority = serializers.IntegerField(min_value=bounds.PRIORITY[0], max_value=bounds.PRIORITY[1], required=False)
     search = serializers.CharField(
         max_length=255,
         required=False,
@@ -193,16 +188,15 @@ class TaskListQuerySerializer(serializers.Serializer):
     ordering = serializers.ChoiceField(
         choices=ORDERINGS, default="-id", help_text="Ties are broken by id in the same direction."
     )
-    cursor = serializers.CharField(
+    cursor = serializers.RegexField(
+        CURSOR_PATTERN,
         max_length=64,
         required=False,
         allow_blank=True,
-        help_text="Cursor mode for large tables: pass an empty cursor to start, then nextCursor. "
-        "Ordered by id descending; no total count.",
+        help_text="Cursor mode for large tables: pass an empty cursor to start, then nextCursor (with the same "
+        "ordering and filters); no total count. A cursor is the last row's position: `<id>` under an id ordering, "
+        "`<value>.<id>` under another (date-times as microseconds since 1970); the list goes on after it.",
     )
-
-    def validate_limit(self, value: int) -> int:
-        return min(value, settings.API_PAGE_SIZE_MAX)
 
 
 class LogEntrySerializer(serializers.Serializer):
@@ -308,20 +302,6 @@ class RedriveSerializer(serializers.Serializer):
 # --- batch forms ------------------------------------------------------------------------------
 
 
-def _unique_items(items: list[dict[str, Any]], key: str, name: str, fold: bool = False) -> None:
-    """400 naming `[index].name` for the second item repeating `key`."""
-    seen: set[Any] = set()
-    for index, item in enumerate(items):
-        value = item.get(key)
-        if value is None:
-            continue
-        value = value.casefold() if fold else value
-        if value in seen:
-            detail: Any = {index: {name: ["Repeated in this batch; each item needs its own"]}}  # -> tasks[3].name
-            raise serializers.ValidationError(detail)
-        seen.add(value)
-
-
 def _within(items: list[Any], limit: int) -> list[Any]:
     # The schema's maxItems comes from the setting at start-up; this checks the live value.
     if len(items) > limit:
@@ -360,13 +340,13 @@ class TaskBatchItemSerializer(TaskCreateSerializer):
 
 class TaskBatchCreateSerializer(serializers.Serializer):
     tasks: serializers.ListSerializer[Any] = serializers.ListSerializer(
-        child=TaskBatchItemSerializer(), allow_empty=False, max_length=settings.TASK_BATCH_MAX
+        child=TaskBatchItemSerializer(),
+        max_length=settings.TASK_BATCH_MAX,
+        help_text="Answered in order, as if sent one by one: an idempotencyKey (compared case-insensitively) or "
+        "a uniqueKey repeated in the batch gets the task of its first item. An empty list gets an empty one.",
     )
 
     def validate_tasks(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        # Keys are compared case-insensitively (as MySQL's collation does) so no backend sees two.
-        _unique_items(value, "idempotency_key", "idempotencyKey", fold=True)
-        _unique_items(value, "unique_key", "uniqueKey")
         return _within(value, settings.TASK_BATCH_MAX)
 
 
@@ -408,11 +388,13 @@ class ReportSerializer(serializers.Serializer):
 
 class ReportBatchSerializer(serializers.Serializer):
     reports: serializers.ListSerializer[Any] = serializers.ListSerializer(
-        child=ReportSerializer(), allow_empty=False, max_length=settings.TASK_BATCH_MAX
+        child=ReportSerializer(),
+        max_length=settings.TASK_BATCH_MAX,
+        help_text="Each item is fenced on its own; a second report for a taskId of the same request is refused in "
+        "its item (error code `repeated`). An empty list gets an empty one.",
     )
 
     def validate_reports(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        _unique_items(value, "taskId", "taskId")
         return _within(value, settings.TASK_BATCH_MAX)
 
 

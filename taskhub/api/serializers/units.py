@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from taskhub.api.pagination import PageQuery
 from taskhub.api.serializers.fields import (
-    MAX_ID,
     NAME_PATTERN,
     UNIT_ID_INVALID,
     UNIT_ID_PATTERN,
+    PartialUpdate,
     check_metadata,
     datetime_or_none,
 )
@@ -247,7 +247,7 @@ class ClaimReplySerializer(serializers.Serializer):
     )
 
 
-class UnitUpdateSerializer(serializers.Serializer):
+class UnitUpdateSerializer(PartialUpdate):
     unitName = serializers.CharField(max_length=255, source="unit_name", required=False)
     capacity = serializers.IntegerField(min_value=1, max_value=1000, required=False)
     endpoint = EndpointField(max_length=500, required=False, allow_blank=True)
@@ -258,20 +258,7 @@ class UnitUpdateSerializer(serializers.Serializer):
         help_text="MAINTENANCE drains the unit (it claims nothing, keeps its tasks); ONLINE resumes it.",
     )
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
-        if unknown:
-            raise serializers.ValidationError({sorted(unknown)[0]: ["Unknown or read-only field"]})
-        if not attrs:
-            raise serializers.ValidationError({"body": ["Nothing to update"]})
-        return attrs
 
-
-class UnitListQuerySerializer(serializers.Serializer):
-    page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1)
-    limit = serializers.IntegerField(min_value=1, max_value=MAX_ID, default=20)
+class UnitListQuerySerializer(PageQuery):
     status = serializers.ChoiceField(choices=UnitStatus.choices, required=False)
     unitType = serializers.RegexField(NAME_PATTERN, max_length=64, required=False)
-
-    def validate_limit(self, value: int) -> int:
-        return min(value, settings.API_PAGE_SIZE_MAX)

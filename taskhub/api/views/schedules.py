@@ -6,11 +6,11 @@ from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers, status, viewsets
+from rest_framework import status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from taskhub.api.pagination import page_serializer, paginate
+from taskhub.api.pagination import PageQuery, page_serializer, paginate
 from taskhub.api.principals import principal_of
 from taskhub.api.serializers.schedules import ScheduleSerializer, ScheduleUpdateSerializer, ScheduleWriteSerializer
 from taskhub.api.validation import query_params, validated
@@ -21,9 +21,8 @@ from taskhub.schedules.models import Schedule
 SchedulePage = page_serializer("SchedulePage", ScheduleSerializer)
 
 
-class ScheduleListQuerySerializer(serializers.Serializer):
-    page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1)
-    limit = serializers.IntegerField(min_value=1, max_value=100, default=20)
+class ScheduleListQuerySerializer(PageQuery):
+    pass
 
 
 class ScheduleViewSet(viewsets.ViewSet):
@@ -48,7 +47,7 @@ class ScheduleViewSet(viewsets.ViewSet):
     @extend_schema(parameters=[ScheduleListQuerySerializer], responses=SchedulePage, summary="List schedules")
     def list(self, request: Request) -> Response:
         q = validated(ScheduleListQuerySerializer, query_params(request))
-        return Response(paginate(self._schedules(request).order_by("-id"), q, _render))
+        return Response(paginate(self._schedules(request), q, _render, order=("-id",)))
 
     @extend_schema(
         request=ScheduleWriteSerializer,

@@ -69,9 +69,10 @@ AcceptedBody = inline_serializer(
         "accepted": serializers.BooleanField(),
     },
 )
+MAX_IDEMPOTENCY_KEY = 255
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
-    OpenApiTypes.STR,
+    {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
     OpenApiParameter.HEADER,
     required=False,
     description="A repeat with the same key from the same client returns the first task (200).",
@@ -111,7 +112,6 @@ CREATE_REPLY_HEADERS = [
     ),
 ]
 ORDERING_FIELDS = {"createdAt": "created_at", "updatedAt": "updated_at"}
-MAX_IDEMPOTENCY_KEY = 255
 
 
 def _ordering(value: str) -> tuple[str, str]:
@@ -175,7 +175,7 @@ class TaskViewSet(viewsets.ViewSet):
     def list(self, request: Request) -> Response:
         q = validated(TaskListQuerySerializer, query_params(request))
         qs, windowed = filter_tasks(self._tasks(request), _filters(q), search_window=settings.API_SEARCH_WINDOW)
-        body = paginate(qs.order_by(*_ordering(q["ordering"])), q, _render_tasks)
+        body = paginate(qs, q, _render_tasks, order=_ordering(q["ordering"]))
         if windowed:
             # Say so: older tasks were not searched (narrow with status, taskType or dates).
             body["searchWindow"] = settings.API_SEARCH_WINDOW

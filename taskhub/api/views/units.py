@@ -100,7 +100,7 @@ class UnitViewSet(viewsets.ViewSet):
         if "unitType" in q:
             qs = qs.filter(unit_type=q["unitType"])
         return Response(
-            paginate(_with_running(qs).order_by("id"), q, lambda rows: UnitSerializer(rows, many=True).data)
+            paginate(_with_running(qs), q, lambda rows: UnitSerializer(rows, many=True).data, order=("id",))
         )
 
     @extend_schema(responses=UnitSerializer, summary="Get an execution unit")
