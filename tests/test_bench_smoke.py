@@ -45,6 +45,8 @@ def test_bench_smoke_runs_and_reports_no_double_claims_no_lost_tasks_no_lock_err
         "--db-name",
         f"{test_db}_bench",
     ]
+    if os.environ.get("REDIS_DB"):  # this run's own Redis DB number, not the first free one of the bench's
+        argv += ["--redis-db", os.environ["REDIS_DB"]]
     run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     shown = f"exit {run.returncode}\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
     assert run.returncode == 0, shown
