@@ -181,7 +181,16 @@ def _push_rows(results: dict[str, Any], add: Any) -> None:
             f"p50 {c['p50ms']:.1f}, p90 {c['p90ms']:.1f}, p99 {c['p99ms']:.1f} ms",
         )
     w = results.get("waiters")
-    if w:
+    if w and w["created"] != 201:
+        add(
+            f"9 claims run for one created task, {w['waiters']:,} waiting",
+            str(w["waiters"]),
+            f"the create answered {w['created'] or 'nothing in 10 s'}: not measured",
+            f"{w['claimsForOneTask']:g} claims meanwhile",
+            f"O(1): <= {WAITER_CLAIMS} claims",
+            "FAILED",
+        )
+    elif w:
         claims = w["claimsForOneTask"]
         add(
             f"9 claims run for one created task, {w['waiters']:,} waiting",

@@ -63,6 +63,10 @@ class Profile:
     # Issue 14: K real taskhub-unit processes and tasks created one at a time; waiters on one type;
     # idle fleet sizes, seconds measured each, their long-poll wait; producer waits, SSE events, webhooks.
     dispatch: tuple[int, int] = (4, 200)
+    # The web of these rows is production's (taskhub/gunicorn.conf.py's defaults, as bench.dispatch
+    # runs it): 2 uvicorn workers with 4 sync-view threads each. With 1 (the rows above, measured
+    # best for sync workers), 1,000 waiting claims queue every other request behind one thread.
+    push_threads: int = 4
     waiters: int = 1_000
     fleet: tuple[int, ...] = (200, 1_000, 5_000)
     fleet_seconds: float = 15.0
@@ -429,7 +433,7 @@ class Runner:
             stack.stop("web")
             self.fresh()
             stack.knobs.update(push_queue.metrics_knobs(stack.run_dir))
-            stack.start_web(workers=self.workers, threads=self.threads, extra=self.gunicorn_extra)
+            stack.start_web(workers=self.workers, threads=p.push_threads, extra=self.gunicorn_extra)
             self._warm_up()
         if "dispatch" in p.scenarios:
             units, tasks = p.dispatch
