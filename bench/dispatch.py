@@ -34,10 +34,9 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
-
+from bench import celery_peer
 from bench.load import percentile
-from bench.stack import NCPU, PYTHON, ROOT, CpuMeter, Db, Stack, children
+from bench.stack import NCPU, ROOT, CpuMeter, Db, Stack, children
 from taskhub.apikeys.tokens import digest
 from testkit.hub import ALL_SCOPES, call, unit_argv, unit_env
 from testkit.processes import Process
@@ -275,45 +274,8 @@ def dispatch_latency(stack: Stack, key: str, units: int, tasks: int) -> dict[str
 
 
 def celery_latency(stack: Stack, tasks: int) -> dict[str, Any]:
-    from bench.celery_noop import QUEUE, STAMP_KEY, stamp, use_broker
-
-    broker = stack.redis_url
-    use_broker(broker)
-    client = redis.Redis.from_url(broker)
-    client.delete(STAMP_KEY)
-    stack.start(
-        "celery-noop",
-        [
-            *(
-                PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "bench.celery_noop",
-                "worker",
-                "--loglevel",
-                "WARNING",
-                "--pool",
-                "prefork",
-            ),
-            *("--concurrency", str(NCPU), "-Q", QUEUE, "--without-gossip", "--without-mingle", "--without-heartbeat"),
-            *("--hostname", f"bench-dispatch-{os.getpid()}@%h"),
-        ],
-        BENCH_CELERY_BROKER=broker,
-    )
-    try:
-        for _ in range(10):
-            stamp.apply_async((time.time(),))
-        wait_for(lambda: client.llen(STAMP_KEY) >= 10, 60, "celery warm-up")
-        client.delete(STAMP_KEY)
-        for _ in range(tasks):
-            stamp.apply_async((time.time(),))
-            time.sleep(random.uniform(0.05, 0.15))
-        wait_for(lambda: client.llen(STAMP_KEY) >= tasks, 30, "celery tasks")
-        lat = [float(v) for v in client.lrange(STAMP_KEY, 0, -1)]
-    finally:
-        stack.stop("celery-noop")
-    return {"tasks": tasks, **_ms(lat)}
+    """Celery + Redis dispatch latency, apply_async -> the task starts (bench.celery_peer)."""
+    return {"tasks": tasks, **_ms(celery_peer.dispatch_latencies(stack, tasks))}
 
 
 def main() -> int:

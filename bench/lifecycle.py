@@ -6,24 +6,22 @@ taskhub, two ways (two rows):
   `POST /tasks/reports` per claim, holding a log line and the completion of each task claimed;
 - single: one request per step, as before: `POST /tasks` per task, claim `{max: B}`, then
   `POST /tasks/{id}/logs` and `POST /tasks/{id}/complete` per task.
+The units claim as taskhub-unit does (`--claim-wait`): a long-poll claim (`waitSeconds`) that the hub
+holds until work arrives; with `claim_wait` 0 they poll (an empty claim, 5 ms, the next).
 Celery: the same P producers publish M no-op tasks while a Celery worker (prefork, one process per
-core, its defaults otherwise) drains them. Every clock runs from the first request to the last task
-done.
+core, its defaults otherwise; bench.celery_peer) drains them. Every clock runs from the first request
+to the last task done (a unit still holding a long-poll claim when the work is done is not timed).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
-import subprocess
 import time
 from typing import Any
 
-import redis
-
-from bench import seed
+from bench import celery_peer, seed
 from bench.load import Http, percentile, run_clients
-from bench.stack import PYTHON, ROOT, Db, Stack
+from bench.stack import Db, Stack
 
 TASK_TYPE = "LIFECYCLE"
 MODES = ("batch", "single")
@@ -59,14 +57,17 @@ def _lifecycle_client(http: Http, index: int, arg: Any, deadline: float) -> dict
             if status == 201:
                 created.append(int(reply["id"]))
         return {"created": created}
-    _, unit_id, token, batch, total, done, batched = arg
+    _, unit_id, token, batch, total, done, batched, claim_wait = arg
     completed: list[int] = []
     refused = 0
+    last_done = 0.0
+    claim: dict[str, Any] = {"max": batch, "waitSeconds": claim_wait} if claim_wait else {"max": batch}
     while time.monotonic() < deadline and done.value < total:
-        status, reply = http.call("claim", "POST", f"/execution-units/{unit_id}/claim", {"max": batch}, token=token)
+        status, reply = http.call("claim", "POST", f"/execution-units/{unit_id}/claim", claim, token=token)
         tasks = reply.get("items", []) if status == 200 else []
         if not tasks:
-            time.sleep(0.005)
+            if not claim_wait or status != 200:
+                time.sleep(0.005)
             continue
         if batched:  # one POST /tasks/reports per claim: a log line and the completion of each task
             reports = [
@@ -86,6 +87,7 @@ def _lifecycle_client(http: Http, index: int, arg: Any, deadline: float) -> dict
             refused += len(tasks) - len(accepted)
             with done.get_lock():
                 done.value += len(accepted)
+            last_done = time.monotonic()
             continue
         for task in tasks:
             task_id, attempt = int(task["id"]), int(task["attempt"])
@@ -98,9 +100,10 @@ def _lifecycle_client(http: Http, index: int, arg: Any, deadline: float) -> dict
                 completed.append(task_id)
                 with done.get_lock():
                     done.value += 1
+                last_done = time.monotonic()
             else:
                 refused += 1
-    return {"completed": completed, "refused": refused}
+    return {"completed": completed, "refused": refused, "lastDoneAt": last_done}
 
 
 def taskhub(
@@ -116,9 +119,10 @@ def taskhub(
     meter: Any,
     mode: str = "batch",
     create_batch: int = 100,
+    claim_wait: float = 0.0,
 ) -> dict[str, Any]:
     """`mode` batch: batched creation (`create_batch` a request) and one report batch per claim;
-    single: one request per step."""
+    single: one request per step. `claim_wait`: the units' long-poll `waitSeconds` (0: polling)."""
     assert mode in MODES
     batched = mode == "batch"
     ctx = multiprocessing.get_context("fork")
@@ -131,8 +135,13 @@ def taskhub(
         conn.close()
     per = [tasks // producers + (1 if i < tasks % producers else 0) for i in range(producers)]
     args: list[Any] = [("producer", key, n, create_batch if batched else 0) for n in per]
-    args += [("unit", u, t, batch, tasks, done, batched) for u, t in zip(ids, tokens, strict=True)]
+    args += [("unit", u, t, batch, tasks, done, batched, claim_wait) for u, t in zip(ids, tokens, strict=True)]
     result = run_clients(_lifecycle_client, args, port=port, duration=max(60.0, tasks / 5), meter=meter)
+    # From the first request to the last task done: a unit's last long-poll claim, still held when
+    # the work ran out, ends up to `claim_wait` later and is no part of the work.
+    began = min(c.started for c in result.clients)
+    last_done = max(result.extras("lastDoneAt"), default=0.0)
+    elapsed = last_done - began if last_done > began else result.elapsed
     created = result.extras("created")
     completed = result.extras("completed")
     conn = db.connect(autocommit=False)
@@ -166,8 +175,10 @@ def taskhub(
         "producers": producers,
         "batch": batch,
         "createBatch": create_batch if batched else 1,
-        "elapsed": result.elapsed,
-        "tasksPerSecond": len(completed) / result.elapsed if result.elapsed else 0.0,
+        "claimWait": claim_wait,
+        "elapsed": elapsed,
+        "clientsElapsed": result.elapsed,
+        "tasksPerSecond": len(completed) / elapsed if elapsed else 0.0,
         "requests": requests,
         "requestsPerSecond": requests / result.elapsed if result.elapsed else 0.0,
         "unexpected": requests - ok,
@@ -187,86 +198,6 @@ def taskhub(
     }
 
 
-def _celery_producer(http: Http, index: int, arg: Any, deadline: float) -> dict[str, Any]:
-    from bench.celery_noop import noop, use_broker
-
-    broker, count = arg
-    use_broker(broker)
-    sent = 0
-    for _ in range(count):
-        if time.monotonic() >= deadline:
-            break
-        noop.delay()
-        sent += 1
-    return {"sent": sent}
-
-
-def _wait_done(client: redis.Redis, key: str, target: int, timeout: float) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if int(client.get(key) or 0) >= target:
-            return time.monotonic()
-        time.sleep(0.002)
-    raise TimeoutError(f"Celery ran {int(client.get(key) or 0)} of {target} no-op tasks in {timeout:.0f}s")
-
-
 def celery(stack: Stack, *, tasks: int, producers: int, meter_groups: dict[str, list[int]]) -> dict[str, Any]:
-    from bench.celery_noop import DONE_KEY, QUEUE
-    from bench.stack import CpuMeter
-
-    broker = stack.redis_url
-    client = redis.Redis.from_url(broker)
-    client.delete(DONE_KEY, QUEUE)
-    worker = stack.start(
-        "celery-noop",
-        [
-            *(
-                PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "bench.celery_noop",
-                "worker",
-                "--loglevel",
-                "WARNING",
-                "--pool",
-                "prefork",
-            ),
-            *("--concurrency", str(os.cpu_count() or 1), "-Q", QUEUE, "--without-gossip", "--without-mingle"),
-            *("--without-heartbeat", "--hostname", f"bench-noop-{os.getpid()}@%h"),
-        ],
-        BENCH_CELERY_BROKER=broker,
-    )
-    try:
-        # Warm up: the worker is ready once it has run a few.
-        warm = run_clients(_celery_producer, [(broker, 20)], port=0, duration=30)
-        _wait_done(client, DONE_KEY, sum(warm.extras("sent")), 60)
-        client.delete(DONE_KEY)
-        per = [tasks // producers + (1 if i < tasks % producers else 0) for i in range(producers)]
-        meter = CpuMeter({**meter_groups, "celery": worker.tree()})
-        started = time.monotonic()
-        result = run_clients(_celery_producer, [(broker, n) for n in per], port=0, duration=120)
-        sent = sum(result.extras("sent"))
-        finished = _wait_done(client, DONE_KEY, sent, 300)
-        meters = meter.stop()
-        done = int(client.get(DONE_KEY) or 0)
-        elapsed = finished - started
-        return {
-            "tasks": tasks,
-            "producers": producers,
-            "workerConcurrency": os.cpu_count() or 1,
-            "sent": sent,
-            "done": done,
-            "elapsed": elapsed,
-            "tasksPerSecond": done / elapsed if elapsed else 0.0,
-            "lost": tasks - done,
-            "loadgenCpuShare": result.cpu / (elapsed * (os.cpu_count() or 1)) if elapsed else 0.0,
-            "cpu": meters,
-            "celeryVersion": subprocess.run(
-                [PYTHON, "-m", "celery", "--version"], capture_output=True, text=True, cwd=ROOT
-            ).stdout.strip(),
-        }
-    finally:
-        stack.stop("celery-noop")
-        client.delete(DONE_KEY, QUEUE)
-        client.close()
+    """The Celery + Redis row: the same P producers publish M no-op tasks (bench.celery_peer)."""
+    return celery_peer.throughput(stack, tasks=tasks, producers=producers, meter_groups=meter_groups)

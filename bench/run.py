@@ -25,13 +25,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import failover, http_scenarios, lifecycle, raw, report, scale, seed
+from bench import dispatch, failover, http_scenarios, lifecycle, push_queue, raw, report, scale, seed
 from bench.stack import NCPU, ROOT, CpuMeter, Db, Stack, memory_kb, pids_named
 
 RESULTS = ROOT / "bench" / "results"
 ALL_SCOPES = "tasks:read,tasks:write,units:read,units:write,units:register"
 PACKAGES = ("Django", "djangorestframework", "celery", "kombu", "gunicorn", "mysqlclient", "redis", "django-redis")
-SCENARIOS = ("queries", "raw", "floor", "heartbeat", "claim", "lifecycle", "failover", "scale")
+SCENARIOS = (
+    *("queries", "queues", "raw", "floor", "heartbeat", "claim", "lifecycle", "failover"),
+    *("dispatch", "waiters", "fleet", "results", "schedules", "prune", "scale"),
+)
+# Issue 14 (push-speed dispatch) and issue 15 (queue control): bench.push_queue.
+PUSH_ROWS = ("dispatch", "waiters", "fleet")
 
 
 @dataclass(frozen=True)
@@ -48,11 +53,29 @@ class Profile:
     heartbeat_tasks: tuple[int, ...] = (0, 5)
     lifecycle: tuple[int, int, int, int] = (3_000, 4, 2, 10)  # M, K units, P producers, claim batch
     lifecycle_batch: tuple[int, int] = (25, 100)  # batch row: claim {max}, tasks per POST /tasks/batch
+    # The lifecycle's units claim as taskhub-unit does: long polls of this many seconds (0: polling).
+    claim_wait: float = 5.0
     failover: tuple[int, int, int] = (40, 5, 2)  # victims, tasks each, rescuers
     knobs: dict[str, str] = field(default_factory=dict)
     scale_tasks: int = 1_000_000
     scale_fleet: tuple[int, int, int] = (10_000, 100_000, 1_000)  # units, RUNNING tasks, dead units
     list_repeat: int = 50
+    # Issue 14: K real taskhub-unit processes and tasks created one at a time; waiters on one type;
+    # idle fleet sizes, seconds measured each, their long-poll wait; producer waits, SSE events, webhooks.
+    dispatch: tuple[int, int] = (4, 200)
+    # The web of these rows is production's (taskhub/gunicorn.conf.py's defaults, as bench.dispatch
+    # runs it): 2 uvicorn workers with 4 sync-view threads each. With 1 (the rows above, measured
+    # best for sync workers), 1,000 waiting claims queue every other request behind one thread.
+    push_threads: int = 4
+    waiters: int = 1_000
+    fleet: tuple[int, ...] = (200, 1_000, 5_000)
+    fleet_seconds: float = 15.0
+    fleet_wait: float = 20.0
+    results: tuple[int, int, int] = (60, 60, 500)
+    # Issue 15: seconds per mode of the limits probe; schedules firing in one minute; prune table.
+    queue_seconds: float = 10.0
+    schedules: int = 1_000
+    prune: tuple[int, float] = (200_000, 20.0)  # finished rows seeded, seconds of claims (half beside pruning)
     # gunicorn: 2 sync workers measured best on this 2-core machine (BENCHMARKS.md, "gunicorn");
     # the config file's own default is 2 workers x 4 threads (gthread).
     workers: int = 2
@@ -67,13 +90,13 @@ PROFILES = {
     "full": Profile(
         "full",
         redis_db=3,
-        scenarios=("queries", "raw", "floor", "heartbeat", "claim", "lifecycle", "failover", "queues"),
+        scenarios=tuple(s for s in SCENARIOS if s != "scale"),
         knobs={"UNIT_HEARTBEAT_TIMEOUT": "30", "SWEEP_INTERVAL": "5"},
     ),
     "smoke": Profile(
         "smoke",
         redis_db=4,
-        scenarios=("queries", "raw", "floor", "heartbeat", "claim", "lifecycle", "failover"),
+        scenarios=tuple(s for s in SCENARIOS if s != "scale"),
         concurrencies=(1, 2),
         duration=2.0,
         raw_pool=(300, 2_000),
@@ -84,12 +107,23 @@ PROFILES = {
         lifecycle=(60, 2, 1, 5),
         lifecycle_batch=(10, 20),
         failover=(4, 3, 2),
+        claim_wait=1.0,
+        dispatch=(2, 10),
+        waiters=20,
+        fleet=(20,),
+        fleet_seconds=3.0,
+        fleet_wait=2.0,
+        results=(3, 3, 20),
+        queue_seconds=1.0,
+        schedules=20,
+        prune=(2_000, 2.0),
         knobs={"UNIT_HEARTBEAT_TIMEOUT": "2", "SWEEP_INTERVAL": "1"},
     ),
     "scale": Profile(
         "scale",
         redis_db=6,
-        scenarios=("scale",),
+        scenarios=("scale", "prune"),
+        prune=(1_000_000, 20.0),
         knobs={"UNIT_HEARTBEAT_TIMEOUT": "30", "SWEEP_INTERVAL": "5"},
     ),
 }
@@ -186,6 +220,7 @@ class Runner:
         self.owner = 0
         self.workers, self.threads = profile.workers, profile.threads
         self.gunicorn_extra: list[str] = []
+        self.failed: dict[str, str] = {}  # rows that raised: reported, and the run fails
 
     def meter(self, **extra: list[int]) -> Callable[[], CpuMeter]:
         def make() -> CpuMeter:
@@ -232,9 +267,9 @@ class Runner:
             self.log("  " + ", ".join(f"{k}: {v['queries']}" for k, v in self.results["queries"].items()))
         if "queues" in p.scenarios:
             self.log("claim with queue limits (maxRunning, perKeyConcurrency, rateLimit) vs none (bench.queue_probe)")
-            self.results["queues"] = self.stack.probe("bench.queue_probe")
-            q = self.results["queues"]
-            self.log(f"  limited/none: {q['ratio']:.2f} wall, {q['claimRatio']:.2f} in the claim (target >= 0.8)")
+            q = self.row("queues", lambda: push_queue.queue_limits_row(stack, p.queue_seconds))
+            if q:
+                self.log(f"  limited/none: {q['ratio']:.2f} wall, {q['claimRatio']:.2f} in the claim (target >= 0.8)")
         if "raw" in p.scenarios:
             self.log("1 raw claim limit (plain MySQLdb)")
             self.results["raw"] = [
@@ -312,7 +347,10 @@ class Runner:
         if "lifecycle" in p.scenarios:
             m, k, producers, batch = p.lifecycle
             claim_max, create_batch = p.lifecycle_batch
-            self.log(f"5 lifecycle: {m} tasks created, claimed, logged, completed over HTTP; then Celery")
+            self.log(
+                f"5 lifecycle: {m} tasks created, claimed (long polls of {p.claim_wait:g} s), logged, completed"
+                " over HTTP; then Celery"
+            )
             runs: tuple[tuple[str, str, dict[str, Any]], ...] = (
                 (
                     "lifecycle",
@@ -338,6 +376,7 @@ class Runner:
                         units=k,
                         producers=producers,
                         meter=self.meter(),
+                        claim_wait=p.claim_wait,
                         **how,
                     )
 
@@ -371,10 +410,84 @@ class Runner:
                     meter=self.meter(),
                 ),
             )
+        self.results["memory"] = {**self.results.get("memory", {}), **self._web_memory()}
+        self.run_push()
+        self.run_upkeep()
         if "scale" in p.scenarios:
             self.run_scale()
-        self.results["memory"] = {**self.results.get("memory", {}), **self._web_memory()}
         return self.results
+
+    def row(self, name: str, fn: Callable[[], Any]) -> Any:
+        """results[name] = fn(); a row that raises is recorded as failed and the run goes on."""
+        value, error = push_queue.guarded(self.log, fn)
+        if error:
+            self.failed[name] = error
+        else:
+            self.results[name] = value
+        return value
+
+    def run_push(self) -> None:
+        """Issue 14's rows on a web restarted with the metrics knobs (bench.push_queue)."""
+        p, stack = self.p, self.stack
+        if any(s in p.scenarios for s in PUSH_ROWS):
+            stack.stop("web")
+            self.fresh()
+            stack.knobs.update(push_queue.metrics_knobs(stack.run_dir))
+            stack.start_web(workers=self.workers, threads=p.push_threads, extra=self.gunicorn_extra)
+            self._warm_up()
+        if "dispatch" in p.scenarios:
+            units, tasks = p.dispatch
+            self.log(
+                f"8 dispatch latency: {units} real taskhub-unit processes (long polls), {tasks} tasks; then Celery"
+            )
+            d = self.row("dispatch", lambda: push_queue.dispatch_rows(stack, self.key, units, tasks))
+            if d:
+                t, c = d["taskhub"], d["celery"]
+                self.log(f"  taskhub p50 {t['p50ms']} p99 {t['p99ms']} ms; Celery p50 {c['p50ms']} p99 {c['p99ms']} ms")
+        if "waiters" in p.scenarios:
+            self.log(f"9 claims for one created task with {p.waiters:,} long-poll claims waiting on its type")
+            w = self.row("waiters", lambda: dispatch.waiters_per_create(stack, self.owner, self.key, p.waiters))
+            if w:
+                self.log(f"  {w['claimsForOneTask']:g} claims; {w['repliesWithin3s']} replies within 3 s")
+        if "fleet" in p.scenarios:
+            self.log(
+                f"10 idle fleet: {', '.join(map(str, p.fleet))} simulated units (long polls of {p.fleet_wait:g} s)"
+            )
+            self.row(
+                "fleet",
+                lambda: push_queue.fleet_rows(stack, self.owner, p.fleet, p.fleet_seconds, p.fleet_wait),
+            )
+            for f in self.results.get("fleet", []):
+                self.log(
+                    f"  N={f['units']}: {f['requestsPerSecond']} req/s, {f['hubWebCpuMsPerUnitSecond']} ms CPU/unit/s,"
+                    f" errors {f['errors']}"
+                )
+        if "results" in p.scenarios:
+            stack.stop("web")
+            waits, events, hooks = p.results
+            self.log(
+                f"11 results to the client: {waits} producer waits, {events} SSE events, {hooks} webhooks (runhub)"
+            )
+            r = self.row("results", lambda: push_queue.results_rows(stack, waits, events, hooks))
+            if r:
+                self.log(f"  wait p99 {r['wait']['p99ms']} ms, SSE p99 {r['sse']['p99ms']} ms")
+            if "scale" in p.scenarios:  # its lists and heartbeats go through the web
+                stack.start_web(workers=self.workers, threads=self.threads, extra=self.gunicorn_extra)
+
+    def run_upkeep(self) -> None:
+        """Issue 15's schedules and prune rows (bench.queue_upkeep, its own processes)."""
+        p, stack = self.p, self.stack
+        if "schedules" in p.scenarios:
+            self.log(f"12 schedules: {p.schedules:,} firing in one minute (two beats; waits for the minute)")
+            sch = self.row("schedules", lambda: push_queue.schedules_row(stack, p.schedules))
+            if sch:
+                self.log(f"  exactly once: {sch['exactlyOnce']}; lag p99 {sch['lagP99s']} s")
+        if "prune" in p.scenarios:
+            rows, phase = p.prune
+            self.log(f"13 prune: {rows:,} finished tasks, claims alone and beside the pruner for {phase:g} s")
+            pr = self.row("prune", lambda: push_queue.prune_row(stack, rows, phase))
+            if pr:
+                self.log(f"  {pr['pruneRowsPerSecond']:,} rows/s")
 
     def run_scale(self) -> None:
         p, stack = self.p, self.stack
@@ -435,6 +548,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="gunicorn threads per worker (default 1: sync)")
     parser.add_argument("--gunicorn-arg", action="append", default=[], help="extra gunicorn flag (repeatable)")
     parser.add_argument(
+        "--web-worker",
+        choices=("asgi", "wsgi"),
+        default="asgi",
+        help="WEB_WORKER of the gunicorn config: asgi (production's, uvicorn workers) or wsgi (gthread/sync)",
+    )
+    parser.add_argument(
+        "--claim-wait",
+        type=float,
+        default=None,
+        help="lifecycle units' long-poll waitSeconds (default: the profile's; 0 polls as before long polls)",
+    )
+    parser.add_argument(
         "--app-dir", type=Path, default=ROOT, help="run gunicorn/Celery from another taskhub tree (A/B comparisons)"
     )
     parser.add_argument("--keep-db", action="store_true", help="keep the bench database afterwards")
@@ -458,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         profile = replace(profile, workers=args.workers)
     if args.threads:
         profile = replace(profile, threads=args.threads)
+    if args.claim_wait is not None:
+        profile = replace(profile, claim_wait=args.claim_wait)
+    push_queue.raise_open_files()
 
     def log(text: str) -> None:
         print(text, flush=True)
@@ -473,9 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     crashed = ""
     with claim_resources(db.name, args.redis_db, profile.redis_db) as redis_db:
-        stack = Stack(
-            db=db, redis_db=redis_db, run_dir=run_dir, knobs=dict(profile.knobs), app_dir=args.app_dir.resolve()
-        )
+        knobs = {**profile.knobs, "WEB_WORKER": args.web_worker}
+        stack = Stack(db=db, redis_db=redis_db, run_dir=run_dir, knobs=knobs, app_dir=args.app_dir.resolve())
         runner = Runner(profile, stack, log)
         runner.gunicorn_extra = args.gunicorn_arg
         meta: dict[str, Any] = {
@@ -484,11 +611,17 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine_info(db),
             "gunicorn": {
                 "config": "taskhub/gunicorn.conf.py",
+                "webWorker": args.web_worker,
                 "workers": profile.workers,
                 "threads": profile.threads,
-                "workerClass": "gthread" if profile.threads > 1 else "sync",
+                "workerClass": (
+                    f"uvicorn (taskhub.uvicorn_worker.Worker), sync views on {profile.threads} thread(s)"
+                    if args.web_worker == "asgi"
+                    else ("gthread" if profile.threads > 1 else "sync")
+                ),
                 "extra": args.gunicorn_arg,
             },
+            "claimWait": profile.claim_wait,
             "knobs": profile.knobs,
             "appDir": str(args.app_dir.resolve()),
             "database": db.name,
@@ -528,9 +661,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {"meta": meta, **results}
     if crashed:
         results["meta"]["crashed"] = crashed
+    if runner.failed:
+        results["meta"]["failedRows"] = runner.failed
     results["table"] = report.rows(results)
     results["honesty"] = report.honesty(results)
-    if crashed:
+    if crashed or runner.failed:
         results["honesty"]["pass"] = False
     out = args.json_out or RESULTS / f"{profile.name}-{stamp}.json"
     report.write_json(results, out)
@@ -538,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     log(report.render(results))
     if crashed:
         log("FAIL: the run crashed:\n" + crashed)
+    for name, error in runner.failed.items():
+        log(f"FAIL: the {name} row raised: {error}")
     log(f"\nJSON: {out}  ({meta['seconds']:.0f} s)")
     return 0 if results["honesty"]["pass"] else 1
 

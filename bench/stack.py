@@ -215,14 +215,23 @@ class Stack:
         env = self.env()
         services.flush_redis_db(host=env["REDIS_HOST"], port=int(env["REDIS_PORT"]), db=self.redis_db)
 
-    def probe(self, module: str, timeout: float = 600) -> Any:
-        """Run `python -m module` with this stack's environment; return the JSON of its last line."""
+    def probe(self, module: str, *args: str, timeout: float = 600) -> Any:
+        """Run `python -m module args` with this stack's environment; return the JSON it prints last
+        (its whole output, or else its last line)."""
         result = subprocess.run(
-            [PYTHON, "-m", module], cwd=self.app_dir, env=self.env(), capture_output=True, text=True, timeout=timeout
+            [PYTHON, "-m", module, *args],
+            cwd=self.app_dir,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if result.returncode:
-            raise RuntimeError(f"{module} failed:\n{result.stdout}\n{result.stderr}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
+            raise RuntimeError(f"{module} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        try:
+            return json.loads(result.stdout)
+        except ValueError:
+            return json.loads(result.stdout.strip().splitlines()[-1])
 
     def api_key(self, name: str, scopes: str) -> str:
         return create_api_key(self.env(), name, scopes, cwd=self.app_dir)

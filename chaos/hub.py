@@ -1,5 +1,7 @@
-"""The hub under test, as production runs it: gunicorn, a Celery worker and Celery beat (database
-scheduler) on MariaDB and Redis; and the `taskhub-unit` processes. A supervisor thread restarts
+"""The hub under test, as production runs it: gunicorn with uvicorn workers serving taskhub.asgi
+(WEB_WORKER=asgi, so the units' long-poll claims really wait), a Celery worker and Celery beat
+(database scheduler) on MariaDB and Redis; and the `taskhub-unit` processes (long-poll claims, their
+default). A supervisor thread restarts
 any hub process that dies on its own (as systemd or compose would) and counts it."""
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from testkit.processes import Process
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+CLAIM_WAIT = 20
 WORKER = ("--concurrency", "2", "--hostname", "chaos-worker@%h")
 BEAT = ("--scheduler", "django_celery_beat.schedulers:DatabaseScheduler", "--pidfile", "", "--max-interval", "1")
 
@@ -167,6 +170,7 @@ def unit_fleet(n: int, *, server: str, key: str, workdir: Path, capacity: int, t
         data.mkdir(parents=True, exist_ok=True)
         command = [str(Path(PY).with_name("taskhub-unit")), "--server", server, "--enroll-key", key, "--id", unit_id]
         command += ["--type", task_type, "--capacity", str(capacity), "--handler", "sleep", "--poll-interval", "0.3"]
+        command += ["--claim-wait", str(CLAIM_WAIT)]  # long-poll claims (the agent's default), said out loud
         command += ["--drain-timeout", "5", "--request-timeout", "10", "--retry-max", "2", "--data-dir", str(data)]
         # The kill-unit fault restarts a unit as its supervisor would, within seconds: without
         # --replace the new process would find the killed one still live and stop (exit 4).

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 REPORT = re.compile(r"^/api/v1/tasks/(\d+/(complete|fail)|reports)$")
+FORWARD_TIMEOUT = 60
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "proxy-connection"}
 
 
@@ -47,7 +48,8 @@ class ReportProxy:
         self.server.server_close()
 
     def forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[Any], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.backend_port, timeout=30)
+        # Longer than any long-poll claim the units hold (--claim-wait + --request-timeout).
+        conn = http.client.HTTPConnection("127.0.0.1", self.backend_port, timeout=FORWARD_TIMEOUT)
         try:
             conn.request(method, path, body=body or None, headers=headers)
             response = conn.getresponse()

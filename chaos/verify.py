@@ -130,8 +130,19 @@ def check(facts: dict[str, Any]) -> dict[str, Any]:
             ):
                 continue
             stats["sweeper failovers"] += 1
-            unit_id, taken = prev.unit_id or "", _ts(row.created_at)
-            windows = [(a, b) for a, b in silences.get(unit_id, []) if a <= taken and b >= taken - timeout - slack]
+            unit_id, taken, claimed = prev.unit_id or "", _ts(row.created_at), _ts(prev.created_at)
+
+            def covers(a: float, b: float, taken: float = taken, claimed: float = claimed) -> bool:
+                # A silence covers a failover that follows it within the bound; for a lease the
+                # silenced process held (claimed before the silence ended), a hub outage right after
+                # the silence keeps the unit silent to the hub for as long (its next process could not
+                # reach the hub to register, let alone heartbeat). A lease claimed after the silence
+                # ended is never excused by an outage.
+                recent = b >= taken - timeout - slack
+                held_through = claimed <= b and b + outage_overlap(b, taken) >= taken - timeout - slack
+                return a <= taken and (recent or held_through)
+
+            windows = [(a, b) for a, b in silences.get(unit_id, []) if covers(a, b)]
             if not windows:
                 # I6: the unit was never silenced around then: it lost a task while heartbeating.
                 problems["I6"].append(f"task {task_id}: taken from {unit_id} at {taken:.1f}, which was not silenced")

@@ -25,8 +25,15 @@ PYTHON = sys.executable
 # Anything that could point a hub or a unit at a shared database, cache or broker, or change its knobs.
 SCRUBBED_PREFIXES = ("DB_", "REDIS_", "CELERY_", "SQLITE_", "TASKHUB_", "DJANGO_", "UNIT_", "TASK_", "API_")
 ALL_SCOPES = "tasks:read,tasks:write,units:read,units:write,units:register"
-# What the harnesses run gunicorn with when they do not use the production config.
-GUNICORN_OPTIONS = ("--workers", "2", "--threads", "4", "--timeout", "60", "--graceful-timeout", "5")
+# What the harnesses run gunicorn with when they do not use the production config. The server is
+# production's (taskhub/gunicorn.conf.py, WEB_WORKER=asgi): uvicorn workers serving taskhub.asgi, so
+# long-poll claims and result waits hold no thread (under gthread a claim answers at once, see
+# taskhub.api.views.units._served_by_a_threaded_wsgi_server). Sync views run on WEB_THREADS threads.
+GUNICORN_OPTIONS = ("--workers", "2", "--timeout", "60", "--graceful-timeout", "5")
+GUNICORN_WORKERS = {
+    "asgi": ("taskhub.asgi:application", "--worker-class", "taskhub.uvicorn_worker.Worker"),
+    "wsgi": ("taskhub.wsgi:application", "--worker-class", "gthread", "--threads", "4"),
+}
 # Liveness in seconds rather than tens of them: a test sees a failover while it waits.
 # HUB_OUTAGE_GRACE: a test hub's lone unit that falls silent is failed over seconds later, not after
 # 10 timeouts (units.hearing cannot tell it from the hub's own outage).
@@ -131,17 +138,20 @@ def wait_healthy(
     wait_for(healthy, timeout, f"{url} to answer 200", interval=0.2)
 
 
-def gunicorn_argv(bind: int | None = None, extra: Sequence[str] = ()) -> list[str]:
-    """gunicorn serving taskhub: on 127.0.0.1:`bind` with GUNICORN_OPTIONS, or (no `bind`) with the
-    production config, taskhub/gunicorn.conf.py, which takes HOST, PORT and the rest from the
-    environment."""
+def gunicorn_argv(bind: int | None = None, extra: Sequence[str] = (), *, web_worker: str = "asgi") -> list[str]:
+    """gunicorn serving taskhub: on 127.0.0.1:`bind` with GUNICORN_OPTIONS and `web_worker`'s server
+    ("asgi", production's default: uvicorn workers; "wsgi": gthread, 4 threads), or (no `bind`) with
+    the production config, taskhub/gunicorn.conf.py, which takes HOST, PORT, WEB_WORKER and the rest
+    from the environment."""
     if bind is None:
         return [PYTHON, "-m", "gunicorn", "--config", "taskhub/gunicorn.conf.py", *extra]
+    if web_worker not in GUNICORN_WORKERS:
+        raise ValueError(f"web_worker must be one of {', '.join(GUNICORN_WORKERS)}, got {web_worker!r}")
     return [
         PYTHON,
         "-m",
         "gunicorn",
-        "taskhub.wsgi:application",
+        *GUNICORN_WORKERS[web_worker],
         "--bind",
         f"127.0.0.1:{bind}",
         *GUNICORN_OPTIONS,

@@ -45,7 +45,9 @@ def test_bench_smoke_runs_and_reports_no_double_claims_no_lost_tasks_no_lock_err
         "--db-name",
         f"{test_db}_bench",
     ]
-    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if os.environ.get("REDIS_DB"):  # this run's own Redis DB number, not the first free one of the bench's
+        argv += ["--redis-db", os.environ["REDIS_DB"]]
+    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     shown = f"exit {run.returncode}\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
     assert run.returncode == 0, shown
     assert "HONESTY PASS" in run.stdout, shown
@@ -61,3 +63,19 @@ def test_bench_smoke_runs_and_reports_no_double_claims_no_lost_tasks_no_lock_err
     )
     assert results["lifecycleSingle"]["mode"] == "single" and results["lifecycleSingle"]["tasksPerSecond"] > 0
     assert results["failover"]["reclaimed"] == results["failover"]["tasks"], shown
+    # The rows of issues 14 and 15, each at tiny size, each having measured something.
+    assert not results["meta"].get("failedRows"), shown
+    dispatch = results["dispatch"]
+    assert dispatch["taskhub"]["started"] == dispatch["taskhub"]["tasks"] > 0, shown
+    assert dispatch["celery"]["n"] == dispatch["celery"]["tasks"], shown
+    assert results["waiters"]["created"] == 201 and results["waiters"]["claimsForOneTask"] >= 1, shown
+    assert [f["units"] for f in results["fleet"]] == [20] and results["fleet"][0]["requestsPerSecond"] > 0, shown
+    assert results["results"]["wait"]["n"] > 0 and results["results"]["sse"]["n"] > 0, shown
+    hooks = results["results"]["webhooks"]
+    assert hooks["every_event_delivered"] and hooks["delivered_twice"] == 0, shown
+    assert results["queues"]["limited"]["tasks"] > 0 and results["queues"]["none"]["tasks"] > 0, shown
+    assert results["schedules"]["exactlyOnce"], shown
+    assert results["prune"]["prunedRows"] > 0, shown
+    assert results["lifecycle"]["claimWait"] > 0, shown
+    rows = {r["scenario"].split(" ", 1)[0] for r in results["table"]}
+    assert {"8", "9", "10", "11", "12"} <= rows, shown

@@ -148,6 +148,38 @@ def test_i5_and_i6_fail_on_late_or_wrongful_failovers(db: None, settings: Any) -
     assert _violations(in_time) == {}
 
 
+def test_i6_excuses_a_failover_of_a_silenced_process_lease_only_through_a_hub_outage_after_it(
+    db: None, settings: Any
+) -> None:
+    """u1 is killed at 5 s holding attempt 1 and restarted at 10 s; the hub is down from 10 to 40 s;
+    the sweeper takes attempt 1 at 45 s. The killed process's lease: held (its next process could
+    not reach the hub). The same failover with the outage elsewhere, or of a lease claimed after the
+    restart, is taken from a live unit."""
+    settings.UNIT_HEARTBEAT_TIMEOUT, settings.SWEEP_INTERVAL = 8, 1
+
+    def at(seconds: float) -> float:
+        return (T0 + timedelta(seconds=seconds)).timestamp()
+
+    factories.unit("u1")
+    task = factories.task(now=T0)
+    _ran(task, "u1", 1, 1)
+    _row(task, "RUNNING", "PENDING", 45, attempt=1, unit_id="u1", actor="job:sweep_heartbeats")
+    _ran(task, "u1", 2, 46)
+    _row(task, "RUNNING", "COMPLETED", 47, attempt=2, unit_id="u1", actor_type="unit", actor="unit:u1")
+    _finish(task, "COMPLETED", 2, "u1", result={"attempt": 2, "unit": "u1"})
+    killed = [("u1", at(5), at(10))]
+    assert _violations(_facts(silences=killed, outages=[("hub-full", at(10), at(40))])) == {}
+    assert _violations(_facts(silences=killed, outages=[("hub-full", at(20), at(25))])) == {"I6": 1}
+    assert _violations(_facts(silences=killed)) == {"I6": 1}
+    late = factories.task(now=T0)
+    _ran(late, "u1", 1, 12)  # claimed by the restarted process, after its silence
+    _row(late, "RUNNING", "PENDING", 45, attempt=1, unit_id="u1", actor="job:sweep_heartbeats")
+    _ran(late, "u1", 2, 46)
+    _row(late, "RUNNING", "COMPLETED", 47, attempt=2, unit_id="u1", actor_type="unit", actor="unit:u1")
+    _finish(late, "COMPLETED", 2, "u1", result={"attempt": 2, "unit": "u1"})
+    assert _violations(_facts(silences=killed, outages=[("hub-full", at(10), at(40))])) == {"I6": 1}
+
+
 def test_i7_fails_on_a_gap_in_the_history(done_task: Task) -> None:
     _row(done_task, "PENDING", "CANCELLED", 3, attempt=1)
     _finish(done_task, "CANCELLED", 1, "u1")

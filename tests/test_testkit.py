@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from testkit import services
-from testkit.hub import call
+from testkit.hub import call, create_api_key, embedded_env, gunicorn_argv, migrate, wait_healthy
 from testkit.ports import free_port, port_open
 from testkit.processes import ROOT, Process, alive, descendants
 from testkit.waiting import TimedOut, wait_for
@@ -85,3 +85,40 @@ def test_the_wheel_ships_the_product_packages_and_not_the_support() -> None:
     assert {"testkit", "tests", "bench", "chaos"} <= packages
     shipped = {name for name in packages if any(fnmatch(name, pattern) for pattern in include)}
     assert shipped == {"taskhub", "tasks", "units"}  # taskhub_unit: clients/unit, its own distribution
+
+
+def test_gunicorn_argv_serves_asgi_by_default_and_gthread_when_asked() -> None:
+    asgi = gunicorn_argv(18301)
+    assert (
+        "taskhub.asgi:application" in asgi and asgi[asgi.index("--worker-class") + 1] == "taskhub.uvicorn_worker.Worker"
+    )
+    wsgi = gunicorn_argv(18301, web_worker="wsgi")
+    assert "taskhub.wsgi:application" in wsgi and wsgi[wsgi.index("--worker-class") + 1] == "gthread"
+    assert gunicorn_argv()[-2:] == ["--config", "taskhub/gunicorn.conf.py"]
+    with pytest.raises(ValueError, match="web_worker must be one of asgi, wsgi"):
+        gunicorn_argv(18301, web_worker="sync")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("web_worker", "held"), [("asgi", 1), ("wsgi", 0)])
+def test_the_harness_server_holds_a_long_poll_claim_only_under_asgi(tmp_path: Path, web_worker: str, held: int) -> None:
+    """The chaos run and the benchmarks start the hub with gunicorn_argv(port): under ASGI a unit's
+    long-poll claim is held (the reply's waitSeconds is the wait granted); under gthread it answers
+    at once (waitSeconds 0), so units there only poll."""
+    env = embedded_env(tmp_path)
+    migrate(env, beat=False)
+    key = create_api_key(env, "testkit")
+    port = free_port()
+    web = Process("gunicorn", gunicorn_argv(port, web_worker=web_worker), env=env, log_path=tmp_path / "web.log")
+    base = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        web.start()
+        wait_healthy(f"{base}/health", web, timeout=60)
+        body = {"id": "tk-1", "unitType": "TK", "unitName": "tk-1", "capacity": 1}
+        status, reply = call(base, "POST", "/execution-units/register", key, body)
+        assert status in (200, 201), reply
+        status, reply = call(base, "POST", "/execution-units/tk-1/claim", reply["token"], {"max": 1, "waitSeconds": 1})
+        assert status == 200 and reply["items"] == [], reply
+        assert reply["waitSeconds"] == held, reply
+    finally:
+        web.stop(grace=5)
