@@ -67,7 +67,7 @@ def _settled() -> Any:
 @pytest.mark.django_db(transaction=True)
 def test_a_committed_change_rings_after_its_commit_and_a_rolled_back_one_never(monkeypatch):
     rung: list[list[int]] = []
-    monkeypatch.setattr(historybell, "ring", lambda ids: rung.append(list(ids)))
+    monkeypatch.setattr(historybell._SENDER, "put", lambda ids: rung.append(list(ids)))
     kept, undone = factories.task(name="kept"), factories.task(name="undone")
     rung.clear()
     with pytest.raises(RuntimeError), transaction.atomic():
