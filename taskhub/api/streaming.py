@@ -34,7 +34,7 @@ from taskhub.api.serializers.tasks import TaskSerializer
 from taskhub.apikeys.models import ApiKey
 from taskhub.base.historybell import BELL
 from taskhub.base.syncpool import run_sync
-from tasks.events import EventCursor, task_done
+from tasks.events import EventCursor, is_done
 from tasks.selectors import visible_tasks
 
 T = TypeVar("T")
@@ -56,9 +56,16 @@ async def _read(fn: Callable[..., T], *args: Any) -> T:
 # --- GET /tasks/{id}?waitFor=terminal ---------------------------------------------------------
 
 
+def _task_json_if_done(principal: Principal, task_id: int, fallback: bytes) -> bytes | None:
+    """The task as GET /tasks/{id} renders it, read again with the caller's visibility, if it is
+    done (one read); `fallback` (its state when the wait began) if it is gone by now; else None."""
+    task = visible_tasks(principal).filter(pk=task_id).first()
+    if task is None:
+        return fallback
+    return JSONRenderer().render(TaskSerializer(task).data) if is_done(task.status, task.next_retry_at) else None
+
+
 def _task_json(principal: Principal, task_id: int, fallback: bytes) -> bytes:
-    """The task as GET /tasks/{id} renders it, read again with the caller's visibility; `fallback`
-    (its state when the wait began) if it is gone by now."""
     task = visible_tasks(principal).filter(pk=task_id).first()
     return fallback if task is None else JSONRenderer().render(TaskSerializer(task).data)
 
@@ -72,23 +79,27 @@ def held_task(request: Any, principal: Principal, task_id: int, seconds: float, 
         deadline = time.monotonic() + seconds
         while True:
             ticket = BELL.arm_sync(ids)
-            left = deadline - time.monotonic()
-            if task_done(task_id) is not False or left <= 0:
-                BELL.disarm(ticket)
+            if (body := _task_json_if_done(principal, task_id, fallback)) is not None:
+                break
+            if (left := deadline - time.monotonic()) <= 0:
+                body = _task_json(principal, task_id, fallback)
                 break
             BELL.wait_sync(ticket, min(interval, left))
-        yield _task_json(principal, task_id, fallback)
+        BELL.disarm(ticket)
+        yield body
 
     async def waiting_async() -> AsyncIterator[bytes]:
         deadline = time.monotonic() + seconds
         while True:
             ticket = await BELL.arm(ids)
-            left = deadline - time.monotonic()
-            if await _read(task_done, task_id) is not False or left <= 0:
-                BELL.disarm(ticket)
+            if (body := await _read(_task_json_if_done, principal, task_id, fallback)) is not None:
+                break
+            if (left := deadline - time.monotonic()) <= 0:
+                body = await _read(_task_json, principal, task_id, fallback)
                 break
             await BELL.wait(ticket, min(interval, left))
-        yield await _read(_task_json, principal, task_id, fallback)
+        BELL.disarm(ticket)
+        yield body
 
     body = waiting_async() if is_asgi(request) else waiting()
     response = StreamingHttpResponse(body, content_type="application/json")
