@@ -208,7 +208,7 @@ def main() -> int:
         ("webhook: commit -> first 2xx (20% failing)", hooks["latency_ms"]),
     ]
     backend = "SQLite (embedded)" if args.embedded else "MariaDB + Redis"
-    print(f"\nresults that come to the client — {backend}, runhub (gunicorn + 2 uvicorn workers + Celery worker 2 + beat)")
+    print(f"\nresults that come to the client — {backend}, runhub (gunicorn + uvicorn 2 + Celery 2 + beat)")
     print(f"{'row':48} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name, values in rows:
         print(
