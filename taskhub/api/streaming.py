@@ -2,9 +2,9 @@
 
 A view authenticates, validates and makes its first read as any other (DRF, sync, short), then
 returns a response whose body is produced later, by one of two drivers of the same steps:
-- under ASGI an async iterator: waiting is an awaited doorbell ticket, each database read a call in
-  the web process's fixed thread pool (taskhub.base.syncpool, as the long-poll claim's), so a waiter
-  holds no thread and no connection of its own between reads;
+- under ASGI an async iterator: waiting is an awaited doorbell ticket, each database read a call on
+  the web process's kept-connection threads (taskhub.base.syncpool.run_kept, as the woken long-poll
+  claim's), so a waiter holds no thread and no connection of its own between reads;
 - under WSGI (runserver, gunicorn's threads, the test client) a plain iterator, which holds its
   worker thread (and that thread's connection) for the wait: WSGI has no other way.
 Both wait on the results doorbell (taskhub.base.historybell): every committed state change rings it
@@ -33,7 +33,7 @@ from taskhub.api.principals import Principal
 from taskhub.api.serializers.tasks import TaskSerializer
 from taskhub.apikeys.models import ApiKey
 from taskhub.base.historybell import BELL
-from taskhub.base.syncpool import run_sync
+from taskhub.base.syncpool import run_kept
 from tasks.events import EventCursor, is_done
 from tasks.selectors import visible_tasks
 
@@ -50,7 +50,7 @@ def is_asgi(request: Any) -> bool:
 
 
 async def _read(fn: Callable[..., T], *args: Any) -> T:
-    return await run_sync(fn, *args)
+    return await run_kept(fn, *args)
 
 
 # --- GET /tasks/{id}?waitFor=terminal ---------------------------------------------------------

@@ -7,26 +7,17 @@ unit's task type (or the unit itself), holding no thread and no database connect
 again when it rings; the reply is the claim's (`items`, `unitStatus`), empty when the wait ends.
 A client that disconnects ends the wait (Django cancels the view): nothing is claimed for it.
 
-The claim after a ring is the dispatch path (a task created -> a waiting unit holds it), so it runs
-on threads of its own (CLAIM_THREADS per process) that keep their database connection between
-claims: under an ASGI server the pool's connections are closed after every call (DB_CONN_MAX_AGE
-is 0 there), and a reconnect per woken claim was a good part of the dispatch latency. A connection
-idle for longer than PING_AFTER is pinged (and replaced if dead) before it is used.
+The claim after a ring is the dispatch path (a task created -> a waiting unit holds it): it runs on
+the kept-connection threads (`syncpool.run_kept`), not reconnecting to the database for each claim
+as the main pool does under an ASGI server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import json
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any
 
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -34,8 +25,7 @@ from django.views.decorators.csrf import csrf_exempt
 from taskhub.api.serializers.units import claimed_tasks
 from taskhub.api.views.units import UnitViewSet
 from taskhub.base import doorbell
-from taskhub.base.syncpool import SERVED, run_sync
-from tasks.models import Task
+from taskhub.base.syncpool import run_kept, run_sync
 from units import longpoll
 from units.states import CLAIMING
 
@@ -47,37 +37,6 @@ async def _probe(task_type: str) -> Any:
 
 
 WAITERS = doorbell.Waiters(_probe)
-CLAIM_THREADS = 2
-PING_AFTER = 5.0  # seconds a claim thread's connection may sit idle before it is checked
-_claimers: ThreadPoolExecutor | None = None
-_claimers_lock = threading.Lock()
-_last_used = threading.local()
-
-
-def _claim_again_kept(wait: longpoll.ClaimWait, now: datetime) -> tuple[list[Task], str] | None:
-    """`claim_again` on this claim thread's own connection, kept for the next one."""
-    idle = time.monotonic() - getattr(_last_used, "at", 0.0)
-    if connection.connection is not None and idle > PING_AFTER and not connection.is_usable():
-        connection.close()
-    try:
-        return longpoll.claim_again(wait, now=now)
-    except Exception:
-        connection.close()  # whatever broke, the next claim starts on a fresh connection
-        raise
-    finally:
-        _last_used.at = time.monotonic()
-
-
-async def _claim_again(wait: longpoll.ClaimWait) -> tuple[list[Task], str] | None:
-    global _claimers
-    if not SERVED.get():  # Django's test client, WSGI: as any sync call of an async view
-        return await run_sync(longpoll.claim_again, wait, now=timezone.now())
-    if _claimers is None:
-        with _claimers_lock:
-            if _claimers is None:
-                _claimers = ThreadPoolExecutor(max_workers=CLAIM_THREADS, thread_name_prefix="taskhub-claim")
-    call = functools.partial(contextvars.copy_context().run, _claim_again_kept, wait, timezone.now())
-    return await asyncio.get_running_loop().run_in_executor(_claimers, call)
 
 
 def _claim_rendered(request: HttpRequest, pk: str) -> HttpResponse:
@@ -103,7 +62,7 @@ async def claim(request: HttpRequest, pk: str) -> HttpResponse:
         if not await WAITERS.wait_on(future, deadline - loop.time()):
             break
         future = WAITERS.enqueue(wait.keys)  # before the claim: a ring during it is not lost
-        outcome = await _claim_again(wait)
+        outcome = await run_kept(longpoll.claim_again, wait, now=timezone.now())
         if outcome is None:
             break
         tasks, unit_status = outcome
