@@ -256,3 +256,21 @@ def test_the_claims_doorbell_and_the_results_doorbell_use_channels_of_their_own(
     else:
         settings.VAR_DIR = tmp_path
         assert doorbell.make_transport("doorbell").directory != doorbell.make_transport("history").directory  # type: ignore[union-attr]
+
+
+def test_a_short_lived_process_sends_its_rings_before_it_exits(settings):
+    """Rings go out from a sender thread; a process that commits and exits at once (a management
+    command, a script) waits for them at exit rather than taking them with it."""
+    historybell._transport_instance = None
+    bell = historybell.Bell()
+    ticket = bell.arm_sync(frozenset({454545}))
+    script = "from taskhub.base import historybell; historybell.ring_on_commit([454545]); print('queued')"
+    env = os.environ | {"VAR_DIR": str(settings.VAR_DIR)}
+    try:
+        done = subprocess.run(
+            [PYTHON, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert "queued" in done.stdout, done.stderr
+        assert bell.wait_sync(ticket, 30)
+    finally:
+        historybell._transport_instance = None

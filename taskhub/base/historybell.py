@@ -20,6 +20,7 @@ RESULTS_POLL_INTERVAL, the safety net, never the way changes are normally seen.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import logging
@@ -63,31 +64,51 @@ def ring_on_commit(task_ids: Iterable[int]) -> None:
 
 class _Sender:
     """One thread per process that sends the rings queued by commits; rings queued while it sends
-    are merged into one message (fewer publishes under load, the same wake-ups)."""
+    are merged into one message (fewer publishes under load, the same wake-ups). At exit the
+    process waits (at most FLUSH_SECONDS) until what it queued is sent: a short-lived process (a
+    management command, a script) must not take its rings with it."""
+
+    FLUSH_SECONDS = 3.0
 
     def __init__(self) -> None:
         self.queue: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
         self.lock = threading.Lock()
+        self.sent = threading.Condition()
+        self.pending = 0  # rings queued and not sent yet
         self.pid = 0
 
     def put(self, ids: list[int]) -> None:
         if self.pid != os.getpid():  # first use in this process (or after a fork)
             with self.lock:
                 if self.pid != os.getpid():
-                    self.queue = queue.SimpleQueue()
+                    self.queue, self.sent, self.pending = queue.SimpleQueue(), threading.Condition(), 0
                     threading.Thread(target=self._run, name="taskhub-history-ring", daemon=True).start()
+                    if self.pid == 0:
+                        atexit.register(self.flush)
                     self.pid = os.getpid()
+        with self.sent:
+            self.pending += 1
         self.queue.put(ids)
 
     def _run(self) -> None:
         while True:
-            ids = set(self.queue.get())
-            while len(ids) <= MAX_IDS:
+            batch = [self.queue.get()]
+            while sum(len(ids) for ids in batch) <= MAX_IDS:
                 try:
-                    ids.update(self.queue.get_nowait())
+                    batch.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
-            ring(sorted(ids))
+            try:
+                ring(sorted({i for ids in batch for i in ids}))
+            finally:
+                with self.sent:
+                    self.pending -= len(batch)
+                    self.sent.notify_all()
+
+    def flush(self) -> None:
+        if self.pid == os.getpid():
+            with self.sent:
+                self.sent.wait_for(lambda: self.pending <= 0, self.FLUSH_SECONDS)
 
 
 _SENDER = _Sender()
