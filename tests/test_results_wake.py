@@ -274,3 +274,48 @@ def test_a_short_lived_process_sends_its_rings_before_it_exits(settings):
         assert bell.wait_sync(ticket, 30)
     finally:
         historybell._transport_instance = None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_kept_threads_keep_their_database_connection_between_calls(monkeypatch):
+    """What follows a ring (a woken claim, a result read) runs on threads that do not reconnect to
+    the database for every call, as the main pool does under an ASGI server (DB_CONN_MAX_AGE 0)."""
+    from django.db import connection, connections
+    from django.db.backends.signals import connection_created
+
+    from taskhub.base import syncpool
+    from tasks.models import Task
+
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)  # as under uvicorn
+    monkeypatch.setattr(syncpool, "KEPT_THREADS", 1)
+    monkeypatch.setattr(syncpool, "_kept", None)
+    monkeypatch.setattr(syncpool, "_pool", None)
+    opened: list[str] = []
+
+    def count(sender: Any, connection: Any, **kwargs: Any) -> None:
+        opened.append(connection.alias)
+
+    def read() -> bool:
+        return Task.objects.filter(pk=0).exists()
+
+    async def scenario(run: Any) -> None:
+        syncpool.SERVED.set(True)  # as taskhub.asgi marks the requests it serves
+        for _ in range(3):
+            await run(read)
+
+    connection_created.connect(count)
+    try:
+        _run(scenario(syncpool.run_kept))
+        kept = len(opened)
+        opened.clear()
+        _run(scenario(syncpool.run_sync))
+        pooled = len(opened)
+    finally:
+        connection_created.disconnect(count)
+        for pool in (syncpool._kept, syncpool._pool):
+            if pool is not None:
+                pool.submit(lambda: connection.close()).result()  # that thread's own connection
+                pool.shutdown()
+    assert kept <= 1  # one connection for three calls
+    if connection.vendor != "sqlite":  # Django never closes SQLite's in-memory test database
+        assert pooled == 3  # the main pool: one per call (the cost the kept threads avoid)
