@@ -9,8 +9,9 @@ Celery worker + beat) on MariaDB + Redis (or the embedded default with --embedde
            requests (seeded); the time from the creating call returning to the event's first 2xx
            delivery, throughput, and the honesty checks: every event delivered, none answered 2xx twice.
 
-Both waiting endpoints poll the history/task table every RESULTS_POLL_INTERVAL (250 ms): their
-latency is about half of it on average, plus a request. Targets are not asserted.
+Both waiting endpoints read again when the results doorbell rings for the task's committed change
+(taskhub.base.historybell: Redis pub/sub, or Unix sockets with --embedded); RESULTS_POLL_INTERVAL
+(2 s) is only their safety net. Targets are not asserted.
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ def main() -> int:
         ("webhook: commit -> first 2xx (20% failing)", hooks["latency_ms"]),
     ]
     backend = "SQLite (embedded)" if args.embedded else "MariaDB + Redis"
-    print(f"\nresults that come to the client — {backend}, runhub (gunicorn gthread 2x4 + Celery worker 2 + beat)")
+    print(f"\nresults that come to the client — {backend}, runhub (gunicorn + uvicorn 2 + Celery 2 + beat)")
     print(f"{'row':48} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name, values in rows:
         print(

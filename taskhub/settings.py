@@ -309,10 +309,12 @@ _check_rates()
 METRICS_TOKEN = env_str("METRICS_TOKEN")  # Bearer token /metrics requires (see taskhub/api/metrics.py)
 
 # --- Results that come to the client (waitFor, GET /events, webhooks) ------------------------
-# Longest hold of GET /tasks/{id}?waitFor=terminal, and how often a waiter (and an event stream)
-# looks at the database: one indexed query per interval, no connection held in between.
+# Longest hold of GET /tasks/{id}?waitFor=terminal. A waiter (and an event stream) reads the
+# database again when the results doorbell rings for a committed change (taskhub.base.historybell),
+# and otherwise every RESULTS_POLL_INTERVAL: the safety net under a lost ring, not the way changes
+# are seen. No connection is held in between.
 TASK_WAIT_MAX_SECONDS = env_int("TASK_WAIT_MAX_SECONDS", 30, minimum=0, maximum=300)
-RESULTS_POLL_INTERVAL = env_float("RESULTS_POLL_INTERVAL", 0.25, minimum=0.01)
+RESULTS_POLL_INTERVAL = env_float("RESULTS_POLL_INTERVAL", 2.0, minimum=0.01)
 EVENTS_HEARTBEAT_SECONDS = env_float("EVENTS_HEARTBEAT_SECONDS", 15.0, minimum=0.05)
 # A stream ends after this long (the client resumes with Last-Event-ID), so a proxy or a WSGI
 # thread is never held for ever and a revoked key stops receiving.

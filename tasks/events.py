@@ -62,6 +62,9 @@ class EventCursor:
 
     def __init__(self, viewer: Viewer, events: EventFilter, after: int) -> None:
         self.viewer, self.filter, self.position = viewer, events, after
+        # When the rows held back behind a missing id will be given up on (None: none is held):
+        # no ring comes for a transaction that rolled back, so a waiting stream reads again then.
+        self.held_until: datetime | None = None
 
     def _tasks(self) -> Any:
         qs = visible_tasks(self.viewer)
@@ -77,8 +80,11 @@ class EventCursor:
         """The highest id up to which every id is visible or given up for lost (the gap rule)."""
         grace = timedelta(seconds=settings.EVENTS_GAP_GRACE_SECONDS)
         upto = self.position
+        self.held_until = None
         for pk, created_at in rows:
-            if pk != upto + 1 and now - (aware(created_at) or now) < grace:
+            written = aware(created_at) or now
+            if pk != upto + 1 and now - written < grace:
+                self.held_until = written + grace
                 break  # an id below `pk` may still commit
             upto = pk
         return upto

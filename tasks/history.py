@@ -7,7 +7,9 @@ INSERT in plain SQL (what `bulk_create` sends, without its per-value preparation
 
 History rows are also the hub's ordered log of events: `GET /api/v1/events` streams them (the row
 id is the event id) and `write_history` writes the webhook outbox rows of the changes someone
-subscribed to in the same transaction, so a rolled-back change announces nothing.
+subscribed to in the same transaction, so a rolled-back change announces nothing. For the same
+reason it rings the results doorbell (taskhub.base.historybell) only when that transaction commits:
+held `waitFor` reads and event streams read again on the ring instead of polling.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from taskhub.base import historybell
 from taskhub.base.actors import Actor
 from taskhub.base.sql import insert_rows, insert_rows_returning_ids
 from taskhub.webhooks import outbox, subscriptions
@@ -80,6 +83,8 @@ def event_body(row: TaskStatusHistory, task_type: str) -> dict[str, Any]:
 
 
 def write_history(rows: Sequence[TaskStatusHistory]) -> None:
+    if rows:
+        historybell.ring_on_commit(r.task_id for r in rows)
     subs = subscriptions.active() if rows else []
     if not subs:
         insert_rows(TaskStatusHistory, rows)  # no webhooks: exactly one statement, as always

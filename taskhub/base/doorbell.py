@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import socket
 import tempfile
 import threading
@@ -93,6 +94,10 @@ def claimable_rings(pairs: Iterable[tuple[str, datetime | None]]) -> list[tuple[
     return [(type_key(t), n, earliest[t]) for t, n in counts.items()]
 
 
+def _ignore(up: bool) -> None:
+    return None
+
+
 class _RedisTransport:
     def __init__(self, url: str, channel: str) -> None:
         import redis
@@ -103,21 +108,27 @@ class _RedisTransport:
     def send(self, message: bytes) -> None:
         self.client.publish(self.channel, message)
 
-    async def listen(self, deliver: Callable[[bytes], None]) -> None:
+    async def listen(self, deliver: Callable[[bytes], None], ready: Callable[[bool], None] = _ignore) -> None:
+        """Deliver each message of the channel, for ever; `ready(True)` once Redis confirmed the
+        subscription (a ring published after it reaches this process), `ready(False)` when it is lost."""
         from redis.asyncio import Redis
 
         while True:
             client = Redis.from_url(self.url)
             try:
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub = client.pubsub()
                 await pubsub.subscribe(self.channel)
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                    kind = message.get("type")
+                    if kind == "message":
                         deliver(message["data"])
+                    elif kind == "subscribe":
+                        ready(True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis restarting: the safety net covers the gap
-                log.warning("doorbell: subscription lost (%s); resubscribing", exc)
+                ready(False)
+                log.warning("doorbell: subscription to %s lost (%s); resubscribing", self.channel, exc)
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):
@@ -128,9 +139,9 @@ class _SocketTransport:
     """Unix datagram sockets in a directory of this hub's own (derived from VAR_DIR, under the
     temporary directory: socket paths are limited to ~100 bytes)."""
 
-    def __init__(self, var_dir: str) -> None:
+    def __init__(self, var_dir: str, name: str = "doorbell") -> None:
         digest = hashlib.sha1(os.path.realpath(var_dir).encode()).hexdigest()[:12]
-        self.directory = Path(tempfile.gettempdir()) / f"taskhub-doorbell-{digest}"
+        self.directory = Path(tempfile.gettempdir()) / f"taskhub-{name}-{digest}"
         self.sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sender.setblocking(False)
         self.lock = threading.Lock()
@@ -152,16 +163,15 @@ class _SocketTransport:
                     if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
                         raise
 
-    async def listen(self, deliver: Callable[[bytes], None]) -> None:
+    async def listen(self, deliver: Callable[[bytes], None], ready: Callable[[bool], None] = _ignore) -> None:
         self.directory.mkdir(mode=0o700, exist_ok=True)
-        path = self.directory / f"{os.getpid()}-{id(self) & 0xFFFF:x}"
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        path = self.directory / f"{os.getpid()}-{secrets.token_hex(3)}"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(path))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
+        ready(True)  # bound: the next ring's listdir finds it
         try:
             while True:
                 deliver(await loop.sock_recv(sock, 65536))
@@ -171,20 +181,24 @@ class _SocketTransport:
                 path.unlink()
 
 
-_transport_instance: _RedisTransport | _SocketTransport | None = None
+Transport = _RedisTransport | _SocketTransport
+_transport_instance: Transport | None = None
 _transport_lock = threading.Lock()
 
 
-def _transport() -> _RedisTransport | _SocketTransport:
+def make_transport(name: str) -> Transport:
+    """The transport of the bell called `name` (its own Redis channel or socket directory)."""
+    if getattr(settings, "REDIS_URL", ""):
+        return _RedisTransport(settings.REDIS_URL, f"taskhub:{name}:{settings.REDIS_DB}")
+    return _SocketTransport(str(settings.VAR_DIR), name)
+
+
+def _transport() -> Transport:
     global _transport_instance
     if _transport_instance is None:
         with _transport_lock:
             if _transport_instance is None:
-                if getattr(settings, "REDIS_URL", ""):
-                    channel = f"taskhub:doorbell:{settings.REDIS_DB}"
-                    _transport_instance = _RedisTransport(settings.REDIS_URL, channel)
-                else:
-                    _transport_instance = _SocketTransport(str(settings.VAR_DIR))
+                _transport_instance = make_transport("doorbell")
     return _transport_instance
 
 

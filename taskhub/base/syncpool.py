@@ -8,6 +8,11 @@ own CONN_MAX_AGE is 0, for the threads Django would start itself) and a node use
 `WEB_THREADS` connections per web process, however many requests wait. A request waiting in an
 async view holds no thread. (Connecting anew for every request was a fifth of an idle fleet's web
 CPU: BENCHMARKS.md, "Dispatch".)
+
+`run_kept` is for the reads and claims that follow a doorbell ring (a woken long-poll claim, a held
+result read, an event stream's next batch): a second, small pool (KEPT_THREADS per process), tidied
+the same way, so the path from a change to whoever waits for it never queues behind the ordinary
+requests that fill the main pool.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from django.db.backends.signals import connection_created
 
 T = TypeVar("T")
 _pool: ThreadPoolExecutor | None = None
+_kept: ThreadPoolExecutor | None = None
+_kept_lock = threading.Lock()
+KEPT_THREADS = 2
 # Set by taskhub.asgi for the requests it serves. Elsewhere (Django's test client, WSGI serving an
 # async view through async_to_sync) sync code goes back to the caller's thread as Django does it.
 SERVED: contextvars.ContextVar[bool] = contextvars.ContextVar("taskhub_served", default=False)
@@ -69,3 +77,17 @@ async def run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     context = contextvars.copy_context()
     call = functools.partial(context.run, _call_then_tidy, fn, *args, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(pool(), call)
+
+
+async def run_kept(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`run_sync` on the kept-connection pool (see the module's docstring)."""
+    global _kept
+    if not SERVED.get():
+        return await run_sync(fn, *args, **kwargs)
+    if _kept is None:
+        with _kept_lock:
+            if _kept is None:
+                _kept = ThreadPoolExecutor(max_workers=KEPT_THREADS, thread_name_prefix="taskhub-kept")
+    context = contextvars.copy_context()
+    call = functools.partial(context.run, _call_then_tidy, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_kept, call)

@@ -8,6 +8,10 @@ again when it rings; the reply is the claim's (`items`, `unitStatus`), empty whe
 A client that disconnects ends the wait (Django cancels the view): nothing is claimed for it.
 While a claim waits, its unit is heard (units.idle.HeldClaims: stamped alive every
 UNIT_HEARTBEAT_INTERVAL if it holds no task), so an idle unit need not heartbeat meanwhile.
+
+The claim after a ring is the dispatch path (a task created -> a waiting unit holds it): it runs on
+the kept-connection threads (`syncpool.run_kept`), not reconnecting to the database for each claim
+nor queueing behind the ordinary requests of the main pool.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 from taskhub.api.serializers.units import claimed_tasks
 from taskhub.api.views.units import UnitViewSet
 from taskhub.base import doorbell
-from taskhub.base.syncpool import run_sync
+from taskhub.base.syncpool import run_kept, run_sync
 from units import idle, longpoll
 from units.states import CLAIMING
 
@@ -75,7 +79,7 @@ async def _wait(wait: longpoll.ClaimWait, unit_status: str, started: float) -> H
         if not await WAITERS.wait_on(future, deadline - loop.time()):
             break
         future = WAITERS.enqueue(wait.keys)  # before the claim: a ring during it is not lost
-        outcome = await run_sync(longpoll.claim_again, wait, now=timezone.now())
+        outcome = await run_kept(longpoll.claim_again, wait, now=timezone.now())
         if outcome is None:
             break
         tasks, unit_status = outcome
