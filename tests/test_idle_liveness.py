@@ -144,6 +144,7 @@ def test_a_long_poll_claim_that_waits_stamps_its_idle_unit(settings, register_un
     """Through the async claim view: an idle unit silent past the timeout but waiting in a claim is
     heard (the stamp of held claims, every UNIT_HEARTBEAT_INTERVAL)."""
     settings.UNIT_HEARTBEAT_INTERVAL = 0.2
+    settings.UNIT_IDLE_HEARTBEAT_INTERVAL = 60.0  # opt-in (taskhub/settings.py says why)
     client, _ = register_unit("idle-w")
     long_ago = db_now() - timedelta(seconds=10 * settings.UNIT_HEARTBEAT_TIMEOUT)
     ExecutionUnit.objects.filter(pk="idle-w").update(last_heartbeat_at=long_ago)
@@ -174,7 +175,7 @@ def test_an_idle_long_polling_unit_heartbeats_rarely_stays_online_gets_commands_
     second, idle unit killed with it is OFFLINE within the same bound."""
     timeout = float(QUICK_LIVENESS["UNIT_HEARTBEAT_TIMEOUT"])
     bound = timeout + float(QUICK_LIVENESS["SWEEP_INTERVAL"])
-    with _hub(backend, tmp_path) as hub:
+    with _hub(backend, tmp_path, UNIT_IDLE_HEARTBEAT_INTERVAL="60") as hub:
         units = {
             uid: Process(
                 f"unit-{uid}",

@@ -96,12 +96,12 @@ BACKENDS = [
 
 
 @contextmanager
-def _hub(backend: str, workdir: Path) -> Iterator[Hub]:
+def _hub(backend: str, workdir: Path, **extra: str) -> Iterator[Hub]:
     """`manage.py runhub` (gunicorn + uvicorn workers, Celery worker and beat) on the embedded
     default, or on MariaDB (a database of its own) + Redis (this run's REDIS_DB): the doorbell
     through Unix sockets or Redis pub/sub."""
     if backend == "embedded":
-        with running_hub(workdir) as hub:
+        with running_hub(workdir, **extra) as hub:
             yield hub
         return
     name = f"{os.environ.get('DB_TEST_NAME') or 'test_taskhub'}_lp"[:60]
@@ -112,17 +112,21 @@ def _hub(backend: str, workdir: Path) -> Iterator[Hub]:
         "password": os.environ.get("DB_PASSWORD", ""),
     }
     services.recreate_database(**server, name=name)
-    env: dict[str, str] = embedded_env(workdir, **QUICK_LIVENESS) | {
-        "DB_HOST": server["host"],
-        "DB_PORT": str(server["port"]),
-        "DB_USERNAME": str(server["user"]),
-        "DB_PASSWORD": str(server["password"]),
-        "DB_DATABASE": name,
-        "REDIS_HOST": os.environ["REDIS_HOST"],
-        "REDIS_PORT": os.environ.get("REDIS_PORT", "6379"),
-        "REDIS_DB": os.environ.get("REDIS_DB", "0"),
-        "CACHE_KEY_PREFIX": f"lp-{os.getpid()}",
-    }
+    env: dict[str, str] = (
+        embedded_env(workdir, **QUICK_LIVENESS)
+        | {
+            "DB_HOST": server["host"],
+            "DB_PORT": str(server["port"]),
+            "DB_USERNAME": str(server["user"]),
+            "DB_PASSWORD": str(server["password"]),
+            "DB_DATABASE": name,
+            "REDIS_HOST": os.environ["REDIS_HOST"],
+            "REDIS_PORT": os.environ.get("REDIS_PORT", "6379"),
+            "REDIS_DB": os.environ.get("REDIS_DB", "0"),
+            "CACHE_KEY_PREFIX": f"lp-{os.getpid()}",
+        }
+        | extra
+    )
     hub = Hub(workdir, env=env)
     try:
         yield hub.start()

@@ -60,6 +60,7 @@ def test_a_later_version_is_read_for_its_four_fields_and_sent_on_as_00() -> None
         f"00_{TRACE}_{PARENT}_01",
         f"{TP},{OTHER_TP}",  # two headers, joined by the server
         f"cc-{TRACE}-{PARENT}-01x",  # a later version: after the flags, the end or a dash
+        f"cc-{TRACE}-{PARENT}-01-a\x00b",  # a later version's fields: visible ASCII, as in a header
     ],
 )
 def test_an_invalid_traceparent_is_none(value: Any) -> None:

@@ -28,12 +28,13 @@ TRACEPARENT_LENGTH = 55  # version 00: 2 + 1 + 32 + 1 + 16 + 1 + 2
 TRACER_NAME = "taskhub"
 
 # version-traceid-parentid-flags, lowercase hex; a version after 00 may append "-..." fields.
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL)
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[!-~]*)?")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 # The same rule as one regular expression, for a schema to declare (an API field's `pattern`):
-# version 00 exactly, or a later one (not ff) with optional fields after; no all-zero ids.
+# version 00 exactly, or a later one (not ff) with optional fields after (visible ASCII, as a
+# header carries; a NUL is refused by the API's string fields); no all-zero ids.
 _IDS = r"-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
-TRACEPARENT_PATTERN = rf"^(?:00{_IDS}|(?!00|ff)[0-9a-f]{{2}}{_IDS}(?:-.*)?)$"
+TRACEPARENT_PATTERN = rf"^(?:00{_IDS}|(?!00|ff)[0-9a-f]{{2}}{_IDS}(?:-[!-~]*)?)$"
 
 
 def parse_traceparent(value: Any) -> str | None:

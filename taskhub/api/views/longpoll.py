@@ -20,6 +20,7 @@ import asyncio
 import json
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -42,6 +43,8 @@ WAITERS = doorbell.Waiters(_probe)
 
 
 async def _stamp(unit_ids: list[str]) -> int:
+    if not settings.UNIT_IDLE_HEARTBEAT_INTERVAL:
+        return 0  # idle liveness is off (the default): a held claim is not a heartbeat
     return await run_sync(idle.stamp_waiting, unit_ids)
 
 
