@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from testkit import services
 from testkit.ports import free_port
 from testkit.processes import ROOT, Process
 from testkit.waiting import wait_for
@@ -245,13 +246,55 @@ class Hub:
         return self.process.wait_for_line(text, timeout)
 
 
+BACKENDS = ("embedded", "mariadb")
+
+
+def service_env(database: str) -> dict[str, str]:
+    """What points a hub at MariaDB (`database` on the server this process's DB_* name) and at Redis
+    (this process's REDIS_HOST, REDIS_PORT and REDIS_DB: a run's own DB number), with a cache key
+    prefix of its own."""
+    return {
+        "DB_HOST": os.environ["DB_HOST"],
+        "DB_PORT": os.environ.get("DB_PORT", "3306"),
+        "DB_USERNAME": os.environ.get("DB_USERNAME", "taskhub"),
+        "DB_PASSWORD": os.environ.get("DB_PASSWORD", ""),
+        "DB_DATABASE": database,
+        "REDIS_HOST": os.environ["REDIS_HOST"],
+        "REDIS_PORT": os.environ.get("REDIS_PORT", "6379"),
+        "REDIS_DB": os.environ.get("REDIS_DB", "0"),
+        "CACHE_KEY_PREFIX": f"{database}-{os.getpid()}",
+    }
+
+
+def _server(env: dict[str, str]) -> dict[str, Any]:
+    return {
+        "host": env["DB_HOST"],
+        "port": int(env["DB_PORT"]),
+        "user": env["DB_USERNAME"],
+        "password": env["DB_PASSWORD"],
+    }
+
+
 @contextmanager
-def running_hub(workdir: Path, **env: str) -> Iterator[Hub]:
-    """A started Hub on the embedded default with QUICK_LIVENESS (and `env`), stopped afterwards;
-    the end of its output is printed (pytest shows it on failure)."""
-    hub = Hub(workdir, env=embedded_env(workdir, **(QUICK_LIVENESS | env)))
+def running_hub(workdir: Path, backend: str = "embedded", **env: str) -> Iterator[Hub]:
+    """A started Hub with QUICK_LIVENESS (and `env`), stopped afterwards; the end of its output is
+    printed (pytest shows it on failure). `backend` "embedded": the embedded default under `workdir`
+    (SQLite, the doorbells on Unix sockets); "mariadb": MariaDB, in a database of its own made fresh
+    and dropped afterwards (named after DB_TEST_NAME, never the test process's own), + Redis
+    (service_env: the doorbells on Redis pub/sub)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    hub_env = embedded_env(workdir, **QUICK_LIVENESS)
+    database = ""
+    if backend == "mariadb":
+        database = f"{os.environ.get('DB_TEST_NAME') or 'test_taskhub'}_hub"[:60]
+        hub_env |= service_env(database)
+        services.recreate_database(**_server(hub_env), name=database)
+    hub = Hub(workdir, env=hub_env | env)
     try:
         yield hub.start()
     finally:
         hub.stop()
         print(hub.output()[-3000:])
+        if database:
+            services.drop_database(**_server(hub_env), name=database)

@@ -35,6 +35,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_redis)
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("embedded", id="sqlite-embedded"),
+        pytest.param("mariadb", id="mariadb-redis", marks=[pytest.mark.mariadb, pytest.mark.redis]),
+    ]
+)
+def hub_backend(request: pytest.FixtureRequest) -> str:
+    """A real-process test runs once per backend of testkit.hub.running_hub: the embedded default,
+    and MariaDB + Redis (marked: it runs in the MariaDB pass, where a missing service is an error
+    under TASKHUB_REQUIRE_SERVICES=1, and is skipped in the SQLite pass)."""
+    return str(request.param)
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache() -> Iterator[None]:
     cache.clear()

@@ -18,11 +18,10 @@ from django.utils import timezone
 from taskhub.api.serializers.heartbeat import HeartbeatReplySerializer, heartbeat_reply
 from taskhub.base.sql import db_now
 from tasks.transitions.reports import complete_attempt
-from testkit.hub import QUICK_LIVENESS, unit_argv, unit_env
+from testkit.hub import QUICK_LIVENESS, running_hub, unit_argv, unit_env
 from testkit.processes import Process
 from testkit.waiting import wait_for
 from tests import factories
-from tests.test_longpoll import BACKENDS, _hub
 from units import idle
 from units.claim import claim_tasks
 from units.models import ExecutionUnit
@@ -163,9 +162,8 @@ def _requests_logged(hub: Any, unit_id: str, action: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_idle_long_polling_unit_heartbeats_rarely_stays_online_gets_commands_and_its_tasks_fail_over_when_killed(
-    backend, tmp_path
+    hub_backend, tmp_path
 ):
     """QUICK_LIVENESS (timeout 2 s, interval 0.5 s, sweep 1 s) and the default idle interval (60 s).
     Idle: a real taskhub-unit heartbeats about once in three timeouts and stays ONLINE (not once
@@ -175,7 +173,7 @@ def test_an_idle_long_polling_unit_heartbeats_rarely_stays_online_gets_commands_
     second, idle unit killed with it is OFFLINE within the same bound."""
     timeout = float(QUICK_LIVENESS["UNIT_HEARTBEAT_TIMEOUT"])
     bound = timeout + float(QUICK_LIVENESS["SWEEP_INTERVAL"])
-    with _hub(backend, tmp_path, UNIT_IDLE_HEARTBEAT_INTERVAL="60") as hub:
+    with running_hub(tmp_path, hub_backend, UNIT_IDLE_HEARTBEAT_INTERVAL="60") as hub:
         units = {
             uid: Process(
                 f"unit-{uid}",

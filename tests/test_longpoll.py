@@ -11,16 +11,13 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from taskhub.base import doorbell
-from testkit import services
-from testkit.hub import QUICK_LIVENESS, Hub, call, embedded_env, running_hub, unit_argv, unit_env
+from testkit.hub import QUICK_LIVENESS, call, running_hub, unit_argv, unit_env
 from testkit.processes import Process
 from testkit.waiting import wait_for
 
@@ -89,53 +86,6 @@ def test_a_ring_reaches_a_waiting_process_through_the_configured_transport(setti
         doorbell._transport_instance = None
 
 
-BACKENDS = [
-    pytest.param("embedded", id="sqlite-embedded"),
-    pytest.param("mariadb", id="mariadb-redis", marks=[pytest.mark.mariadb, pytest.mark.redis]),
-]
-
-
-@contextmanager
-def _hub(backend: str, workdir: Path, **extra: str) -> Iterator[Hub]:
-    """`manage.py runhub` (gunicorn + uvicorn workers, Celery worker and beat) on the embedded
-    default, or on MariaDB (a database of its own) + Redis (this run's REDIS_DB): the doorbell
-    through Unix sockets or Redis pub/sub."""
-    if backend == "embedded":
-        with running_hub(workdir, **extra) as hub:
-            yield hub
-        return
-    name = f"{os.environ.get('DB_TEST_NAME') or 'test_taskhub'}_lp"[:60]
-    server: dict[str, Any] = {
-        "host": os.environ["DB_HOST"],
-        "port": int(os.environ.get("DB_PORT", "3306")),
-        "user": os.environ.get("DB_USERNAME", "taskhub"),
-        "password": os.environ.get("DB_PASSWORD", ""),
-    }
-    services.recreate_database(**server, name=name)
-    env: dict[str, str] = (
-        embedded_env(workdir, **QUICK_LIVENESS)
-        | {
-            "DB_HOST": server["host"],
-            "DB_PORT": str(server["port"]),
-            "DB_USERNAME": str(server["user"]),
-            "DB_PASSWORD": str(server["password"]),
-            "DB_DATABASE": name,
-            "REDIS_HOST": os.environ["REDIS_HOST"],
-            "REDIS_PORT": os.environ.get("REDIS_PORT", "6379"),
-            "REDIS_DB": os.environ.get("REDIS_DB", "0"),
-            "CACHE_KEY_PREFIX": f"lp-{os.getpid()}",
-        }
-        | extra
-    )
-    hub = Hub(workdir, env=env)
-    try:
-        yield hub.start()
-    finally:
-        hub.stop()
-        print(hub.output()[-3000:])
-        services.drop_database(**server, name=name)
-
-
 def _register(hub, unit_id: str, capacity: int = 1) -> str:  # type: ignore[no-untyped-def]
     body = {"id": unit_id, "unitType": "lp", "unitName": unit_id, "capacity": capacity, "endpoint": ""}
     status, reply = call(hub.base, "POST", "/execution-units/register", hub.key, body)
@@ -149,9 +99,8 @@ def _claims_logged(hub, unit_id: str) -> int:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_waiting_unit_gets_a_new_task_in_its_one_claim_request(backend, tmp_path):
-    with _hub(backend, tmp_path) as hub:
+def test_a_waiting_unit_gets_a_new_task_in_its_one_claim_request(hub_backend, tmp_path):
+    with running_hub(tmp_path, hub_backend) as hub:
         token = _register(hub, "w1")
         got: dict[str, Any] = {}
 
@@ -172,6 +121,56 @@ def test_a_waiting_unit_gets_a_new_task_in_its_one_claim_request(backend, tmp_pa
         assert hub.api("GET", f"/tasks/{task['id']}")["status"] == "RUNNING"
 
 
+WAITERS = 100
+WEB_PROCESSES = 2
+# Long enough that no waiting unit (they never heartbeat here) goes OFFLINE during the test: a
+# sweep that marks a unit OFFLINE rings that unit's own doorbell and would wake its claim.
+PATIENT_LIVENESS = {"UNIT_HEARTBEAT_TIMEOUT": "120", "HUB_OUTAGE_GRACE": "120"}
+
+
+@pytest.mark.slow
+@pytest.mark.mariadb
+@pytest.mark.redis
+def test_one_create_wakes_one_of_a_hundred_waiting_units_across_web_processes(tmp_path):
+    """A real hub (runhub: 2 uvicorn web processes) on MariaDB + Redis: 100 units each hold a
+    long-poll claim; one task is created. Exactly one unit gets it, the 99 others keep waiting, and
+    the claims run for it (taskhub_claims_total on /metrics, all web processes) are a few per web
+    process: the ring wakes one waiter per process (and a process's safety re-check at most one
+    more), not all 100."""
+    from bench.dispatch import METRICS_TOKEN, claims_counted
+
+    extra = PATIENT_LIVENESS | {"WEB_CONCURRENCY": str(WEB_PROCESSES), "METRICS_TOKEN": METRICS_TOKEN}
+    with running_hub(tmp_path, "mariadb", **extra) as hub:
+        tokens = {f"o1-{i}": _register(hub, f"o1-{i}") for i in range(WAITERS)}
+        replies: dict[str, tuple[int, Any]] = {}
+
+        def wait(unit_id: str) -> None:
+            body = {"max": 1, "waitSeconds": 30}
+            replies[unit_id] = call(
+                hub.base, "POST", f"/execution-units/{unit_id}/claim", tokens[unit_id], body, timeout=40
+            )
+
+        waiters = [threading.Thread(target=wait, args=(u,), daemon=True) for u in tokens]
+        for thread in waiters:
+            thread.start()
+        # Each claim ran once, found nothing and counted itself: now they all wait on the doorbell.
+        wait_for(lambda: claims_counted(hub.port) >= WAITERS, 60, "every claim to have run once")
+        time.sleep(1.0)  # past a safety re-check: every waiter is queued on its process's doorbell
+        before = claims_counted(hub.port)
+        assert before == WAITERS and not replies  # nothing claimed twice, nothing answered yet
+        task = hub.api("POST", "/tasks", {"name": "one", "taskType": "lp", "priority": 1, "config": {}})
+        wait_for(lambda: replies, 20, "a waiting unit to get the task")
+        time.sleep(2.5)  # any other claim the create caused (a ring per process, a re-check) has run
+        claims = claims_counted(hub.port) - before
+        print(f"claims run for one create with {WAITERS} waiters: {claims:g}")
+        got = {u: [t["id"] for t in r[1]["items"]] for u, r in replies.items() if r[0] == 200 and r[1]["items"]}
+        assert list(got.values()) == [[task["id"]]], replies  # exactly one unit holds it
+        assert sum(thread.is_alive() for thread in waiters) == WAITERS - 1  # the others still wait
+        assert len(replies) == 1  # and none was woken to an empty answer
+        assert 1 <= claims <= 2 * WEB_PROCESSES, claims  # O(1) per web process, not WAITERS
+        assert hub.api("GET", f"/tasks/{task['id']}")["status"] == "RUNNING"
+
+
 def _slow_clients(port: int, count: int) -> list[socket.socket]:
     """Connections that send half a request line and then nothing (slowloris)."""
     socks = []
@@ -183,8 +182,7 @@ def _slow_clients(port: int, count: int) -> list[socket.socket]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_kill_9_mid_wait_fails_over_within_the_bound_while_slow_clients_do_not_stall_heartbeats(backend, tmp_path):
+def test_kill_9_mid_wait_fails_over_within_the_bound_while_slow_clients_do_not_stall_heartbeats(hub_backend, tmp_path):
     """One hub (production web server: gunicorn + uvicorn workers): a real taskhub-unit holds a task
     and long-polls for more; 100 slowloris connections are open; its heartbeats keep it and its
     task; kill -9 it mid-wait and the task is PENDING again within timeout + sweep interval."""

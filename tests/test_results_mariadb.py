@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from taskhub.base.actors import Actor
 from tasks.events import EventCursor, EventFilter, last_event_id
 from tasks.transitions import verbs
-from testkit.hub import PYTHON, ROOT, Hub, scrubbed_environ
+from testkit.hub import PYTHON, ROOT, Hub, running_hub
 from testkit.waiting import wait_for
 from tests import factories
 from tests.webhook_receiver import receiver
@@ -82,46 +82,22 @@ def test_a_rolled_back_change_is_skipped_after_the_grace(settings: Any) -> None:
 # --- a real hub: runhub (gunicorn + Celery worker + beat) on MariaDB + Redis -------------------
 
 
-def _hub_env(workdir: Path) -> dict[str, str]:
-    db = django_settings.DATABASES["default"]
-    database = os.environ.get("DB_DATABASE") or "th_results"
-    assert database != db["NAME"], "the hub gets a database of its own, never this process's test database"
-    return scrubbed_environ() | {
-        "DB_HOST": str(db["HOST"]),
-        "DB_PORT": str(db["PORT"]),
-        "DB_USERNAME": str(db["USER"]),
-        "DB_PASSWORD": str(db["PASSWORD"]),
-        "DB_DATABASE": database,
-        "REDIS_HOST": os.environ.get("REDIS_HOST", "127.0.0.1"),
-        "REDIS_PORT": os.environ.get("REDIS_PORT", "6379"),
-        "REDIS_DB": os.environ.get("REDIS_DB", "0"),
-        "CACHE_KEY_PREFIX": f"results-e2e-{os.getpid()}",
-        "APP_ENV": "development",
-        "DEBUG": "false",
-        "LOG_DIR": str(workdir / "logs"),
-        "VAR_DIR": str(workdir / "var"),
-        "PYTHONUNBUFFERED": "1",
-        "WEBHOOK_ALLOW_PRIVATE": "true",
-        "WEBHOOK_BACKOFF_BASE": "0.2",
-        "WEBHOOK_BACKOFF_MAX": "1",
-        "WEBHOOK_SUBSCRIPTIONS_TTL": "0.5",
-        "EVENTS_GAP_GRACE_SECONDS": "1",
-    }
+WEBHOOKS_QUICKLY = {
+    "DEBUG": "false",
+    "WEBHOOK_ALLOW_PRIVATE": "true",
+    "WEBHOOK_BACKOFF_BASE": "0.2",
+    "WEBHOOK_BACKOFF_MAX": "1",
+    "WEBHOOK_SUBSCRIPTIONS_TTL": "0.5",
+    "EVENTS_GAP_GRACE_SECONDS": "1",
+}
 
 
 @pytest.fixture
 def real_hub(tmp_path: Path) -> Iterator[Hub]:
     if not django_settings.REDIS_URL:
         pytest.fail("this test needs Redis (REDIS_HOST) beside MariaDB")
-    env = _hub_env(tmp_path)
-    with connection.cursor() as cursor:  # the hub's own database, made if this server has none yet
-        cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{env['DB_DATABASE']}` CHARACTER SET utf8mb4")
-    hub = Hub(tmp_path, env=env, key_name=f"results-{os.getpid()}-{tmp_path.name[-6:]}")
-    try:
-        yield hub.start()
-    finally:
-        hub.stop()
-        print(hub.output()[-3000:])
+    with running_hub(tmp_path, "mariadb", **WEBHOOKS_QUICKLY) as hub:
+        yield hub
 
 
 ROLLED_BACK = """

@@ -13,9 +13,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +21,7 @@ from django.db import transaction
 from taskhub.base import doorbell, historybell
 from taskhub.base.actors import Actor
 from tasks.transitions import verbs
-from testkit import services
-from testkit.hub import PYTHON, QUICK_LIVENESS, ROOT, Hub, call, embedded_env, running_hub
+from testkit.hub import PYTHON, ROOT, Hub, call, running_hub
 from tests import factories
 
 
@@ -135,46 +131,6 @@ SLOW_SAFETY_NET = {
     "EVENTS_GAP_GRACE_SECONDS": "1",
 }
 
-BACKENDS = [
-    pytest.param("embedded", id="sqlite-embedded"),
-    pytest.param("mariadb", id="mariadb-redis", marks=[pytest.mark.mariadb, pytest.mark.redis]),
-]
-
-
-@contextmanager
-def _hub(backend: str, workdir: Path) -> Iterator[Hub]:
-    if backend == "embedded":
-        with running_hub(workdir, **SLOW_SAFETY_NET) as hub:
-            yield hub
-        return
-    name = f"{os.environ.get('DB_TEST_NAME') or 'test_taskhub'}_wake"[:60]
-    server: dict[str, Any] = {
-        "host": os.environ["DB_HOST"],
-        "port": int(os.environ.get("DB_PORT", "3306")),
-        "user": os.environ.get("DB_USERNAME", "taskhub"),
-        "password": os.environ.get("DB_PASSWORD", ""),
-    }
-    services.recreate_database(**server, name=name)
-    env = embedded_env(workdir, **(QUICK_LIVENESS | SLOW_SAFETY_NET)) | {
-        "DB_HOST": server["host"],
-        "DB_PORT": str(server["port"]),
-        "DB_USERNAME": str(server["user"]),
-        "DB_PASSWORD": str(server["password"]),
-        "DB_DATABASE": name,
-        "REDIS_HOST": os.environ["REDIS_HOST"],
-        "REDIS_PORT": os.environ.get("REDIS_PORT", "6379"),
-        "REDIS_DB": os.environ.get("REDIS_DB", "0"),
-        "CACHE_KEY_PREFIX": f"wake-{os.getpid()}",
-    }
-    hub = Hub(workdir, env=env)
-    try:
-        yield hub.start()
-    finally:
-        hub.stop()
-        print(hub.output()[-3000:])
-        services.drop_database(**server, name=name)
-
-
 CHANGE = """
 from taskhub.base.actors import Actor
 from tasks.transitions import verbs
@@ -199,9 +155,8 @@ def _change_elsewhere(hub: Hub, task_id: int, target: str, reason: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_waiter_and_a_stream_are_woken_by_a_change_in_another_process(backend, tmp_path):
-    with _hub(backend, tmp_path) as hub:
+def test_a_waiter_and_a_stream_are_woken_by_a_change_in_another_process(hub_backend, tmp_path):
+    with running_hub(tmp_path, hub_backend, **SLOW_SAFETY_NET) as hub:
         task = hub.api("POST", "/tasks", {"name": "waited", "taskType": "WAKE", "priority": 1, "config": {}})
         got: dict[str, Any] = {}
 
