@@ -13,17 +13,22 @@ import re
 from typing import Any
 
 TRACEPARENT_HEADER = "traceparent"
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?", re.DOTALL)
+# The hub's rule for a traceparent field (taskhub.base.tracing.TRACEPARENT_PATTERN; the two are held
+# together by the shared vectors, tests/fixtures/traceparent.json): version 00 exactly, or a later
+# one (not ff) with optional fields after (visible ASCII); lowercase hex; no all-zero ids.
+_IDS = r"-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+_TRACEPARENT = re.compile(rf"(?:00{_IDS}|(?!00|ff)[0-9a-f]{{2}}{_IDS}(?:-[!-~]*)?)")
 
 _otel: Any = None  # the opentelemetry.trace module once looked for; False: not installed
 
 
 def check_traceparent(value: str | None) -> str | None:
-    """`value` if it has the W3C shape (version-traceid-parentid-flags, lowercase hex), else a
-    ValueError: a mistyped context is the caller's bug, caught before the hub sees it."""
+    """`value` if it is a valid W3C traceparent (version-traceid-parentid-flags, lowercase hex), as
+    the hub accepts it, else a ValueError: a mistyped context is the caller's bug, caught before the
+    hub sees it (which would refuse it in a batch, and ignore it as a header)."""
     if value is None:
         return None
-    if not isinstance(value, str) or not _TRACEPARENT.fullmatch(value) or value.startswith("ff-"):
+    if not isinstance(value, str) or not _TRACEPARENT.fullmatch(value):
         raise ValueError(f"not a W3C traceparent (version-traceid-parentid-flags, lowercase hex): {value!r}")
     return value
 

@@ -4,6 +4,7 @@ where it is not installed."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from hub import Hub, Tap, TapTransport
 from taskhub_client import BatchItem, Client, ValidationError
+from taskhub_client._tracing import check_traceparent
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 OTHER_TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -50,6 +52,22 @@ def spans() -> Iterator[tuple[Any, Any]]:
 def _tp(span: Any) -> str:
     context = span.get_span_context()
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+# The hub's own vectors (tests/fixtures/traceparent.json in the repository; its tests run them
+# against taskhub.base.tracing): the SDK accepts exactly the values the hub's schema accepts.
+VECTORS = json.loads((Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "traceparent.json").read_text())[
+    "vectors"
+]
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["note"] for v in VECTORS])
+def test_the_check_accepts_exactly_what_the_hub_accepts(vector: dict[str, Any]) -> None:
+    if vector["valid"]:
+        assert check_traceparent(vector["value"]) == vector["value"]  # sent as given
+    else:
+        with pytest.raises(ValueError, match="traceparent"):
+            check_traceparent(vector["value"])
 
 
 def test_a_given_traceparent_is_sent_as_the_header_on_every_retry() -> None:
