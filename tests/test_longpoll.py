@@ -5,12 +5,15 @@ production web server (gunicorn + uvicorn) holds slow clients while units heartb
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
 import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -140,15 +143,24 @@ def test_one_create_wakes_one_of_a_hundred_waiting_units_across_web_processes(tm
     from bench.dispatch import METRICS_TOKEN, claims_counted
 
     extra = PATIENT_LIVENESS | {"WEB_CONCURRENCY": str(WEB_PROCESSES), "METRICS_TOKEN": METRICS_TOKEN}
-    with running_hub(tmp_path, "mariadb", **extra) as hub:
+    with contextlib.ExitStack() as stack:
+        hub = stack.enter_context(running_hub(tmp_path, "mariadb", **extra))
         tokens = {f"o1-{i}": _register(hub, f"o1-{i}") for i in range(WAITERS)}
         replies: dict[str, tuple[int, Any]] = {}
+        conns = {u: http.client.HTTPConnection("127.0.0.1", hub.port, timeout=40) for u in tokens}
+        # Shut at the end (first thing on the way out of the hub): the hub ends the waits of clients
+        # gone instead of sitting its stop out until they run out.
+        stack.callback(_shut, conns.values())
 
         def wait(unit_id: str) -> None:
-            body = {"max": 1, "waitSeconds": 30}
-            replies[unit_id] = call(
-                hub.base, "POST", f"/execution-units/{unit_id}/claim", tokens[unit_id], body, timeout=40
-            )
+            headers = {"Authorization": f"Bearer {tokens[unit_id]}", "Content-Type": "application/json"}
+            body = json.dumps({"max": 1, "waitSeconds": 30})
+            try:
+                conns[unit_id].request("POST", f"/api/v1/execution-units/{unit_id}/claim", body, headers)
+                response = conns[unit_id].getresponse()
+                replies[unit_id] = (response.status, json.loads(response.read()))
+            except OSError:
+                pass  # shut by the test when it is done
 
         waiters = [threading.Thread(target=wait, args=(u,), daemon=True) for u in tokens]
         for thread in waiters:
@@ -169,6 +181,13 @@ def test_one_create_wakes_one_of_a_hundred_waiting_units_across_web_processes(tm
         assert len(replies) == 1  # and none was woken to an empty answer
         assert 1 <= claims <= 2 * WEB_PROCESSES, claims  # O(1) per web process, not WAITERS
         assert hub.api("GET", f"/tasks/{task['id']}")["status"] == "RUNNING"
+
+
+def _shut(conns: Iterable[http.client.HTTPConnection]) -> None:
+    for conn in conns:
+        if conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _slow_clients(port: int, count: int) -> list[socket.socket]:
