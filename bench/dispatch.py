@@ -410,6 +410,27 @@ def _breakdown(rows: list[tuple[float, float]], tap: RingTap) -> dict[str, Any]:
     }
 
 
+def commit_floor(stack: Stack, count: int = 100) -> dict[str, Any]:
+    """The durable write under every create, timed alone: `count` one-row INSERT + COMMIT
+    (InnoDB, the server's own flush settings) into a scratch table of the bench database, 20 ms
+    apart, from this process: what MariaDB's commit costs on this machine at this moment."""
+    conn = stack.db.connect(autocommit=False)
+    took = []
+    try:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+        for n in range(count):
+            t = time.perf_counter()
+            cur.execute("INSERT INTO bench_commit_probe (v) VALUES (%s)", [n])
+            conn.commit()
+            took.append(time.perf_counter() - t)
+            time.sleep(0.02)
+        cur.execute("DROP TABLE bench_commit_probe")
+    finally:
+        conn.close()
+    return _ms(took)
+
+
 def dispatch_latency(stack: Stack, key: str, units: int, tasks: int) -> dict[str, Any]:
     """K real long-poll taskhub-unit processes; `tasks` created one at a time (50-150 ms apart);
     latency = `started_at - created_at` (both the hub's stamps: the woken claim stamps `started_at`
@@ -464,6 +485,7 @@ def dispatch_latency(stack: Stack, key: str, units: int, tasks: int) -> dict[str
         "started": len(lat),
         **_ms(lat),
         "breakdown": _breakdown(stamps, tap),
+        "commitFloor": commit_floor(stack, min(tasks, 100)),
         "webCpuMsPerTask": round(cpu["web"] / tasks * 1000, 2) if tasks else 0.0,
         "restOfMachineCpuShare": round(max(cpu["machine"] - cpu["web"] - cpu["loadgen"], 0) / (cpu["wall"] * NCPU), 3),
     }

@@ -98,10 +98,12 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
         waits = sorted(float(k[4:-14]) for k in ab if k.startswith("wait") and k.endswith("TasksPerSecond"))
         figures = ", ".join(f"wait {w:g} s {ab[f'wait{w:g}TasksPerSecond']:,.0f}" for w in waits)
         ratios = ", ".join(f"{ab[f'wait{w:g}xCelery']:.2f}" for w in waits)
+        cpu = ", ".join(f"{ab.get(f'wait{w:g}WebCpuMsPerTask', 0):.2f}" for w in waits)
         add(
             f"5 lifecycle A/B round {ab['round']} ({' -> '.join(str(o) for o in ab['order'])})",
             "",
-            f"{figures}, Celery {ab['celeryTasksPerSecond']:,.0f} tasks/s",
+            f"{figures}, Celery {ab['celeryTasksPerSecond']:,.0f} tasks/s; CPU ms/task: web {cpu},"
+            f" Celery+Redis {ab.get('celeryCpuMsPerTask', 0):.2f}",
             f"{ratios} x Celery" + (f"; long/poll {ab['longPollxPolling']:.2f}" if "longPollxPolling" in ab else ""),
         )
     single = results.get("lifecycleSingle")
@@ -194,6 +196,18 @@ def _push_rows(results: dict[str, Any], add: Any) -> None:
             "p50 <= 10, p99 <= 50 ms, p99 <= 2 x Celery",
             "met" if ok else "MISSED",
         )
+        b = t.get("breakdown")
+        if b and b["matched"]:
+            cr, rc, tail = b["createToRing"], b["ringToClaim"], b["slowestTenth"]
+            floor = t.get("commitFloor", {})
+            add(
+                "8 dispatch latency split at the ring: create -> ring delivered; ring -> claim starts",
+                "",
+                f"p50 {cr['p50ms']:.1f} / {rc['p50ms']:.1f}, p99 {cr['p99ms']:.1f} / {rc['p99ms']:.1f} ms;"
+                f" slowest 10 % {tail['createToRingMeanMs']:.1f} / {tail['ringToClaimMeanMs']:.1f} ms",
+                f"bare INSERT+COMMIT p50 {floor.get('p50ms', 0):.1f}, p99 {floor.get('p99ms', 0):.1f} ms;"
+                f" web CPU {t['webCpuMsPerTask']:.1f} ms/task",
+            )
         add(
             f"8 dispatch latency, Celery+Redis apply_async -> start ({c['tasks']} tasks)",
             "",

@@ -434,9 +434,16 @@ class Runner:
             cel = got["celery"]["tasksPerSecond"] or 0.0
             entry: dict[str, Any] = {"round": n + 1, "order": ["celery" if w is None else w for w in order]}
             entry["celeryTasksPerSecond"] = cel
+            cel_cpu = got["celery"].get("cpu", {})
+            entry["celeryCpuMsPerTask"] = round((cel_cpu.get("celery", 0) + cel_cpu.get("redis", 0)) / m * 1000, 2)
             for wait in waits:
                 entry[f"wait{wait:g}TasksPerSecond"] = got[wait]["tasksPerSecond"]
                 entry[f"wait{wait:g}xCelery"] = round(got[wait]["tasksPerSecond"] / cel, 3) if cel else 0.0
+                # CPU per task (robust on a shared machine): the web, and MariaDB (others' queries too).
+                cpu = got[wait].get("cpu", {})
+                entry[f"wait{wait:g}WebCpuMsPerTask"] = round(cpu.get("web", 0) / m * 1000, 2)
+                entry[f"wait{wait:g}MariadbCpuMsPerTask"] = round(cpu.get("mariadb", 0) / m * 1000, 2)
+                entry[f"wait{wait:g}OtherCpuShare"] = round(got[wait].get("otherCpuShare", 0), 3)
             if len(waits) == 2:
                 polled = got[waits[0]]["tasksPerSecond"]
                 entry["longPollxPolling"] = round(got[waits[1]]["tasksPerSecond"] / polled, 3) if polled else 0.0
