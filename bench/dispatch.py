@@ -3,10 +3,15 @@ web server (gunicorn + uvicorn workers, taskhub/gunicorn.conf.py).
 
 1. Dispatch latency: K real idle `taskhub-unit` processes (long-poll claims, the sleep handler with
    0 s); tasks created one at a time; latency = the task's `started_at - created_at` (both stamped
-   by the hub). Celery + Redis in the same run: apply_async -> the task starts (bench.celery_noop.stamp).
-2. Claim queries per created task with W waiters on one type: W simulated units each hold a
-   long-poll claim; one task is created; the hub's claim counter (/metrics, taskhub_claims_total)
-   says how many claims ran for it.
+   by the hub), split at the ring (a subscriber of the doorbell channel: create -> ring delivered,
+   ring -> the woken claim starts), with a bare INSERT + COMMIT timed after it (the durable write's
+   floor at that moment). Celery + Redis in the same run: apply_async -> the task starts
+   (bench.celery_noop.stamp).
+2. Claims and SQL statements per created task with W waiters on one type: W simulated units each
+   hold a long-poll claim; once the hub's counters settle, one task is created; the claim counter
+   (/metrics, taskhub_claims_total) and the web's statement counter (bench/sqlcount) say how many
+   claims and statements ran for it, net of the background (the safety-net probes) and of the
+   create's own statements, each measured in a window of the same length (`waiters_per_create`).
 3. Idle fleet: N simulated idle units from one asyncio load generator, each doing what the agent
    does when idle: a long-poll claim (waitSeconds 20) again and again, a heartbeat at the interval
    the hub's last heartbeat reply gave (`idleHeartbeatIntervalSeconds` while it holds nothing and
@@ -305,6 +310,9 @@ def waiters_per_create(
         return call(base, "POST", "/tasks", key, {"name": "one", "taskType": task_type, "priority": 1, "config": {}})
 
     async def main() -> dict[str, Any]:
+        # Not measured: the key's last-used stamp (an UPDATE at most once a while) and a connection
+        # per thread are first-use costs, not the create's.
+        await asyncio.to_thread(create, f"{TYPE}-NOBODY")
         idle, _ = await _window(port, window)
         alone, other = await _window(port, window, lambda: create(f"{TYPE}-NOBODY"))
         create_alone = _minus(alone, idle)
@@ -406,7 +414,11 @@ def _breakdown(rows: list[tuple[float, float]], tap: RingTap) -> dict[str, Any]:
             "n": len(tail),
             "createToRingMeanMs": round(sum(leg[1] for leg in tail) / len(tail) * 1000, 2) if tail else 0.0,
             "ringToClaimMeanMs": round(sum(leg[2] for leg in tail) / len(tail) * 1000, 2) if tail else 0.0,
+            # Claims that started before the tap saw the ring: a claim already running found the task
+            # (or this process saw the ring later than the hub's did).
+            "claimedBeforeRingSeen": sum(1 for leg in tail if leg[2] < 0),
         },
+        "claimedBeforeRingSeen": sum(1 for leg in legs if leg[2] < 0),
     }
 
 

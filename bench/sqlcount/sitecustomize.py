@@ -7,12 +7,18 @@ cursor: the ORM and the plain-SQL helpers alike) and each COMMIT in the Promethe
 `bench_sql_statements_total{verb, table}`. With PROMETHEUS_MULTIPROC_DIR shared by the web workers,
 `/metrics` sums every process's counts (bench.dispatch.waiters_per_create reads it). Without
 BENCH_SQL_COUNT this module does nothing; the hub's own code is untouched.
+
+An experiment knob beside it: BENCH_SWITCH_INTERVAL=<seconds> sets the process's GIL switch
+interval (`sys.setswitchinterval`, 0.005 by default) in the processes started with this directory
+on PYTHONPATH that bench.stack started as the web (WEB_CONCURRENCY set), to A/B it without
+changing the hub.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any
 
 _TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+`?(\w+)`?", re.IGNORECASE)
@@ -54,3 +60,5 @@ def _install() -> None:
 
 if os.environ.get("BENCH_SQL_COUNT") == "1":
     _install()
+if os.environ.get("BENCH_SWITCH_INTERVAL") and os.environ.get("WEB_CONCURRENCY"):  # the web only
+    sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
