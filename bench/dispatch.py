@@ -3,10 +3,15 @@ web server (gunicorn + uvicorn workers, taskhub/gunicorn.conf.py).
 
 1. Dispatch latency: K real idle `taskhub-unit` processes (long-poll claims, the sleep handler with
    0 s); tasks created one at a time; latency = the task's `started_at - created_at` (both stamped
-   by the hub). Celery + Redis in the same run: apply_async -> the task starts (bench.celery_noop.stamp).
-2. Claim queries per created task with W waiters on one type: W simulated units each hold a
-   long-poll claim; one task is created; the hub's claim counter (/metrics, taskhub_claims_total)
-   says how many claims ran for it.
+   by the hub), split at the ring (a subscriber of the doorbell channel: create -> ring delivered,
+   ring -> the woken claim starts), with a bare INSERT + COMMIT timed after it (the durable write's
+   floor at that moment). Celery + Redis in the same run: apply_async -> the task starts
+   (bench.celery_noop.stamp).
+2. Claims and SQL statements per created task with W waiters on one type: W simulated units each
+   hold a long-poll claim; once the hub's counters settle, one task is created; the claim counter
+   (/metrics, taskhub_claims_total) and the web's statement counter (bench/sqlcount) say how many
+   claims and statements ran for it, net of the background (the safety-net probes) and of the
+   create's own statements, each measured in a window of the same length (`waiters_per_create`).
 3. Idle fleet: N simulated idle units from one asyncio load generator, each doing what the agent
    does when idle: a long-poll claim (waitSeconds 20) again and again, a heartbeat at the interval
    the hub's last heartbeat reply gave (`idleHeartbeatIntervalSeconds` while it holds nothing and
@@ -29,9 +34,11 @@ import os
 import random
 import resource
 import secrets
+import threading
 import time
 import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from bench import celery_peer
@@ -108,15 +115,90 @@ def insert_units(stack: Stack, owner: int, prefix: str, count: int) -> list[tupl
 
 
 METRICS_TOKEN = secrets.token_urlsafe(16)
+SQLCOUNT_DIR = ROOT / "bench" / "sqlcount"  # its sitecustomize counts a hub process's SQL statements
+CLAIMS = "taskhub_claims_total"
+STATEMENTS = "bench_sql_statements_total"
 
 
-def claims_counted(port: int) -> float:
+def hub_knobs(run_dir: Path) -> dict[str, str]:
+    """What the web needs for `hub_counters`: the metrics token, one multiprocess directory for
+    every worker (so /metrics sums them), and the statement counter (bench/sqlcount)."""
+    path = run_dir / "metrics"
+    path.mkdir(parents=True, exist_ok=True)
+    return {
+        "METRICS_TOKEN": METRICS_TOKEN,
+        "PROMETHEUS_MULTIPROC_DIR": str(path),
+        "BENCH_SQL_COUNT": "1",
+        "PYTHONPATH": os.pathsep.join([str(SQLCOUNT_DIR), str(ROOT)]),
+    }
+
+
+def hub_counters(port: int) -> dict[str, float]:
+    """The claim counter by outcome and the statement counter by (verb, table), summed over the web
+    workers: {'taskhub_claims_total{outcome="empty"}': 3.0, ...}."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=30) as response:
         text = response.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("taskhub_claims_total"))
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith((CLAIMS, STATEMENTS)):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def claims_counted(port: int) -> float:
+    return _total(hub_counters(port), CLAIMS)
+
+
+def _total(counters: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in counters.items() if k.startswith(prefix))
+
+
+def _outcomes(counters: dict[str, float]) -> dict[str, float]:
+    """{'claimed': 1.0, 'empty': 1.0} from the claim counter's lines."""
+    return {k.split('"')[1]: v for k, v in counters.items() if k.startswith(CLAIMS) and '"' in k}
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(after) | set(before)}
+
+
+def _minus(a: dict[str, float], *others: dict[str, float]) -> dict[str, float]:
+    out = dict(a)
+    for other in others:
+        for k, v in other.items():
+            out[k] = out.get(k, 0.0) - v
+    return {k: v for k, v in out.items() if abs(v) > 1e-9}
+
+
+async def _window(port: int, seconds: float, act: Any = None) -> tuple[dict[str, float], Any]:
+    """Counters' change over `seconds` from a reading, with `act()` (in a thread) done first. Each
+    window holds one /metrics scrape's own statements (the state gauges, read after the counters)."""
+    before = await asyncio.to_thread(hub_counters, port)
+    started = time.monotonic()
+    outcome = await asyncio.to_thread(act) if act is not None else None
+    await asyncio.sleep(max(seconds - (time.monotonic() - started), 0.0))
+    return _delta(await asyncio.to_thread(hub_counters, port), before), outcome
+
+
+async def _settle(port: int, claims: float, quiet: float, timeout: float) -> tuple[dict[str, float], bool, float]:
+    """Read the counters until the claim counter reached `claims` and stayed still for `quiet`
+    seconds (every waiter's first claim ran, nothing in flight): (reading, settled, seconds)."""
+    started = time.monotonic()
+    last = await asyncio.to_thread(hub_counters, port)
+    still_since = time.monotonic()
+    while time.monotonic() - started < timeout:
+        await asyncio.sleep(0.5)
+        now = await asyncio.to_thread(hub_counters, port)
+        if _total(now, CLAIMS) != _total(last, CLAIMS):
+            still_since = time.monotonic()
+        last = now
+        if _total(now, CLAIMS) >= claims and time.monotonic() - still_since >= quiet:
+            return now, True, time.monotonic() - started
+    return last, False, time.monotonic() - started
 
 
 async def idle_unit(port: int, uid: str, token: str, stop_at: float, out: list[Any], wait: float) -> None:
@@ -205,36 +287,168 @@ def fleet(stack: Stack, owner: int, n: int, seconds: float, wait: float) -> dict
     }
 
 
-def waiters_per_create(stack: Stack, owner: int, key: str, waiters: int) -> dict[str, Any]:
+def waiters_per_create(
+    stack: Stack, owner: int, key: str, waiters: int, window: float = 4.0, wait: float = 30.0
+) -> dict[str, Any]:
+    """Claims and SQL statements that one created task costs while `waiters` long-poll claims wait
+    on its type, net of everything else, in windows of `window` seconds each:
+
+    1. no waiter: a window with nothing done (the background: /metrics scrapes, beat-free web) and
+       a window with one create of a type nobody waits on (the create request's own statements);
+    2. the waiters' claims sent, and the counters read until settled (every first claim ran, the
+       claim counter still for 1.5 s: the safety-net probes are the only thing left);
+    3. a window with nothing done (the background with the waiters: their probes) and a window
+       with one create of their type. Claims for the create = that window - the background;
+       statements = that window - the background - the create's own.
+    `hub_counters` needs the web started with `hub_knobs`; without the statement counter the
+    statement fields are 0."""
     units = insert_units(stack, owner, f"wait{waiters}", waiters)
+    base = f"http://127.0.0.1:{stack.web_port}/api/v1"
+    port = stack.web_port
+
+    def create(task_type: str) -> Any:
+        return call(base, "POST", "/tasks", key, {"name": "one", "taskType": task_type, "priority": 1, "config": {}})
 
     async def main() -> dict[str, Any]:
-        conns = [Conn(stack.web_port) for _ in units]
+        # Not measured: the key's last-used stamp (an UPDATE at most once a while) and a connection
+        # per thread are first-use costs, not the create's.
+        await asyncio.to_thread(create, f"{TYPE}-NOBODY")
+        idle, _ = await _window(port, window)
+        alone, other = await _window(port, window, lambda: create(f"{TYPE}-NOBODY"))
+        create_alone = _minus(alone, idle)
+        first = await asyncio.to_thread(hub_counters, port)
+        started = time.monotonic()
+        conns = [Conn(port) for _ in units]
         pending = [
-            asyncio.create_task(c.request(f"/execution-units/{u}/claim", t, {"max": 1, "waitSeconds": 25}, 40))
+            asyncio.create_task(c.request(f"/execution-units/{u}/claim", t, {"max": 1, "waitSeconds": wait}, wait + 30))
             for c, (u, t) in zip(conns, units, strict=True)
         ]
-        await asyncio.sleep(6)  # every claim has run once and waits
-        before = await asyncio.to_thread(claims_counted, stack.web_port)
-        created = await asyncio.to_thread(
-            call,
-            f"http://127.0.0.1:{stack.web_port}/api/v1",
-            "POST",
-            "/tasks",
-            key,
-            {"name": "one", "taskType": TYPE, "priority": 1, "config": {}},
-        )
-        await asyncio.sleep(3)
-        after = await asyncio.to_thread(claims_counted, stack.web_port)
-        done = sum(1 for p in pending if p.done())
+        ready, settled, settle_s = await _settle(port, _total(first, CLAIMS) + waiters, 1.5, wait - 3 * window)
+        first_claims = _minus(_delta(ready, first))
+        background, _ = await _window(port, window)
+        replied_before = sum(1 for p in pending if p.done())
+        with_create, created = await _window(port, window, lambda: create(TYPE))
+        left = wait - (time.monotonic() - started)  # the waits still held when the window closed
+        replies = sum(1 for p in pending if p.done()) - replied_before
         for p in pending:
             p.cancel()
-        return {"waiters": waiters, "created": created[0], "claimsForOneTask": after - before, "repliesWithin3s": done}
+        await asyncio.gather(*pending, return_exceptions=True)
+        net = _minus(with_create, background, create_alone)
+        claims = _total(_minus(with_create, background), CLAIMS)
+        statements = {k[len(STATEMENTS) :]: round(v) for k, v in sorted(net.items()) if k.startswith(STATEMENTS)}
+        return {
+            "waiters": waiters,
+            "windowSeconds": window,
+            "created": created[0],
+            "otherTypeCreated": other[0],
+            "settled": settled,
+            "settleSeconds": round(settle_s, 1),
+            "waitsLeftSeconds": round(left, 1),
+            "firstClaims": _total(first_claims, CLAIMS),
+            "statementsPerFirstClaim": round(_total(first_claims, STATEMENTS) / waiters, 2) if waiters else 0.0,
+            "claimsForOneTask": claims,
+            "claimsByOutcome": _outcomes(_minus(with_create, background)),
+            "statementsForOneTask": round(_total(net, STATEMENTS)),
+            "statementsByShape": statements,
+            "createStatements": round(_total(create_alone, STATEMENTS)),
+            "backgroundStatements": round(_total(background, STATEMENTS) - _total(idle, STATEMENTS)),
+            "backgroundClaims": _total(background, CLAIMS),
+            "replies": replies,
+            "repliesBeforeCreate": replied_before,
+        }
 
     return asyncio.run(main())
 
 
+class RingTap:
+    """A subscriber of the hub's doorbell channel (Redis pub/sub, as each web process has one):
+    the wall-clock time each ring for `key` reached a subscriber, to split a task's dispatch into
+    create -> ring delivered (the create's work from its `now` to its commit, then the PUBLISH) and
+    ring delivered -> claim started (the web process's delivery and its event loop waking the
+    waiter). Same machine, one clock."""
+
+    def __init__(self, redis_url: str, channel: str, key: str) -> None:
+        import redis
+
+        self.key = key
+        self.times: list[float] = []
+        self.client = redis.Redis.from_url(redis_url)
+        self.pubsub = self.client.pubsub()
+        self.pubsub.subscribe(channel)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):
+            for message in self.pubsub.listen():
+                if message.get("type") == "message":
+                    at = time.time()
+                    if json.loads(message["data"])[0] == self.key:
+                        self.times.append(at)
+
+    def first_after(self, moment: float) -> float | None:
+        later = [t for t in self.times if t >= moment]
+        return min(later) if later else None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.pubsub.close()
+            self.client.close()
+
+
+def _breakdown(rows: list[tuple[float, float]], tap: RingTap) -> dict[str, Any]:
+    """(created_at, started_at) epoch seconds of each task -> the two legs, for all tasks and for
+    the slowest tenth (where the tail loses its time)."""
+    legs = []
+    for created, started in rows:
+        ring = tap.first_after(created)
+        if ring is not None and ring <= started + 0.05:
+            legs.append((started - created, ring - created, started - ring))
+    legs.sort()
+    tail = legs[-max(len(legs) // 10, 1) :] if legs else []
+    return {
+        "matched": len(legs),
+        "createToRing": _ms([leg[1] for leg in legs]),
+        "ringToClaim": _ms([leg[2] for leg in legs]),
+        "slowestTenth": {
+            "n": len(tail),
+            "createToRingMeanMs": round(sum(leg[1] for leg in tail) / len(tail) * 1000, 2) if tail else 0.0,
+            "ringToClaimMeanMs": round(sum(leg[2] for leg in tail) / len(tail) * 1000, 2) if tail else 0.0,
+            # Claims that started before the tap saw the ring: a claim already running found the task
+            # (or this process saw the ring later than the hub's did).
+            "claimedBeforeRingSeen": sum(1 for leg in tail if leg[2] < 0),
+        },
+        "claimedBeforeRingSeen": sum(1 for leg in legs if leg[2] < 0),
+    }
+
+
+def commit_floor(stack: Stack, count: int = 100) -> dict[str, Any]:
+    """The durable write under every create, timed alone: `count` one-row INSERT + COMMIT
+    (InnoDB, the server's own flush settings) into a scratch table of the bench database, 20 ms
+    apart, from this process: what MariaDB's commit costs on this machine at this moment."""
+    conn = stack.db.connect(autocommit=False)
+    took = []
+    try:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+        for n in range(count):
+            t = time.perf_counter()
+            cur.execute("INSERT INTO bench_commit_probe (v) VALUES (%s)", [n])
+            conn.commit()
+            took.append(time.perf_counter() - t)
+            time.sleep(0.02)
+        cur.execute("DROP TABLE bench_commit_probe")
+    finally:
+        conn.close()
+    return _ms(took)
+
+
 def dispatch_latency(stack: Stack, key: str, units: int, tasks: int) -> dict[str, Any]:
+    """K real long-poll taskhub-unit processes; `tasks` created one at a time (50-150 ms apart);
+    latency = `started_at - created_at` (both the hub's stamps: the woken claim stamps `started_at`
+    before its queries). With Redis, `breakdown` splits it at the ring (RingTap). The web's CPU
+    over the creates is reported per task (its create, claim and report, the units' heartbeats:
+    robust on a shared machine)."""
     procs = []
     for i in range(units):
         env = unit_env(f"http://127.0.0.1:{stack.web_port}", key, f"real-{i}", TYPE, 1, TASKHUB_CLAIM_WAIT="20")
@@ -242,6 +456,7 @@ def dispatch_latency(stack: Stack, key: str, units: int, tasks: int) -> dict[str
             Process(f"unit-{i}", unit_argv(), env=env, log_path=stack.run_dir / "logs" / f"unit-{i}.out").start()
         )
     base = f"http://127.0.0.1:{stack.web_port}/api/v1"
+    tap = RingTap(stack.redis_url, f"taskhub:doorbell:{stack.redis_db}", f"type:{TYPE}")
     try:
         wait_for(
             lambda: call(base, "GET", f"/execution-units?unitType={TYPE}&status=ONLINE", key)[1]["total"] >= units,
@@ -250,6 +465,8 @@ def dispatch_latency(stack: Stack, key: str, units: int, tasks: int) -> dict[str
         )
         time.sleep(3)
         ids = []
+        web = [stack.procs["web"].pid, *children(stack.procs["web"].pid)]
+        meter = CpuMeter({"web": web, "loadgen": [os.getpid()]})
         for _ in range(tasks):
             _, reply = call(
                 base, "POST", "/tasks", key, {"name": "d", "taskType": TYPE, "priority": 1, "config": {"seconds": 0}}
@@ -257,20 +474,33 @@ def dispatch_latency(stack: Stack, key: str, units: int, tasks: int) -> dict[str
             ids.append(reply["id"])
             time.sleep(random.uniform(0.05, 0.15))
         time.sleep(3)
+        cpu = meter.stop()
         conn = stack.db.connect()
         try:
             cur = conn.cursor()
+            cur.execute("SET time_zone = '+00:00'")  # the columns hold UTC
             cur.execute(
-                "SELECT TIMESTAMPDIFF(MICROSECOND, created_at, started_at) FROM tasks"
+                "SELECT UNIX_TIMESTAMP(created_at), UNIX_TIMESTAMP(started_at) FROM tasks"
                 f" WHERE id IN ({','.join(map(str, ids))}) AND started_at IS NOT NULL"
             )
-            lat = [row[0] / 1e6 for row in cur.fetchall()]
+            stamps = [(float(c), float(s)) for c, s in cur.fetchall()]
         finally:
             conn.close()
     finally:
+        tap.close()
         for p in procs:
             p.stop(5)
-    return {"units": units, "tasks": tasks, "started": len(lat), **_ms(lat)}
+    lat = [s - c for c, s in stamps]
+    return {
+        "units": units,
+        "tasks": tasks,
+        "started": len(lat),
+        **_ms(lat),
+        "breakdown": _breakdown(stamps, tap),
+        "commitFloor": commit_floor(stack, min(tasks, 100)),
+        "webCpuMsPerTask": round(cpu["web"] / tasks * 1000, 2) if tasks else 0.0,
+        "restOfMachineCpuShare": round(max(cpu["machine"] - cpu["web"] - cpu["loadgen"], 0) / (cpu["wall"] * NCPU), 3),
+    }
 
 
 def celery_latency(stack: Stack, tasks: int) -> dict[str, Any]:
@@ -294,9 +524,7 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = ROOT / "var" / "bench" / f"dispatch-{stamp}"
-    # One metrics directory for both web workers, so /metrics sums their claim counters.
-    (run_dir / "metrics").mkdir(parents=True, exist_ok=True)
-    knobs = {"METRICS_TOKEN": METRICS_TOKEN, "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics")}
+    knobs = hub_knobs(run_dir)  # one metrics directory for both web workers, the statement counter
     stack = Stack(db=Db.from_env(args.db_name), redis_db=args.redis_db, run_dir=run_dir, knobs=knobs)
     results: dict[str, Any] = {}
     only = set(args.only.split(","))

@@ -3,8 +3,9 @@ calls the measuring module's own functions, so `make bench` and the module run b
 same thing.
 
 - dispatch, waiters, fleet: bench.dispatch, on the run's web (gunicorn + uvicorn workers) restarted
-  with one Prometheus directory for both workers (the claim counter the waiters row reads) and a
-  metrics token, as production runs it; the Celery + Redis peer from bench.celery_peer.
+  with one Prometheus directory for both workers (the claim counter the waiters row reads), a
+  metrics token, as production runs it, and bench/sqlcount's statement counter; the Celery + Redis
+  peer from bench.celery_peer.
 - results: bench.results (producer wait, SSE, webhooks with a 20 %-failing receiver) on a hub of
   its own (`manage.py runhub`: web, Celery worker, beat) on a database of its own beside the run's.
 - queues, schedules, prune: bench.queue_probe and bench.queue_upkeep, run as subprocesses with the
@@ -34,10 +35,9 @@ def raise_open_files() -> int:
 
 
 def metrics_knobs(run_dir: Path) -> dict[str, str]:
-    """What the web needs for bench.dispatch.claims_counted: its token, one multiprocess directory."""
-    path = run_dir / "metrics"
-    path.mkdir(parents=True, exist_ok=True)
-    return {"METRICS_TOKEN": dispatch.METRICS_TOKEN, "PROMETHEUS_MULTIPROC_DIR": str(path)}
+    """What the web needs for bench.dispatch.hub_counters: its token, one multiprocess directory,
+    the statement counter (bench/sqlcount)."""
+    return dispatch.hub_knobs(run_dir)
 
 
 def dispatch_rows(stack: Stack, key: str, units: int, tasks: int) -> dict[str, Any]:

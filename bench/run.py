@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,12 @@ class Profile:
     heartbeat_tasks: tuple[int, ...] = (0, 5)
     lifecycle: tuple[int, int, int, int] = (3_000, 4, 2, 10)  # M, K units, P producers, claim batch
     lifecycle_batch: tuple[int, int] = (25, 100)  # batch row: claim {max}, tasks per POST /tasks/batch
-    # The lifecycle's units claim as taskhub-unit does: long polls of this many seconds (0: polling).
-    claim_wait: float = 5.0
+    # The lifecycle's units claim as taskhub-unit does: long polls of this many seconds (0: polling),
+    # taskhub-unit's default; with lifecycle_ab the same lifecycle runs with polling units as well,
+    # interleaved with Celery, lifecycle_rounds times.
+    claim_wait: float = 20.0
+    lifecycle_ab: bool = True
+    lifecycle_rounds: int = 1
     failover: tuple[int, int, int] = (40, 5, 2)  # victims, tasks each, rescuers
     knobs: dict[str, str] = field(default_factory=dict)
     scale_tasks: int = 1_000_000
@@ -68,6 +73,7 @@ class Profile:
     # best for sync workers), 1,000 waiting claims queue every other request behind one thread.
     push_threads: int = 4
     waiters: int = 1_000
+    waiter_window: float = 4.0  # seconds of each window of the waiters row (bench.dispatch.waiters_per_create)
     fleet: tuple[int, ...] = (200, 1_000, 5_000)
     fleet_seconds: float = 15.0
     fleet_wait: float = 20.0
@@ -108,8 +114,10 @@ PROFILES = {
         lifecycle_batch=(10, 20),
         failover=(4, 3, 2),
         claim_wait=1.0,
+        lifecycle_ab=False,  # the smoke run's length: one lifecycle of each form
         dispatch=(2, 10),
         waiters=20,
+        waiter_window=1.5,
         fleet=(20,),
         fleet_seconds=3.0,
         fleet_wait=2.0,
@@ -345,51 +353,7 @@ class Runner:
                         )
                     )
         if "lifecycle" in p.scenarios:
-            m, k, producers, batch = p.lifecycle
-            claim_max, create_batch = p.lifecycle_batch
-            self.log(
-                f"5 lifecycle: {m} tasks created, claimed (long polls of {p.claim_wait:g} s), logged, completed"
-                " over HTTP; then Celery"
-            )
-            runs: tuple[tuple[str, str, dict[str, Any]], ...] = (
-                (
-                    "lifecycle",
-                    f"taskhub, batch forms (create {create_batch}/request, claim {{max: {claim_max}}}, 1 report/claim)",
-                    {"mode": "batch", "batch": claim_max, "create_batch": create_batch},
-                ),
-                (
-                    "lifecycleSingle",
-                    f"taskhub, one request per step (claim {{max: {batch}}})",
-                    {"mode": "single", "batch": batch},
-                ),
-            )
-            for name, label, how in runs:
-                self.fresh()
-
-                def run(how: dict[str, Any] = how) -> dict[str, Any]:
-                    return lifecycle.taskhub(
-                        stack.db,
-                        port,
-                        self.key,
-                        self.owner,
-                        tasks=m,
-                        units=k,
-                        producers=producers,
-                        meter=self.meter(),
-                        claim_wait=p.claim_wait,
-                        **how,
-                    )
-
-                self.results[name] = self.step(label, run)
-            self.results["celery"] = self.step(
-                "celery",
-                lambda: lifecycle.celery(
-                    stack,
-                    tasks=m,
-                    producers=producers,
-                    meter_groups={"mariadb": pids_named("mariadbd"), "redis": pids_named("redis-server")},
-                ),
-            )
+            self.run_lifecycle()
         if "failover" in p.scenarios:
             self.fresh()
             victims, per, rescuers = p.failover
@@ -416,6 +380,83 @@ class Runner:
         if "scale" in p.scenarios:
             self.run_scale()
         return self.results
+
+    def run_lifecycle(self) -> None:
+        """Scenario 5. The batch row with long-poll units (`claim_wait`) is the one compared with
+        Celery; with `lifecycle_ab` the same batch lifecycle also runs with polling units
+        (`--claim-wait 0`), interleaved with Celery in `lifecycle_rounds` rounds (polling, long
+        polls, Celery; the order turns each round), every ratio from the same run. The main rows
+        are the last round's; `lifecycleAB` keeps each round's three figures."""
+        p, stack = self.p, self.stack
+        m, k, producers, batch = p.lifecycle
+        claim_max, create_batch = p.lifecycle_batch
+        waits = (0.0, p.claim_wait) if p.lifecycle_ab and p.claim_wait else (p.claim_wait,)
+        self.log(
+            f"5 lifecycle: {m} tasks created, claimed (units waiting {' and '.join(f'{w:g} s' for w in waits)}"
+            f" a claim), logged, completed over HTTP; Celery; {p.lifecycle_rounds} round(s)"
+        )
+        batch_how = {"mode": "batch", "batch": claim_max, "create_batch": create_batch}
+
+        def taskhub(how: dict[str, Any], wait: float) -> dict[str, Any]:
+            self.fresh()
+            return lifecycle.taskhub(
+                stack.db,
+                stack.web_port,
+                self.key,
+                self.owner,
+                tasks=m,
+                units=k,
+                producers=producers,
+                meter=self.meter(),
+                claim_wait=wait,
+                **how,
+            )
+
+        def celery() -> dict[str, Any]:
+            groups = {"mariadb": pids_named("mariadbd"), "redis": pids_named("redis-server")}
+            return self.step(
+                "celery", lambda: lifecycle.celery(stack, tasks=m, producers=producers, meter_groups=groups)
+            )
+
+        rounds: list[dict[str, Any]] = []
+        for n in range(p.lifecycle_rounds):
+            order = [*waits, None] if n % 2 == 0 else [None, *reversed(waits)]
+            got: dict[float | str, Any] = {}
+            for wait in order:
+                if wait is None:
+                    got["celery"] = celery()
+                    continue
+                label = (
+                    f"taskhub, batch forms (create {create_batch}/request, claim {{max: {claim_max}}}, 1 report/claim)"
+                )
+                label += f", claim wait {wait:g} s"
+                got[wait] = self.step(label, partial(taskhub, batch_how, wait))
+            cel = got["celery"]["tasksPerSecond"] or 0.0
+            entry: dict[str, Any] = {"round": n + 1, "order": ["celery" if w is None else w for w in order]}
+            entry["celeryTasksPerSecond"] = cel
+            cel_cpu = got["celery"].get("cpu", {})
+            entry["celeryCpuMsPerTask"] = round((cel_cpu.get("celery", 0) + cel_cpu.get("redis", 0)) / m * 1000, 2)
+            for wait in waits:
+                entry[f"wait{wait:g}TasksPerSecond"] = got[wait]["tasksPerSecond"]
+                entry[f"wait{wait:g}xCelery"] = round(got[wait]["tasksPerSecond"] / cel, 3) if cel else 0.0
+                # CPU per task (robust on a shared machine): the web, and MariaDB (others' queries too).
+                cpu = got[wait].get("cpu", {})
+                entry[f"wait{wait:g}WebCpuMsPerTask"] = round(cpu.get("web", 0) / m * 1000, 2)
+                entry[f"wait{wait:g}MariadbCpuMsPerTask"] = round(cpu.get("mariadb", 0) / m * 1000, 2)
+                entry[f"wait{wait:g}OtherCpuShare"] = round(got[wait].get("otherCpuShare", 0), 3)
+            if len(waits) == 2:
+                polled = got[waits[0]]["tasksPerSecond"]
+                entry["longPollxPolling"] = round(got[waits[1]]["tasksPerSecond"] / polled, 3) if polled else 0.0
+                self.results["lifecyclePolling"] = got[waits[0]]
+            self.results["lifecycle"], self.results["celery"] = got[waits[-1]], got["celery"]
+            rounds.append(entry)
+            self.log(f"  round {n + 1}: {entry}")
+        if len(waits) == 2 or len(rounds) > 1:
+            self.results["lifecycleAB"] = rounds
+        self.results["lifecycleSingle"] = self.step(
+            f"taskhub, one request per step (claim {{max: {batch}}})",
+            lambda: taskhub({"mode": "single", "batch": batch}, p.claim_wait),
+        )
 
     def row(self, name: str, fn: Callable[[], Any]) -> Any:
         """results[name] = fn(); a row that raises is recorded as failed and the run goes on."""
@@ -446,9 +487,15 @@ class Runner:
                 self.log(f"  taskhub p50 {t['p50ms']} p99 {t['p99ms']} ms; Celery p50 {c['p50ms']} p99 {c['p99ms']} ms")
         if "waiters" in p.scenarios:
             self.log(f"9 claims for one created task with {p.waiters:,} long-poll claims waiting on its type")
-            w = self.row("waiters", lambda: dispatch.waiters_per_create(stack, self.owner, self.key, p.waiters))
+            w = self.row(
+                "waiters",
+                lambda: dispatch.waiters_per_create(stack, self.owner, self.key, p.waiters, window=p.waiter_window),
+            )
             if w:
-                self.log(f"  {w['claimsForOneTask']:g} claims; {w['repliesWithin3s']} replies within 3 s")
+                self.log(
+                    f"  {w['claimsForOneTask']:g} claims, {w['statementsForOneTask']} statements,"
+                    f" {w['replies']} replies (settled: {w['settled']}, in {w['settleSeconds']} s)"
+                )
         if "fleet" in p.scenarios:
             self.log(
                 f"10 idle fleet: {', '.join(map(str, p.fleet))} simulated units (long polls of {p.fleet_wait:g} s)"
@@ -560,6 +607,12 @@ def main(argv: list[str] | None = None) -> int:
         help="lifecycle units' long-poll waitSeconds (default: the profile's; 0 polls as before long polls)",
     )
     parser.add_argument(
+        "--lifecycle-rounds",
+        type=int,
+        default=None,
+        help="lifecycle: rounds of (polling units, long-poll units, Celery), interleaved (default 1)",
+    )
+    parser.add_argument(
         "--app-dir", type=Path, default=ROOT, help="run gunicorn/Celery from another taskhub tree (A/B comparisons)"
     )
     parser.add_argument("--keep-db", action="store_true", help="keep the bench database afterwards")
@@ -585,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = replace(profile, threads=args.threads)
     if args.claim_wait is not None:
         profile = replace(profile, claim_wait=args.claim_wait)
+    if args.lifecycle_rounds:
+        profile = replace(profile, lifecycle_rounds=args.lifecycle_rounds)
     push_queue.raise_open_files()
 
     def log(text: str) -> None:

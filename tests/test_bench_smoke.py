@@ -68,7 +68,10 @@ def test_bench_smoke_runs_and_reports_no_double_claims_no_lost_tasks_no_lock_err
     dispatch = results["dispatch"]
     assert dispatch["taskhub"]["started"] == dispatch["taskhub"]["tasks"] > 0, shown
     assert dispatch["celery"]["n"] == dispatch["celery"]["tasks"], shown
-    assert results["waiters"]["created"] == 201 and results["waiters"]["claimsForOneTask"] >= 1, shown
+    waiters = results["waiters"]
+    assert waiters["created"] == 201 and waiters["settled"] and waiters["claimsForOneTask"] >= 1, shown
+    assert waiters["firstClaims"] == waiters["waiters"] and waiters["createStatements"] > 0, shown  # sqlcount counts
+    assert dispatch["taskhub"]["breakdown"]["matched"] > 0, shown  # the ring tap saw the creates' rings
     assert [f["units"] for f in results["fleet"]] == [20] and results["fleet"][0]["requestsPerSecond"] > 0, shown
     assert results["results"]["wait"]["n"] > 0 and results["results"]["sse"]["n"] > 0, shown
     hooks = results["results"]["webhooks"]
