@@ -97,11 +97,14 @@ def is_recovering(deaf: bool, since: datetime | None, now: datetime) -> bool:
     return deaf or (since is not None and now - since < timedelta(seconds=_timeout()))
 
 
-def _newest_heartbeat() -> datetime | None:
-    """The newest heartbeat of any unit: one index lookup per status (unit_liveness_idx)."""
+def newest_heard() -> datetime | None:
+    """When the hub last heard any unit: the newest heartbeat, or the newest stamp of a held long-poll
+    claim (`last_waited_at`: only a serving web process stamps, units.idle), whichever is later. One
+    index lookup per status and column (unit_liveness_idx, unit_waited_idx)."""
     stamps = [
-        ExecutionUnit.objects.filter(status=status).aggregate(newest=Max("last_heartbeat_at"))["newest"]
+        ExecutionUnit.objects.filter(status=status).aggregate(newest=Max(column))["newest"]
         for status in UnitStatus.values
+        for column in ("last_heartbeat_at", "last_waited_at")
     ]
     return max((s for s in stamps if s is not None), default=None)
 
@@ -121,7 +124,7 @@ def _locked_record() -> HubHearing:
 def observe(now: datetime) -> Window:
     """The sweep's look at its own hearing, recorded for the next one: see the module docstring."""
     record = _locked_record()
-    newest = _newest_heartbeat()
+    newest = newest_heard()
     alive = ExecutionUnit.objects.filter(status__in=ALIVE).exists()
     quiet = alive and (newest is None or (now - newest).total_seconds() > quiet_after())
     late = record.last_sweep_at is None or (now - record.last_sweep_at).total_seconds() > late_after()

@@ -31,6 +31,7 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef
 from django.db.models.expressions import RawSQL
 
+from taskhub.base import serving
 from taskhub.base.dbretry import retry_on_lock_error
 from taskhub.base.sql import db_now_sql
 from tasks.fencing import live_lease
@@ -52,15 +53,22 @@ def idle_heartbeat_interval(status: str, running: int, *, stopping: bool = False
     return idle
 
 
+def stamping() -> bool:
+    """Whether held claims are stamped in this process: idle liveness is on
+    (UNIT_IDLE_HEARTBEAT_INTERVAL) and the process serves (a draining one stops: taskhub.base.serving)."""
+    return bool(settings.UNIT_IDLE_HEARTBEAT_INTERVAL) and serving.serving()
+
+
 @retry_on_lock_error()
 def stamp_waiting(unit_ids: list[str]) -> int:
-    """Heard now (the database's clock, as a heartbeat stamps): the ONLINE units among `unit_ids`
-    that hold no task. One UPDATE; returns how many it stamped."""
+    """Heard waiting now (the database's clock, as a heartbeat stamps `last_heartbeat_at`): the
+    ONLINE units among `unit_ids` that hold no task get `last_waited_at`. One UPDATE; returns how
+    many it stamped."""
     leases = Task.objects.filter(**live_lease(OuterRef("pk")))
     return (
         ExecutionUnit.objects.filter(pk__in=unit_ids, status=UnitStatus.ONLINE)
         .exclude(Exists(leases))
-        .update(last_heartbeat_at=RawSQL(db_now_sql(), []))
+        .update(last_waited_at=RawSQL(db_now_sql(), []))
     )
 
 
@@ -106,6 +114,8 @@ class HeldClaims:
 
     async def flush(self) -> int:
         assert self.loop is not None
+        if not stamping():
+            return 0
         now = self.loop.time()
         due = self.due(now)
         for start in range(0, len(due), STAMP_CHUNK):

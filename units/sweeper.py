@@ -23,7 +23,7 @@ from tasks.fencing import live_lease
 from tasks.models import Task
 from tasks.transitions.bulk import fail_over_orphans, fail_over_tasks
 from units import hearing
-from units.models import ExecutionUnit
+from units.models import ExecutionUnit, last_heard
 from units.states import ALIVE, UnitStatus
 
 UNIT_CHUNK = 500
@@ -74,11 +74,14 @@ def _sweep_units(now: datetime, window: hearing.Window | None) -> dict[str, int]
     deadline = max(deadlines)
     # Locking the unit rows orders us with heartbeats and claims: a unit that heartbeats while we
     # hold it waits, then finds itself OFFLINE and is told to abort the attempts it lost.
+    # Silent: last heard (a heartbeat, or the stamp of a held claim: units.models.last_heard) before
+    # the deadline; the heartbeat's own test keeps the poll on unit_liveness_idx.
     dead = list(
         ExecutionUnit.objects.select_for_update(skip_locked=True)
-        .filter(status__in=ALIVE, last_heartbeat_at__lt=deadline)  # the units.states.MOVES of a sweep
+        .annotate(heard=last_heard())
+        .filter(status__in=ALIVE, last_heartbeat_at__lt=deadline, heard__lt=deadline)  # units.states.MOVES
         .order_by("last_heartbeat_at")
-        .values_list("id", "last_heartbeat_at")[:UNIT_CHUNK]
+        .values_list("id", "heard")[:UNIT_CHUNK]
     )
     if not dead:
         return {}
