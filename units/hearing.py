@@ -4,17 +4,23 @@ live work (docs/reliability.md, "Hub outages").
 A unit is failed over for silence only if it was silent for UNIT_HEARTBEAT_TIMEOUT *while the hub
 was listening*. The hub cannot have heard anyone
 
-- while no heartbeat was accepted anywhere: when the newest heartbeat of every unit is older than
+- while nothing was heard anywhere: when what the hub last heard of any unit (`newest_heard`: its
+  newest heartbeat, or the newest stamp of a held long-poll claim, units.idle) is older than
   `quiet_after()` although some unit is alive, the web was down or cut off (or every unit died: the
-  hub cannot tell, see below). It heard up to that newest heartbeat (plus `quiet_after()`, a gap
-  that is normal between heartbeats) and nothing after;
+  hub cannot tell, see below). It heard up to then (plus `quiet_after()`, a gap that is normal
+  between heartbeats) and nothing after. A stamp counts because only a web process that serves
+  writes it: one that drains (SIGTERM: its socket closed, no heartbeat can reach it) stops stamping
+  the claims it still holds, or it would pass its outage off as hearing. Idle units heartbeat only
+  every UNIT_IDLE_HEARTBEAT_INTERVAL but are stamped every UNIT_HEARTBEAT_INTERVAL, so among idle
+  units a busy one's death is still its own silence;
 - when the sweeper was not there to see: the first sweep of a fresh database or beat, or a sweep
   later than `late_after()` after the previous one (beat or the worker was down). An outage of the
   web in that time left no trace the sweeper could read.
 
 Either way the hub's gap ends (`listening_since`) when it hears again (or the late sweep runs), and
-a unit's silence is counted without the gap: the time it was silent before the gap (up to
-`deaf_from`, what the hub last heard) plus the time since. A unit that heartbeats within a timeout
+a unit's silence (since it was last heard: units.models.last_heard) is counted without the gap:
+the time it was silent before the gap (up to `deaf_from`, what the hub last heard) plus the time
+since. A unit that heartbeats within a timeout
 of the hub hearing again never counts as silent; one that died before the outage is failed over
 about as late as the outage lasted, not a whole timeout later.
 
