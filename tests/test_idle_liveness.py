@@ -330,11 +330,19 @@ _SWEEPS = """
 import json, time
 from taskhub.base.sql import db_now
 from tasks.models import Task
+from units import hearing
+from units.models import ExecutionUnit
 from units.sweeper import sweep_job
-moved, end = 0, time.monotonic() + {seconds}
+moved, end, log = 0, time.monotonic() + {seconds}, []
 while time.monotonic() < end:
-    moved += sweep_job(db_now())["failedOver"]
+    now = db_now()
+    counts = sweep_job(now)
+    moved += counts["failedOver"]
+    beats = dict(ExecutionUnit.objects.values_list("id", "last_heartbeat_at"))
+    waits = dict(ExecutionUnit.objects.values_list("id", "last_waited_at"))
+    log.append([time.time(), counts["failedOver"], str(now), str(hearing.newest_heard()), str(beats), str(waits)])
     time.sleep(0.25)
+print(json.dumps({{"log": log}}))
 print(json.dumps({{"failedOver": moved, "status": Task.objects.get(pk={task}).status}}))
 """
 
@@ -346,7 +354,8 @@ def test_a_draining_web_process_holding_an_idle_units_claim_fails_no_live_work_o
     takes no heartbeat from then on; before the fix it kept stamping the idle unit, the sweeper
     believed it heard, and the busy unit's task was failed over 2 s (the timeout) into the drain.
     Now the draining process stamps nothing: the hub knows it is deaf and fails nothing over."""
-    env = embedded_env(tmp_path, **QUICK_LIVENESS, UNIT_IDLE_HEARTBEAT_INTERVAL="60")
+    # A silence of every unit is believed to be the hub's outage for a minute (QUICK_LIVENESS: 2 s).
+    env = embedded_env(tmp_path, **(QUICK_LIVENESS | {"HUB_OUTAGE_GRACE": "60"}), UNIT_IDLE_HEARTBEAT_INTERVAL="60")
     migrate(env, beat=False)
     key = create_api_key(env, "drain")
     port = free_port()
@@ -393,9 +402,12 @@ def test_a_draining_web_process_holding_an_idle_units_claim_fails_no_live_work_o
         )
         time.sleep(5)  # the sweeper hears both (the idle one by its held claim) for a while
         web.signal_group(signal.SIGTERM)  # the drain begins; nothing is accepted any more
+        drained_at = time.time()
         out, _ = sweeps.communicate(timeout=120)
-        result = json.loads(out.strip().splitlines()[-1])
-        assert result == {"failedOver": 0, "status": "RUNNING"}  # I6
+        *_, timeline, last = out.strip().splitlines()
+        result = json.loads(last)
+        (tmp_path / "sweeps.json").write_text(json.dumps({"drainedAt": drained_at, **json.loads(timeline)}))
+        assert result == {"failedOver": 0, "status": "RUNNING"}, f"see {tmp_path / 'sweeps.json'}"  # I6
     finally:
         stop.set()
         web.stop(5)
