@@ -29,13 +29,13 @@ class QuietServer(ThreadingHTTPServer):
 
 
 class ReportProxy:
-    def __init__(self, backend_port: int) -> None:
+    def __init__(self, backend_port: int, port: int = 0) -> None:
         self.backend_port = backend_port
         self.lock = threading.Lock()
         self.seen: deque[tuple[str, dict[str, str], bytes]] = deque(maxlen=300)
         self.drop_next = 0
         self.counts: Counter[str] = Counter()
-        self.server = QuietServer(("127.0.0.1", 0), self._handler())
+        self.server = QuietServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, name="chaos-proxy", daemon=True)

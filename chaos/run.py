@@ -65,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis-db", type=int, default=int(os.environ.get("CHAOS_REDIS_DB", "5")))
     p.add_argument("--drain-timeout", type=float, default=240)
     p.add_argument("--workdir", type=Path, default=None, help="logs and unit data (default: a temp dir)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("CHAOS_PORT", "0")),
+        help="the hub's port, the units' proxy on the next one (default: free ports the kernel picks)",
+    )
     args = p.parse_args(argv)
     kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
     unknown = set(kinds) - set(KINDS)
@@ -267,9 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         name=args.db_name,
     )
     services.flush_redis_db(host=env["REDIS_HOST"], port=redis_port, db=args.redis_db)
-    hub = Hub(env=env, workdir=workdir, port=free_port())
+    hub = Hub(env=env, workdir=workdir, port=args.port or free_port())
     key = hub.prepare()
-    proxy = ReportProxy(hub.port)
+    proxy = ReportProxy(hub.port, port=args.port + 1 if args.port else 0)
     faults = FaultLog()
     units = unit_fleet(
         args.units,

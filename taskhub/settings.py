@@ -243,12 +243,15 @@ if UNIT_HEARTBEAT_INTERVAL >= UNIT_HEARTBEAT_TIMEOUT:
     raise ImproperlyConfigured("UNIT_HEARTBEAT_INTERVAL must be smaller than UNIT_HEARTBEAT_TIMEOUT")
 SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 5.0, minimum=0.1)
 # The heartbeat interval a unit may use while it holds no tasks and keeps a long-poll claim waiting
-# (the held claim keeps it alive: units.idle.HeldClaims stamps it). 0 (the default): no lengthening
-# and no stamps. Opt-in for now: the stamps count as heartbeats heard, so while units are cut off from
-# a web process that still holds their claims (a proxy keeping its upstream connections), the hub-outage
-# rule (units.hearing) can believe it hears and fail live units' tasks over (a chaos outage-web run,
-# 2026-12-01: docs/scaling.md, "Idle units").
-UNIT_IDLE_HEARTBEAT_INTERVAL = env_float("UNIT_IDLE_HEARTBEAT_INTERVAL", 0.0, minimum=0.0)
+# (the held claim keeps it alive: units.idle.HeldClaims stamps it, every UNIT_HEARTBEAT_INTERVAL, while
+# the web process serves). 60 s by default: an idle unit sends one request a minute besides its claims
+# (six times fewer than at the default interval), a unit that stops waiting falls back to
+# UNIT_HEARTBEAT_INTERVAL at once, and what an idle heartbeat carries (no tasks) cannot wait for
+# longer; never below UNIT_HEARTBEAT_INTERVAL (at or under it, nothing is lengthened). 0: no
+# lengthening and no stamps (docs/scaling.md, "Idle units").
+UNIT_IDLE_HEARTBEAT_INTERVAL = env_float(
+    "UNIT_IDLE_HEARTBEAT_INTERVAL", max(60.0, UNIT_HEARTBEAT_INTERVAL), minimum=0.0
+)
 if 0 < UNIT_IDLE_HEARTBEAT_INTERVAL < UNIT_HEARTBEAT_INTERVAL:
     raise ImproperlyConfigured("UNIT_IDLE_HEARTBEAT_INTERVAL must be 0 or at least UNIT_HEARTBEAT_INTERVAL")
 # How long the sweeper believes a silence of every unit at once is the hub's own outage (units.hearing):

@@ -5,7 +5,11 @@ holds tasks heartbeats and fails over as before."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import subprocess
+import sys
+import threading
 import time
 from datetime import timedelta
 from functools import partial
@@ -16,14 +20,28 @@ import pytest
 from django.utils import timezone
 
 from taskhub.api.serializers.heartbeat import HeartbeatReplySerializer, heartbeat_reply
+from taskhub.base import serving
 from taskhub.base.sql import db_now
 from tasks.transitions.reports import complete_attempt
-from testkit.hub import QUICK_LIVENESS, running_hub, unit_argv, unit_env
+from testkit.hub import (
+    QUICK_LIVENESS,
+    call,
+    create_api_key,
+    embedded_env,
+    gunicorn_argv,
+    migrate,
+    running_hub,
+    unit_argv,
+    unit_env,
+    wait_healthy,
+)
+from testkit.ports import free_port
 from testkit.processes import Process
 from testkit.waiting import wait_for
 from tests import factories
 from units import idle
 from units.claim import claim_tasks
+from units.lifecycle import UnitInUse, refuse_another_live_instance
 from units.models import ExecutionUnit
 from units.services import unit_heartbeat
 from units.sweeper import sweep_heartbeats
@@ -141,16 +159,82 @@ def test_held_claims_stamp_each_waiting_unit_once_per_interval_in_one_statement_
 @pytest.mark.django_db(transaction=True)
 def test_a_long_poll_claim_that_waits_stamps_its_idle_unit(settings, register_unit):
     """Through the async claim view: an idle unit silent past the timeout but waiting in a claim is
-    heard (the stamp of held claims, every UNIT_HEARTBEAT_INTERVAL)."""
+    heard (the stamp of held claims, every UNIT_HEARTBEAT_INTERVAL, on by default): `last_waited_at`,
+    not its heartbeat, which stays what it was."""
     settings.UNIT_HEARTBEAT_INTERVAL = 0.2
-    settings.UNIT_IDLE_HEARTBEAT_INTERVAL = 60.0  # opt-in (taskhub/settings.py says why)
     client, _ = register_unit("idle-w")
     long_ago = db_now() - timedelta(seconds=10 * settings.UNIT_HEARTBEAT_TIMEOUT)
     ExecutionUnit.objects.filter(pk="idle-w").update(last_heartbeat_at=long_ago)
     reply = client.post("/api/v1/execution-units/idle-w/claim", {"max": 1, "waitSeconds": 1.0})
     assert reply.status_code == 200 and reply.json()["items"] == []
-    stamped = ExecutionUnit.objects.get(pk="idle-w").last_heartbeat_at
-    assert stamped > long_ago + timedelta(seconds=5 * settings.UNIT_HEARTBEAT_TIMEOUT)
+    unit = ExecutionUnit.objects.get(pk="idle-w")
+    assert unit.last_heartbeat_at == long_ago
+    assert unit.last_waited_at is not None and unit.last_waited_at > long_ago + timedelta(
+        seconds=5 * settings.UNIT_HEARTBEAT_TIMEOUT
+    )
+    assert unit.last_heard_at == unit.last_waited_at
+
+
+def test_a_draining_process_and_a_hub_without_idle_liveness_stamp_nothing(settings):
+    """From the signal that begins the drain (taskhub.uvicorn_worker), the claims this process still
+    holds are not stamped: it can no longer take a heartbeat, so nothing it writes may look like the
+    hub hearing. With UNIT_IDLE_HEARTBEAT_INTERVAL 0, no stamps either."""
+    calls: list[list[str]] = []
+
+    async def stamp(ids: list[str]) -> int:
+        calls.append(list(ids))
+        return len(ids)
+
+    async def scenario() -> tuple[int, int, int]:
+        held = idle.HeldClaims(stamp)
+        held.hold("u1")
+        serving_flush = await held.flush()
+        held.stamped.clear()  # due again
+        serving.begin_drain()
+        draining_flush = await held.flush()
+        serving.reset()
+        settings.UNIT_IDLE_HEARTBEAT_INTERVAL = 0.0
+        off_flush = await held.flush()
+        assert held.task is not None
+        held.task.cancel()
+        return serving_flush, draining_flush, off_flush
+
+    try:
+        assert asyncio.run(scenario()) == (1, 0, 0)
+    finally:
+        serving.reset()
+    assert calls == [["u1"]]
+
+
+def test_the_server_marks_the_process_draining_at_its_exit_signal():
+    from uvicorn.config import Config
+
+    from taskhub.uvicorn_worker import DrainingServer
+
+    server = DrainingServer(Config(app=lambda *a: None))
+    try:
+        assert serving.serving()
+        server.handle_exit(signal.SIGTERM, None)
+        assert server.should_exit and not serving.serving()
+    finally:
+        serving.reset()
+
+
+@pytest.mark.django_db
+def test_a_unit_stamped_waiting_is_live_for_id_takeover(settings):
+    """units.lifecycle.is_live reads the later of the heartbeat and the stamp: a second process under
+    the id of an idle unit whose claim waits is refused; once neither is recent, it takes over."""
+    unit = factories.unit(capacity=1)
+    ExecutionUnit.objects.filter(pk=unit.pk).update(instance_id="first")
+    long_ago = db_now() - timedelta(seconds=2 * settings.UNIT_HEARTBEAT_TIMEOUT)
+    ExecutionUnit.objects.filter(pk=unit.pk).update(last_heartbeat_at=long_ago, last_waited_at=db_now())
+    unit.refresh_from_db()
+    with pytest.raises(UnitInUse) as refused:
+        refuse_another_live_instance(unit, "second", replace=False, now=db_now())
+    assert refused.value.details["lastHeardSecondsAgo"] < settings.UNIT_HEARTBEAT_TIMEOUT
+    ExecutionUnit.objects.filter(pk=unit.pk).update(last_waited_at=long_ago)
+    unit.refresh_from_db()
+    refuse_another_live_instance(unit, "second", replace=False, now=db_now())  # not live: no error
 
 
 # --- real processes: hub (gunicorn + uvicorn workers) and taskhub-unit --------------------------------
@@ -238,6 +322,94 @@ def test_an_idle_long_polling_unit_heartbeats_rarely_stays_online_gets_commands_
         finally:
             for process in units.values():
                 process.stop(2)
+
+
+# Beat's sweep, every 0.25 s for `seconds` (the web may be down meanwhile): what it failed over.
+_SWEEPS = """
+import json, time
+from taskhub.base.sql import db_now
+from tasks.models import Task
+from units import hearing
+from units.models import ExecutionUnit
+from units.sweeper import sweep_job
+moved, end, log = 0, time.monotonic() + {seconds}, []
+while time.monotonic() < end:
+    now = db_now()
+    counts = sweep_job(now)
+    moved += counts["failedOver"]
+    beats = dict(ExecutionUnit.objects.values_list("id", "last_heartbeat_at"))
+    waits = dict(ExecutionUnit.objects.values_list("id", "last_waited_at"))
+    log.append([time.time(), counts["failedOver"], str(now), str(hearing.newest_heard()), str(beats), str(waits)])
+    time.sleep(0.25)
+print(json.dumps({{"log": log}}))
+print(json.dumps({{"failedOver": moved, "status": Task.objects.get(pk={task}).status}}))
+"""
+
+
+@pytest.mark.slow
+def test_a_draining_web_process_holding_an_idle_units_claim_fails_no_live_work_over(tmp_path):
+    """The chaos outage-web failure (2026-12-01), on real processes: the web gets SIGTERM and drains
+    (gunicorn's graceful timeout, 5 s here) holding an idle unit's 20 s claim, and stays down. It
+    takes no heartbeat from then on; before the fix it kept stamping the idle unit, the sweeper
+    believed it heard, and the busy unit's task was failed over 2 s (the timeout) into the drain.
+    Now the draining process stamps nothing: the hub knows it is deaf and fails nothing over."""
+    # A silence of every unit is believed to be the hub's outage for a minute (QUICK_LIVENESS: 2 s).
+    env = embedded_env(tmp_path, **(QUICK_LIVENESS | {"HUB_OUTAGE_GRACE": "60"}), UNIT_IDLE_HEARTBEAT_INTERVAL="60")
+    migrate(env, beat=False)
+    key = create_api_key(env, "drain")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/api/v1"
+    web = Process("web", gunicorn_argv(port), env=env, log_path=tmp_path / "web.log").start()
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    try:
+        wait_healthy(f"{base}/health/database", web)
+        tokens = {}
+        for uid, utype in (("busy", "b"), ("idle", "i")):
+            body = {"id": uid, "unitType": utype, "unitName": uid, "capacity": 1, "endpoint": ""}
+            status, reply = call(base, "POST", "/execution-units/register", key, body)
+            assert status == 201, reply
+            tokens[uid] = str(reply["token"])
+        status, task = call(base, "POST", "/tasks", key, {"name": "t", "taskType": "b", "priority": 1, "config": {}})
+        assert status == 201, task
+        status, claimed = call(base, "POST", "/execution-units/busy/claim", tokens["busy"], {"max": 1})
+        assert status == 200 and [t["id"] for t in claimed["items"]] == [task["id"]], claimed
+        lease = [{"id": task["id"], "attempt": claimed["items"][0]["attempt"]}]
+
+        def heartbeats() -> None:  # a live busy unit: every interval, through the outage too
+            while not stop.wait(float(QUICK_LIVENESS["UNIT_HEARTBEAT_INTERVAL"])):
+                call(
+                    base,
+                    "POST",
+                    "/execution-units/busy/heartbeat",
+                    tokens["busy"],
+                    {"currentLoad": 1, "tasks": lease},
+                    timeout=2,
+                )
+
+        def idle_claim() -> None:
+            call(base, "POST", "/execution-units/idle/claim", tokens["idle"], {"max": 1, "waitSeconds": 20}, timeout=30)
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (heartbeats, idle_claim)]
+        for thread in threads:
+            thread.start()
+        sweeps = subprocess.Popen(
+            [sys.executable, "manage.py", "shell", "-c", _SWEEPS.format(seconds=14, task=task["id"])],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(5)  # the sweeper hears both (the idle one by its held claim) for a while
+        web.signal_group(signal.SIGTERM)  # the drain begins; nothing is accepted any more
+        drained_at = time.time()
+        out, _ = sweeps.communicate(timeout=120)
+        *_, timeline, last = out.strip().splitlines()
+        result = json.loads(last)
+        (tmp_path / "sweeps.json").write_text(json.dumps({"drainedAt": drained_at, **json.loads(timeline)}))
+        assert result == {"failedOver": 0, "status": "RUNNING"}, f"see {tmp_path / 'sweeps.json'}"  # I6
+    finally:
+        stop.set()
+        web.stop(5)
 
 
 @pytest.mark.mariadb  # Django never closes SQLite's in-memory test database: nothing to see there

@@ -418,6 +418,42 @@ def test_a_task_row_locked_while_its_unit_goes_offline_fails_over_at_the_next_sw
     assert Task.objects.get(pk=task.pk).status == "PENDING"
 
 
+def test_the_poll_for_silent_units_reads_the_liveness_index_though_it_reads_the_idle_stamp_too():
+    """units.sweeper.silent_units: last heard (the later of heartbeat and held-claim stamp) before the
+    deadline; the heartbeat's own test keeps it on unit_liveness_idx, not a scan of every unit."""
+    from units.models import ExecutionUnit
+    from units.sweeper import silent_units
+
+    now = timezone.now()
+    ExecutionUnit.objects.bulk_create(
+        [
+            ExecutionUnit(
+                id=f"sil-{i}",
+                unit_type="T",
+                unit_name="n",
+                capacity=1,
+                token_hash=f"{i:064d}",
+                status="ONLINE",
+                last_heartbeat_at=now - timedelta(seconds=120 if i % 50 == 0 else 1),
+                last_waited_at=now if i % 100 == 0 else None,
+                registered_at=now,
+            )
+            for i in range(3000)
+        ],
+        batch_size=1000,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE TABLE execution_units")
+        cursor.fetchall()
+    deadline = now - timedelta(seconds=30)
+    plan = _plan(silent_units(deadline)[:500])
+    print("EXPLAIN silent-unit poll:", plan)
+    assert [row["key"] for row in plan] == ["unit_liveness_idx"], plan
+    with transaction.atomic():
+        silent = {unit_id for unit_id, _ in silent_units(deadline)}
+    assert silent == {f"sil-{i}" for i in range(0, 3000, 50) if i % 100}  # the stamped half is heard
+
+
 def test_the_poll_for_tasks_left_on_lost_units_reads_the_unit_and_lease_indexes():
     from django.db.models import Exists, OuterRef
 

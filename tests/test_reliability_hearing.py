@@ -202,3 +202,90 @@ def test_a_unit_dead_before_the_outage_keeps_the_silence_it_had_before(t0):
         at += SWEEP
     assert moved_at is not None and moved_at - 80 < TIMEOUT, moved_at
     assert running(tasks[2:]) == 4 and running(tasks[:2]) == 0
+
+
+# --- idle units: heard by the claims a serving web process holds (units.idle) -----------------------
+
+IDLE = 60.0  # UNIT_IDLE_HEARTBEAT_INTERVAL's default
+
+
+def idle_fleet(t0: datetime, n: int = 3) -> list[ExecutionUnit]:
+    return [factories.unit(f"i{i}", now=t0) for i in range(n)]
+
+
+def stamped_waiting(units: list[ExecutionUnit], when: datetime) -> None:
+    """What a serving web process holding their claims writes every INTERVAL (idle.stamp_waiting, at
+    a scripted time)."""
+    ExecutionUnit.objects.filter(pk__in=[u.pk for u in units]).update(last_waited_at=when)
+
+
+def test_with_every_other_unit_idle_a_dead_busy_unit_still_fails_over_within_the_bound(t0):
+    """The idle units heartbeat once a minute, their held claims are stamped every INTERVAL: the hub
+    hears them (units.hearing.newest_heard), so the silence of the busy unit that died at 20 s is its
+    own and it fails over within UNIT_HEARTBEAT_TIMEOUT + SWEEP_INTERVAL, counted (I5). Were the
+    stamps not heard, no heartbeat for 2 intervals would look like the hub's outage, and it would
+    wait for HUB_OUTAGE_GRACE (300 s)."""
+    (busy,), tasks = fleet(t0, 1)
+    idle = idle_fleet(t0)
+    heartbeat_all([busy, *idle], t0)
+    moved_at, at = None, 5.0
+    while moved_at is None and at < 200:
+        when = t0 + timedelta(seconds=at)
+        if at % INTERVAL == 0:
+            stamped_waiting(idle, when)
+            if at <= 20:
+                heartbeat_all([busy], when)
+        if at % IDLE == 0:
+            heartbeat_all(idle, when)
+        if run_job("sweep_heartbeats", when)["failedOver"]:
+            moved_at = at
+        at += SWEEP
+    assert moved_at is not None and moved_at - 20 <= TIMEOUT + SWEEP, moved_at
+    assert {(t.status, t.failover_count) for t in Task.objects.filter(pk__in=[t.pk for t in tasks])} == {("PENDING", 1)}
+    states = dict(ExecutionUnit.objects.values_list("id", "status"))
+    assert states.pop("u0") == "OFFLINE" and set(states.values()) == {"ONLINE"}  # heard idle units stay
+
+
+def test_a_web_outage_with_idle_units_fails_no_live_work_over_and_idle_units_stay(t0):
+    """The web down from 30 s to 90 s (worker and beat up; a draining process stamps no more, so the
+    stamps stop with the heartbeats): nothing fails over, no idle unit goes OFFLINE; once the web is
+    back the stamps and heartbeats carry on."""
+    units, tasks = fleet(t0, 2)
+    idle = idle_fleet(t0)
+    heartbeat_all(idle, t0)
+    for at in range(0, 31, 5):
+        when = t0 + timedelta(seconds=at)
+        if at % INTERVAL == 0:
+            heartbeat_all(units, when)
+            stamped_waiting(idle, when)
+        assert run_job("sweep_heartbeats", when)["failedOver"] == 0
+    assert sum(c["failedOver"] + c["unitsOffline"] for _, c in beat(t0, 35, 85)) == 0
+    for at in range(90, 250, 5):
+        when = t0 + timedelta(seconds=at)
+        if at % INTERVAL == 0:
+            heartbeat_all(units, when)
+            stamped_waiting(idle, when)
+        counts = run_job("sweep_heartbeats", when)
+        assert counts["failedOver"] + counts["unitsOffline"] == 0, at
+    assert running(tasks) == len(tasks)
+
+
+def test_idle_units_stamped_while_the_others_heartbeats_go_unheard_is_what_a_draining_process_must_not_do(t0):
+    """Why the draining process stops stamping: were the idle units still stamped while no heartbeat
+    reaches the hub, it would believe it hears and fail the live busy units over a timeout later
+    (the chaos outage-web I6 failure). This pins the rule the drain relies on, not a bug."""
+    units, tasks = fleet(t0, 2)
+    idle = idle_fleet(t0)
+    for at in range(0, 31, 5):
+        when = t0 + timedelta(seconds=at)
+        if at % INTERVAL == 0:
+            heartbeat_all([*units, *idle], when)
+            stamped_waiting(idle, when)
+        run_job("sweep_heartbeats", when)
+    moved = 0
+    for at in range(35, 90, 5):
+        when = t0 + timedelta(seconds=at)
+        if at % INTERVAL == 0:
+            stamped_waiting(idle, when)  # a web process holding their claims, taking no heartbeat
+        moved += run_job("sweep_heartbeats", when)["failedOver"]
+    assert moved == len(tasks)

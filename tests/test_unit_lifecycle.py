@@ -147,7 +147,7 @@ def test_a_second_live_instance_is_refused_and_nothing_changes(client_a: JsonCli
     assert refused.status_code == 409
     body = refused.json()
     assert body["code"] == "unit_in_use"
-    assert body["message"].startswith("Execution unit u1 is in use by another process (instance first, last heartbeat")
+    assert body["message"].startswith("Execution unit u1 is in use by another process (instance first, last heard")
     assert 'register with "replace": true (taskhub-unit --replace)' in body["message"]
     assert body["details"]["instanceId"] == "first" and body["details"]["heartbeatTimeoutSeconds"] > 0
     after = ExecutionUnit.objects.get(pk="u1")

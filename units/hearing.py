@@ -4,17 +4,23 @@ live work (docs/reliability.md, "Hub outages").
 A unit is failed over for silence only if it was silent for UNIT_HEARTBEAT_TIMEOUT *while the hub
 was listening*. The hub cannot have heard anyone
 
-- while no heartbeat was accepted anywhere: when the newest heartbeat of every unit is older than
+- while nothing was heard anywhere: when what the hub last heard of any unit (`newest_heard`: its
+  newest heartbeat, or the newest stamp of a held long-poll claim, units.idle) is older than
   `quiet_after()` although some unit is alive, the web was down or cut off (or every unit died: the
-  hub cannot tell, see below). It heard up to that newest heartbeat (plus `quiet_after()`, a gap
-  that is normal between heartbeats) and nothing after;
+  hub cannot tell, see below). It heard up to then (plus `quiet_after()`, a gap that is normal
+  between heartbeats) and nothing after. A stamp counts because only a web process that serves
+  writes it: one that drains (SIGTERM: its socket closed, no heartbeat can reach it) stops stamping
+  the claims it still holds, or it would pass its outage off as hearing. Idle units heartbeat only
+  every UNIT_IDLE_HEARTBEAT_INTERVAL but are stamped every UNIT_HEARTBEAT_INTERVAL, so among idle
+  units a busy one's death is still its own silence;
 - when the sweeper was not there to see: the first sweep of a fresh database or beat, or a sweep
   later than `late_after()` after the previous one (beat or the worker was down). An outage of the
   web in that time left no trace the sweeper could read.
 
 Either way the hub's gap ends (`listening_since`) when it hears again (or the late sweep runs), and
-a unit's silence is counted without the gap: the time it was silent before the gap (up to
-`deaf_from`, what the hub last heard) plus the time since. A unit that heartbeats within a timeout
+a unit's silence (since it was last heard: units.models.last_heard) is counted without the gap:
+the time it was silent before the gap (up to `deaf_from`, what the hub last heard) plus the time
+since. A unit that heartbeats within a timeout
 of the hub hearing again never counts as silent; one that died before the outage is failed over
 about as late as the outage lasted, not a whole timeout later.
 
@@ -97,11 +103,14 @@ def is_recovering(deaf: bool, since: datetime | None, now: datetime) -> bool:
     return deaf or (since is not None and now - since < timedelta(seconds=_timeout()))
 
 
-def _newest_heartbeat() -> datetime | None:
-    """The newest heartbeat of any unit: one index lookup per status (unit_liveness_idx)."""
+def newest_heard() -> datetime | None:
+    """When the hub last heard any unit: the newest heartbeat, or the newest stamp of a held long-poll
+    claim (`last_waited_at`: only a serving web process stamps, units.idle), whichever is later. One
+    index lookup per status and column (unit_liveness_idx, unit_waited_idx)."""
     stamps = [
-        ExecutionUnit.objects.filter(status=status).aggregate(newest=Max("last_heartbeat_at"))["newest"]
+        ExecutionUnit.objects.filter(status=status).aggregate(newest=Max(column))["newest"]
         for status in UnitStatus.values
+        for column in ("last_heartbeat_at", "last_waited_at")
     ]
     return max((s for s in stamps if s is not None), default=None)
 
@@ -121,7 +130,7 @@ def _locked_record() -> HubHearing:
 def observe(now: datetime) -> Window:
     """The sweep's look at its own hearing, recorded for the next one: see the module docstring."""
     record = _locked_record()
-    newest = _newest_heartbeat()
+    newest = newest_heard()
     alive = ExecutionUnit.objects.filter(status__in=ALIVE).exists()
     quiet = alive and (newest is None or (now - newest).total_seconds() > quiet_after())
     late = record.last_sweep_at is None or (now - record.last_sweep_at).total_seconds() > late_after()

@@ -4,15 +4,25 @@ A unit that holds no task has nothing to fail over; what its silence decides is 
 (OFFLINE after UNIT_HEARTBEAT_TIMEOUT) and whether another process may take its id over
 (units.lifecycle.is_live). While such a unit keeps a long-poll claim waiting, that claim is the
 proof it lives: each web process stamps the units whose claims it holds (`HeldClaims`), one UPDATE
-per tick for the units due, every UNIT_HEARTBEAT_INTERVAL each (what a heartbeat would have done,
-so the sweeper, units.hearing and units.lifecycle read `last_heartbeat_at` as before). The heartbeat
-reply then offers such a unit UNIT_IDLE_HEARTBEAT_INTERVAL (`idle_heartbeat_interval`), which a
-unit uses only while it holds nothing and its long poll really waits.
+per tick for the units due, every UNIT_HEARTBEAT_INTERVAL each, into a column of its own,
+`last_waited_at` (not `last_heartbeat_at`: the heartbeat keeps meaning a heartbeat). The unit's
+liveness reads the later of the two (units.models.last_heard); the heartbeat reply then offers such
+a unit UNIT_IDLE_HEARTBEAT_INTERVAL (60 s by default: `idle_heartbeat_interval`), which a unit uses
+only while it holds nothing and its long poll really waits.
 
 The stamp skips a unit that holds a task (a RUNNING lease: tasks.fencing.live_lease) or is not
 ONLINE: a unit with work stays alive by its heartbeats alone, at UNIT_HEARTBEAT_INTERVAL, so I5,
 I6 and the failover bound UNIT_HEARTBEAT_TIMEOUT + SWEEP_INTERVAL are what they were. An OFFLINE
 unit must still heartbeat (or register) to come back.
+
+The stamps also tell the hub-outage rule (units.hearing.newest_heard) that the hub hears, so a busy
+unit that dies among idle ones (heartbeating once a minute) still fails over within the bound. That
+holds only while the stamping process can take a heartbeat, so a process stamps only while it
+serves (`stamping`): from the signal that begins its drain (taskhub.base.serving, set by
+taskhub.uvicorn_worker) it stamps nothing, though it still holds claims for the drain. Before that
+rule, a drained web kept stamping idle units while refusing every heartbeat, and the sweeper failed
+live units' tasks over (chaos outage-web, I6). A proxy cut on the units' side that keeps its
+upstream connections is not a drain this process sees: it stamps for the rest of those waits.
 
 A waiting claim whose connection drops ends (Django cancels the view) and is no longer stamped:
 a dropped long poll is no failure by itself, and an idle unit that died is OFFLINE within
@@ -31,6 +41,7 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef
 from django.db.models.expressions import RawSQL
 
+from taskhub.base import serving
 from taskhub.base.dbretry import retry_on_lock_error
 from taskhub.base.sql import db_now_sql
 from tasks.fencing import live_lease
@@ -52,15 +63,22 @@ def idle_heartbeat_interval(status: str, running: int, *, stopping: bool = False
     return idle
 
 
+def stamping() -> bool:
+    """Whether held claims are stamped in this process: idle liveness is on
+    (UNIT_IDLE_HEARTBEAT_INTERVAL) and the process serves (a draining one stops: taskhub.base.serving)."""
+    return bool(settings.UNIT_IDLE_HEARTBEAT_INTERVAL) and serving.serving()
+
+
 @retry_on_lock_error()
 def stamp_waiting(unit_ids: list[str]) -> int:
-    """Heard now (the database's clock, as a heartbeat stamps): the ONLINE units among `unit_ids`
-    that hold no task. One UPDATE; returns how many it stamped."""
+    """Heard waiting now (the database's clock, as a heartbeat stamps `last_heartbeat_at`): the
+    ONLINE units among `unit_ids` that hold no task get `last_waited_at`. One UPDATE; returns how
+    many it stamped."""
     leases = Task.objects.filter(**live_lease(OuterRef("pk")))
     return (
         ExecutionUnit.objects.filter(pk__in=unit_ids, status=UnitStatus.ONLINE)
         .exclude(Exists(leases))
-        .update(last_heartbeat_at=RawSQL(db_now_sql(), []))
+        .update(last_waited_at=RawSQL(db_now_sql(), []))
     )
 
 
@@ -106,6 +124,8 @@ class HeldClaims:
 
     async def flush(self) -> int:
         assert self.loop is not None
+        if not stamping():
+            return 0
         now = self.loop.time()
         due = self.due(now)
         for start in range(0, len(due), STAMP_CHUNK):

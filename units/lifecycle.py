@@ -70,10 +70,10 @@ def record_eviction(unit: ExecutionUnit, actor: Actor, now: datetime) -> None:
         )
 
 
-def is_live(status: str, last_heartbeat_at: datetime, now: datetime) -> bool:
-    """Whether the process registered as the unit is live: the unit is alive and has heartbeated
-    within UNIT_HEARTBEAT_TIMEOUT."""
-    return status in ALIVE and now - last_heartbeat_at <= timedelta(seconds=settings.UNIT_HEARTBEAT_TIMEOUT)
+def is_live(status: str, last_heard_at: datetime, now: datetime) -> bool:
+    """Whether the process registered as the unit is live: the unit is alive and was heard (a
+    heartbeat, or a long-poll claim it held: ExecutionUnit.last_heard_at) within UNIT_HEARTBEAT_TIMEOUT."""
+    return status in ALIVE and now - last_heard_at <= timedelta(seconds=settings.UNIT_HEARTBEAT_TIMEOUT)
 
 
 def refuse_another_live_instance(unit: ExecutionUnit, instance_id: str, *, replace: bool, now: datetime) -> None:
@@ -81,19 +81,22 @@ def refuse_another_live_instance(unit: ExecutionUnit, instance_id: str, *, repla
     held_by = unit.instance_id
     if not instance_id or replace or not held_by or held_by == instance_id:
         return
-    if not is_live(unit.status, unit.last_heartbeat_at, now):
+    heard = unit.last_heard_at
+    if not is_live(unit.status, heard, now):
         return
-    age = max((now - unit.last_heartbeat_at).total_seconds(), 0.0)
+    age = max((now - heard).total_seconds(), 0.0)
     timeout = settings.UNIT_HEARTBEAT_TIMEOUT
     raise UnitInUse(
-        f"Execution unit {unit.pk} is in use by another process (instance {held_by}, last heartbeat "
+        f"Execution unit {unit.pk} is in use by another process (instance {held_by}, last heard "
         f'{age:.1f}s ago). Stop that process, or register with "replace": true (taskhub-unit --replace) '
         f"to take over now; a process silent for {timeout:g}s is taken over without it.",
         details={
             "unitId": unit.pk,
             "instanceId": held_by,
             "lastHeartbeatAt": unit.last_heartbeat_at.isoformat(),
-            "lastHeartbeatSecondsAgo": round(age, 1),
+            "lastHeartbeatSecondsAgo": round(max((now - unit.last_heartbeat_at).total_seconds(), 0.0), 1),
+            "lastHeardAt": heard.isoformat(),  # the later of it and its held long-poll claim's stamp
+            "lastHeardSecondsAgo": round(age, 1),
             "heartbeatTimeoutSeconds": timeout,
         },
     )

@@ -1,12 +1,23 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db import models
+from django.db.models import F
+from django.db.models.functions import Coalesce, Greatest
 
 from taskhub.apikeys.models import DEFAULT_POOL
 from taskhub.base.fields import KeyField
 from units.states import DrainedBy, UnitStatus
 
-__all__ = ["DrainedBy", "ExecutionUnit", "HubHearing", "UnitEviction", "UnitStatus"]
+__all__ = ["DrainedBy", "ExecutionUnit", "HubHearing", "UnitEviction", "UnitStatus", "last_heard"]
+
+
+def last_heard() -> Greatest:
+    """When the unit was last heard, in SQL: the later of its last heartbeat and the last stamp of a
+    long-poll claim it held (units.idle). What the unit's own liveness reads (the sweeper's OFFLINE,
+    units.lifecycle.is_live, the console); `ExecutionUnit.last_heard_at` is the same for a row."""
+    return Greatest(F("last_heartbeat_at"), Coalesce(F("last_waited_at"), F("last_heartbeat_at")))
 
 
 class ExecutionUnit(models.Model):
@@ -45,6 +56,9 @@ class ExecutionUnit(models.Model):
     )
     drained_at = models.DateTimeField(null=True, blank=True)
     last_heartbeat_at = models.DateTimeField()
+    # The last stamp of a long-poll claim of this unit that a serving web process held while the
+    # unit held no task (units.idle). Not a heartbeat: units.hearing reads it apart.
+    last_waited_at = models.DateTimeField(null=True, blank=True)
     registered_at = models.DateTimeField()
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -54,10 +68,18 @@ class ExecutionUnit(models.Model):
         indexes = [
             # The sweeper's poll: live units whose last heartbeat is older than the timeout.
             models.Index(fields=["status", "last_heartbeat_at"], name="unit_liveness_idx"),
+            # units.hearing's newest stamp of a held claim (one lookup per status, as for heartbeats).
+            models.Index(fields=["status", "last_waited_at"], name="unit_waited_idx"),
         ]
 
     def __str__(self) -> str:
         return f"{self.id} ({self.unit_type})"
+
+    @property
+    def last_heard_at(self) -> datetime:
+        """`last_heard()` of this row."""
+        waited = self.last_waited_at
+        return self.last_heartbeat_at if waited is None else max(self.last_heartbeat_at, waited)
 
 
 class UnitEviction(models.Model):

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from taskhub.base.actors import Actor
 from taskhub.base.dbretry import retry_on_lock_error
@@ -23,7 +23,7 @@ from tasks.fencing import live_lease
 from tasks.models import Task
 from tasks.transitions.bulk import fail_over_orphans, fail_over_tasks
 from units import hearing
-from units.models import ExecutionUnit
+from units.models import ExecutionUnit, last_heard
 from units.states import ALIVE, UnitStatus
 
 UNIT_CHUNK = 500
@@ -74,12 +74,7 @@ def _sweep_units(now: datetime, window: hearing.Window | None) -> dict[str, int]
     deadline = max(deadlines)
     # Locking the unit rows orders us with heartbeats and claims: a unit that heartbeats while we
     # hold it waits, then finds itself OFFLINE and is told to abort the attempts it lost.
-    dead = list(
-        ExecutionUnit.objects.select_for_update(skip_locked=True)
-        .filter(status__in=ALIVE, last_heartbeat_at__lt=deadline)  # the units.states.MOVES of a sweep
-        .order_by("last_heartbeat_at")
-        .values_list("id", "last_heartbeat_at")[:UNIT_CHUNK]
-    )
+    dead = list(silent_units(deadline)[:UNIT_CHUNK])
     if not dead:
         return {}
     ExecutionUnit.objects.filter(id__in=[unit_id for unit_id, _ in dead]).update(status=UnitStatus.OFFLINE)
@@ -100,6 +95,19 @@ def _sweep_units(now: datetime, window: hearing.Window | None) -> dict[str, int]
             counts["failedOver"] += moved["failedOver"]
             counts["poisoned"] += moved["poisoned"]
     return counts
+
+
+def silent_units(deadline: datetime) -> QuerySet[ExecutionUnit, tuple[str, datetime]]:
+    """(id, last heard) of the alive units last heard (a heartbeat, or the stamp of a held claim:
+    units.models.last_heard) before `deadline`, locked (SKIP LOCKED), oldest heartbeat first. The
+    heartbeat's own test keeps the poll on unit_liveness_idx."""
+    return (
+        ExecutionUnit.objects.select_for_update(skip_locked=True)
+        .annotate(heard=last_heard())
+        .filter(status__in=ALIVE, last_heartbeat_at__lt=deadline, heard__lt=deadline)  # units.states.MOVES
+        .order_by("last_heartbeat_at")
+        .values_list("id", "heard")
+    )
 
 
 def _sweep_left_behind(now: datetime) -> dict[str, int]:

@@ -20,7 +20,6 @@ import asyncio
 import json
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -43,9 +42,7 @@ WAITERS = doorbell.Waiters(_probe)
 
 
 async def _stamp(unit_ids: list[str]) -> int:
-    if not settings.UNIT_IDLE_HEARTBEAT_INTERVAL:
-        return 0  # idle liveness is off (the default): a held claim is not a heartbeat
-    return await run_sync(idle.stamp_waiting, unit_ids)
+    return await run_sync(idle.stamp_waiting, unit_ids)  # when idle.stamping(): HeldClaims.flush asks
 
 
 HELD = idle.HeldClaims(_stamp)

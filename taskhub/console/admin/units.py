@@ -64,7 +64,16 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
         ("Load", {"fields": ("capacity", "load_col", "current_load")}),
         (
             "Liveness",
-            {"fields": ("heartbeat_col", "last_heartbeat_at", "registered_at", "updated_at", "instance_id")},
+            {
+                "fields": (
+                    "heartbeat_col",
+                    "last_heartbeat_at",
+                    "last_waited_at",
+                    "registered_at",
+                    "updated_at",
+                    "instance_id",
+                )
+            },
         ),
         ("Metadata", {"fields": ("metadata_pretty",)}),
     )
@@ -165,14 +174,16 @@ class ExecutionUnitAdmin(admin.ModelAdmin):
             obj.capacity,
         )
 
-    @admin.display(description="last heartbeat", ordering="last_heartbeat_at")
+    @admin.display(description="last seen", ordering="last_heartbeat_at")
     def heartbeat_col(self, obj: ExecutionUnit) -> SafeString:
-        age = timezone.now() - obj.last_heartbeat_at
+        """When the unit was last heard: its heartbeat, or the stamp of its held long-poll claim."""
+        heard = obj.last_heard_at
+        age = timezone.now() - heard
         late = age.total_seconds() > settings.UNIT_HEARTBEAT_TIMEOUT and obj.status != UnitStatus.OFFLINE
         return format_html(
             '<span class="{}" title="{}">{} ago</span>',
             "th-stale" if late else "",
-            f"{obj.last_heartbeat_at:%Y-%m-%d %H:%M:%S} UTC",
+            f"{heard:%Y-%m-%d %H:%M:%S} UTC (last heartbeat {obj.last_heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)",
             format_duration(age),
         )
 
