@@ -294,7 +294,11 @@ def test_the_async_chain_adds_the_headers_of_djangos_middleware_without_a_thread
 
     hops: list[Any] = []
     real = middleware.sync_to_async
-    monkeypatch.setattr(middleware, "sync_to_async", lambda *a, **k: hops.append(a) or real(*a, **k))
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        hops.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(middleware, "sync_to_async", counted)
     from django.contrib.messages.middleware import MessageMiddleware
     from django.middleware.security import SecurityMiddleware
 
