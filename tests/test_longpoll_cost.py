@@ -294,6 +294,7 @@ def test_the_async_chain_adds_the_headers_of_djangos_middleware_without_a_thread
 
     hops: list[Any] = []
     real = middleware.sync_to_async
+
     def counted(*args: Any, **kwargs: Any) -> Any:
         hops.append(args)
         return real(*args, **kwargs)
