@@ -266,11 +266,6 @@ def fleet(stack: Stack, owner: int, n: int, seconds: float, wait: float) -> dict
 
     cpu = asyncio.run(main())
     inside = [e for e in events if window["from"] <= e[0] <= window["to"]]
-    print(
-        "events",
-        sorted((round(e[0] - window["from"], 2), round(e[2], 2), e[3]) for e in events if e[1] == "claim"),
-        flush=True,
-    )
     errors = [e[3] for e in inside if e[3] is not None]
     return {
         "units": n,

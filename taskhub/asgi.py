@@ -31,6 +31,7 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 from django.urls import Resolver404, get_resolver  # noqa: E402
 
+from taskhub.api.middleware import in_loop_path  # noqa: E402
 from taskhub.base.syncpool import SERVED, pool  # noqa: E402
 
 Scope = MutableMapping[str, Any]
@@ -42,13 +43,16 @@ class AsyncViewHandler(ASGIHandler):
     """Django's ASGI handler without its per-request ThreadSensitiveContext: that context gives
     each request a thread of its own (for the sync request signals and middleware) which lives
     until the response is sent, i.e. one idle thread per waiting request. Here that sync code runs
-    in asgiref's one shared thread per process instead (it is short: signals, middleware hops)."""
+    in asgiref's one shared thread per process instead (it is short: the request signals; Django's
+    own middleware run in the loop itself, taskhub.api.middleware.InLoop)."""
 
     def load_middleware(self, is_async: bool = False) -> None:
         # WhiteNoise is sync-only (Django would run each async request in a thread of its own
         # around it) and serves static files, which are never async views: left out here.
+        # Django's own sync middleware run in the loop instead of two thread hops each
+        # (taskhub.api.middleware.InLoop).
         full = settings.MIDDLEWARE
-        settings.MIDDLEWARE = [name for name in full if not name.startswith("whitenoise.")]
+        settings.MIDDLEWARE = [in_loop_path(name) for name in full if not name.startswith("whitenoise.")]
         try:
             super().load_middleware(is_async)
         finally:

@@ -1,6 +1,7 @@
 """What a long-poll claim (taskhub.api.views.longpoll) asks of the units package: the claim again
 after a doorbell rang (the same claim, units.claim, after checking that the caller is still the
-unit's live instance), and the safety-net probe of the doorbell."""
+unit's live instance), and the safety-net probe of the doorbell (whose "nothing claimable"
+lets a long poll skip its first claim, see taskhub.api.views.longpoll)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from taskhub.base import doorbell
-from tasks.models import Task
+from tasks.models import QueueSettings, Task
 from tasks.selectors import next_claimable_at
 from units.claim import claim_tasks_with_status
 from units.lifecycle import UnitReplaced
@@ -46,5 +47,11 @@ def claim_again(wait: ClaimWait, *, now: datetime) -> tuple[list[Task], str] | N
         return None
 
 
-def probe(task_type: str) -> datetime | None:
-    return next_claimable_at(task_type)
+def probe(task_type: str) -> doorbell.Probed:
+    """The doorbell's safety net for `task_type`: when its next PENDING task is claimable. "None
+    claimable now" stands for a claim (a long poll may skip its first claim on it) only for a queue
+    without settings: a claim of a queue with settings says more than "nothing" (paused, limits:
+    units.claim), so those always run. Two statements, once a second per type with waiters."""
+    return doorbell.Probed(
+        next_claimable_at(task_type), stands_for_claim=not QueueSettings.objects.filter(task_type=task_type).exists()
+    )

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
@@ -153,3 +154,87 @@ def _who(request: HttpRequest) -> str:
     if user is not None and getattr(user, "is_authenticated", False):
         return f"user:{user.get_username()}"
     return "anonymous"
+
+
+# --- Django's own middleware in the event loop (the async chain of taskhub.asgi) --------------------
+
+
+class InLoop:
+    """Django's MiddlewareMixin in an async chain runs each hook through `sync_to_async`: two thread
+    hops per middleware per request (seven of Django's own are in MIDDLEWARE, some twelve hops for
+    every long-poll claim, each costing more CPU than the hook). Their hooks do no I/O for these
+    requests (headers, cookies, lazy objects), so here they run in the event loop itself. A hook
+    that may do I/O says so (`response_needs_thread`: the session middleware about to save a
+    session) and that one goes through a thread as before. Used by taskhub.asgi only; the WSGI
+    chain keeps Django's classes as they are."""
+
+    get_response: Any
+
+    def response_needs_thread(self, request: HttpRequest) -> bool:
+        return False
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        response = None
+        process_request = getattr(self, "process_request", None)
+        if process_request is not None:
+            response = process_request(request)
+        response = response or await self.get_response(request)
+        process_response = getattr(self, "process_response", None)
+        if process_response is not None:
+            if self.response_needs_thread(request):
+                response = await sync_to_async(process_response, thread_sensitive=True)(request, response)
+            else:
+                response = process_response(request, response)
+        return response
+
+
+@functools.cache
+def _in_loop_classes() -> dict[str, type]:
+    from django.contrib.auth.middleware import AuthenticationMiddleware
+    from django.contrib.messages.middleware import MessageMiddleware
+    from django.contrib.sessions.middleware import SessionMiddleware
+    from django.middleware.clickjacking import XFrameOptionsMiddleware
+    from django.middleware.common import CommonMiddleware
+    from django.middleware.csrf import CsrfViewMiddleware
+    from django.middleware.security import SecurityMiddleware
+
+    class InLoopSessionMiddleware(InLoop, SessionMiddleware):
+        def response_needs_thread(self, request: HttpRequest) -> bool:
+            session = getattr(request, "session", None)
+            return bool(settings.SESSION_SAVE_EVERY_REQUEST or (session is not None and session.modified))
+
+    class InLoopCsrfViewMiddleware(InLoop, CsrfViewMiddleware):
+        # Django adapts a sync process_view with sync_to_async: one more hop. Without
+        # CSRF_USE_SESSIONS (see in_loop_path) it reads the cookie and the in-memory body only.
+        async def process_view(self, request: HttpRequest, callback: Any, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
+            return super().process_view(request, callback, args, kwargs)
+
+    def make(base: type) -> type:
+        return type(f"InLoop{base.__name__}", (InLoop, base), {})
+
+    return {
+        "django.middleware.security.SecurityMiddleware": make(SecurityMiddleware),
+        "django.contrib.sessions.middleware.SessionMiddleware": InLoopSessionMiddleware,
+        "django.middleware.common.CommonMiddleware": make(CommonMiddleware),
+        "django.middleware.csrf.CsrfViewMiddleware": InLoopCsrfViewMiddleware,
+        "django.contrib.auth.middleware.AuthenticationMiddleware": make(AuthenticationMiddleware),
+        "django.contrib.messages.middleware.MessageMiddleware": make(MessageMiddleware),
+        "django.middleware.clickjacking.XFrameOptionsMiddleware": make(XFrameOptionsMiddleware),
+    }
+
+
+def __getattr__(name: str) -> type:
+    """`taskhub.api.middleware.InLoop<Name>`: what taskhub.asgi puts in MIDDLEWARE for its async
+    chain (Django imports middleware by dotted path)."""
+    for cls in _in_loop_classes().values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(name)
+
+
+def in_loop_path(path: str) -> str:
+    """The dotted path of `path`'s in-loop version, or `path` itself (kept as it is)."""
+    if path == "django.middleware.csrf.CsrfViewMiddleware" and settings.CSRF_USE_SESSIONS:
+        return path  # its hooks read the session from the database
+    cls = _in_loop_classes().get(path)
+    return f"{__name__}.{cls.__name__}" if cls is not None else path

@@ -35,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -47,6 +48,9 @@ log = logging.getLogger("taskhub.doorbell")
 # How often each waiting process asks the database itself (per task type with waiters): the safety
 # net under lost rings, never the way work is normally found.
 RECHECK_SECONDS = 1.0
+# How old a probe's "nothing claimable" may be for a long poll to skip its first claim on it: two
+# rechecks (the probe of a type with waiters runs every RECHECK_SECONDS; a slow one gets no say).
+QUIET_MAX_AGE = 2 * RECHECK_SECONDS
 ALL = 1_000_000  # a count meaning "every waiter of the key" (a unit's own wake-up)
 
 
@@ -205,6 +209,16 @@ def _transport() -> Transport:
 # --- waiting (async: the web process's event loop) -------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Probed:
+    """What a probe found for a task type: when its next PENDING task is claimable (None: none is
+    PENDING), and whether "none claimable now" may stand in for a claim of the type (False when a
+    claim replies more than "nothing" for it, e.g. a queue with settings: paused, limits)."""
+
+    due: datetime | None
+    stands_for_claim: bool = False
+
+
 class Waiters:
     """The long-poll claims of one process, a FIFO of futures per key. A ring for `type:t` with
     count n wakes the n oldest waiters of t (fewer if fewer wait); `unit:u` wakes all of u's.
@@ -212,15 +226,22 @@ class Waiters:
 
     `probe(task_type)` is the safety net, called (in a thread) once per `RECHECK_SECONDS` for each
     type that has waiters: it returns when that type's next PENDING task is claimable (None: none
-    is), so a task due now wakes one waiter and a task due later wakes one at its time."""
+    is), so a task due now wakes one waiter and a task due later wakes one at its time.
 
-    def __init__(self, probe: Callable[[str], Awaitable[datetime | None]]) -> None:
+    The probe's finding is kept (`nothing_claimable`): a new long poll of a type this process
+    probed a moment ago, found nothing claimable for and heard no ring of since, may skip its
+    first claim (see taskhub.api.views.longpoll) and go straight to waiting."""
+
+    def __init__(self, probe: Callable[[str], Awaitable[Probed | datetime | None]]) -> None:
         self.queues: dict[str, deque[asyncio.Future[None]]] = {}
         self.timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self.probe = probe
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.last_ring: dict[str, float] = {}  # key -> loop time of its last ring
+        # type key -> (loop time its last probe began, wall time its next task is due or None), for
+        # the types whose last probe found nothing claimable now and may stand for a claim.
+        self.quiet: dict[str, tuple[float, float | None]] = {}
         self.stats = {"rings": 0, "woken": 0, "rechecks": 0}
 
     def _start(self) -> None:
@@ -230,6 +251,7 @@ class Waiters:
         self.loop = loop
         self.queues.clear()
         self.timers.clear()
+        self.quiet.clear()
         self.tasks = [
             loop.create_task(_transport().listen(self._deliver)),
             loop.create_task(self._recheck_forever()),
@@ -278,6 +300,21 @@ class Waiters:
         ran meanwhile must not sleep through that ring)."""
         return self.last_ring.get(key, -1.0) >= since
 
+    def nothing_claimable(self, key: str) -> bool:
+        """Whether this process knows that nothing of type key `key` is claimable now: its last probe
+        of it began at most QUIET_MAX_AGE ago, found nothing claimable (none PENDING, or the next
+        one due later than now), could stand for a claim, and no ring of the key came since it
+        began (a ring still on its way is caught by the waiter: `rang_since`). Safe to call from
+        any thread (one dict read, the loop's monotonic clock)."""
+        loop = self.loop
+        found = self.quiet.get(key)
+        if loop is None or found is None:
+            return False
+        began, due = found
+        if loop.time() - began > QUIET_MAX_AGE or self.last_ring.get(key, -1.0) >= began:
+            return False
+        return due is None or due > time.time()
+
     def waiting(self, key: str) -> int:
         return sum(1 for future in self.queues.get(key, ()) if not future.done())
 
@@ -312,16 +349,26 @@ class Waiters:
                 live = deque(f for f in queue if not f.done())
                 if not live:
                     self.queues.pop(key, None)
+                    self.quiet.pop(key, None)  # no more probes of it: what the last found gets old
                     continue
                 self.queues[key] = live
                 if not key.startswith("type:"):
                     continue
                 self.stats["rechecks"] += 1
+                assert self.loop is not None
+                began = self.loop.time()
                 try:
-                    due = await self.probe(key[len("type:") :])
+                    probed = await self.probe(key[len("type:") :])
                 except Exception as exc:  # the database away: the next recheck tries again
+                    self.quiet.pop(key, None)
                     log.warning("doorbell: recheck of %s failed (%s)", key, exc)
                     continue
+                found = probed if isinstance(probed, Probed) else Probed(probed)
+                due = found.due
+                if found.stands_for_claim and (due is None or due.timestamp() > time.time()):
+                    self.quiet[key] = (began, None if due is None else due.timestamp())
+                else:
+                    self.quiet.pop(key, None)
                 if due is not None:
                     if due.timestamp() <= time.time():
                         self.wake(key, 1)

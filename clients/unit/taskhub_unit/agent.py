@@ -76,7 +76,7 @@ class AgentConfig:
     endpoint: str = ""
     data_dir: Path = field(default_factory=Path.cwd)
     poll_interval: float = 1.0
-    claim_wait: float = 20.0  # long-poll claims: seconds the hub may hold one (0: poll every poll_interval)
+    claim_wait: float = 30.0  # long-poll claims: seconds the hub may hold one (0: poll every poll_interval)
     drain_timeout: float = 30.0
     flush_interval: float = 0.5
     request_timeout: float = 10.0

@@ -162,7 +162,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "--claim-wait",
         "TASKHUB_CLAIM_WAIT",
         _claim_wait,
-        20.0,
+        30.0,
         "long-poll claims: seconds the hub may hold an idle claim until work comes (0-30; 0: poll instead)",
     )
     option("--drain-timeout", "TASKHUB_DRAIN_TIMEOUT", _positive_float, 30.0, "grace period on SIGTERM (s)")

@@ -128,7 +128,7 @@ class Worker:
         data_dir: Path | str | None = None,
         spool: bool | None = None,
         poll_interval: float = 1.0,
-        claim_wait: float = 20.0,
+        claim_wait: float = 30.0,
         drain_timeout: float = 30.0,
         request_timeout: float = 10.0,
         retry_max: float = 10.0,

@@ -9,6 +9,12 @@ A client that disconnects ends the wait (Django cancels the view): nothing is cl
 While a claim waits, its unit is heard (units.idle.HeldClaims: stamped alive every
 UNIT_HEARTBEAT_INTERVAL if it holds no task), so an idle unit need not heartbeat meanwhile.
 
+The first claim is skipped when this process knows it would find nothing: the doorbell's probe of
+the unit's type (every RECHECK_SECONDS while units wait on it) found nothing claimable a moment
+ago, the queue has no settings, and no ring of the type came since (`Waiters.nothing_claimable`);
+the unit, as the request's authentication read it, is ONLINE. The request then costs its
+authentication and throttle only, and waits; a ring (or the probe finding work) runs the claim.
+
 The claim after a ring is the dispatch path (a task created -> a waiting unit holds it): it runs on
 the kept-connection threads (`syncpool.run_kept`), not reconnecting to the database for each claim
 nor queueing behind the ordinary requests of the main pool.
@@ -41,6 +47,11 @@ async def _probe(task_type: str) -> Any:
 WAITERS = doorbell.Waiters(_probe)
 
 
+def _nothing_claimable(task_type: str) -> bool:
+    """For the claim action (in its thread): may it skip the claim and wait at once."""
+    return WAITERS.nothing_claimable(doorbell.type_key(task_type))
+
+
 async def _stamp(unit_ids: list[str]) -> int:
     return await run_sync(idle.stamp_waiting, unit_ids)  # when idle.stamping(): HeldClaims.flush asks
 
@@ -58,6 +69,7 @@ def _claim_rendered(request: HttpRequest, pk: str) -> HttpResponse:
 async def claim(request: HttpRequest, pk: str) -> HttpResponse:
     loop = asyncio.get_running_loop()
     started = loop.time()
+    request.taskhub_nothing_claimable = _nothing_claimable  # type: ignore[attr-defined]
     response = await run_sync(_claim_rendered, request, pk)
     wait: longpoll.ClaimWait | None = getattr(request, "taskhub_claim_wait", None)
     if wait is None:

@@ -35,7 +35,7 @@ from taskhub.api.validation import query_params, validated
 from taskhub.base.errors import Forbidden, NotFound
 from taskhub.base.syncpool import SERVED
 from units import lifecycle, services
-from units.claim import claim
+from units.claim import ClaimResult, claim
 from units.longpoll import ClaimWait
 from units.models import ExecutionUnit, UnitStatus
 from units.selectors import unit_stats, visible_units
@@ -185,16 +185,20 @@ class UnitViewSet(viewsets.ViewSet):
     def claim(self, request: Request, pk: str) -> Response:
         body = validated(ClaimSerializer, request.data)
         self._refuse_a_replaced_instance(request, body.get("instance_id", ""))
-        result = claim(
-            self._own_unit_id(request, pk), body["max"], now=timezone.now(), instance_id=body.get("instance_id", "")
-        )
+        unit_id = self._own_unit_id(request, pk)
+        wait_seconds = min(body["wait_seconds"], settings.CLAIM_WAIT_MAX)
+        if wait_seconds > 0 and _served_by_a_threaded_wsgi_server(request):
+            wait_seconds = 0  # a wait would hold one of the server's few threads: answer now
+        if wait_seconds > 0 and _known_to_find_nothing(request):
+            # The long poll goes straight to its wait, as if this claim had run when the doorbell's
+            # probe did (it found nothing, nothing rang since): claiming nothing, changing nothing.
+            result = ClaimResult([], UnitStatus.ONLINE)
+        else:
+            result = claim(unit_id, body["max"], now=timezone.now(), instance_id=body.get("instance_id", ""))
         tasks, unit_status = result.tasks, result.unit_status
         reply: dict[str, Any] = {"items": claimed_tasks(tasks), "unitStatus": str(unit_status)}
         if result.hold is not None:
             reply["queue"] = result.hold.as_reply()
-        wait_seconds = min(body["wait_seconds"], settings.CLAIM_WAIT_MAX)
-        if wait_seconds > 0 and _served_by_a_threaded_wsgi_server(request):
-            wait_seconds = 0  # a wait would hold one of the server's few threads: answer now
         if body["wait_seconds"] > 0:
             reply["waitSeconds"] = wait_seconds
         # A claim its queue's settings held back (paused, limits) does not wait: no doorbell rings
@@ -212,6 +216,23 @@ class UnitViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["get"])
     def stats(self, request: Request) -> Response:
         return Response(unit_stats(self._units(request)))
+
+
+def _known_to_find_nothing(request: Request) -> bool:
+    """Whether the claim may be skipped: the long-poll view (taskhub.api.views.longpoll) knows that
+    nothing of the unit's type is claimable now (`taskhub_nothing_claimable`: its doorbell probed
+    the type a moment ago, found none claimable, no queue settings, and heard no ring since) and
+    the unit, as its authentication read it just now, is ONLINE (a BUSY unit's claim may move it
+    to ONLINE; any other status claims nothing and does not wait). Nothing is ever claimed without
+    the full claim: a ring during the wait runs it (units.longpoll.claim_again)."""
+    nothing_claimable = getattr(request._request, "taskhub_nothing_claimable", None)
+    unit = principal_of(request).unit
+    return (
+        nothing_claimable is not None
+        and unit is not None
+        and unit.status == UnitStatus.ONLINE
+        and bool(nothing_claimable(unit.unit_type))
+    )
 
 
 def _served_by_a_threaded_wsgi_server(request: Request) -> bool:
