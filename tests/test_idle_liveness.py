@@ -20,7 +20,8 @@ import pytest
 from django.utils import timezone
 
 from taskhub.api.serializers.heartbeat import HeartbeatReplySerializer, heartbeat_reply
-from taskhub.base import serving
+from taskhub.api.views import longpoll as longpoll_view
+from taskhub.base import doorbell, serving
 from taskhub.base.sql import db_now
 from tasks.transitions.reports import complete_attempt
 from testkit.hub import (
@@ -39,7 +40,7 @@ from testkit.ports import free_port
 from testkit.processes import Process
 from testkit.waiting import wait_for
 from tests import factories
-from units import idle
+from units import idle, longpoll
 from units.claim import claim_tasks
 from units.lifecycle import UnitInUse, refuse_another_live_instance
 from units.models import ExecutionUnit
@@ -450,3 +451,36 @@ def test_the_web_pools_threads_keep_their_database_connections_under_an_asgi_ser
         syncpool._pool.submit(connections.close_all).result()
         syncpool._pool.shutdown()
     assert 1 <= len(opened) <= 2  # one per pool thread, not one per request (8)
+
+
+def test_a_draining_process_ends_its_held_long_polls_at_once(monkeypatch, settings, tmp_path):
+    """The drain's signal wakes every long poll this process holds: each replies as at the end of
+    its wait (nothing claimed, no claim run), so its unit claims again from a process that serves
+    (and is stamped there) and the drain does not sit out a 30 s wait; a claim arriving while
+    draining does not wait at all."""
+    settings.VAR_DIR = str(tmp_path)  # the embedded doorbell's sockets
+
+    async def probe(task_type: str) -> None:
+        return None
+
+    waiters = doorbell.Waiters(probe)
+    monkeypatch.setattr(longpoll_view, "WAITERS", waiters)
+    claimed: list[object] = []
+    monkeypatch.setattr(longpoll_view.longpoll, "claim_again", lambda *a, **k: claimed.append(a))
+    wait = longpoll.ClaimWait("u1", "t", 1, 30.0, "hash", "instance")
+
+    async def scenario() -> tuple[bytes, int]:
+        loop = asyncio.get_running_loop()
+        held = asyncio.ensure_future(longpoll_view._wait(wait, "ONLINE", loop.time()))
+        await asyncio.sleep(0.2)
+        assert not held.done() and waiters.waiting("type:t") == 1  # it waits
+        serving.begin_drain()
+        response = await asyncio.wait_for(held, 10)  # long before its 30 s
+        return response.content, waiters.waiting("type:t")
+
+    try:
+        content, still_waiting = asyncio.run(scenario())
+    finally:
+        serving.reset()
+    assert json.loads(content) == {"items": [], "unitStatus": "ONLINE", "waitSeconds": 30.0}
+    assert still_waiting == 0 and claimed == []

@@ -24,7 +24,7 @@ from taskhub.api import middleware
 from taskhub.api.views import longpoll as longpoll_view
 from taskhub.apikeys.models import ApiKey
 from taskhub.apikeys.services import api_key_revoke
-from taskhub.base import doorbell
+from taskhub.base import doorbell, metrics
 from tasks.models import QueueSettings, Task
 from units import longpoll
 from units.models import ExecutionUnit, UnitStatus
@@ -185,10 +185,14 @@ def known_empty(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
 
 
 @pytest.mark.django_db
-def test_an_idle_long_poll_the_doorbell_knows_empty_costs_its_authentication_only(register_unit, known_empty):
+def test_an_idle_long_poll_the_doorbell_knows_empty_costs_its_authentication_only(
+    register_unit, known_empty, django_capture_on_commit_callbacks
+):
     unit, _ = register_unit("idle-1", unit_type=TYPE)
-    with CaptureQueriesContext(connection) as skipped:
+    counted = metrics.CLAIMS.labels("known_empty")._value.get()
+    with django_capture_on_commit_callbacks(execute=True), CaptureQueriesContext(connection) as skipped:
         reply = _claim(unit, "idle-1")
+    assert metrics.CLAIMS.labels("known_empty")._value.get() == counted + 1  # still a claim call counted
     assert reply.status_code == 200, reply.content
     assert reply.json() == {"items": [], "unitStatus": "ONLINE", "waitSeconds": 0.05}
     known_empty["empty"] = False

@@ -295,6 +295,10 @@ class Waiters:
         self.stats["woken"] += woken
         return woken
 
+    def wake_everyone(self) -> int:
+        """Every waiter of every key (this process drains: see taskhub.api.views.longpoll)."""
+        return sum(self.wake(key, ALL) for key in list(self.queues))
+
     def rang_since(self, key: str, since: float) -> bool:
         """Whether `key` rang at or after loop time `since` (a waiter enqueued after a claim that
         ran meanwhile must not sleep through that ring)."""

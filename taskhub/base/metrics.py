@@ -37,7 +37,12 @@ HTTP_LATENCY = Histogram(
     ["method", "view"],
     buckets=_LATENCY_BUCKETS,
 )
-CLAIMS = Counter("taskhub_claims", "Claim calls by units, by outcome (claimed: at least one task)", ["outcome"])
+CLAIMS = Counter(
+    "taskhub_claims",
+    "Claim calls by units, by outcome (claimed: at least one task; empty: none; known_empty: a long poll"
+    " that went straight to its wait, its doorbell's probe having just found nothing claimable)",
+    ["outcome"],
+)
 TASKS_CLAIMED = Counter("taskhub_tasks_claimed", "Tasks leased to units by claims, by task type", ["task_type"])
 FAILOVERS = Counter(
     "taskhub_task_failovers", "RUNNING tasks taken back from a lost unit and made PENDING again, by type", ["task_type"]
@@ -100,9 +105,12 @@ def _on_commit(fn: Callable[[], None]) -> None:
     transaction.on_commit(fn, robust=True)
 
 
-def record_claim(task_type: str, claimed: int) -> None:
+def record_claim(task_type: str, claimed: int, *, ran: bool = True) -> None:
+    """A claim call: `claimed` tasks leased; `ran` False for a long poll whose claim was skipped
+    (taskhub.api.views.units: known to find nothing)."""
+
     def bump() -> None:
-        CLAIMS.labels("claimed" if claimed else "empty").inc()
+        CLAIMS.labels("claimed" if claimed else "empty" if ran else "known_empty").inc()
         if claimed:
             TASKS_CLAIMED.labels(task_type).inc(claimed)
 

@@ -6,12 +6,26 @@ stops stamping its held long-poll claims). Set by the server (taskhub.uvicorn_wo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 _draining = False
+_on_drain: list[Callable[[], None]] = []
+
+
+def on_drain(callback: Callable[[], None]) -> None:
+    """Call `callback` when this process begins to drain (from the server's signal handler or its
+    shutdown, in the event loop's thread): e.g. end the long polls it holds, so that their units
+    claim again from a process that serves instead of sitting out the drain here."""
+    _on_drain.append(callback)
 
 
 def begin_drain() -> None:
     global _draining
+    if _draining:
+        return
     _draining = True
+    for callback in _on_drain:
+        callback()
 
 
 def serving() -> bool:

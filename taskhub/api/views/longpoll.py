@@ -15,6 +15,9 @@ ago, the queue has no settings, and no ring of the type came since (`Waiters.not
 the unit, as the request's authentication read it, is ONLINE. The request then costs its
 authentication and throttle only, and waits; a ring (or the probe finding work) runs the claim.
 
+A process that begins to drain (taskhub.base.serving) ends the waits it holds at once, as if each
+had run out, and a claim reaching it meanwhile does not wait.
+
 The claim after a ring is the dispatch path (a task created -> a waiting unit holds it): it runs on
 the kept-connection threads (`syncpool.run_kept`), not reconnecting to the database for each claim
 nor queueing behind the ordinary requests of the main pool.
@@ -32,7 +35,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from taskhub.api.serializers.units import claimed_tasks
 from taskhub.api.views.units import UnitViewSet
-from taskhub.base import doorbell
+from taskhub.base import doorbell, serving
 from taskhub.base.syncpool import run_kept, run_sync
 from units import idle, longpoll
 from units.states import CLAIMING
@@ -45,6 +48,19 @@ async def _probe(task_type: str) -> Any:
 
 
 WAITERS = doorbell.Waiters(_probe)
+
+
+def _end_waits_on_drain() -> None:
+    """A draining process ends the long polls it holds at once (each replies as its wait would at
+    the end: nothing claimed), so their units claim again from a process that serves, where they
+    are stamped alive, instead of sitting out the drain here unheard (units.idle); and the drain
+    does not wait for them."""
+    loop = WAITERS.loop
+    if loop is not None and not loop.is_closed():
+        loop.call_soon_threadsafe(WAITERS.wake_everyone)
+
+
+serving.on_drain(_end_waits_on_drain)
 
 
 def _nothing_claimable(task_type: str) -> bool:
@@ -72,7 +88,7 @@ async def claim(request: HttpRequest, pk: str) -> HttpResponse:
     request.taskhub_nothing_claimable = _nothing_claimable  # type: ignore[attr-defined]
     response = await run_sync(_claim_rendered, request, pk)
     wait: longpoll.ClaimWait | None = getattr(request, "taskhub_claim_wait", None)
-    if wait is None:
+    if wait is None or not serving.serving():
         return response
     HELD.hold(wait.unit_id)
     try:
@@ -88,7 +104,7 @@ async def _wait(wait: longpoll.ClaimWait, unit_status: str, started: float) -> H
     if WAITERS.rang_since(wait.keys[0], started):
         future.set_result(None)  # a ring came while the first claim ran: it may have missed that task
     while True:
-        if not await WAITERS.wait_on(future, deadline - loop.time()):
+        if not await WAITERS.wait_on(future, deadline - loop.time()) or not serving.serving():
             break
         future = WAITERS.enqueue(wait.keys)  # before the claim: a ring during it is not lost
         outcome = await run_kept(longpoll.claim_again, wait, now=timezone.now())

@@ -32,6 +32,7 @@ from taskhub.api.serializers.units import (
     claimed_tasks,
 )
 from taskhub.api.validation import query_params, validated
+from taskhub.base import metrics
 from taskhub.base.errors import Forbidden, NotFound
 from taskhub.base.syncpool import SERVED
 from units import lifecycle, services
@@ -193,6 +194,7 @@ class UnitViewSet(viewsets.ViewSet):
             # The long poll goes straight to its wait, as if this claim had run when the doorbell's
             # probe did (it found nothing, nothing rang since): claiming nothing, changing nothing.
             result = ClaimResult([], UnitStatus.ONLINE)
+            metrics.record_claim(principal_of(request).unit.unit_type, 0, ran=False)  # type: ignore[union-attr]
         else:
             result = claim(unit_id, body["max"], now=timezone.now(), instance_id=body.get("instance_id", ""))
         tasks, unit_status = result.tasks, result.unit_status
