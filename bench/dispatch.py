@@ -512,7 +512,7 @@ def main() -> int:
     parser.add_argument("--waiters", type=int, default=1000)
     parser.add_argument("--fleet", default="200,1000,5000")
     parser.add_argument("--fleet-seconds", type=float, default=15)
-    parser.add_argument("--claim-wait", type=float, default=20)
+    parser.add_argument("--claim-wait", type=float, default=30)  # the taskhub-unit default
     parser.add_argument("--only", default="latency,waiters,fleet")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -76,7 +76,7 @@ class Profile:
     waiter_window: float = 4.0  # seconds of each window of the waiters row (bench.dispatch.waiters_per_create)
     fleet: tuple[int, ...] = (200, 1_000, 5_000)
     fleet_seconds: float = 15.0
-    fleet_wait: float = 20.0
+    fleet_wait: float = 30.0  # the taskhub-unit default long poll (clients/unit: --claim-wait 30)
     results: tuple[int, int, int] = (60, 60, 500)
     # Issue 15: seconds per mode of the limits probe; schedules firing in one minute; prune table.
     queue_seconds: float = 10.0
