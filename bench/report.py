@@ -236,7 +236,7 @@ def _push_rows(results: dict[str, Any], add: Any) -> None:
         cpu = f["hubWebCpuMsPerUnitSecond"]
         ok = p99 < 250 and f["errors"] == 0 and cpu <= 0.3
         add(
-            f"10 idle fleet, N={f['units']:,} (long polls {f['claimWait']:g} s, idle heartbeats as the hub's reply says)",
+            f"10 idle fleet, N={f['units']:,} (long polls {f['claimWait']:g} s, heartbeats at the hub's idle interval)",
             str(f["units"]),
             f"{f['requestsPerSecond']:,.0f} req/s, {cpu:.3f} ms CPU/unit/s, p99 {p99:.0f} ms, {f['errors']} errors",
             f"loadgen {f['loadgenCpuShare']:.0%}",
